@@ -1,0 +1,212 @@
+//! Storage: one sqlx pool per component, SQLite by default and PostgreSQL when a URL is set.
+//!
+//! Both back ends run the same SQL through sqlx's `Any` driver. The SQL is kept portable:
+//! `$1` placeholders (SQLite accepts them), `BIGINT`, `TEXT` and `BYTEA` columns (SQLite stores
+//! a `BYTEA` value as the blob it is given), instants as microseconds in `BIGINT`, and
+//! `INSERT … ON CONFLICT … DO NOTHING` for idempotent writes. On SQLite each component has its own
+//! file in the data directory; on PostgreSQL each component has its own schema.
+
+use std::{borrow::Cow, path::PathBuf, str::FromStr as _, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{
+    AssertSqlSafe, Executor as _,
+    any::{AnyPoolOptions, install_default_drivers},
+    migrate::{Migration, MigrationType, Migrator},
+};
+
+pub use sqlx::{Any, AnyPool, Row, Transaction};
+
+/// Which kind of database a component is using.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where components keep their data.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct StorageConfig {
+    /// Directory of the SQLite files (and the development PKI).
+    pub data_dir: PathBuf,
+    /// A `postgres://` URL; when set, every component uses its own schema in this database.
+    #[serde(default)]
+    pub database_url: Option<SecretString>,
+}
+
+/// A migration embedded in the binary: (version, description, SQL).
+pub type EmbeddedMigration = (i64, &'static str, &'static str);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the database URL is not a postgres:// URL")]
+    BadUrl,
+    #[error("cannot connect to the {component} store: {source}")]
+    Connect {
+        component: String,
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate the {component} store: {source}")]
+    Migrate {
+        component: String,
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// A component's store.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+    component: String,
+}
+
+/// The schema (PostgreSQL) or file stem (SQLite) of a component: `school-1` becomes `school_1`.
+pub fn store_name(component: &str) -> String {
+    component
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Database {
+    /// Opens (creating if needed) the store of `component` and runs its migrations.
+    pub async fn open(
+        storage: &StorageConfig,
+        component: &str,
+        migrations: &'static [EmbeddedMigration],
+    ) -> Result<Self, DbError> {
+        install_default_drivers();
+        let name = store_name(component);
+        let connect_err = |source| DbError::Connect {
+            component: component.to_owned(),
+            source,
+        };
+        let (pool, backend) = match &storage.database_url {
+            Some(url) => {
+                let url = url.expose_secret();
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(DbError::BadUrl);
+                }
+                // Create the component's schema once, then pin every pooled connection to it.
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+                    .await
+                    .map_err(connect_err)?;
+                conn.execute(AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS \"{name}\""
+                )))
+                .await
+                .map_err(connect_err)?;
+                let set_path = format!("SET search_path TO \"{name}\"");
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(move |conn, _| {
+                        let set_path = set_path.clone();
+                        Box::pin(async move {
+                            conn.execute(AssertSqlSafe(set_path)).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await
+                    .map_err(connect_err)?;
+                (pool, Backend::Postgres)
+            }
+            None => {
+                std::fs::create_dir_all(&storage.data_dir).map_err(|source| DbError::DataDir {
+                    path: storage.data_dir.clone(),
+                    source,
+                })?;
+                let path = storage.data_dir.join(format!("{name}.db"));
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                // Validate the URL early so a bad data directory gives one clear error.
+                sqlx::any::AnyConnectOptions::from_str(&url).map_err(connect_err)?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets readers run beside the one writer; the busy timeout makes a
+                            // second writer wait for the lock instead of failing.
+                            conn.execute(sqlx::raw_sql(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;",
+                            ))
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await
+                    .map_err(connect_err)?;
+                (pool, Backend::Sqlite)
+            }
+        };
+        let db = Self {
+            pool,
+            backend,
+            component: component.to_owned(),
+        };
+        db.migrate(migrations).await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self, migrations: &'static [EmbeddedMigration]) -> Result<(), DbError> {
+        let migrations: Vec<Migration> = migrations
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    sqlx::SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect();
+        let migrator = Migrator {
+            migrations: Cow::Owned(migrations),
+            ..Migrator::DEFAULT
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|source| DbError::Migrate {
+                component: self.component.clone(),
+                source,
+            })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn component(&self) -> &str {
+        &self.component
+    }
+
+    /// Starts a transaction: every multi-statement write goes through one.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,68 @@
+//! One way to serve gRPC: bind first (port 0 allowed), then serve a router with TLS, health,
+//! reflection and graceful shutdown. Every component's server is built here.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, ServerTlsConfig, server::Router};
+
+/// The largest request any component accepts. Larger messages are refused by the decoder from
+/// the length prefix, before the body is buffered.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Binds a listener; `port` 0 picks a free port (tests).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// The server with the settings every component shares, top to bottom:
+/// - TLS with optional client certificates (the interceptors decide who may call what);
+/// - a request timeout, so a stuck handler cannot hold a connection forever;
+/// - a per-connection concurrency limit and load shedding, so one noisy peer cannot starve others;
+/// - a tracing span per request carrying only the gRPC path (never a payload).
+pub fn builder(tls: ServerTlsConfig) -> Result<Server, tonic::transport::Error> {
+    Ok(Server::builder()
+        .tls_config(tls)?
+        .timeout(Duration::from_secs(30))
+        .concurrency_limit_per_connection(256)
+        .load_shed(true)
+        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path())))
+}
+
+/// The health and reflection services every component adds to its router.
+pub async fn health_and_reflection(
+    serving: &[&str],
+) -> anyhow::Result<(
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in serving {
+        reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(referral_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    Ok((health, reflection))
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then finishes in-flight calls.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}

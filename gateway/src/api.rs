@@ -1,0 +1,487 @@
+//! The `referral.v1.Gateway` service: who is calling (from the certificate), whether the rules let
+//! them send this, and the durable, idempotent send.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use referral_core::{
+    FieldViolations, ServiceError, ServiceResult,
+    directory::{AgencyEntry, role_fits_kind, role_name},
+    pki::ComponentIdentity,
+    time, tls, validate,
+};
+use referral_proto::v1::{
+    AgencyKind, ConfidentialityLabel, DeliveryState, DeliveryStatus, Envelope, FormKind,
+    GetDeliveryStatusRequest, HelpRequestDecision, ListAgenciesRequest, ListAgenciesResponse,
+    PurposeOfUse, Role, SendRequest, SendResponse, gateway_server, help_request_decision, payload,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    Shared,
+    ledger::{self, EntryFields, LedgerEvent},
+    routing::{self, Reply},
+    store::{self, STATE_ANSWERED, STATE_DELIVERED, STATE_QUEUED},
+};
+
+/// The calling agency, as its certificate and the directory establish it.
+#[derive(Debug, Clone)]
+pub struct Caller(pub AgencyEntry);
+
+/// Reads the caller's identity from the client certificate, once per call, and looks it up in
+/// the directory. No certificate, a certificate that is not an agency's, or an agency the
+/// directory does not know: `UNAUTHENTICATED`.
+pub(crate) fn authenticate(shared: Arc<Shared>) -> impl tonic::service::Interceptor + Clone {
+    move |mut req: Request<()>| {
+        let agency_id = match tls::peer_identity(&req) {
+            Some(ComponentIdentity::Agency(id)) => id,
+            Some(ComponentIdentity::Gateway) => {
+                return Err(Status::unauthenticated("the gateway does not call itself"));
+            }
+            None => return Err(Status::unauthenticated("a client certificate is required")),
+        };
+        let entry = shared
+            .directory()
+            .agency(&agency_id)
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("the certificate names no known agency"))?;
+        req.extensions_mut().insert(Caller(entry));
+        Ok(req)
+    }
+}
+
+fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no caller identity"))
+}
+
+pub struct GatewayApi {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl gateway_server::Gateway for GatewayApi {
+    async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let envelope = req
+            .into_inner()
+            .envelope
+            .ok_or_else(|| ServiceError::invalid_field("envelope", "required"))?;
+        let accepted = self.shared.accept(&caller, envelope).await?;
+        Ok(Response::new(accepted))
+    }
+
+    async fn get_delivery_status(
+        &self,
+        req: Request<GetDeliveryStatusRequest>,
+    ) -> Result<Response<DeliveryStatus>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let message_id = req.into_inner().message_id;
+        let status = self.shared.delivery_status(&caller.id, &message_id).await?;
+        Ok(Response::new(status))
+    }
+
+    async fn list_agencies(
+        &self,
+        req: Request<ListAgenciesRequest>,
+    ) -> Result<Response<ListAgenciesResponse>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let kind = req.into_inner().kind;
+        let directory = self.shared.directory();
+        let agencies = directory
+            .agencies
+            .iter()
+            .filter(|a| a.district == caller.district)
+            .filter(|a| kind == AgencyKind::Unspecified as i32 || a.kind() as i32 == kind)
+            .map(AgencyEntry::to_proto)
+            .collect();
+        Ok(Response::new(ListAgenciesResponse { agencies }))
+    }
+}
+
+/// The form kind a payload carries.
+fn payload_kind(form: &payload::Form) -> FormKind {
+    match form {
+        payload::Form::HelpRequest(_) => FormKind::HelpRequest,
+        payload::Form::HelpRequestDecision(_) => FormKind::HelpRequestDecision,
+        payload::Form::ReferralLog(_) => FormKind::ReferralLog,
+        payload::Form::Assessment(_) => FormKind::Assessment,
+        payload::Form::SupportPlan(_) => FormKind::SupportPlan,
+        payload::Form::IncidentReport(_) => FormKind::IncidentReport,
+        payload::Form::IncidentSummary(_) => FormKind::IncidentSummary,
+    }
+}
+
+fn enum_name<E: TryFrom<i32>>(value: i32, name: impl Fn(E) -> &'static str) -> String {
+    E::try_from(value).map(name).unwrap_or("UNKNOWN").to_owned()
+}
+
+/// Checks a decision's own fields (the envelope checks say whom it may go to).
+fn validate_decision(d: &HelpRequestDecision, in_reply_to: &str, v: &mut FieldViolations) {
+    let p = "envelope.payload.help_request_decision";
+    if d.help_request_message_id != in_reply_to {
+        v.add(
+            format!("{p}.help_request_message_id"),
+            "must be the message the envelope replies to",
+        );
+    }
+    match &d.outcome {
+        None => v.add(
+            format!("{p}.outcome"),
+            "required: case opened or no further action",
+        ),
+        Some(help_request_decision::Outcome::CaseOpened(c)) => {
+            for (field, value, max) in [
+                ("case_reference", &c.case_reference, 100),
+                ("curator_user_id", &c.curator_user_id, 200),
+                ("curator_name", &c.curator_name, 200),
+            ] {
+                if value.trim().is_empty() {
+                    v.add(format!("{p}.case_opened.{field}"), "required");
+                } else if value.chars().count() > max {
+                    v.add(
+                        format!("{p}.case_opened.{field}"),
+                        format!("at most {max} characters"),
+                    );
+                }
+            }
+            if c.curator_contact.chars().count() > 200 {
+                v.add(
+                    format!("{p}.case_opened.curator_contact"),
+                    "at most 200 characters",
+                );
+            }
+        }
+        Some(help_request_decision::Outcome::NoFurtherAction(n)) => {
+            let len = n.reason.trim().chars().count();
+            if !(3..=2000).contains(&len) {
+                v.add(
+                    format!("{p}.no_further_action.reason"),
+                    "required, 3 to 2000 characters",
+                );
+            }
+        }
+    }
+    if d.decided_by.trim().is_empty() {
+        v.add(format!("{p}.decided_by"), "required");
+    }
+    if d.decided_at.as_ref().and_then(time::from_proto).is_none() {
+        v.add(format!("{p}.decided_at"), "required");
+    }
+}
+
+impl Shared {
+    /// Validates, routes and stores a message with its ledger entry and outbox row in one
+    /// transaction, then wakes the delivery worker. Nothing is stored when any check fails.
+    pub(crate) async fn accept(
+        &self,
+        caller: &AgencyEntry,
+        mut env: Envelope,
+    ) -> ServiceResult<SendResponse> {
+        // 1. The envelope's shape.
+        let mut v = FieldViolations::new();
+        validate::idempotency_key(&env.idempotency_key, "envelope.idempotency_key", &mut v);
+        if env.recipient_agency_id.trim().is_empty() {
+            v.add("envelope.recipient_agency_id", "required");
+        }
+        let form_kind = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
+        if form_kind == FormKind::Unspecified {
+            v.add("envelope.form_kind", "required: a known form kind");
+        }
+        match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
+            None => v.add("envelope.payload", "required"),
+            Some(form) if form_kind != FormKind::Unspecified && payload_kind(form) != form_kind => {
+                v.add("envelope.payload", "must carry the form named by form_kind")
+            }
+            Some(_) => {}
+        }
+        if PurposeOfUse::try_from(env.purpose_of_use).unwrap_or(PurposeOfUse::Unspecified)
+            == PurposeOfUse::Unspecified
+        {
+            v.add(
+                "envelope.purpose_of_use",
+                "required: a known purpose of use",
+            );
+        }
+        if ConfidentialityLabel::try_from(env.confidentiality)
+            .unwrap_or(ConfidentialityLabel::Unspecified)
+            == ConfidentialityLabel::Unspecified
+        {
+            v.add("envelope.confidentiality", "required: a known label");
+        }
+        if env.case_reference.chars().count() > 100 {
+            v.add("envelope.case_reference", "at most 100 characters");
+        }
+        let acting = env.acting_user.clone().unwrap_or_default();
+        if env.acting_user.is_none() {
+            v.add("envelope.acting_user", "required");
+        } else {
+            if acting.user_id.trim().is_empty() || acting.user_id.len() > 200 {
+                v.add(
+                    "envelope.acting_user.user_id",
+                    "required, at most 200 characters",
+                );
+            }
+            if Role::try_from(acting.role).unwrap_or(Role::Unspecified) == Role::Unspecified {
+                v.add("envelope.acting_user.role", "required: a known role");
+            }
+        }
+        v.into_result()?;
+
+        // 2. Who may act: the certificate vouches only for its own agency and its own staff.
+        if !env.sender_agency_id.is_empty() && env.sender_agency_id != caller.id {
+            return Err(ServiceError::PermissionDenied(
+                "the sender must be the agency of the calling certificate".into(),
+            ));
+        }
+        let role = Role::try_from(acting.role).unwrap_or(Role::Unspecified);
+        if acting.agency_id != caller.id {
+            return Err(ServiceError::PermissionDenied(
+                "the calling agency cannot act for a user of another agency".into(),
+            ));
+        }
+        if !role_fits_kind(role, caller.kind()) {
+            return Err(ServiceError::PermissionDenied(
+                "the acting role does not exist in the calling agency".into(),
+            ));
+        }
+
+        // 3. Routing, deny by default.
+        let directory = self.directory();
+        let recipient = directory
+            .agency(&env.recipient_agency_id)
+            .cloned()
+            .ok_or_else(|| ServiceError::PermissionDenied("no route to that recipient".into()))?;
+        let rule = routing::find_rule(
+            caller.kind(),
+            form_kind,
+            recipient.kind(),
+            recipient.district == caller.district,
+        )
+        .ok_or_else(|| {
+            ServiceError::PermissionDenied(format!(
+                "a {} may not send this form to a {}",
+                caller.kind, recipient.kind
+            ))
+        })?;
+        match rule.reply {
+            Reply::No if !env.in_reply_to.is_empty() => {
+                return Err(ServiceError::invalid_field(
+                    "envelope.in_reply_to",
+                    "must be empty for this form",
+                ));
+            }
+            Reply::To { .. } if env.in_reply_to.is_empty() => {
+                return Err(ServiceError::invalid_field(
+                    "envelope.in_reply_to",
+                    "required: the message this answers",
+                ));
+            }
+            _ => {}
+        }
+
+        // 4. The form itself.
+        let now = self.clock.now();
+        let mut v = FieldViolations::new();
+        match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
+            Some(payload::Form::HelpRequest(k)) => {
+                let tz = directory
+                    .district(&caller.district)
+                    .and_then(|d| jiff::tz::TimeZone::get(&d.time_zone).ok())
+                    .unwrap_or(jiff::tz::TimeZone::UTC);
+                validate::help_request(k, now, &tz, &mut v, "envelope.payload.help_request");
+            }
+            Some(payload::Form::HelpRequestDecision(d)) => {
+                validate_decision(d, &env.in_reply_to, &mut v)
+            }
+            // No rule routes the other forms yet; they are refused above.
+            _ => {}
+        }
+        v.into_result()?;
+
+        // 5. Store: idempotency, reply checks, message, outbox and ledger in one transaction.
+        let payload_bytes = env
+            .payload
+            .as_ref()
+            .map(|p| p.encode_to_vec())
+            .unwrap_or_default();
+        let payload_hash = ledger::payload_sha256(&payload_bytes);
+        let mut tx = self.db.begin().await?;
+        // Take the ledger's write lock first: concurrent sends (several replicas, or SQLite
+        // connections) then see each other's committed idempotency keys instead of racing.
+        ledger::lock_head(&mut tx).await?;
+        if let Some(existing) =
+            store::message_by_key(&mut *tx, &caller.id, &env.idempotency_key).await?
+        {
+            tx.rollback().await?;
+            return duplicate_response(existing, &env, &payload_hash);
+        }
+        if let Reply::To { answers } = rule.reply {
+            let original = store::message_by_id(&mut *tx, &env.in_reply_to)
+                .await?
+                .filter(|m| {
+                    m.recipient_agency_id == caller.id
+                        && m.sender_agency_id == recipient.id
+                        && m.form_kind == answers.as_str_name()
+                })
+                .ok_or_else(|| {
+                    ServiceError::invalid_field(
+                        "envelope.in_reply_to",
+                        "must be a message the recipient sent to you",
+                    )
+                })?;
+            if original.answer_message_id.is_some() {
+                return Err(ServiceError::FailedPrecondition(
+                    "that message has already been answered".into(),
+                ));
+            }
+        }
+        let message_id = uuid::Uuid::now_v7().to_string();
+        env.message_id = message_id.clone();
+        env.sender_agency_id = caller.id.clone();
+        env.created_at = Some(time::to_proto(now));
+        let now_us = time::to_micros(now);
+        sqlx::query(
+            "INSERT INTO messages (message_id, sender_agency_id, idempotency_key, \
+             recipient_agency_id, form_kind, in_reply_to, envelope, payload_sha256, created_at, state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&message_id)
+        .bind(&caller.id)
+        .bind(&env.idempotency_key)
+        .bind(&recipient.id)
+        .bind(form_kind.as_str_name())
+        .bind((!env.in_reply_to.is_empty()).then(|| env.in_reply_to.clone()))
+        .bind(env.encode_to_vec())
+        .bind(&payload_hash)
+        .bind(now_us)
+        .bind(STATE_QUEUED)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO outbox (message_id, next_attempt_at) VALUES ($1, $2)")
+            .bind(&message_id)
+            .bind(now_us)
+            .execute(&mut *tx)
+            .await?;
+        if !env.in_reply_to.is_empty() {
+            sqlx::query(
+                "UPDATE messages SET state = $1, answered_at = $2, answer_message_id = $3 \
+                 WHERE message_id = $4",
+            )
+            .bind(STATE_ANSWERED)
+            .bind(now_us)
+            .bind(&message_id)
+            .bind(&env.in_reply_to)
+            .execute(&mut *tx)
+            .await?;
+        }
+        ledger::append(
+            &mut tx,
+            now_us,
+            &ledger_fields(LedgerEvent::Accepted, &env, &payload_hash),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            message_id = %message_id,
+            sender = %caller.id,
+            recipient = %recipient.id,
+            form = form_kind.as_str_name(),
+            "message accepted"
+        );
+        self.wake.notify_one();
+        Ok(SendResponse {
+            message_id,
+            state: DeliveryState::Queued as i32,
+            duplicate: false,
+            created_at: env.created_at,
+        })
+    }
+
+    /// Where a message is; only its sender and its recipient may ask.
+    pub(crate) async fn delivery_status(
+        &self,
+        caller: &str,
+        message_id: &str,
+    ) -> ServiceResult<DeliveryStatus> {
+        let not_found = || ServiceError::NotFound("no such message".into());
+        let row = store::message_by_id(self.db.pool(), message_id)
+            .await?
+            .filter(|m| m.sender_agency_id == caller || m.recipient_agency_id == caller)
+            .ok_or_else(not_found)?;
+        let answer = match &row.answer_message_id {
+            Some(id) => store::message_by_id(self.db.pool(), id)
+                .await?
+                .map(|a| Envelope::decode(a.envelope.as_slice()))
+                .transpose()
+                .map_err(ServiceError::internal)?,
+            None => None,
+        };
+        Ok(DeliveryStatus {
+            message_id: row.message_id,
+            state: state_to_proto(&row.state) as i32,
+            queued_at: Some(time::micros_to_proto(row.created_at)),
+            delivered_at: row.delivered_at.map(time::micros_to_proto),
+            answered_at: row.answered_at.map(time::micros_to_proto),
+            delivery_attempts: u32::try_from(row.delivery_attempts).unwrap_or(u32::MAX),
+            answer,
+        })
+    }
+}
+
+/// A send whose idempotency key was seen before: the same content gets the same message id;
+/// other content under the same key is refused.
+fn duplicate_response(
+    existing: store::MessageRow,
+    env: &Envelope,
+    payload_hash: &str,
+) -> ServiceResult<SendResponse> {
+    let form = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
+    if existing.payload_sha256 != payload_hash
+        || existing.recipient_agency_id != env.recipient_agency_id
+        || existing.form_kind != form.as_str_name()
+    {
+        return Err(ServiceError::AlreadyExists(
+            "this idempotency key was used for a different message".into(),
+        ));
+    }
+    Ok(SendResponse {
+        message_id: existing.message_id,
+        state: state_to_proto(&existing.state) as i32,
+        duplicate: true,
+        created_at: Some(time::micros_to_proto(existing.created_at)),
+    })
+}
+
+pub(crate) fn state_to_proto(state: &str) -> DeliveryState {
+    match state {
+        STATE_QUEUED => DeliveryState::Queued,
+        STATE_DELIVERED => DeliveryState::Delivered,
+        STATE_ANSWERED => DeliveryState::Answered,
+        _ => DeliveryState::Unspecified,
+    }
+}
+
+/// The ledger's view of an envelope: metadata and the payload's hash, never the payload.
+pub(crate) fn ledger_fields(event: LedgerEvent, env: &Envelope, payload_hash: &str) -> EntryFields {
+    let acting = env.acting_user.clone().unwrap_or_default();
+    EntryFields {
+        event: event.as_str().to_owned(),
+        message_id: env.message_id.clone(),
+        sender_agency_id: env.sender_agency_id.clone(),
+        recipient_agency_id: env.recipient_agency_id.clone(),
+        acting_user_id: acting.user_id,
+        acting_role: Role::try_from(acting.role)
+            .map(role_name)
+            .unwrap_or_default(),
+        purpose_of_use: enum_name(env.purpose_of_use, |e: PurposeOfUse| e.as_str_name()),
+        form_kind: enum_name(env.form_kind, |e: FormKind| e.as_str_name()),
+        case_reference: env.case_reference.clone(),
+        confidentiality: enum_name(env.confidentiality, |e: ConfidentialityLabel| {
+            e.as_str_name()
+        }),
+        payload_sha256: payload_hash.to_owned(),
+    }
+}

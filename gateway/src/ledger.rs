@@ -1,0 +1,217 @@
+//! The append-only, hash-chained ledger of every message's metadata.
+//!
+//! Each entry holds the SHA-256 of the payload (never the payload itself) and the hash of the
+//! previous entry; its own hash covers every field plus that previous hash. Changing, removing or
+//! reordering any stored entry breaks the chain from that entry on, and [`verify`] names it.
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use sqlx::{Any, AnyPool, Row as _, Transaction};
+
+/// The hash the first entry chains to.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened to a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerEvent {
+    /// The gateway acknowledged the message (it is stored and queued).
+    Accepted,
+    /// The recipient's inbox accepted the message.
+    Delivered,
+}
+
+impl LedgerEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "message.accepted",
+            Self::Delivered => "message.delivered",
+        }
+    }
+}
+
+/// The metadata of one ledger entry, before it is chained.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EntryFields {
+    pub event: String,
+    pub message_id: String,
+    pub sender_agency_id: String,
+    pub recipient_agency_id: String,
+    pub acting_user_id: String,
+    pub acting_role: String,
+    pub purpose_of_use: String,
+    pub form_kind: String,
+    pub case_reference: String,
+    pub confidentiality: String,
+    pub payload_sha256: String,
+}
+
+/// The canonical form that is hashed: field order is fixed by this struct.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    seq: i64,
+    recorded_at: i64,
+    prev_hash: &'a str,
+    #[serde(flatten)]
+    fields: &'a EntryFields,
+}
+
+fn entry_hash(seq: i64, recorded_at: i64, prev_hash: &str, fields: &EntryFields) -> String {
+    let canonical = Canonical {
+        seq,
+        recorded_at,
+        prev_hash,
+        fields,
+    };
+    // Serialising a plain struct of strings and integers cannot fail.
+    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// The hex SHA-256 of a payload.
+pub fn payload_sha256(payload: &[u8]) -> String {
+    hex::encode(Sha256::digest(payload))
+}
+
+/// Takes the ledger's write lock for the rest of the transaction (a row lock on PostgreSQL, the
+/// database write lock on SQLite). Call it first in a transaction that reads before it appends.
+pub async fn lock_head(tx: &mut Transaction<'static, Any>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE ledger_head SET last_seq = last_seq WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Appends an entry inside the caller's transaction, so that the entry exists exactly when the
+/// change it records does. Returns the entry's sequence number.
+pub async fn append(
+    tx: &mut Transaction<'static, Any>,
+    recorded_at: i64,
+    fields: &EntryFields,
+) -> Result<i64, sqlx::Error> {
+    // Updating the head row takes its write lock (PostgreSQL row lock, SQLite database lock),
+    // so concurrent appenders are serialised and the chain stays linear across replicas.
+    let head = sqlx::query(
+        "UPDATE ledger_head SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq, last_hash",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let seq: i64 = head.try_get("last_seq")?;
+    let prev_hash: String = head.try_get("last_hash")?;
+    let hash = entry_hash(seq, recorded_at, &prev_hash, fields);
+    sqlx::query(
+        "INSERT INTO ledger (seq, recorded_at, event, message_id, sender_agency_id, \
+         recipient_agency_id, acting_user_id, acting_role, purpose_of_use, form_kind, \
+         case_reference, confidentiality, payload_sha256, prev_hash, entry_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(seq)
+    .bind(recorded_at)
+    .bind(&fields.event)
+    .bind(&fields.message_id)
+    .bind(&fields.sender_agency_id)
+    .bind(&fields.recipient_agency_id)
+    .bind(&fields.acting_user_id)
+    .bind(&fields.acting_role)
+    .bind(&fields.purpose_of_use)
+    .bind(&fields.form_kind)
+    .bind(&fields.case_reference)
+    .bind(&fields.confidentiality)
+    .bind(&fields.payload_sha256)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE ledger_head SET last_hash = $1 WHERE id = 1")
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(seq)
+}
+
+/// The outcome of a successful verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub entries: i64,
+    pub head_hash: String,
+}
+
+/// The first place where the chain does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainBroken {
+    #[error("ledger entry {seq}: its contents do not match its hash (the entry was changed)")]
+    Tampered { seq: i64 },
+    #[error("ledger entry {seq}: it does not chain to the entry before it")]
+    BadLink { seq: i64 },
+    #[error("ledger entry {expected} is missing (found {found} in its place)")]
+    Gap { expected: i64, found: i64 },
+    #[error("the ledger head names entry {head_seq}, but the last entry is {last_seq}")]
+    HeadMismatch { head_seq: i64, last_seq: i64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Broken(#[from] ChainBroken),
+    #[error("cannot read the ledger: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+/// Recomputes every entry's hash and link, in order.
+pub async fn verify(pool: &AnyPool) -> Result<Verified, VerifyError> {
+    let rows = sqlx::query(
+        "SELECT seq, recorded_at, event, message_id, sender_agency_id, recipient_agency_id, \
+         acting_user_id, acting_role, purpose_of_use, form_kind, case_reference, \
+         confidentiality, payload_sha256, prev_hash, entry_hash FROM ledger ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut expected_prev = GENESIS_HASH.to_owned();
+    let mut expected_seq = 1_i64;
+    for row in &rows {
+        let seq: i64 = row.try_get("seq")?;
+        if seq != expected_seq {
+            return Err(ChainBroken::Gap {
+                expected: expected_seq,
+                found: seq,
+            }
+            .into());
+        }
+        let fields = EntryFields {
+            event: row.try_get("event")?,
+            message_id: row.try_get("message_id")?,
+            sender_agency_id: row.try_get("sender_agency_id")?,
+            recipient_agency_id: row.try_get("recipient_agency_id")?,
+            acting_user_id: row.try_get("acting_user_id")?,
+            acting_role: row.try_get("acting_role")?,
+            purpose_of_use: row.try_get("purpose_of_use")?,
+            form_kind: row.try_get("form_kind")?,
+            case_reference: row.try_get("case_reference")?,
+            confidentiality: row.try_get("confidentiality")?,
+            payload_sha256: row.try_get("payload_sha256")?,
+        };
+        let recorded_at: i64 = row.try_get("recorded_at")?;
+        let prev_hash: String = row.try_get("prev_hash")?;
+        let stored_hash: String = row.try_get("entry_hash")?;
+        if entry_hash(seq, recorded_at, &prev_hash, &fields) != stored_hash {
+            return Err(ChainBroken::Tampered { seq }.into());
+        }
+        if prev_hash != expected_prev {
+            return Err(ChainBroken::BadLink { seq }.into());
+        }
+        expected_prev = stored_hash;
+        expected_seq += 1;
+    }
+    let head = sqlx::query("SELECT last_seq, last_hash FROM ledger_head WHERE id = 1")
+        .fetch_one(pool)
+        .await?;
+    let head_seq: i64 = head.try_get("last_seq")?;
+    let head_hash: String = head.try_get("last_hash")?;
+    let last_seq = expected_seq - 1;
+    if head_seq != last_seq || head_hash != expected_prev {
+        return Err(ChainBroken::HeadMismatch { head_seq, last_seq }.into());
+    }
+    Ok(Verified {
+        entries: last_seq,
+        head_hash,
+    })
+}

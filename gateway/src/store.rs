@@ -1,0 +1,172 @@
+//! The gateway's tables: migrations, the directory kept in the store, and message rows.
+
+use referral_core::{
+    db::EmbeddedMigration,
+    directory::{AgencyEntry, Directory, District},
+};
+use sqlx::{AnyPool, Row as _};
+
+/// Numbered, commented migrations; never edited once landed.
+pub const MIGRATIONS: &[EmbeddedMigration] = &[(
+    1,
+    "gateway directory, messages, outbox and ledger",
+    include_str!("../migrations/0001_gateway.sql"),
+)];
+
+/// Delivery state of a message as stored.
+pub const STATE_QUEUED: &str = "queued";
+pub const STATE_DELIVERED: &str = "delivered";
+pub const STATE_ANSWERED: &str = "answered";
+
+/// Writes the directory file's districts and agencies into the store (insert or update), in one
+/// transaction. The store, not the file, is what the running gateway reads.
+pub async fn save_directory(pool: &AnyPool, directory: &Directory) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for d in &directory.districts {
+        sqlx::query(
+            "INSERT INTO districts (district_id, name_kk, name_ru, time_zone) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (district_id) DO UPDATE SET name_kk = excluded.name_kk, \
+             name_ru = excluded.name_ru, time_zone = excluded.time_zone",
+        )
+        .bind(&d.id)
+        .bind(&d.name_kk)
+        .bind(&d.name_ru)
+        .bind(&d.time_zone)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for a in &directory.agencies {
+        sqlx::query(
+            "INSERT INTO agencies (agency_id, kind, district_id, name_kk, name_ru, endpoint) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (agency_id) DO UPDATE SET \
+             kind = excluded.kind, district_id = excluded.district_id, name_kk = excluded.name_kk, \
+             name_ru = excluded.name_ru, endpoint = excluded.endpoint",
+        )
+        .bind(&a.id)
+        .bind(&a.kind)
+        .bind(&a.district)
+        .bind(&a.name_kk)
+        .bind(&a.name_ru)
+        .bind(&a.endpoint)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Reads the directory back from the store.
+pub async fn load_directory(pool: &AnyPool) -> Result<Directory, sqlx::Error> {
+    let districts = sqlx::query(
+        "SELECT district_id, name_kk, name_ru, time_zone FROM districts ORDER BY district_id",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(District {
+            id: r.try_get("district_id")?,
+            name_kk: r.try_get("name_kk")?,
+            name_ru: r.try_get("name_ru")?,
+            time_zone: r.try_get("time_zone")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let agencies = sqlx::query(
+        "SELECT agency_id, kind, district_id, name_kk, name_ru, endpoint FROM agencies ORDER BY agency_id",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(AgencyEntry {
+            id: r.try_get("agency_id")?,
+            kind: r.try_get("kind")?,
+            district: r.try_get("district_id")?,
+            name_kk: r.try_get("name_kk")?,
+            name_ru: r.try_get("name_ru")?,
+            endpoint: r.try_get("endpoint")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Directory {
+        districts,
+        agencies,
+        staff: Vec::new(),
+    })
+}
+
+/// A stored message as the API and the worker need it.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub message_id: String,
+    pub sender_agency_id: String,
+    pub recipient_agency_id: String,
+    pub form_kind: String,
+    pub envelope: Vec<u8>,
+    pub payload_sha256: String,
+    pub created_at: i64,
+    pub state: String,
+    pub delivery_attempts: i64,
+    pub delivered_at: Option<i64>,
+    pub answered_at: Option<i64>,
+    pub answer_message_id: Option<String>,
+}
+
+const MESSAGE_COLUMNS: &str = "message_id, sender_agency_id, recipient_agency_id, form_kind, \
+    envelope, payload_sha256, created_at, state, delivery_attempts, delivered_at, answered_at, \
+    answer_message_id";
+
+fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, sqlx::Error> {
+    Ok(MessageRow {
+        message_id: r.try_get("message_id")?,
+        sender_agency_id: r.try_get("sender_agency_id")?,
+        recipient_agency_id: r.try_get("recipient_agency_id")?,
+        form_kind: r.try_get("form_kind")?,
+        envelope: r.try_get("envelope")?,
+        payload_sha256: r.try_get("payload_sha256")?,
+        created_at: r.try_get("created_at")?,
+        state: r.try_get("state")?,
+        delivery_attempts: r.try_get("delivery_attempts")?,
+        delivered_at: r.try_get("delivered_at")?,
+        answered_at: r.try_get("answered_at")?,
+        answer_message_id: r.try_get("answer_message_id")?,
+    })
+}
+
+pub async fn message_by_id<'e, E>(
+    exec: E,
+    message_id: &str,
+) -> Result<Option<MessageRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = $1"
+    )))
+    .bind(message_id)
+    .fetch_optional(exec)
+    .await?
+    .as_ref()
+    .map(message_row)
+    .transpose()
+}
+
+pub async fn message_by_key<'e, E>(
+    exec: E,
+    sender: &str,
+    idempotency_key: &str,
+) -> Result<Option<MessageRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_agency_id = $1 AND idempotency_key = $2"
+    )))
+    .bind(sender)
+    .bind(idempotency_key)
+    .fetch_optional(exec)
+    .await?
+    .as_ref()
+    .map(message_row)
+    .transpose()
+}

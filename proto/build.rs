@@ -1,0 +1,28 @@
+//! Compiles `referral/v1/*.proto` with protox (a protobuf compiler in pure Rust), so that a
+//! fresh machine needs nothing but cargo: no system `protoc`.
+
+use std::{env, fs, path::PathBuf};
+
+const PROTOS: &[&str] = &[
+    "referral/v1/common.proto",
+    "referral/v1/forms.proto",
+    "referral/v1/envelope.proto",
+    "referral/v1/gateway.proto",
+    "referral/v1/agency.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=referral");
+    let descriptors = protox::compile(PROTOS, ["."])?;
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
+    // The descriptor set also feeds gRPC server reflection.
+    fs::write(
+        out_dir.join("referral_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
