@@ -144,7 +144,11 @@ impl Gateway {
 
     /// Serves the API and runs the delivery worker until `shutdown` is cancelled.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let worker = tokio::spawn(delivery::run(self.shared.clone(), shutdown.clone()));
+        // Aborted if this future is dropped (a crash in tests): no orphaned worker lives on.
+        let worker = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(delivery::run(
+            self.shared.clone(),
+            shutdown.clone(),
+        )));
         let (health, reflection) = server::health_and_reflection(&["referral.v1.Gateway"]).await?;
         let router = server::builder(tls::server_tls(&self.shared.tls))?
             .add_service(health)

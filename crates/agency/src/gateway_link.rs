@@ -1,0 +1,114 @@
+//! The agency's client of the gateway: mutual TLS with the agency's own certificate, checking the
+//! gateway's certificate name, over one lazily connected channel (the agency starts even when the
+//! gateway is down; calls then fail as [`GatewayFailure::Unreachable`]).
+
+use std::time::Duration;
+
+use referral_core::{
+    pki::{ComponentIdentity, TlsMaterial},
+    server::MAX_MESSAGE_BYTES,
+    tls::client_tls,
+};
+use referral_proto::v1::{
+    DeliveryStatus, Envelope, GetDeliveryStatusRequest, SendRequest, SendResponse,
+    gateway_client::GatewayClient,
+};
+use tonic::{
+    Code, Status,
+    transport::{Channel, Endpoint},
+};
+
+use crate::error::BuildError;
+
+/// How long connecting to the gateway may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one call to the gateway may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a gateway call did not succeed.
+#[derive(Debug)]
+pub(crate) enum GatewayFailure {
+    /// Not reachable, timed out or failing internally: trying again later may work.
+    Unreachable(Status),
+    /// The gateway answered and refused the request (invalid, not allowed, key reused): trying
+    /// again will not help. The status goes back to the caller.
+    Refused(Status),
+    /// The gateway did not accept this agency's own credentials: a deployment fault, logged and
+    /// reported to the caller as an internal error.
+    Misconfigured(Status),
+}
+
+impl GatewayFailure {
+    fn classify(status: Status) -> Self {
+        match status.code() {
+            Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::OutOfRange => Self::Refused(status),
+            Code::Unauthenticated => Self::Misconfigured(status),
+            _ => Self::Unreachable(status),
+        }
+    }
+
+    pub(crate) fn code(&self) -> Code {
+        match self {
+            Self::Unreachable(s) | Self::Refused(s) | Self::Misconfigured(s) => s.code(),
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the gateway.
+#[derive(Debug, Clone)]
+pub(crate) struct GatewayLink {
+    client: GatewayClient<Channel>,
+}
+
+impl GatewayLink {
+    /// Prepares the channel; nothing is dialled until the first call.
+    pub(crate) fn new(endpoint: &str, tls: &TlsMaterial) -> Result<Self, BuildError> {
+        let bad_endpoint = |source| BuildError::GatewayEndpoint {
+            endpoint: endpoint.to_owned(),
+            source,
+        };
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(bad_endpoint)?
+            .tls_config(client_tls(tls, &ComponentIdentity::Gateway))
+            .map_err(bad_endpoint)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        let client = GatewayClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self { client })
+    }
+
+    /// Hands a message to the gateway.
+    pub(crate) async fn send(&self, envelope: Envelope) -> Result<SendResponse, GatewayFailure> {
+        self.client
+            .clone()
+            .send(SendRequest {
+                envelope: Some(envelope),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(GatewayFailure::classify)
+    }
+
+    /// Where a message this agency sent is, and the recipient's answer.
+    pub(crate) async fn delivery_status(
+        &self,
+        message_id: &str,
+    ) -> Result<DeliveryStatus, GatewayFailure> {
+        self.client
+            .clone()
+            .get_delivery_status(GetDeliveryStatusRequest {
+                message_id: message_id.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(GatewayFailure::classify)
+    }
+}

@@ -1,0 +1,122 @@
+//! The inbox (`AgencyInbox.Deliver`): where the gateway hands this agency its messages. Only the
+//! gateway gets here ([`crate::auth::GatewayOnly`]); a message id already received is acknowledged
+//! as a duplicate and changes nothing.
+
+use std::sync::Arc;
+
+use referral_core::{FieldViolations, ServiceError};
+use referral_proto::v1::{
+    DeliverRequest, DeliverResponse, Envelope, FormKind, agency_inbox_server::AgencyInbox,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{error::AgencyResult, forms::form_kind_of, service::Context};
+
+/// The inbox service of one agency.
+#[derive(Debug, Clone)]
+pub(crate) struct InboxApi {
+    context: Arc<Context>,
+}
+
+impl InboxApi {
+    pub(crate) fn new(context: Arc<Context>) -> Self {
+        Self { context }
+    }
+
+    async fn deliver(&self, request: DeliverRequest) -> AgencyResult<DeliverResponse> {
+        let envelope = request
+            .envelope
+            .ok_or_else(|| ServiceError::invalid_field("envelope", "required"))?;
+        check_envelope(&envelope, &self.context.agency.id).into_result()?;
+        let now = self.context.clock.now();
+        let duplicate = self.context.store.receive(&envelope, now).await?;
+        tracing::info!(
+            message_id = %envelope.message_id,
+            sender = %envelope.sender_agency_id,
+            form_kind = FormKind::try_from(envelope.form_kind)
+                .unwrap_or(FormKind::Unspecified)
+                .as_str_name(),
+            duplicate,
+            "message received"
+        );
+        Ok(DeliverResponse { duplicate })
+    }
+}
+
+/// The minimal checks of a delivered envelope: it has an id and a sender, it is for this agency,
+/// and its payload is the form its kind says. The gateway validated the form itself.
+fn check_envelope(envelope: &Envelope, own_id: &str) -> FieldViolations {
+    let mut v = FieldViolations::new();
+    if envelope.message_id.trim().is_empty() {
+        v.add("envelope.message_id", "required");
+    }
+    if envelope.sender_agency_id.trim().is_empty() {
+        v.add("envelope.sender_agency_id", "required");
+    }
+    if envelope.recipient_agency_id != own_id {
+        v.add("envelope.recipient_agency_id", "must be this agency");
+    }
+    let kind = FormKind::try_from(envelope.form_kind).unwrap_or(FormKind::Unspecified);
+    let form = envelope.payload.as_ref().and_then(|p| p.form.as_ref());
+    match form {
+        _ if kind == FormKind::Unspecified => v.add("envelope.form_kind", "required"),
+        None => v.add("envelope.payload", "required"),
+        Some(form) if form_kind_of(form) != kind => {
+            v.add("envelope.payload", "must be the form named by form_kind");
+        }
+        Some(_) => {}
+    }
+    v
+}
+
+#[tonic::async_trait]
+impl AgencyInbox for InboxApi {
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
+        Ok(Response::new(self.deliver(request.into_inner()).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use referral_proto::v1::{HelpRequest, HelpRequestDecision, Payload, payload::Form};
+
+    use super::*;
+
+    fn k() -> Envelope {
+        Envelope {
+            message_id: "0195f0e2-0000-7000-8000-000000000001".into(),
+            sender_agency_id: "school-1".into(),
+            recipient_agency_id: "commission".into(),
+            form_kind: FormKind::HelpRequest as i32,
+            payload: Some(Payload {
+                form: Some(Form::HelpRequest(HelpRequest::default())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_well_formed_envelope_for_this_agency_passes() {
+        assert!(check_envelope(&k(), "commission").is_empty());
+    }
+
+    #[test]
+    fn a_wrong_recipient_missing_id_or_mismatched_payload_is_refused() {
+        let mut envelope = k();
+        envelope.message_id.clear();
+        envelope.payload = Some(Payload {
+            form: Some(Form::HelpRequestDecision(HelpRequestDecision::default())),
+        });
+        let v = check_envelope(&envelope, "police-1");
+        assert!(v.contains("envelope.message_id"));
+        assert!(v.contains("envelope.recipient_agency_id"));
+        assert!(v.contains("envelope.payload"));
+
+        let mut envelope = k();
+        envelope.form_kind = FormKind::Unspecified as i32;
+        assert!(check_envelope(&envelope, "commission").contains("envelope.form_kind"));
+    }
+}

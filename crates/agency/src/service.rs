@@ -1,0 +1,209 @@
+//! Starting an agency service: [`AgencyService::build`] binds the listener, checks the agency's
+//! directory entry and opens its store; [`AgencyService::run_until_stopped`] serves until told to
+//! stop. The server's whole stack is assembled in [`AgencyService::router`].
+
+use std::{net::SocketAddr, sync::Arc};
+
+use jiff::tz::TimeZone;
+use referral_core::{
+    Clock,
+    auth::TokenVerifier,
+    db::StorageConfig,
+    directory::{AgencyEntry, Directory, kind_name},
+    pki::TlsMaterial,
+    server::{self, MAX_MESSAGE_BYTES},
+    tls::{install_crypto_provider, server_tls},
+};
+use referral_proto::v1::{
+    AgencyKind, agency_inbox_server::AgencyInboxServer, agency_staff_server::AgencyStaffServer,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
+};
+
+use crate::{
+    auth::{GatewayOnly, StaffAuth},
+    error::BuildError,
+    gateway_link::GatewayLink,
+    inbox::InboxApi,
+    staff::StaffApi,
+    store::Store,
+};
+
+/// Everything an agency service needs to start.
+#[derive(Debug, Clone)]
+pub struct AgencyConfig {
+    /// This agency's id in the directory (`school-1`).
+    pub agency_id: String,
+    /// Where the service listens; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// This agency's certificate and key (used as server and as client of the gateway) and the CA.
+    pub tls: TlsMaterial,
+    pub storage: StorageConfig,
+    /// How the service reaches the gateway, e.g. `https://127.0.0.1:7400`.
+    pub gateway_endpoint: String,
+    pub directory: Directory,
+    /// Verifies the staff's bearer tokens for this agency.
+    pub token_verifier: TokenVerifier,
+    pub clock: Clock,
+}
+
+/// What every handler of one agency shares.
+#[derive(Debug)]
+pub(crate) struct Context {
+    /// This agency's directory entry.
+    pub(crate) agency: AgencyEntry,
+    pub(crate) kind: AgencyKind,
+    /// The district's time zone: dates and case years are judged in it.
+    pub(crate) time_zone: TimeZone,
+    pub(crate) directory: Directory,
+    pub(crate) clock: Clock,
+    pub(crate) store: Store,
+    pub(crate) gateway: GatewayLink,
+}
+
+/// An agency service, bound to its port and ready to serve.
+#[derive(Debug)]
+pub struct AgencyService {
+    listener: TcpListener,
+    port: u16,
+    tls: TlsMaterial,
+    token_verifier: TokenVerifier,
+    context: Arc<Context>,
+}
+
+impl AgencyService {
+    /// Binds the listener, checks that the directory lists this agency with `expected_kind`,
+    /// opens (and migrates) the store `agency-<id>` and prepares the gateway client. Nothing is
+    /// served until [`run_until_stopped`](Self::run_until_stopped).
+    pub async fn build(config: AgencyConfig, expected_kind: AgencyKind) -> anyhow::Result<Self> {
+        Ok(Self::try_build(config, expected_kind).await?)
+    }
+
+    async fn try_build(
+        config: AgencyConfig,
+        expected_kind: AgencyKind,
+    ) -> Result<Self, BuildError> {
+        install_crypto_provider();
+        let listener = server::bind(config.listen)
+            .await
+            .map_err(|source| BuildError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| BuildError::Bind {
+                addr: config.listen,
+                source,
+            })?
+            .port();
+
+        let agency = config
+            .directory
+            .agency(&config.agency_id)
+            .cloned()
+            .ok_or_else(|| BuildError::UnknownAgency(config.agency_id.clone()))?;
+        if agency.kind() != expected_kind {
+            return Err(BuildError::WrongKind {
+                id: agency.id,
+                found: agency.kind,
+                expected: kind_name(expected_kind),
+            });
+        }
+        let district = config.directory.district(&agency.district).ok_or_else(|| {
+            BuildError::UnknownDistrict {
+                id: agency.id.clone(),
+                district: agency.district.clone(),
+            }
+        })?;
+        let time_zone = TimeZone::get(&district.time_zone).map_err(|_| BuildError::TimeZone {
+            district: district.id.clone(),
+            time_zone: district.time_zone.clone(),
+        })?;
+
+        let gateway = GatewayLink::new(&config.gateway_endpoint, &config.tls)?;
+        let store = Store::open(&config.storage, &agency.id).await?;
+        tracing::info!(agency_id = %agency.id, port, "agency service built");
+        Ok(Self {
+            listener,
+            port,
+            tls: config.tls,
+            token_verifier: config.token_verifier,
+            context: Arc::new(Context {
+                agency,
+                kind: expected_kind,
+                time_zone,
+                directory: config.directory,
+                clock: config.clock,
+                store,
+                gateway,
+            }),
+        })
+    }
+
+    /// The port the service listens on (the real one when built with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn agency_id(&self) -> &str {
+        &self.context.agency.id
+    }
+
+    /// The agency's kind.
+    pub fn kind(&self) -> AgencyKind {
+        self.context.kind
+    }
+
+    /// Serves until `shutdown` is cancelled, lets calls in flight finish, then closes the store.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            port,
+            tls,
+            token_verifier,
+            context,
+        } = self;
+        let router = Self::router(&tls, token_verifier, &context).await?;
+        tracing::info!(agency_id = %context.agency.id, port, "agency service listening");
+        let served = server::serve(router, listener, shutdown).await;
+        context.store.close().await;
+        tracing::info!(agency_id = %context.agency.id, "agency service stopped");
+        Ok(served?)
+    }
+
+    /// The agency's server, top to bottom.
+    async fn router(
+        tls: &TlsMaterial,
+        token_verifier: TokenVerifier,
+        context: &Arc<Context>,
+    ) -> anyhow::Result<Router> {
+        let inbox = AgencyInboxServer::new(InboxApi::new(context.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let staff = AgencyStaffServer::new(StaffApi::new(context.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let (health, reflection) = server::health_and_reflection(&[
+            <AgencyInboxServer<InboxApi> as NamedService>::NAME,
+            <AgencyStaffServer<StaffApi> as NamedService>::NAME,
+        ])
+        .await?;
+        let staff_auth = StaffAuth::new(&context.agency.id, token_verifier);
+        Ok(
+            // TLS with optional client certificates, request timeout, per-connection concurrency
+            // limit, load shedding and a trace span per call: shared by every component.
+            server::builder(server_tls(tls))?
+                // Health and reflection: open to any TLS client, they reveal no data.
+                .add_service(health)
+                .add_service(reflection)
+                // Inbox: authenticate the gateway's client certificate before decoding anything
+                // else; oversized messages are refused from their length prefix.
+                .add_service(InterceptedService::new(inbox, GatewayOnly))
+                // Staff API: verify the bearer token and attach the acting user; handlers then
+                // authorise by the user's role and this agency's kind.
+                .add_service(InterceptedService::new(staff, staff_auth)),
+        )
+    }
+}

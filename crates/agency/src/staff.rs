@@ -1,0 +1,428 @@
+//! The staff API (`AgencyStaff`): who am I, the agency's staff, submitting a help request K, the
+//! inbox, the sent messages and (commission only, see [`crate::commission`]) the decision.
+//!
+//! Every call was authenticated by the staff interceptor (`auth::StaffAuth`, one per service);
+//! handlers read the acting user it attached and authorise by role and by this agency's kind.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use referral_core::{
+    FieldViolations, ServiceError,
+    directory::{kind_name, role_fits_kind, role_name},
+    time, validate,
+};
+use referral_proto::v1::{
+    ActingUser, AgencyKind, ConfidentialityLabel, DecideHelpRequestRequest,
+    DecideHelpRequestResponse, Envelope, FormKind, GetMessageRequest, GetSentMessageRequest,
+    InboxItem, ListInboxRequest, ListInboxResponse, ListSentRequest, ListSentResponse,
+    ListStaffRequest, ListStaffResponse, Payload, PurposeOfUse, ReceivedMessage, Role, SentItem,
+    SentMessage, StaffMember, SubmitHelpRequestRequest, SubmitHelpRequestResponse, WhoAmIRequest,
+    WhoAmIResponse, agency_staff_server::AgencyStaff, payload::Form,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    auth::acting_user,
+    commission,
+    error::{AgencyResult, internal, not_found, permission_denied},
+    forms::{decision_of, summary},
+    outbound::{Pushed, failure_error, push},
+    service::Context,
+    store::{Page, fingerprint, sent::NewSent},
+};
+
+/// The agency kinds whose staff may submit a help request K to the commission.
+pub const HELP_REQUEST_SENDER_KINDS: &[AgencyKind] = &[
+    AgencyKind::School,
+    AgencyKind::Residential,
+    AgencyKind::Health,
+    AgencyKind::Police,
+    AgencyKind::Ngo,
+];
+
+/// The roles that may submit a help request K (each only in an agency of its own kind).
+pub const HELP_REQUEST_SENDER_ROLES: &[Role] = &[
+    Role::SchoolDirector,
+    Role::SafetyTeamMember,
+    Role::SafeguardingLead,
+    Role::SafeguardingDeputy,
+    Role::InstitutionDirector,
+    Role::InstitutionStaff,
+    Role::HealthWorker,
+    Role::PoliceJuvenileInspector,
+    Role::NgoCaseManager,
+];
+
+/// Whether someone with `role` in an agency of `kind` may submit a help request K.
+pub fn may_submit_help_request(kind: AgencyKind, role: Role) -> bool {
+    HELP_REQUEST_SENDER_KINDS.contains(&kind)
+        && HELP_REQUEST_SENDER_ROLES.contains(&role)
+        && role_fits_kind(role, kind)
+}
+
+/// What a caller is told when the gateway could not take their help request.
+const SUBMIT_RETRY_HINT: &str =
+    "the gateway is not reachable; submit again with the same idempotency key";
+
+/// The staff API of one agency.
+#[derive(Debug, Clone)]
+pub(crate) struct StaffApi {
+    context: Arc<Context>,
+}
+
+/// A form kind filter of a list request: unspecified lists every kind.
+fn form_kind_filter(value: i32) -> AgencyResult<FormKind> {
+    FormKind::try_from(value)
+        .map_err(|_| ServiceError::invalid_field("form_kind", "must be a known form kind").into())
+}
+
+fn role_of(user: &ActingUser) -> Role {
+    Role::try_from(user.role).unwrap_or(Role::Unspecified)
+}
+
+impl StaffApi {
+    pub(crate) fn new(context: Arc<Context>) -> Self {
+        Self { context }
+    }
+
+    fn list_staff(&self, request: &ListStaffRequest) -> AgencyResult<ListStaffResponse> {
+        let wanted = match Role::try_from(request.role) {
+            Ok(Role::Unspecified) => None,
+            Ok(role) => Some(role),
+            Err(_) => {
+                return Err(ServiceError::invalid_field("role", "must be a known role").into());
+            }
+        };
+        let staff = self
+            .context
+            .directory
+            .staff_of(&self.context.agency.id)
+            .filter(|s| wanted.is_none_or(|role| s.role() == role))
+            .map(|s| StaffMember {
+                user_id: s.user_id.clone(),
+                full_name: s.full_name.clone(),
+                role: s.role() as i32,
+                contact: s.contact.clone(),
+            })
+            .collect();
+        Ok(ListStaffResponse { staff })
+    }
+
+    async fn submit_help_request(
+        &self,
+        user: ActingUser,
+        request: SubmitHelpRequestRequest,
+    ) -> AgencyResult<SubmitHelpRequestResponse> {
+        let context = &self.context;
+        let role = role_of(&user);
+        if !may_submit_help_request(context.kind, role) {
+            return Err(permission_denied(&format!(
+                "a {} of a {} may not submit a help request",
+                role_name(role),
+                kind_name(context.kind)
+            )));
+        }
+
+        let now = context.clock.now();
+        let mut v = FieldViolations::new();
+        validate::idempotency_key(&request.idempotency_key, "idempotency_key", &mut v);
+        match &request.help_request {
+            Some(k) => validate::help_request(k, now, &context.time_zone, &mut v, "help_request"),
+            None => v.add("help_request", "required"),
+        }
+        v.into_result()?;
+        let SubmitHelpRequestRequest {
+            idempotency_key,
+            recipient_agency_id,
+            help_request,
+        } = request;
+        let help_request = help_request.unwrap_or_default();
+
+        let recipient = if recipient_agency_id.is_empty() {
+            context
+                .directory
+                .commission_of(&context.agency.district)
+                .map(|c| c.id.clone())
+                .ok_or_else(|| {
+                    internal(anyhow::anyhow!(
+                        "the directory has no commission for this agency's district"
+                    ))
+                })?
+        } else {
+            recipient_agency_id
+        };
+        // What the caller asked for, to tell a retry from a key reused for something else.
+        let request_sha256 = fingerprint(
+            &[
+                recipient.as_bytes(),
+                b"\n",
+                help_request.encode_to_vec().as_slice(),
+            ]
+            .concat(),
+        );
+        let envelope = Envelope {
+            message_id: String::new(),
+            idempotency_key: idempotency_key.clone(),
+            sender_agency_id: context.agency.id.clone(),
+            recipient_agency_id: recipient,
+            acting_user: Some(user.clone()),
+            purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+            case_reference: String::new(),
+            form_kind: FormKind::HelpRequest as i32,
+            confidentiality: ConfidentialityLabel::Restricted as i32,
+            created_at: None,
+            in_reply_to: String::new(),
+            payload: Some(Payload {
+                form: Some(Form::HelpRequest(help_request)),
+            }),
+        };
+
+        let row = context
+            .store
+            .begin_send(&NewSent {
+                idempotency_key: &idempotency_key,
+                request_sha256: &request_sha256,
+                acting_user_id: &user.user_id,
+                envelope: &envelope,
+                now,
+            })
+            .await?;
+        if row.request_sha256 != request_sha256 {
+            return Err(ServiceError::AlreadyExists(
+                "this idempotency key was already used for a different help request".into(),
+            )
+            .into());
+        }
+        let row = match row.message_id {
+            // Submitted before and acknowledged: the same message.
+            Some(_) => row,
+            None => match push(context, &row).await? {
+                Pushed::Sent(row) => *row,
+                Pushed::Failed(failure) => {
+                    if !matches!(failure, crate::gateway_link::GatewayFailure::Unreachable(_)) {
+                        // Refused: nothing stays stored.
+                        context.store.forget_pending(&idempotency_key).await?;
+                    }
+                    return Err(failure_error(failure, SUBMIT_RETRY_HINT));
+                }
+            },
+        };
+        Ok(SubmitHelpRequestResponse {
+            message_id: row.message_id.unwrap_or_default(),
+            state: row.delivery_state as i32,
+        })
+    }
+
+    async fn list_inbox(&self, request: &ListInboxRequest) -> AgencyResult<ListInboxResponse> {
+        let kind = form_kind_filter(request.form_kind)?;
+        let page = Page::from_request(request.page_size, &request.page_token)?;
+        let (rows, next) = self.context.store.list_inbox(kind, &page).await?;
+        let items = rows
+            .into_iter()
+            .map(|row| {
+                let sender = self.context.directory.agency(&row.sender_agency_id);
+                InboxItem {
+                    sender_name_kk: sender.map(|a| a.name_kk.clone()).unwrap_or_default(),
+                    sender_name_ru: sender.map(|a| a.name_ru.clone()).unwrap_or_default(),
+                    summary: summary(&row.envelope),
+                    message_id: row.message_id,
+                    sender_agency_id: row.sender_agency_id,
+                    form_kind: row.form_kind as i32,
+                    received_at: Some(time::to_proto(row.received_at)),
+                    status: row.referral_status as i32,
+                }
+            })
+            .collect();
+        Ok(ListInboxResponse {
+            items,
+            next_page_token: next.map(|c| c.token()).unwrap_or_default(),
+        })
+    }
+
+    async fn get_message(&self, request: &GetMessageRequest) -> AgencyResult<ReceivedMessage> {
+        let row = self
+            .context
+            .store
+            .received(&request.message_id)
+            .await?
+            .ok_or_else(|| not_found("no message with this id in this agency's inbox"))?;
+        let decision = match row.form_kind {
+            FormKind::HelpRequest => self
+                .context
+                .store
+                .decision_for(&row.message_id)
+                .await?
+                .map(|d| d.decision),
+            _ => decision_of(&row.envelope).cloned(),
+        };
+        Ok(ReceivedMessage {
+            envelope: Some(row.envelope),
+            received_at: Some(time::to_proto(row.received_at)),
+            status: row.referral_status as i32,
+            decision,
+        })
+    }
+
+    async fn list_sent(&self, request: &ListSentRequest) -> AgencyResult<ListSentResponse> {
+        let kind = form_kind_filter(request.form_kind)?;
+        let page = Page::from_request(request.page_size, &request.page_token)?;
+        let (rows, next) = self.context.store.list_sent(kind, &page).await?;
+        let items = rows
+            .into_iter()
+            .map(|row| SentItem {
+                summary: summary(&row.envelope),
+                message_id: row.message_id.unwrap_or_default(),
+                recipient_agency_id: row.recipient_agency_id,
+                form_kind: row.form_kind as i32,
+                sent_at: row.sent_at.map(time::to_proto),
+                state: row.delivery_state as i32,
+                status: row.referral_status as i32,
+            })
+            .collect();
+        Ok(ListSentResponse {
+            items,
+            next_page_token: next.map(|c| c.token()).unwrap_or_default(),
+        })
+    }
+
+    async fn get_sent_message(&self, request: &GetSentMessageRequest) -> AgencyResult<SentMessage> {
+        let context = &self.context;
+        let message_id = request.message_id.as_str();
+        let mut row = context
+            .store
+            .sent_by_message_id(message_id)
+            .await?
+            .ok_or_else(|| {
+                not_found("no message with this id among this agency's sent messages")
+            })?;
+        // Live state from the gateway when it answers; the stored state otherwise.
+        match context.gateway.delivery_status(message_id).await {
+            Ok(live) => {
+                if let Some(updated) = context
+                    .store
+                    .record_live_state(message_id, &live, context.clock.now())
+                    .await?
+                {
+                    row = updated;
+                }
+            }
+            Err(failure) => tracing::warn!(
+                message_id,
+                code = ?failure.code(),
+                "no live delivery status from the gateway; answering from the store"
+            ),
+        }
+        Ok(SentMessage {
+            envelope: Some(row.envelope),
+            state: row.delivery_state as i32,
+            status: row.referral_status as i32,
+            answer: row.answer,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AgencyStaff for StaffApi {
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
+        let user = acting_user(&request)?;
+        Ok(Response::new(WhoAmIResponse {
+            user: Some(user),
+            agency: Some(self.context.agency.to_proto()),
+        }))
+    }
+
+    async fn list_staff(
+        &self,
+        request: Request<ListStaffRequest>,
+    ) -> Result<Response<ListStaffResponse>, Status> {
+        acting_user(&request)?;
+        Ok(Response::new(self.list_staff(request.get_ref())?))
+    }
+
+    async fn submit_help_request(
+        &self,
+        request: Request<SubmitHelpRequestRequest>,
+    ) -> Result<Response<SubmitHelpRequestResponse>, Status> {
+        let user = acting_user(&request)?;
+        let response = self.submit_help_request(user, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_inbox(
+        &self,
+        request: Request<ListInboxRequest>,
+    ) -> Result<Response<ListInboxResponse>, Status> {
+        acting_user(&request)?;
+        Ok(Response::new(self.list_inbox(request.get_ref()).await?))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<GetMessageRequest>,
+    ) -> Result<Response<ReceivedMessage>, Status> {
+        acting_user(&request)?;
+        Ok(Response::new(self.get_message(request.get_ref()).await?))
+    }
+
+    async fn list_sent(
+        &self,
+        request: Request<ListSentRequest>,
+    ) -> Result<Response<ListSentResponse>, Status> {
+        acting_user(&request)?;
+        Ok(Response::new(self.list_sent(request.get_ref()).await?))
+    }
+
+    async fn get_sent_message(
+        &self,
+        request: Request<GetSentMessageRequest>,
+    ) -> Result<Response<SentMessage>, Status> {
+        acting_user(&request)?;
+        Ok(Response::new(
+            self.get_sent_message(request.get_ref()).await?,
+        ))
+    }
+
+    async fn decide_help_request(
+        &self,
+        request: Request<DecideHelpRequestRequest>,
+    ) -> Result<Response<DecideHelpRequestResponse>, Status> {
+        let user = acting_user(&request)?;
+        let response = commission::decide(&self.context, user, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_requests_come_from_the_referring_kinds_in_their_own_roles() {
+        assert!(may_submit_help_request(
+            AgencyKind::School,
+            Role::SchoolDirector
+        ));
+        assert!(may_submit_help_request(
+            AgencyKind::Ngo,
+            Role::NgoCaseManager
+        ));
+        assert!(may_submit_help_request(
+            AgencyKind::Police,
+            Role::PoliceJuvenileInspector
+        ));
+        // The commission does not refer to itself.
+        assert!(!may_submit_help_request(
+            AgencyKind::Commission,
+            Role::CommissionSecretary
+        ));
+        // A role of another kind does not count.
+        assert!(!may_submit_help_request(
+            AgencyKind::School,
+            Role::NgoCaseManager
+        ));
+    }
+}

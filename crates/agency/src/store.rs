@@ -1,0 +1,238 @@
+//! The agency's own store: what it sent ([`sent`]), what it received ([`received`]) and, for the
+//! commission, its decisions and case files ([`decisions`]).
+//!
+//! Layout (see `migrations/`): `sent_messages` keyed by idempotency key, `received_messages` keyed
+//! by message id, `decisions` and `cases` keyed by the help request's message id, and
+//! `case_counters` per year. Envelopes are kept as encoded protobuf; the plain columns hold only
+//! what queries need (ids, kinds, states, instants). Every multi-statement write runs in one
+//! transaction.
+
+pub(crate) mod decisions;
+pub(crate) mod received;
+pub(crate) mod sent;
+
+use referral_core::{
+    ServiceError, ServiceResult,
+    db::{Database, DbError, EmbeddedMigration, StorageConfig},
+};
+use referral_proto::v1::{DeliveryState, FormKind, ReferralStatus};
+
+/// The agency store's migrations, oldest first. Numbered, commented, never edited once landed.
+pub const MIGRATIONS: &[EmbeddedMigration] = &[
+    (
+        1,
+        "sent and received messages",
+        include_str!("../migrations/0001_messages.sql"),
+    ),
+    (
+        2,
+        "commission decisions and case files",
+        include_str!("../migrations/0002_commission.sql"),
+    ),
+];
+
+/// The component name of an agency's store: `agency-<id>` (a file or a schema of its own).
+pub fn component_name(agency_id: &str) -> String {
+    format!("agency-{agency_id}")
+}
+
+/// Default and largest page of a list.
+pub(crate) const DEFAULT_PAGE_SIZE: u32 = 50;
+pub(crate) const MAX_PAGE_SIZE: u32 = 500;
+
+/// One agency's store.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens the store of agency `agency_id` and runs its migrations.
+    pub(crate) async fn open(storage: &StorageConfig, agency_id: &str) -> Result<Self, DbError> {
+        let db = Database::open(storage, &component_name(agency_id), MIGRATIONS).await?;
+        Ok(Self { db })
+    }
+
+    pub(crate) async fn close(&self) {
+        self.db.close().await;
+    }
+}
+
+/// Where a page of a newest-first list starts: after the item at (`at`, `id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    at: i64,
+    id: String,
+}
+
+impl Cursor {
+    /// Before every item: the first page.
+    fn first() -> Self {
+        Self {
+            at: i64::MAX,
+            id: String::new(),
+        }
+    }
+
+    fn after(at: i64, id: &str) -> Self {
+        Self {
+            at,
+            id: id.to_owned(),
+        }
+    }
+
+    /// The page token handed to clients. Opaque to them; it is `<instant>.<message id>`.
+    pub(crate) fn token(&self) -> String {
+        format!("{}.{}", self.at, self.id)
+    }
+}
+
+/// A page request: how many items, starting after which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Page {
+    size: u32,
+    after: Cursor,
+}
+
+impl Page {
+    /// Reads `page_size` (0 means the default, larger than the maximum means the maximum) and
+    /// `page_token` (empty means the first page) of a list request.
+    pub(crate) fn from_request(page_size: u32, page_token: &str) -> ServiceResult<Self> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            Cursor::first()
+        } else {
+            page_token
+                .split_once('.')
+                .and_then(|(at, id)| Some(Cursor::after(at.parse().ok()?, id)))
+                .filter(|c| !c.id.is_empty())
+                .ok_or_else(|| {
+                    ServiceError::invalid_field(
+                        "page_token",
+                        "must be a token from a previous page",
+                    )
+                })?
+        };
+        Ok(Self { size, after })
+    }
+
+    /// The SQL `LIMIT`: one more than the page, to know whether another page follows.
+    fn limit(&self) -> i64 {
+        i64::from(self.size) + 1
+    }
+
+    /// Cuts the extra row off and returns the cursor of the next page, if there is one.
+    fn finish<T>(&self, rows: &mut Vec<T>, cursor_of: impl Fn(&T) -> Cursor) -> Option<Cursor> {
+        let size = usize::try_from(self.size).unwrap_or(usize::MAX);
+        if rows.len() > size {
+            rows.truncate(size);
+            rows.last().map(cursor_of)
+        } else {
+            None
+        }
+    }
+}
+
+/// How a form kind filter is bound: empty matches every kind.
+fn kind_filter(kind: FormKind) -> &'static str {
+    match kind {
+        FormKind::Unspecified => "",
+        kind => kind.as_str_name(),
+    }
+}
+
+fn form_kind(text: &str) -> FormKind {
+    FormKind::from_str_name(text).unwrap_or(FormKind::Unspecified)
+}
+
+fn delivery_state(text: &str) -> DeliveryState {
+    DeliveryState::from_str_name(text).unwrap_or(DeliveryState::Unspecified)
+}
+
+fn referral_status(text: &str) -> ReferralStatus {
+    ReferralStatus::from_str_name(text).unwrap_or(ReferralStatus::Unspecified)
+}
+
+/// Decodes a stored protobuf value; a stored value that does not decode is an internal error.
+fn decode<M: prost::Message + Default>(bytes: &[u8]) -> ServiceResult<M> {
+    M::decode(bytes).map_err(ServiceError::internal)
+}
+
+fn encode<M: prost::Message>(message: &M) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
+/// SHA-256 of some bytes, in hex: how a request is recognised when its idempotency key comes
+/// again.
+pub(crate) fn fingerprint(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A fresh store for unit tests: SQLite in a temporary directory, or a schema of its own in
+    //! the PostgreSQL database named by `REFERRAL_TEST_DATABASE_URL` when that is set.
+
+    use referral_core::db::StorageConfig;
+
+    use super::Store;
+
+    /// Where a test's store lives, and the agency id that names it.
+    pub(crate) fn storage() -> (StorageConfig, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = StorageConfig {
+            data_dir: dir.path().to_owned(),
+            database_url: std::env::var("REFERRAL_TEST_DATABASE_URL")
+                .ok()
+                .map(Into::into),
+        };
+        let agency_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        (storage, agency_id, dir)
+    }
+
+    pub(crate) async fn store() -> (Store, tempfile::TempDir) {
+        let (storage, agency_id, dir) = storage();
+        (Store::open(&storage, &agency_id).await.unwrap(), dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_sizes_default_and_cap() {
+        assert_eq!(Page::from_request(0, "").unwrap().size, DEFAULT_PAGE_SIZE);
+        assert_eq!(Page::from_request(10_000, "").unwrap().size, MAX_PAGE_SIZE);
+        assert_eq!(Page::from_request(7, "").unwrap().size, 7);
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_invalid() {
+        let cursor = Cursor::after(1_700_000_000_000_000, "0195-abc");
+        let page = Page::from_request(5, &cursor.token()).unwrap();
+        assert_eq!(page.after, cursor);
+        for bad in ["x", "12", "abc.def", "12."] {
+            let err = Page::from_request(5, bad).unwrap_err();
+            assert!(
+                matches!(&err, ServiceError::InvalidArgument(v) if v.contains("page_token")),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_run_twice_without_harm() {
+        let (storage, agency_id, _dir) = testing::storage();
+        Store::open(&storage, &agency_id)
+            .await
+            .unwrap()
+            .close()
+            .await;
+        Store::open(&storage, &agency_id).await.unwrap();
+    }
+}

@@ -1,0 +1,574 @@
+//! The launcher: `referral-hub up` runs every component of the hub in one process (the
+//! "monolithic mode" of Loki and Tempo), `gateway` and `agency --id <id>` run one component alone,
+//! and `ledger verify` checks the gateway's ledger offline. All of them build components with the
+//! components' own `build` functions, so the two modes cannot drift apart.
+//!
+//! In development mode the first start creates the development PKI and the token issuer's keys
+//! under the data directory; in production mode nothing is generated and the files must exist.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use referral_agency::{AgencyConfig, AgencyService};
+use referral_core::{
+    Clock,
+    auth::{DevIssuer, TokenVerifier},
+    db::store_name,
+    directory::{AgencyEntry, Directory, role_name},
+    pki::{ComponentIdentity, TlsFiles, TlsMaterial, ensure_dev_pki},
+    telemetry,
+    tls::install_crypto_provider,
+};
+use referral_gateway::{Gateway, GatewayConfig};
+use referral_proto::v1::AgencyKind;
+use serde_json::json;
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    UsageError,
+    output::{Format, Table, print_json},
+    settings::{DirectorySource, Settings},
+};
+
+/// How long components get to finish calls in flight after a shutdown request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// One built component, bound to its port and ready to serve.
+enum Component {
+    Gateway(Gateway),
+    Agency(AgencyService),
+}
+
+/// A component with what the start-up table shows about it.
+struct Built {
+    name: String,
+    kind: String,
+    listen: SocketAddr,
+    component: Component,
+}
+
+impl Component {
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        match self {
+            Self::Gateway(gateway) => gateway.run_until_stopped(shutdown).await,
+            Self::Agency(agency) => agency.run_until_stopped(shutdown).await,
+        }
+    }
+}
+
+/// `referral-hub up`.
+pub async fn up(settings: &Settings, format: Format) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    let _telemetry = telemetry::init("referral-hub", &settings.config.telemetry)?;
+    install_crypto_provider();
+    let (directory, source) = settings.directory()?;
+    let generated = prepare_credentials(settings, &directory)?;
+    let clock = Clock::system();
+
+    let mut built = Vec::new();
+    let gateway = build_gateway(
+        settings,
+        &directory,
+        settings.config.gateway.listen,
+        clock.clone(),
+    )
+    .await?;
+    let gateway_listen = SocketAddr::new(settings.config.gateway.listen.ip(), gateway.port());
+    // In one process the agencies reach the gateway where it is actually bound.
+    let gateway_endpoint = format!("https://{}", dial_address(gateway_listen));
+    built.push(Built {
+        name: "gateway".into(),
+        kind: "gateway".into(),
+        listen: gateway_listen,
+        component: Component::Gateway(gateway),
+    });
+    for agency in &directory.agencies {
+        let listen = listen_address(&agency.endpoint)
+            .with_context(|| format!("cannot start {}", agency.id))?;
+        let service = build_agency(
+            settings,
+            &directory,
+            agency,
+            listen,
+            &gateway_endpoint,
+            clock.clone(),
+        )
+        .await?;
+        built.push(Built {
+            name: agency.id.clone(),
+            kind: agency.kind.clone(),
+            listen: SocketAddr::new(listen.ip(), service.port()),
+            component: Component::Agency(service),
+        });
+    }
+
+    print_banner(settings, &directory, &source, &built, generated, format);
+    run_all(built, &mut signals).await
+}
+
+/// `referral-hub gateway`.
+pub async fn gateway(settings: &Settings) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    let _telemetry = telemetry::init("referral-gateway", &settings.config.telemetry)?;
+    install_crypto_provider();
+    let (directory, source) = settings.directory()?;
+    prepare_credentials(settings, &directory)?;
+    let listen = settings.config.gateway.listen;
+    let gateway = build_gateway(settings, &directory, listen, Clock::system()).await?;
+    let listen = SocketAddr::new(listen.ip(), gateway.port());
+    tracing::info!(%listen, directory = %source, "gateway listening");
+    let built = Built {
+        name: "gateway".into(),
+        kind: "gateway".into(),
+        listen,
+        component: Component::Gateway(gateway),
+    };
+    run_all(vec![built], &mut signals).await
+}
+
+/// `referral-hub agency --id <id>`.
+pub async fn agency(
+    settings: &Settings,
+    id: &str,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    let (directory, source) = settings.directory()?;
+    let Some(entry) = directory.agency(id).cloned() else {
+        let known: Vec<&str> = directory.agencies.iter().map(|a| a.id.as_str()).collect();
+        return Err(UsageError(format!(
+            "no agency {id} in {source}; known agencies: {}",
+            known.join(", ")
+        ))
+        .into());
+    };
+    let _telemetry = telemetry::init(&format!("referral-{id}"), &settings.config.telemetry)?;
+    install_crypto_provider();
+    prepare_credentials(settings, &directory)?;
+    let listen = match listen {
+        Some(listen) => listen,
+        None => listen_address(&entry.endpoint)?,
+    };
+    let service = build_agency(
+        settings,
+        &directory,
+        &entry,
+        listen,
+        &settings.config.gateway.endpoint,
+        Clock::system(),
+    )
+    .await?;
+    let listen = SocketAddr::new(listen.ip(), service.port());
+    tracing::info!(agency_id = id, %listen, gateway = %settings.config.gateway.endpoint, "agency service listening");
+    let built = Built {
+        name: entry.id.clone(),
+        kind: entry.kind.clone(),
+        listen,
+        component: Component::Agency(service),
+    };
+    run_all(vec![built], &mut signals).await
+}
+
+/// `referral-hub ledger verify`: exit 0 when the chain holds, an error naming the first broken
+/// entry otherwise.
+pub async fn verify_ledger(settings: &Settings, format: Format) -> anyhow::Result<()> {
+    let storage = settings.config.storage();
+    if storage.database_url.is_none() {
+        let file = storage
+            .data_dir
+            .join(format!("{}.db", store_name("gateway")));
+        if !file.exists() {
+            bail!(
+                "no gateway store at {} — has the gateway run with this data directory?",
+                file.display()
+            );
+        }
+    }
+    let verified = referral_gateway::verify_ledger(&storage)
+        .await
+        .context("the ledger does not verify")?;
+    match format {
+        Format::Json => print_json(&json!({
+            "verified": true,
+            "entries": verified.entries,
+            "head_hash": verified.head_hash,
+        })),
+        Format::Human => println!(
+            "ledger verified: {} entries, head {}",
+            verified.entries,
+            if verified.head_hash.is_empty() {
+                "(empty)"
+            } else {
+                &verified.head_hash
+            }
+        ),
+    }
+    Ok(())
+}
+
+/// Every component's identity: the gateway and each agency of the directory.
+fn identities(directory: &Directory) -> anyhow::Result<Vec<ComponentIdentity>> {
+    let mut ids = vec![ComponentIdentity::Gateway];
+    for agency in &directory.agencies {
+        ids.push(ComponentIdentity::agency(agency.id.clone())?);
+    }
+    Ok(ids)
+}
+
+/// In development mode: makes sure the development PKI and the issuer keys exist for every
+/// component (creating what is missing) and says whether anything was created. In production mode
+/// this does nothing; the components then load their files and fail clearly if one is missing.
+fn prepare_credentials(settings: &Settings, directory: &Directory) -> anyhow::Result<bool> {
+    if !settings.development() {
+        return Ok(false);
+    }
+    let pki_dir = settings.config.pki_dir();
+    let report = ensure_dev_pki(&pki_dir, &identities(directory)?).with_context(|| {
+        format!(
+            "cannot prepare the development PKI in {}",
+            pki_dir.display()
+        )
+    })?;
+    let jwks_dir = settings.config.jwks_dir();
+    let ids: Vec<&str> = directory.agencies.iter().map(|a| a.id.as_str()).collect();
+    let missing_keys = ids
+        .iter()
+        .any(|id| !jwks_dir.join(format!("{id}.jwks.json")).exists());
+    DevIssuer::ensure(&jwks_dir, &ids).with_context(|| {
+        format!(
+            "cannot prepare the development token issuer in {}",
+            jwks_dir.display()
+        )
+    })?;
+    if !report.is_empty() || missing_keys {
+        tracing::info!(pki = %pki_dir.display(), issuer = %jwks_dir.display(), "development credentials created");
+    }
+    Ok(!report.is_empty() || missing_keys)
+}
+
+/// A component's certificate, key and CA from the PKI directory.
+fn tls_material(settings: &Settings, identity: &ComponentIdentity) -> anyhow::Result<TlsMaterial> {
+    let dir = settings.config.pki_dir();
+    TlsMaterial::load(&TlsFiles::in_dir(&dir, identity)).with_context(|| {
+        if settings.development() {
+            format!("cannot load the certificate of {identity}")
+        } else {
+            format!(
+                "cannot load the certificate of {identity} (production mode: certificates are read from {}, never generated)",
+                dir.display()
+            )
+        }
+    })
+}
+
+async fn build_gateway(
+    settings: &Settings,
+    directory: &Directory,
+    listen: SocketAddr,
+    clock: Clock,
+) -> anyhow::Result<Gateway> {
+    let config = GatewayConfig {
+        listen,
+        tls: tls_material(settings, &ComponentIdentity::Gateway)?,
+        storage: settings.config.storage(),
+        directory: directory.clone(),
+        delivery: settings.config.delivery,
+        clock,
+    };
+    Gateway::build(config)
+        .await
+        .context("cannot start the gateway")
+}
+
+async fn build_agency(
+    settings: &Settings,
+    directory: &Directory,
+    agency: &AgencyEntry,
+    listen: SocketAddr,
+    gateway_endpoint: &str,
+    clock: Clock,
+) -> anyhow::Result<AgencyService> {
+    let id = agency.id.as_str();
+    let start = || format!("cannot start {id}");
+    let jwks = settings.config.jwks_dir().join(format!("{id}.jwks.json"));
+    let token_verifier =
+        TokenVerifier::from_jwks_file(&settings.config.auth.issuer, id, &jwks, clock.clone())
+            .with_context(start)?;
+    let config = AgencyConfig {
+        agency_id: id.to_owned(),
+        listen,
+        tls: tls_material(settings, &ComponentIdentity::agency(id)?).with_context(start)?,
+        storage: settings.config.storage(),
+        gateway_endpoint: gateway_endpoint.to_owned(),
+        directory: directory.clone(),
+        token_verifier,
+        clock,
+    };
+    let built = match agency.kind() {
+        AgencyKind::School => referral_school::build(config).await,
+        AgencyKind::Residential => referral_residential::build(config).await,
+        AgencyKind::Commission => referral_commission::build(config).await,
+        AgencyKind::Police => referral_police::build(config).await,
+        AgencyKind::Health => referral_health::build(config).await,
+        AgencyKind::Ngo => referral_ngo::build(config).await,
+        AgencyKind::Unspecified => bail!("agency {id} has an unknown kind {}", agency.kind),
+    };
+    built.with_context(start)
+}
+
+/// Where a service whose endpoint is `https://host:port` listens: that port, on the host's
+/// address when the host is an IP address (`localhost` is 127.0.0.1), on every interface when it
+/// is a DNS name.
+pub fn listen_address(endpoint: &str) -> anyhow::Result<SocketAddr> {
+    let uri: tonic::transport::Uri = endpoint
+        .parse()
+        .with_context(|| format!("the endpoint {endpoint} is not a URL"))?;
+    let port = uri
+        .port_u16()
+        .with_context(|| format!("the endpoint {endpoint} has no port"))?;
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The address to dial for a listener: an unspecified address (0.0.0.0, ::) is dialled on the
+/// loopback interface.
+fn dial_address(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), listen.port())
+        }
+        _ => listen,
+    }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM, registered before anything starts so that a signal during
+/// start-up is not lost (or fatal).
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "Ctrl-C",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Runs the components until a signal or until one of them stops; then stops all of them and
+/// waits for each. The first failure is the result.
+async fn run_all(built: Vec<Built>, signals: &mut Signals) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    for b in built {
+        let token = shutdown.clone();
+        let name = b.name;
+        tasks.spawn(async move {
+            let result = b.component.run(token).await;
+            (name, result)
+        });
+    }
+
+    let mut failure: Option<anyhow::Error> = None;
+    let mut record = |joined: Result<(String, anyhow::Result<()>), tokio::task::JoinError>,
+                      stopping: bool| {
+        let error = match joined {
+            Ok((_, Ok(()))) if stopping => None,
+            Ok((name, Ok(()))) => Some(anyhow::anyhow!("{name} stopped unexpectedly")),
+            Ok((name, Err(e))) => Some(e.context(format!("{name} failed"))),
+            Err(e) => Some(anyhow::anyhow!("a component crashed: {e}")),
+        };
+        if let Some(e) = error {
+            tracing::error!(error = format!("{e:#}"), "component stopped");
+            failure.get_or_insert(e);
+        }
+    };
+
+    tokio::select! {
+        why = signals.recv() => tracing::info!("{why} received, shutting down"),
+        Some(joined) = tasks.join_next() => record(joined, false),
+    }
+    shutdown.cancel();
+
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            record(joined, true);
+        }
+    };
+    tokio::select! {
+        () = drain => tracing::info!("stopped cleanly"),
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tasks.abort_all();
+            bail!("components did not stop within {} s; stopped them", SHUTDOWN_GRACE.as_secs());
+        }
+        why = signals.recv() => {
+            tasks.abort_all();
+            bail!("{why} received again; stopped without waiting");
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The start-up table: where each component listens, the demo users, what to try next.
+fn print_banner(
+    settings: &Settings,
+    directory: &Directory,
+    source: &DirectorySource,
+    built: &[Built],
+    generated: bool,
+    format: Format,
+) {
+    let config = &settings.config;
+    let dev = settings.development();
+    if format == Format::Json {
+        let components: Vec<_> = built
+            .iter()
+            .map(|b| {
+                let endpoint = directory
+                    .agency(&b.name)
+                    .map(|a| a.endpoint.clone())
+                    .unwrap_or_else(|| format!("https://{}", dial_address(b.listen)));
+                json!({"name": b.name, "kind": b.kind, "listen": b.listen.to_string(), "endpoint": endpoint})
+            })
+            .collect();
+        let users: Vec<_> = if dev {
+            directory
+                .staff
+                .iter()
+                .map(|s| json!({"agency": s.agency, "user_id": s.user_id, "role": role_name(s.role()), "full_name": s.full_name}))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        print_json(&json!({
+            "mode": if dev { "development" } else { "production" },
+            "data_dir": config.data_dir.display().to_string(),
+            "directory": source.to_string(),
+            "pki_dir": config.pki_dir().display().to_string(),
+            "components": components,
+            "demo_users": users,
+        }));
+        return;
+    }
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "referral-hub is up ({} mode) — data in {}, agencies from {source}\n",
+        if dev { "development" } else { "production" },
+        config.data_dir.display()
+    ));
+    if generated {
+        out.push_str(&format!(
+            "Created the development PKI and token issuer keys in {}\n",
+            config.pki_dir().display()
+        ));
+    }
+    out.push('\n');
+    let mut components = Table::new(["COMPONENT", "KIND", "LISTENS ON", "NAME"]);
+    for b in built {
+        let name = directory
+            .agency(&b.name)
+            .map(|a| a.name_ru.clone())
+            .unwrap_or_else(|| "Шлюз / Gateway".into());
+        components.row([b.name.clone(), b.kind.clone(), b.listen.to_string(), name]);
+    }
+    out.push_str(&components.render());
+
+    if dev {
+        out.push_str("\nDemo users (development tokens):\n");
+        let mut users = Table::new(["AGENCY", "USER ID", "ROLE", "NAME"]);
+        for s in &directory.staff {
+            users.row([
+                s.agency.clone(),
+                s.user_id.clone(),
+                role_name(s.role()),
+                s.full_name.clone(),
+            ]);
+        }
+        out.push_str(&users.render());
+        let hub = settings.hint_prefix();
+        out.push_str("\nTry, from another terminal:\n");
+        for line in [
+            format!("{hub} login --agency school-1 --user director"),
+            format!("{hub} submit-k --demo"),
+            format!("{hub} login --agency commission --user secretary"),
+            format!("{hub} inbox"),
+            format!("{hub} show <message-id>"),
+            format!("{hub} decide <message-id> --open-case --curator curator-1"),
+            format!("{hub} sent-status <message-id> --as school-1/director"),
+            format!("{hub} ledger verify"),
+        ] {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out.push_str("\nPress Ctrl-C to stop.\n");
+    print!("{out}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_listen_on_the_port_of_their_endpoint() {
+        assert_eq!(
+            listen_address("https://127.0.0.1:7402").unwrap(),
+            "127.0.0.1:7402".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("https://localhost:7403").unwrap(),
+            "127.0.0.1:7403".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("https://school-1.example.kz:7443").unwrap(),
+            "0.0.0.0:7443".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("https://[::1]:7404").unwrap(),
+            "[::1]:7404".parse().unwrap()
+        );
+        assert!(listen_address("https://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn unspecified_addresses_are_dialled_on_loopback() {
+        assert_eq!(
+            dial_address("0.0.0.0:7400".parse().unwrap()),
+            "127.0.0.1:7400".parse().unwrap()
+        );
+        assert_eq!(
+            dial_address("10.0.0.5:7400".parse().unwrap()),
+            "10.0.0.5:7400".parse().unwrap()
+        );
+    }
+}

@@ -1,0 +1,418 @@
+//! `referral-hub`, the one binary of the hub: `up` runs every component in one process, `gateway`
+//! and `agency --id` run one component each, `ledger verify` checks the ledger offline, and the
+//! remaining subcommands are the people's CLI (log in, submit form K, read the inbox, decide,
+//! follow what was sent).
+//!
+//! Exit codes: 0 success, 1 failure, 2 bad usage. Every error is one line on stderr.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod form_k;
+pub mod launcher;
+pub mod output;
+pub mod session;
+pub mod settings;
+pub mod view;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use referral_core::directory::parse_role;
+use referral_proto::v1::{FormKind, Role};
+
+use crate::{
+    form_k::KFlags,
+    output::Format,
+    settings::{Overrides, Settings},
+};
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "referral-hub",
+    version,
+    about = "The referral hub of a child-protection district: run it, and use it as a member of staff.",
+    after_help = "Start with 'referral-hub up', then, from another terminal, \
+                  'referral-hub login --agency school-1 --user director'."
+)]
+pub struct Cli {
+    /// A TOML configuration file (environment variables REFERRAL_HUB__SECTION__KEY override it).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data directory: stores, development PKI, CLI session [default: ./data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Act as AGENCY/USER with a fresh development token instead of the saved session.
+    #[arg(long = "as", global = true, value_name = "AGENCY/USER")]
+    pub as_user: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole hub in one process: the gateway and every agency of the directory.
+    Up,
+    /// Run the gateway alone.
+    Gateway,
+    /// Run one agency service alone.
+    Agency {
+        /// The agency's id in the directory, e.g. school-1.
+        #[arg(long)]
+        id: String,
+        /// Listen here instead of on the port of the agency's endpoint.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// The gateway's ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Log in as a member of staff (mints a development token; or stores --token).
+    Login {
+        /// The agency, e.g. school-1.
+        #[arg(long)]
+        agency: String,
+        /// The user id within the agency, e.g. director.
+        #[arg(long)]
+        user: String,
+        /// A token from the deployment's identity provider, stored instead of minting one.
+        #[arg(long, value_name = "JWT")]
+        token: Option<String>,
+    },
+    /// Forget the saved session.
+    Logout,
+    /// Who you are, as your agency's service sees you.
+    Whoami,
+    /// Your agency's staff.
+    Staff {
+        /// Only this role, e.g. commission_curator.
+        #[arg(long, value_parser = role_arg)]
+        role: Option<Role>,
+    },
+    /// Submit a help request (form K) to the commission: from flags, --file or --demo.
+    #[command(name = "submit-k")]
+    SubmitK(Box<SubmitKArgs>),
+    /// Messages your agency received.
+    Inbox {
+        /// Only this form kind, e.g. help_request.
+        #[arg(long, value_parser = form_arg)]
+        form: Option<FormKind>,
+    },
+    /// One received message, with its form in full.
+    Show { message_id: String },
+    /// Decide on a help request: open a case with a curator, or no further action.
+    Decide(DecideArgs),
+    /// Messages your agency sent.
+    Sent {
+        /// Only this form kind, e.g. help_request.
+        #[arg(long, value_parser = form_arg)]
+        form: Option<FormKind>,
+    },
+    /// Where a sent message is, and the answer (for K: the commission's decision).
+    #[command(name = "sent-status")]
+    SentStatus { message_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Verify the hash chain of the gateway's ledger (offline).
+    Verify,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitKArgs {
+    /// Read form K from a JSON or TOML file (see crates/hub/k-example.toml).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["demo", "k_fields"])]
+    pub file: Option<PathBuf>,
+    /// Submit a complete sample form K (an invented pupil).
+    #[arg(long, conflicts_with = "k_fields")]
+    pub demo: bool,
+    /// The commission to send to [default: the commission of your district].
+    #[arg(long, value_name = "AGENCY")]
+    pub to: Option<String>,
+    /// Submitting again with the same key returns the same message [default: a new UUID].
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub k: KFlags,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("outcome").required(true).args(["open_case", "no_further_action"])))]
+pub struct DecideArgs {
+    /// The help request's message id (from 'inbox').
+    pub message_id: String,
+    /// Open a case and appoint a curator.
+    #[arg(long, requires = "curator")]
+    pub open_case: bool,
+    /// The curator's user id (see 'staff --role commission_curator').
+    #[arg(long, value_name = "USER", requires = "open_case")]
+    pub curator: Option<String>,
+    /// Record that no further action is needed.
+    #[arg(long, requires = "reason")]
+    pub no_further_action: bool,
+    /// Why no further action is needed.
+    #[arg(long, value_name = "TEXT", requires = "no_further_action")]
+    pub reason: Option<String>,
+    /// Deciding again with the same key returns the same decision [default: a new UUID].
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A command used the wrong way: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn role_arg(s: &str) -> Result<Role, String> {
+    parse_role(s).ok_or_else(|| {
+        let roles: Vec<String> = (1..)
+            .map_while(|i| Role::try_from(i).ok())
+            .map(referral_core::directory::role_name)
+            .collect();
+        format!("unknown role; one of: {}", roles.join(", "))
+    })
+}
+
+fn form_arg(s: &str) -> Result<FormKind, String> {
+    FormKind::from_str_name(&format!("FORM_KIND_{}", s.to_ascii_uppercase()))
+        .filter(|k| *k != FormKind::Unspecified)
+        .ok_or_else(|| {
+            let kinds: Vec<String> = (1..)
+                .map_while(|i| FormKind::try_from(i).ok())
+                .map(|k| output::enum_name(k.as_str_name(), "FORM_KIND_"))
+                .collect();
+            format!("unknown form kind; one of: {}", kinds.join(", "))
+        })
+}
+
+/// Runs a parsed command line to completion.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let format = if cli.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let settings = Settings::load(Overrides {
+        config_file: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+    })?;
+    let as_user = cli.as_user.as_deref();
+    let no_as = |command: &str| -> anyhow::Result<()> {
+        match as_user {
+            Some(_) => Err(UsageError(format!("--as does not apply to '{command}'")).into()),
+            None => Ok(()),
+        }
+    };
+    let staff = || cli::Staff::connect(&settings, as_user, format);
+    match cli.command {
+        Command::Up => {
+            no_as("up")?;
+            launcher::up(&settings, format).await
+        }
+        Command::Gateway => {
+            no_as("gateway")?;
+            launcher::gateway(&settings).await
+        }
+        Command::Agency { id, listen } => {
+            no_as("agency")?;
+            launcher::agency(&settings, &id, listen).await
+        }
+        Command::Ledger {
+            command: LedgerCommand::Verify,
+        } => {
+            no_as("ledger verify")?;
+            launcher::verify_ledger(&settings, format).await
+        }
+        Command::Login {
+            agency,
+            user,
+            token,
+        } => {
+            no_as("login")?;
+            cli::login(&settings, &agency, &user, token, format)
+        }
+        Command::Logout => {
+            no_as("logout")?;
+            cli::logout(&settings)
+        }
+        Command::Whoami => staff().await?.whoami().await,
+        Command::Staff { role } => staff().await?.staff(role).await,
+        Command::SubmitK(args) => staff().await?.submit_k(*args).await,
+        Command::Inbox { form } => staff().await?.inbox(form).await,
+        Command::Show { message_id } => staff().await?.show(message_id).await,
+        Command::Decide(args) => staff().await?.decide(args).await,
+        Command::Sent { form } => staff().await?.sent(form).await,
+        Command::SentStatus { message_id } => staff().await?.sent_status(message_id).await,
+    }
+}
+
+/// Prints a failure as one line on stderr and chooses the exit code: 2 for bad usage, 1 for
+/// everything else.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", error_line(&err));
+            if err.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line, separated by ": ". A cause whose text its parent already
+/// repeats (`cannot listen on …: Address in use` over `Address in use`) is not repeated.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    output::one_line(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("referral-hub").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = parse(&[
+            "inbox",
+            "--data-dir",
+            "/tmp/x",
+            "--json",
+            "--as",
+            "commission/secretary",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.data_dir.as_deref(),
+            Some(std::path::Path::new("/tmp/x"))
+        );
+        assert!(cli.json);
+        assert_eq!(cli.as_user.as_deref(), Some("commission/secretary"));
+    }
+
+    #[test]
+    fn decide_needs_exactly_one_complete_outcome() {
+        let id = "0193a3c4-0000-7000-8000-000000000000";
+        let ok = parse(&["decide", id, "--open-case", "--curator", "curator-1"]).unwrap();
+        let Command::Decide(args) = ok.command else {
+            panic!("not decide")
+        };
+        assert!(args.open_case && args.curator.as_deref() == Some("curator-1"));
+        assert!(parse(&["decide", id, "--no-further-action", "--reason", "resolved"]).is_ok());
+        for bad in [
+            &["decide", id][..],
+            &["decide", id, "--open-case"],
+            &["decide", id, "--no-further-action"],
+            &[
+                "decide",
+                id,
+                "--open-case",
+                "--curator",
+                "c",
+                "--no-further-action",
+                "--reason",
+                "r",
+            ],
+            &["decide", id, "--curator", "c"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn submit_k_takes_one_source() {
+        assert!(parse(&["submit-k", "--demo"]).is_ok());
+        assert!(parse(&["submit-k", "--file", "k.toml"]).is_ok());
+        assert!(parse(&["submit-k", "--child-name", "Әлия"]).is_ok());
+        for bad in [
+            &["submit-k", "--demo", "--file", "k.toml"][..],
+            &["submit-k", "--demo", "--child-name", "Әлия"],
+            &["submit-k", "--file", "k.toml", "--problem", "x"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn roles_and_form_kinds_are_checked_when_parsing() {
+        let cli = parse(&["staff", "--role", "commission_curator"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Staff {
+                role: Some(Role::CommissionCurator)
+            }
+        ));
+        let cli = parse(&["inbox", "--form", "help_request"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Inbox {
+                form: Some(FormKind::HelpRequest)
+            }
+        ));
+        let err = parse(&["staff", "--role", "janitor"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("commission_curator"), "{err}");
+        assert_eq!(parse(&["inbox", "--form", "k"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn error_lines_do_not_repeat_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address in use");
+        let err = anyhow::Error::new(io)
+            .context("cannot listen on 127.0.0.1:7401: Address in use")
+            .context("cannot start commission");
+        assert_eq!(
+            error_line(&err),
+            "cannot start commission: cannot listen on 127.0.0.1:7401: Address in use"
+        );
+        let err = anyhow::anyhow!("line one\nline two").context("outer");
+        assert_eq!(error_line(&err), "outer: line one line two");
+    }
+
+    #[test]
+    fn usage_errors_exit_with_2_and_failures_with_1() {
+        assert_eq!(
+            exit_code(Err(UsageError("bad".into()).into())),
+            ExitCode::from(2)
+        );
+        assert_eq!(exit_code(Err(anyhow::anyhow!("failed"))), ExitCode::FAILURE);
+        assert_eq!(exit_code(Ok(())), ExitCode::SUCCESS);
+    }
+}

@@ -1,0 +1,420 @@
+//! How messages read: form K with its Kazakh and Russian labels (the section headings of the
+//! paper form, K ҚОСЫМШАСЫ), the commission's decision, and the JSON shape of both for `--json`.
+//!
+//! This is the only place that prints a child's personal data, and only `show` uses it: for the
+//! staff of the agency that received the form.
+
+use jiff::tz::TimeZone;
+use referral_proto::v1::{
+    DeliveryState, Envelope, FormKind, HelpRequest, HelpRequestDecision, ReferralStatus, Role,
+    help_request_decision::Outcome, payload::Form,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    form_k::{DestinationArg, HelpRequestFile},
+    output::{Fields, enum_name, json_time, local_time},
+};
+
+pub fn status_name(status: i32) -> String {
+    ReferralStatus::try_from(status)
+        .map(|s| enum_name(s.as_str_name(), "REFERRAL_STATUS_"))
+        .unwrap_or_else(|_| format!("unknown ({status})"))
+}
+
+pub fn state_name(state: i32) -> String {
+    DeliveryState::try_from(state)
+        .map(|s| enum_name(s.as_str_name(), "DELIVERY_STATE_"))
+        .unwrap_or_else(|_| format!("unknown ({state})"))
+}
+
+pub fn form_name(kind: i32) -> String {
+    FormKind::try_from(kind)
+        .map(|k| enum_name(k.as_str_name(), "FORM_KIND_"))
+        .unwrap_or_else(|_| format!("unknown ({kind})"))
+}
+
+pub fn role_label(role: i32) -> String {
+    Role::try_from(role)
+        .map(|r| enum_name(r.as_str_name(), "ROLE_"))
+        .unwrap_or_else(|_| format!("unknown ({role})"))
+}
+
+/// A form kind for people: `help request (K)`.
+pub fn form_title(kind: i32) -> String {
+    match FormKind::try_from(kind) {
+        Ok(FormKind::HelpRequest) => "help request (K)".into(),
+        Ok(FormKind::HelpRequestDecision) => "decision on a help request".into(),
+        Ok(FormKind::ReferralLog) => "referral log (J)".into(),
+        Ok(FormKind::Assessment) => "assessment (L)".into(),
+        Ok(FormKind::SupportPlan) => "support plan (M)".into(),
+        Ok(FormKind::IncidentReport) => "incident report (D)".into(),
+        Ok(FormKind::IncidentSummary) => "incident summary (E)".into(),
+        _ => form_name(kind),
+    }
+}
+
+fn destination_label(d: DestinationArg) -> &'static str {
+    match d {
+        DestinationArg::Commission => {
+            "Кәмелетке толмағандардың ісі жөніндегі комиссия / Комиссия по делам несовершеннолетних"
+        }
+        DestinationArg::MentalHealthDispensary => {
+            "Жүйке аурулары диспансері (ЖАД) / Психоневрологический диспансер"
+        }
+        DestinationArg::JuvenileAdaptationCentre => {
+            "Кәмелеттік жасқа толмағандарды бейімдеу орталықтары / Центры адаптации несовершеннолетних"
+        }
+        DestinationArg::SocialServices => "Әлеуметтік қызметтер / Социальные службы",
+        DestinationArg::PsychologicalServices => "Психологиялық қызметтер / Психологические службы",
+        DestinationArg::Other => "т.б. / Другое",
+    }
+}
+
+fn heading(out: &mut String, text: &str) {
+    out.push('\n');
+    out.push_str(text);
+    out.push('\n');
+}
+
+/// Form K with the paper form's headings, in Kazakh and Russian.
+pub fn help_request_text(k: &HelpRequest, tz: &TimeZone) -> String {
+    let f = HelpRequestFile::from_proto(k);
+    let mut out = String::new();
+
+    heading(
+        &mut out,
+        "Бала / Ребёнок — Қайтара бағыттауды талап ететін тұлға / Лицо, нуждающееся в перенаправлении",
+    );
+    let c = &f.child;
+    let sex = match c.sex {
+        Some(crate::form_k::SexArg::Female) => "Қыз / Женский",
+        Some(crate::form_k::SexArg::Male) => "Ұл / Мужской",
+        None => "",
+    };
+    let mut fields = Fields::new();
+    fields
+        .add("Аты-жөні / ФИО", &c.full_name)
+        .add(
+            "Тіркелген мекен-жайы / Адрес регистрации",
+            &c.registered_address,
+        )
+        .add(
+            "Туған күні / Дата рождения",
+            c.date_of_birth.map(|d| d.to_string()).unwrap_or_default(),
+        )
+        .add(
+            "Жасы / Возраст",
+            c.age_years.map(|a| a.to_string()).unwrap_or_default(),
+        )
+        .add("Жынысы / Пол", sex)
+        .add(
+            "Мектебі, сыныбы / Школа, класс",
+            format!("{}, {}", c.school_name, c.class_name),
+        )
+        .add("ЖСН / ИИН", &c.iin);
+    out.push_str(&fields.render(2));
+
+    heading(
+        &mut out,
+        "Қайтара бағыттауды жүзеге асырушы тұлға / Лицо, осуществляющее перенаправление",
+    );
+    let r = &f.referrer;
+    let mut fields = Fields::new();
+    fields
+        .add("Аты-жөні / ФИО", &r.full_name)
+        .add("Қызметі / Должность", &r.position)
+        .add("Мекен-жайы / Адрес", &r.address)
+        .add("Телефон № / Телефон", &r.phone)
+        .add(
+            "Жұмыс орны (толық) / Место работы (полностью)",
+            &r.workplace,
+        );
+    out.push_str(&fields.render(2));
+
+    heading(
+        &mut out,
+        "Баланың ата-аналары туралы мәлімет / Сведения о родителях ребёнка",
+    );
+    for (label, parent) in [("Анасы / Мать", &f.mother), ("Әкесі / Отец", &f.father)]
+    {
+        out.push_str(&format!("  {label}\n"));
+        match parent {
+            Some(p) => {
+                let mut fields = Fields::new();
+                fields
+                    .add("Аты-жөні / ФИО", &p.full_name)
+                    .add("Тұрғылықты орны / Место жительства", &p.address)
+                    .add("Жұмыс түрі / Род занятий", &p.occupation);
+                out.push_str(&fields.render(4));
+            }
+            None => out.push_str("    мәлімет жоқ / нет сведений\n"),
+        }
+    }
+
+    heading(
+        &mut out,
+        "Қайтара бағыттаудың себебі / Причина перенаправления",
+    );
+    let mut fields = Fields::new();
+    fields
+        .add(
+            "Мәселеге қысқаша сипаттама / Краткое описание проблемы",
+            &f.problem_description,
+        )
+        .add("Қайталану жиілігі / Частота повторения", &f.recurrence);
+    out.push_str(&fields.render(2));
+
+    heading(
+        &mut out,
+        "Қай жерге қайта бағытталуы керек / Куда следует перенаправить",
+    );
+    for d in &f.destinations {
+        if *d == DestinationArg::Other {
+            out.push_str(&format!(
+                "  - {}: {}\n",
+                destination_label(*d),
+                f.destination_other
+            ));
+        } else {
+            out.push_str(&format!("  - {}\n", destination_label(*d)));
+        }
+    }
+
+    heading(
+        &mut out,
+        "Балаға қатысты қажетті іс-шаралар жоспары / План необходимых мероприятий в отношении ребёнка",
+    );
+    out.push_str(&indent(&f.measures_plan, 2));
+
+    heading(
+        &mut out,
+        "Екінші, үшінші қайтара алдын алу жұмыстарының әсері, мектеп қолданған іс-шаралар / \
+         Эффект вторичной и третичной профилактики, принятые школой меры",
+    );
+    out.push_str(&indent(&f.prevention_effect, 2));
+
+    heading(&mut out, "Қолы / Подпись");
+    let mut fields = Fields::new();
+    fields.add("Аты-жөні / ФИО", &f.signature.signer_name).add(
+        "Күні, уақыты / Дата, время",
+        local_time(k.signature.as_ref().and_then(|s| s.signed_at.as_ref()), tz),
+    );
+    out.push_str(&fields.render(2));
+    out
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push_str(format!("{pad}{line}").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The commission's decision, for people.
+pub fn decision_text(d: &HelpRequestDecision, tz: &TimeZone) -> String {
+    let mut fields = Fields::new();
+    match &d.outcome {
+        Some(Outcome::CaseOpened(c)) => {
+            fields
+                .add("Шешім / Решение", "Іс ашылды / Заведено дело (case opened)")
+                .add("Іс нөмірі / Номер дела", &c.case_reference)
+                .add(
+                    "Куратор",
+                    format!("{} ({})", c.curator_name, c.curator_user_id),
+                )
+                .add("Байланыс / Контакт", &c.curator_contact);
+        }
+        Some(Outcome::NoFurtherAction(n)) => {
+            fields
+                .add(
+                    "Шешім / Решение",
+                    "Қосымша шаралар қажет емес / Дальнейшие меры не требуются (no further action)",
+                )
+                .add("Себебі / Причина", &n.reason);
+        }
+        None => {
+            fields.add("Шешім / Решение", "(empty)");
+        }
+    }
+    fields
+        .add("Шешім қабылдаған / Решение принял", &d.decided_by)
+        .add("Күні / Дата", local_time(d.decided_at.as_ref(), tz));
+    fields.render(2)
+}
+
+/// The decision as JSON.
+pub fn decision_json(d: &HelpRequestDecision) -> Value {
+    let outcome = match &d.outcome {
+        Some(Outcome::CaseOpened(c)) => json!({
+            "case_opened": {
+                "case_reference": c.case_reference,
+                "curator_user_id": c.curator_user_id,
+                "curator_name": c.curator_name,
+                "curator_contact": c.curator_contact,
+            }
+        }),
+        Some(Outcome::NoFurtherAction(n)) => json!({
+            "no_further_action": { "reason": n.reason }
+        }),
+        None => Value::Null,
+    };
+    json!({
+        "help_request_message_id": d.help_request_message_id,
+        "outcome": outcome,
+        "decided_by": d.decided_by,
+        "decided_at": json_time(d.decided_at.as_ref()),
+    })
+}
+
+/// A decision in one line, for lists and summaries (no personal data of the child).
+pub fn decision_summary(d: &HelpRequestDecision) -> String {
+    match &d.outcome {
+        Some(Outcome::CaseOpened(c)) => format!(
+            "case {} opened, curator {} ({})",
+            c.case_reference, c.curator_name, c.curator_user_id
+        ),
+        Some(Outcome::NoFurtherAction(n)) => format!("no further action: {}", n.reason),
+        None => "(empty decision)".into(),
+    }
+}
+
+/// The decision an envelope carries, if it carries one.
+pub fn carried_decision(envelope: &Envelope) -> Option<&HelpRequestDecision> {
+    match envelope.payload.as_ref()?.form.as_ref()? {
+        Form::HelpRequestDecision(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// An envelope as JSON: its metadata and its form (K in the shape `submit-k --file` reads).
+pub fn envelope_json(e: &Envelope) -> Value {
+    let user = e.acting_user.as_ref().map(|u| {
+        json!({
+            "user_id": u.user_id,
+            "agency_id": u.agency_id,
+            "role": role_label(u.role),
+            "display_name": u.display_name,
+        })
+    });
+    let (form_key, form) = match e.payload.as_ref().and_then(|p| p.form.as_ref()) {
+        Some(Form::HelpRequest(k)) => (
+            "help_request",
+            serde_json::to_value(HelpRequestFile::from_proto(k)).unwrap_or(Value::Null),
+        ),
+        Some(Form::HelpRequestDecision(d)) => ("help_request_decision", decision_json(d)),
+        Some(_) => ("other_form", json!("not shown by this version of the CLI")),
+        None => ("form", Value::Null),
+    };
+    let mut value = json!({
+        "message_id": e.message_id,
+        "idempotency_key": e.idempotency_key,
+        "sender_agency_id": e.sender_agency_id,
+        "recipient_agency_id": e.recipient_agency_id,
+        "acting_user": user,
+        "form_kind": form_name(e.form_kind),
+        "case_reference": e.case_reference,
+        "in_reply_to": e.in_reply_to,
+        "created_at": json_time(e.created_at.as_ref()),
+    });
+    value[form_key] = form;
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::civil::date;
+    use referral_core::validate::sample_help_request;
+    use referral_proto::v1::{CaseOpened, NoFurtherAction, Payload};
+
+    use super::*;
+
+    fn almaty() -> TimeZone {
+        TimeZone::get("Asia/Almaty").unwrap()
+    }
+
+    #[test]
+    fn form_k_reads_with_the_paper_forms_headings() {
+        let text = help_request_text(&sample_help_request(date(2025, 3, 10)), &almaty());
+        for heading in [
+            "Бала / Ребёнок",
+            "Қайтара бағыттауды талап ететін тұлға",
+            "Қайтара бағыттауды жүзеге асырушы тұлға",
+            "Баланың ата-аналары туралы мәлімет",
+            "Қайтара бағыттаудың себебі",
+            "Қай жерге қайта бағытталуы керек",
+            "Балаға қатысты қажетті іс-шаралар жоспары",
+            "Қолы / Подпись",
+        ] {
+            assert!(text.contains(heading), "{heading} missing in\n{text}");
+        }
+        assert!(text.contains("Әлия Серікқызы Нұрланова"));
+        assert!(text.contains("Қыз / Женский"));
+        assert!(text.contains("Психологиялық қызметтер"));
+        assert!(text.contains("2025-03-09 09:00 +05:00"), "{text}");
+        assert!(!text.contains(" \n"), "no trailing spaces");
+    }
+
+    #[test]
+    fn decisions_read_for_people_and_scripts() {
+        let opened = HelpRequestDecision {
+            help_request_message_id: "m".into(),
+            outcome: Some(Outcome::CaseOpened(CaseOpened {
+                case_reference: "KDN-2025-0001".into(),
+                curator_user_id: "curator-1".into(),
+                curator_name: "Дана Омарова".into(),
+                curator_contact: "+7 701 000 0002".into(),
+            })),
+            decided_by: "secretary".into(),
+            decided_at: None,
+        };
+        let text = decision_text(&opened, &almaty());
+        assert!(text.contains("KDN-2025-0001") && text.contains("Дана Омарова (curator-1)"));
+        assert_eq!(
+            decision_json(&opened)["outcome"]["case_opened"]["curator_user_id"],
+            "curator-1"
+        );
+        let nfa = HelpRequestDecision {
+            outcome: Some(Outcome::NoFurtherAction(NoFurtherAction {
+                reason: "resolved by the school".into(),
+            })),
+            ..opened
+        };
+        assert_eq!(
+            decision_summary(&nfa),
+            "no further action: resolved by the school"
+        );
+        let envelope = Envelope {
+            form_kind: FormKind::HelpRequestDecision as i32,
+            payload: Some(Payload {
+                form: Some(Form::HelpRequestDecision(nfa.clone())),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(carried_decision(&envelope), Some(&nfa));
+        let json = envelope_json(&envelope);
+        assert_eq!(json["form_kind"], "help_request_decision");
+        assert_eq!(
+            json["help_request_decision"]["outcome"]["no_further_action"]["reason"],
+            "resolved by the school"
+        );
+    }
+
+    #[test]
+    fn enum_values_have_short_names() {
+        assert_eq!(
+            status_name(ReferralStatus::InProgress as i32),
+            "in_progress"
+        );
+        assert_eq!(state_name(DeliveryState::Answered as i32), "answered");
+        assert_eq!(form_name(FormKind::HelpRequest as i32), "help_request");
+        assert_eq!(
+            role_label(Role::CommissionSecretary as i32),
+            "commission_secretary"
+        );
+        assert_eq!(status_name(99), "unknown (99)");
+    }
+}

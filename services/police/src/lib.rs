@@ -1,0 +1,25 @@
+//! The police agency service (полиция, кәмелетке толмағандар істері жөніндегі инспекция).
+//!
+//! The police and their juvenile inspectors: they investigate moderate and severe incidents, and a
+//! juvenile inspector can send a help request (form K) to the district's commission (M:2932-2940).
+//!
+//! Everything it does is shared by every agency service and lives in [`referral_agency`]: the
+//! staff API (submit K, inbox, sent messages with the commission's decision), the inbox only the
+//! gateway may call, and the agency's own store. This crate only names the kind.
+//!
+//! There is no `main` here: the single `referral-hub` binary runs this service, alone or beside
+//! the others, through [`build`].
+
+#![forbid(unsafe_code)]
+
+pub use referral_agency::{AgencyConfig, AgencyService};
+use referral_proto::v1::AgencyKind;
+
+/// The kind of agency this service runs.
+pub const KIND: AgencyKind = AgencyKind::Police;
+
+/// Builds the service of the police agency `config.agency_id`: binds its listener and opens its
+/// store. Fails if the directory lists that agency with another kind.
+pub async fn build(config: AgencyConfig) -> anyhow::Result<AgencyService> {
+    AgencyService::build(config, KIND).await
+}

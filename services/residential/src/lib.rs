@@ -1,0 +1,26 @@
+//! The residential agency service (интернаттық мекеме).
+//!
+//! A residential institution (children's home, boarding or special school): its director and staff
+//! send help requests (form K) to the district's commission; moderate and severe incidents go to
+//! the commission and the police (M:2855-2932).
+//!
+//! Everything it does is shared by every agency service and lives in [`referral_agency`]: the
+//! staff API (submit K, inbox, sent messages with the commission's decision), the inbox only the
+//! gateway may call, and the agency's own store. This crate only names the kind.
+//!
+//! There is no `main` here: the single `referral-hub` binary runs this service, alone or beside
+//! the others, through [`build`].
+
+#![forbid(unsafe_code)]
+
+pub use referral_agency::{AgencyConfig, AgencyService};
+use referral_proto::v1::AgencyKind;
+
+/// The kind of agency this service runs.
+pub const KIND: AgencyKind = AgencyKind::Residential;
+
+/// Builds the service of the residential agency `config.agency_id`: binds its listener and opens its
+/// store. Fails if the directory lists that agency with another kind.
+pub async fn build(config: AgencyConfig) -> anyhow::Result<AgencyService> {
+    AgencyService::build(config, KIND).await
+}

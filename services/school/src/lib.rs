@@ -1,0 +1,26 @@
+//! The school agency service (мектеп).
+//!
+//! A school's safety team registers incidents and refers at-risk pupils; its director, safety-team
+//! members and safeguarding lead and deputy send help requests (form K) to the district's
+//! commission (M:2211-2271, M:2377-2379).
+//!
+//! Everything it does is shared by every agency service and lives in [`referral_agency`]: the
+//! staff API (submit K, inbox, sent messages with the commission's decision), the inbox only the
+//! gateway may call, and the agency's own store. This crate only names the kind.
+//!
+//! There is no `main` here: the single `referral-hub` binary runs this service, alone or beside
+//! the others, through [`build`].
+
+#![forbid(unsafe_code)]
+
+pub use referral_agency::{AgencyConfig, AgencyService};
+use referral_proto::v1::AgencyKind;
+
+/// The kind of agency this service runs.
+pub const KIND: AgencyKind = AgencyKind::School;
+
+/// Builds the service of the school agency `config.agency_id`: binds its listener and opens its
+/// store. Fails if the directory lists that agency with another kind.
+pub async fn build(config: AgencyConfig) -> anyhow::Result<AgencyService> {
+    AgencyService::build(config, KIND).await
+}

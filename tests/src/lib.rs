@@ -1,0 +1,481 @@
+//! The test harness: a whole district (gateway and agency services) started in-process on port 0
+//! with real mTLS, a fresh SQLite directory or a fresh PostgreSQL database per test, a manual
+//! clock the test drives, and clients that talk to the components exactly as real ones do.
+
+#![forbid(unsafe_code)]
+
+pub mod postgres;
+
+use std::{collections::HashMap, net::SocketAddr, sync::Mutex, time::Duration};
+
+use anyhow::Context as _;
+use jiff::{SignedDuration, Timestamp};
+use referral_agency::{AgencyConfig, AgencyService};
+use referral_core::{
+    Clock,
+    auth::{DEV_ISSUER, DevIssuer, TokenVerifier},
+    config::DeliverySettings,
+    db::StorageConfig,
+    directory::{Directory, parse_role},
+    pki::{CertificateAuthority, ComponentIdentity, TlsMaterial},
+    tls,
+};
+use referral_gateway::{DeliveryEvent, Gateway, GatewayConfig, GatewayHandle};
+use referral_proto::v1::{
+    AgencyKind, agency_inbox_client::AgencyInboxClient, agency_staff_client::AgencyStaffClient,
+    gateway_client::GatewayClient,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+pub use referral_core::telemetry::init_for_tests;
+
+/// The demo district, with its endpoints rewritten to free ports.
+const DEMO_DISTRICT: &str = include_str!("../../deploy/demo-district.toml");
+
+/// Which store the components use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a test body once per back end: `both_backends!(name);` expects `async fn name(Backend)`.
+/// The PostgreSQL variant is skipped (loudly) when no server binaries exist, unless
+/// `REQUIRE_POSTGRES=1`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::init_for_tests();
+                super::$name($crate::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::init_for_tests();
+                if $crate::postgres::available() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            }
+        }
+    )*};
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A running district.
+pub struct TestHub {
+    pub backend: Backend,
+    pub clock: Clock,
+    pub ca: CertificateAuthority,
+    pub directory: Directory,
+    pub storage: StorageConfig,
+    gateway: Mutex<GatewayHandle>,
+    pub gateway_port: u16,
+    issuer: DevIssuer,
+    data_dir: tempfile::TempDir,
+    gateway_run: Mutex<Option<Running>>,
+    agencies: Mutex<HashMap<String, Running>>,
+}
+
+/// A free port on loopback. The listener is dropped at once; the component binds it right after.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The moment every test starts at: a Friday morning in Almaty.
+pub fn start_instant() -> Timestamp {
+    "2026-11-20T04:30:00Z".parse().expect("a valid instant")
+}
+
+impl TestHub {
+    /// Starts the gateway and every agency of the demo district.
+    pub async fn start(backend: Backend) -> Self {
+        Self::try_start(backend).await.expect("the test hub starts")
+    }
+
+    async fn try_start(backend: Backend) -> anyhow::Result<Self> {
+        tls::install_crypto_provider();
+        let data_dir = tempfile::tempdir()?;
+        let storage = StorageConfig {
+            data_dir: data_dir.path().join("data"),
+            database_url: match backend {
+                Backend::Sqlite => None,
+                Backend::Postgres => Some(postgres::fresh_database().await?.into()),
+            },
+        };
+        let mut directory = Directory::parse(DEMO_DISTRICT)?;
+        for agency in &mut directory.agencies {
+            agency.endpoint = format!("https://127.0.0.1:{}", free_port());
+        }
+        let ca = CertificateAuthority::generate("referral-hub test CA")?;
+        let ids: Vec<&str> = directory.agencies.iter().map(|a| a.id.as_str()).collect();
+        let issuer = DevIssuer::ensure(&data_dir.path().join("issuer"), &ids)?;
+        let clock = Clock::manual(start_instant());
+        let gateway_port = free_port();
+        let (gateway, gateway_run) =
+            launch_gateway(&ca, &storage, &directory, &clock, gateway_port).await?;
+        let hub = Self {
+            backend,
+            clock,
+            ca,
+            directory,
+            storage,
+            gateway: Mutex::new(gateway),
+            gateway_port,
+            issuer,
+            data_dir,
+            gateway_run: Mutex::new(Some(gateway_run)),
+            agencies: Mutex::new(HashMap::new()),
+        };
+        let ids: Vec<String> = hub
+            .directory
+            .agencies
+            .iter()
+            .map(|a| a.id.clone())
+            .collect();
+        for id in ids {
+            hub.start_agency(&id).await?;
+        }
+        Ok(hub)
+    }
+
+    /// The running gateway.
+    pub fn gateway(&self) -> GatewayHandle {
+        self.gateway.lock().unwrap().clone()
+    }
+
+    /// Kills the gateway without letting it finish anything (its task is aborted, as a crash
+    /// would), then starts a new one on the same port and store.
+    pub async fn crash_and_restart_gateway(&self) -> anyhow::Result<()> {
+        let running = self.gateway_run.lock().unwrap().take();
+        if let Some(running) = running {
+            running.task.abort();
+            let _ = running.task.await;
+        }
+        let (handle, running) = launch_gateway(
+            &self.ca,
+            &self.storage,
+            &self.directory,
+            &self.clock,
+            self.gateway_port,
+        )
+        .await?;
+        *self.gateway.lock().unwrap() = handle;
+        *self.gateway_run.lock().unwrap() = Some(running);
+        Ok(())
+    }
+
+    /// Starts (or restarts, on the same port) one agency's service.
+    pub async fn start_agency(&self, agency_id: &str) -> anyhow::Result<()> {
+        let entry = self
+            .directory
+            .agency(agency_id)
+            .with_context(|| format!("no agency {agency_id}"))?;
+        let port: u16 = entry
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("endpoint port")?;
+        let identity = ComponentIdentity::agency(agency_id)?;
+        let config = AgencyConfig {
+            agency_id: agency_id.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls: TlsMaterial::new(&self.ca, &identity)?,
+            storage: self.storage.clone(),
+            gateway_endpoint: format!("https://127.0.0.1:{}", self.gateway_port),
+            directory: self.directory.clone(),
+            token_verifier: TokenVerifier::from_jwks_file(
+                DEV_ISSUER,
+                agency_id,
+                &self.issuer.jwks_path(agency_id),
+                self.clock.clone(),
+            )?,
+            clock: self.clock.clone(),
+        };
+        let service: AgencyService = match entry.kind() {
+            AgencyKind::School => referral_school::build(config).await?,
+            AgencyKind::Residential => referral_residential::build(config).await?,
+            AgencyKind::Commission => referral_commission::build(config).await?,
+            AgencyKind::Police => referral_police::build(config).await?,
+            AgencyKind::Health => referral_health::build(config).await?,
+            AgencyKind::Ngo => referral_ngo::build(config).await?,
+            AgencyKind::Unspecified => anyhow::bail!("agency without a kind"),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(service.run_until_stopped(stop.clone()));
+        self.agencies
+            .lock()
+            .unwrap()
+            .insert(agency_id.to_owned(), Running { stop, task });
+        Ok(())
+    }
+
+    /// Stops one agency's service and waits until it has let go of its port.
+    pub async fn stop_agency(&self, agency_id: &str) {
+        let running = self.agencies.lock().unwrap().remove(agency_id);
+        if let Some(running) = running {
+            running.stop.cancel();
+            running
+                .task
+                .await
+                .expect("the agency task does not panic")
+                .expect("the agency stops cleanly");
+        }
+    }
+
+    /// A signed staff token for a user of the directory.
+    pub fn token(&self, agency_id: &str, user_id: &str) -> String {
+        let user = self
+            .directory
+            .user(agency_id, user_id)
+            .unwrap_or_else(|| panic!("no user {user_id} in {agency_id}"));
+        self.issuer
+            .mint(
+                agency_id,
+                user_id,
+                parse_role(&user.role).expect("a known role"),
+                &user.full_name,
+                SignedDuration::from_hours(8),
+                self.clock.now(),
+            )
+            .expect("a token")
+    }
+
+    fn endpoint(&self, agency_id: &str) -> String {
+        self.directory
+            .agency(agency_id)
+            .expect("a known agency")
+            .endpoint
+            .clone()
+    }
+
+    /// A staff member's client of their agency's service (TLS, bearer token).
+    pub async fn staff(&self, agency_id: &str, user_id: &str) -> StaffClient {
+        let identity = ComponentIdentity::Agency(agency_id.to_owned());
+        let channel = Endpoint::from_shared(self.endpoint(agency_id))
+            .expect("endpoint")
+            .tls_config(tls::client_tls_without_identity(
+                self.ca.cert_pem(),
+                &identity,
+            ))
+            .expect("tls")
+            .connect()
+            .await
+            .expect("the agency service accepts connections");
+        StaffClient {
+            client: AgencyStaffClient::new(channel),
+            token: self.token(agency_id, user_id),
+        }
+    }
+
+    /// A gateway client presenting `as_agency`'s certificate.
+    pub async fn gateway_client_as(&self, as_agency: &str) -> GatewayClient<Channel> {
+        let material =
+            TlsMaterial::new(&self.ca, &ComponentIdentity::Agency(as_agency.to_owned())).unwrap();
+        let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", self.gateway_port))
+            .unwrap()
+            .tls_config(tls::client_tls(&material, &ComponentIdentity::Gateway))
+            .unwrap()
+            .connect()
+            .await
+            .expect("the gateway accepts connections");
+        GatewayClient::new(channel)
+    }
+
+    /// An inbox client of `agency_id` presenting `identity`'s certificate from `ca`.
+    pub async fn inbox_client(
+        &self,
+        agency_id: &str,
+        ca: &CertificateAuthority,
+        identity: &ComponentIdentity,
+    ) -> Result<AgencyInboxClient<Channel>, tonic::transport::Error> {
+        let material = TlsMaterial::new(ca, identity).unwrap();
+        let mut config =
+            tls::client_tls(&material, &ComponentIdentity::Agency(agency_id.to_owned()));
+        // Trust this hub's CA for the server even when the client cert comes from another CA.
+        config = config.ca_certificate(tonic::transport::Certificate::from_pem(self.ca.cert_pem()));
+        let channel = Endpoint::from_shared(self.endpoint(agency_id))
+            .unwrap()
+            .tls_config(config)
+            .unwrap()
+            .connect()
+            .await?;
+        Ok(AgencyInboxClient::new(channel))
+    }
+
+    /// Waits until the gateway has recorded the delivery of `message_id`.
+    pub async fn delivered(&self, message_id: &str) {
+        let mut events = self.gateway().subscribe();
+        self.gateway().wake_worker();
+        let wait = async {
+            loop {
+                if self.gateway_state(message_id).await.as_deref() != Some("queued") {
+                    return;
+                }
+                match events.recv().await {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("the gateway stopped: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("message {message_id} was not delivered within 60s"));
+    }
+
+    /// Waits until the gateway has recorded at least `attempts` failed attempts for a message.
+    pub async fn failed_attempts(&self, message_id: &str, attempts: i64) {
+        let mut events = self.gateway().subscribe();
+        self.gateway().wake_worker();
+        let wait = async {
+            loop {
+                if self.attempts(message_id).await >= attempts {
+                    return;
+                }
+                match events.recv().await {
+                    Ok(DeliveryEvent::Delivered { message_id: m }) if m == message_id => {
+                        panic!("delivered while the recipient should be down")
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("the gateway stopped: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .expect("the gateway attempts delivery");
+    }
+
+    /// The gateway's stored delivery state of a message (`queued`, `delivered`, `answered`).
+    pub async fn gateway_state(&self, message_id: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT state FROM messages WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_optional(self.gateway().database().pool())
+            .await
+            .unwrap()
+    }
+
+    pub async fn attempts(&self, message_id: &str) -> i64 {
+        sqlx::query_scalar("SELECT delivery_attempts FROM messages WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_one(self.gateway().database().pool())
+            .await
+            .unwrap()
+    }
+
+    /// Counts the rows of one of the gateway's tables.
+    pub async fn gateway_count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(self.gateway().database().pool())
+            .await
+            .unwrap()
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
+    /// Stops every component and waits for each to finish.
+    pub async fn shutdown(self) {
+        let ids: Vec<String> = self.agencies.lock().unwrap().keys().cloned().collect();
+        for id in ids {
+            self.stop_agency(&id).await;
+        }
+        let gateway = self.gateway_run.lock().unwrap().take();
+        if let Some(running) = gateway {
+            running.stop.cancel();
+            running.task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Builds and starts a gateway on `port`.
+async fn launch_gateway(
+    ca: &CertificateAuthority,
+    storage: &StorageConfig,
+    directory: &Directory,
+    clock: &Clock,
+    port: u16,
+) -> anyhow::Result<(GatewayHandle, Running)> {
+    let gateway = Gateway::build(GatewayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls: TlsMaterial::new(ca, &ComponentIdentity::Gateway)?,
+        storage: storage.clone(),
+        directory: directory.clone(),
+        delivery: DeliverySettings {
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+            attempt_timeout_ms: 10_000,
+        },
+        clock: clock.clone(),
+    })
+    .await?;
+    let handle = gateway.handle();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(gateway.run_until_stopped(stop.clone()));
+    Ok((handle, Running { stop, task }))
+}
+
+/// A staff member's authenticated client.
+pub struct StaffClient {
+    pub client: AgencyStaffClient<Channel>,
+    pub token: String,
+}
+
+impl StaffClient {
+    /// Wraps a message in a request carrying the bearer token.
+    pub fn req<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token)
+                .parse()
+                .expect("ascii token"),
+        );
+        req
+    }
+}
+
+/// An envelope carrying a K, as an agency service would build it (for calls straight to the
+/// gateway that bypass the agency service).
+pub fn envelope(
+    acting_agency: &str,
+    user_id: &str,
+    role: referral_proto::v1::Role,
+    recipient: &str,
+    idempotency_key: &str,
+    k: referral_proto::v1::HelpRequest,
+) -> referral_proto::v1::Envelope {
+    use referral_proto::v1::{
+        ActingUser, ConfidentialityLabel, Envelope, FormKind, Payload, PurposeOfUse, payload,
+    };
+    Envelope {
+        idempotency_key: idempotency_key.into(),
+        recipient_agency_id: recipient.into(),
+        acting_user: Some(ActingUser {
+            user_id: user_id.into(),
+            agency_id: acting_agency.into(),
+            role: role as i32,
+            display_name: String::new(),
+        }),
+        purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+        form_kind: FormKind::HelpRequest as i32,
+        confidentiality: ConfidentialityLabel::Restricted as i32,
+        payload: Some(Payload {
+            form: Some(payload::Form::HelpRequest(k)),
+        }),
+        ..Default::default()
+    }
+}
