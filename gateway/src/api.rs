@@ -262,8 +262,10 @@ impl Shared {
         )
         .ok_or_else(|| {
             ServiceError::PermissionDenied(format!(
-                "a {} may not send this form to a {}",
-                caller.kind, recipient.kind
+                "no route: an agency of kind {} may not send {} to an agency of kind {}",
+                caller.kind,
+                form_kind.as_str_name(),
+                recipient.kind
             ))
         })?;
         match rule.reply {

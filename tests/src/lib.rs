@@ -163,6 +163,24 @@ impl TestHub {
             running.task.abort();
             let _ = running.task.await;
         }
+        self.start_gateway().await
+    }
+
+    /// Stops the gateway gracefully (its port closes; its store stays).
+    pub async fn stop_gateway(&self) {
+        let running = self.gateway_run.lock().unwrap().take();
+        if let Some(running) = running {
+            running.stop.cancel();
+            running
+                .task
+                .await
+                .expect("the gateway task does not panic")
+                .expect("the gateway stops cleanly");
+        }
+    }
+
+    /// Starts the gateway again on its port, over the same store.
+    pub async fn start_gateway(&self) -> anyhow::Result<()> {
         let (handle, running) = launch_gateway(
             &self.ca,
             &self.storage,
@@ -174,6 +192,24 @@ impl TestHub {
         *self.gateway.lock().unwrap() = handle;
         *self.gateway_run.lock().unwrap() = Some(running);
         Ok(())
+    }
+
+    /// Counts the rows of one table in an agency's own store (to prove nothing was kept).
+    pub async fn agency_count(&self, agency_id: &str, table: &str) -> i64 {
+        let db = referral_core::db::Database::open(
+            &self.storage,
+            &referral_agency::component_name(agency_id),
+            referral_agency::MIGRATIONS,
+        )
+        .await
+        .expect("the agency store opens");
+        let count =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(db.pool())
+                .await
+                .expect("the table exists");
+        db.close().await;
+        count
     }
 
     /// Starts (or restarts, on the same port) one agency's service.

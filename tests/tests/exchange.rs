@@ -319,6 +319,8 @@ async fn ngo_k_to_police_is_refused_and_nothing_is_stored(backend: Backend) {
     assert_eq!(hub.gateway_count("outbox").await, 0);
     assert_eq!(hub.gateway_count("ledger").await, 0);
     assert!(sent(&ngo).await.is_empty(), "nothing kept by the NGO");
+    assert_eq!(hub.agency_count("ngo-1", "sent_messages").await, 0);
+    assert_eq!(hub.agency_count("police-1", "received_messages").await, 0);
     let police = hub.staff("police-1", "inspector").await;
     assert!(
         inbox(&police).await.is_empty(),
@@ -379,6 +381,7 @@ async fn invalid_k_names_every_bad_field_and_stores_nothing(backend: Backend) {
         );
     }
     assert!(sent(&director).await.is_empty(), "the school keeps nothing");
+    assert_eq!(hub.agency_count("school-1", "sent_messages").await, 0);
     assert_eq!(hub.gateway_count("messages").await, 0);
 
     // The gateway checks the form too, whatever a client sends.
@@ -409,6 +412,7 @@ async fn invalid_k_names_every_bad_field_and_stores_nothing(backend: Backend) {
     assert_eq!(hub.gateway_count("ledger").await, 0);
     let secretary = hub.staff("commission", "secretary").await;
     assert!(inbox(&secretary).await.is_empty());
+    assert_eq!(hub.agency_count("commission", "received_messages").await, 0);
     hub.shutdown().await;
 }
 
@@ -424,6 +428,7 @@ async fn oversized_k_is_refused(backend: Backend) {
     // tonic refuses from the 5-byte length prefix, before reading the body, with OUT_OF_RANGE.
     assert_eq!(err.code(), Code::OutOfRange);
     assert!(sent(&director).await.is_empty());
+    assert_eq!(hub.agency_count("school-1", "sent_messages").await, 0);
     assert_eq!(hub.gateway_count("messages").await, 0);
     hub.shutdown().await;
 }

@@ -264,3 +264,60 @@ both_backends!(
     school_a_cannot_act_for_a_user_of_school_b,
     only_the_gateway_may_call_an_inbox,
 );
+
+// Every component answers grpc.health.v1, so orchestrators can probe it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_component_reports_its_health() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    referral_tests::init_for_tests();
+    let hub = TestHub::start(Backend::Sqlite).await;
+    let channel = Endpoint::from_shared(gateway_url(&hub))
+        .unwrap()
+        .tls_config(tls::client_tls_without_identity(
+            hub.ca.cert_pem(),
+            &ComponentIdentity::Gateway,
+        ))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "referral.v1.Gateway".into(),
+        })
+        .await
+        .expect("the gateway reports its health")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    for agency in &hub.directory.agencies {
+        let channel = Endpoint::from_shared(agency.endpoint.clone())
+            .unwrap()
+            .tls_config(tls::client_tls_without_identity(
+                hub.ca.cert_pem(),
+                &ComponentIdentity::Agency(agency.id.clone()),
+            ))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("the agency reports its health")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{}",
+            agency.id
+        );
+    }
+    hub.shutdown().await;
+}
