@@ -212,8 +212,9 @@ impl TestHub {
         count
     }
 
-    /// Starts (or restarts, on the same port) one agency's service.
-    pub async fn start_agency(&self, agency_id: &str) -> anyhow::Result<()> {
+    /// The configuration `start_agency` starts `agency_id`'s service with: the port of its
+    /// directory entry, its own certificate, this hub's store, gateway, issuer and clock.
+    pub fn agency_config(&self, agency_id: &str) -> anyhow::Result<AgencyConfig> {
         let entry = self
             .directory
             .agency(agency_id)
@@ -225,7 +226,7 @@ impl TestHub {
             .and_then(|p| p.parse().ok())
             .context("endpoint port")?;
         let identity = ComponentIdentity::agency(agency_id)?;
-        let config = AgencyConfig {
+        Ok(AgencyConfig {
             agency_id: agency_id.to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             tls: TlsMaterial::new(&self.ca, &identity)?,
@@ -239,7 +240,16 @@ impl TestHub {
                 self.clock.clone(),
             )?,
             clock: self.clock.clone(),
-        };
+        })
+    }
+
+    /// Starts (or restarts, on the same port) one agency's service.
+    pub async fn start_agency(&self, agency_id: &str) -> anyhow::Result<()> {
+        let config = self.agency_config(agency_id)?;
+        let entry = self
+            .directory
+            .agency(agency_id)
+            .with_context(|| format!("no agency {agency_id}"))?;
         let service: AgencyService = match entry.kind() {
             AgencyKind::School => referral_school::build(config).await?,
             AgencyKind::Residential => referral_residential::build(config).await?,
@@ -401,6 +411,17 @@ impl TestHub {
             .fetch_optional(self.gateway().database().pool())
             .await
             .unwrap()
+    }
+
+    /// The envelope the gateway stored (and delivers) for a message.
+    pub async fn gateway_envelope(&self, message_id: &str) -> Option<referral_proto::v1::Envelope> {
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT envelope FROM messages WHERE message_id = $1")
+                .bind(message_id)
+                .fetch_optional(self.gateway().database().pool())
+                .await
+                .unwrap();
+        bytes.map(|b| prost::Message::decode(b.as_slice()).expect("a stored envelope decodes"))
     }
 
     pub async fn attempts(&self, message_id: &str) -> i64 {

@@ -268,6 +268,48 @@ async fn resending_with_the_same_key_yields_one_message_and_one_delivery(backend
     assert_eq!(hub.gateway_count("outbox").await, 0);
     assert_eq!(hub.attempts(&first).await, 1, "a single delivery attempt");
     assert_eq!(sent(&director).await.len(), 1);
+
+    // The gateway itself keeps the promise, whatever the agency service remembers.
+    let mut gateway = hub.gateway_client_as("school-2").await;
+    let direct = |key: &str, k: HelpRequest| {
+        referral_tests::envelope(
+            "school-2",
+            "director",
+            referral_proto::v1::Role::SchoolDirector,
+            "commission",
+            key,
+            k,
+        )
+    };
+    let a = gateway
+        .send(referral_proto::v1::SendRequest {
+            envelope: Some(direct("direct-key-0001", k.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let b = gateway
+        .send(referral_proto::v1::SendRequest {
+            envelope: Some(direct("direct-key-0001", k.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.message_id, b.message_id);
+    assert!(!a.duplicate && b.duplicate);
+    let mut changed = k.clone();
+    changed.recurrence = "Күнде / ежедневно".into();
+    let err = gateway
+        .send(referral_proto::v1::SendRequest {
+            envelope: Some(direct("direct-key-0001", changed)),
+        })
+        .await
+        .expect_err("same key, other content");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    hub.delivered(&a.message_id).await;
+    assert_eq!(inbox(&secretary).await.len(), 2);
+    assert_eq!(hub.gateway_count("messages").await, 2);
+    assert_eq!(hub.attempts(&a.message_id).await, 1);
     hub.shutdown().await;
 }
 
@@ -508,7 +550,43 @@ async fn queued_k_survives_a_gateway_crash(backend: Backend) {
     hub.shutdown().await;
 }
 
+// A redelivery (the gateway died after the inbox took a message but before it recorded that)
+// has no second effect: the inbox de-duplicates by message id.
+async fn a_redelivered_message_is_received_once(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let director = hub.staff("school-1", "director").await;
+    let k_id = submit(&director, "redeliver-0001", "", sample_k(&hub))
+        .await
+        .unwrap();
+    hub.delivered(&k_id).await;
+    let stored = hub
+        .gateway_envelope(&k_id)
+        .await
+        .expect("the gateway keeps what it delivered");
+    let mut as_gateway = hub
+        .inbox_client(
+            "commission",
+            &hub.ca,
+            &referral_core::pki::ComponentIdentity::Gateway,
+        )
+        .await
+        .unwrap();
+    let again = as_gateway
+        .deliver(referral_proto::v1::DeliverRequest {
+            envelope: Some(stored),
+        })
+        .await
+        .expect("a repeat is acknowledged")
+        .into_inner();
+    assert!(again.duplicate, "the inbox recognises the repeat");
+    let secretary = hub.staff("commission", "secretary").await;
+    assert_eq!(inbox(&secretary).await.len(), 1);
+    assert_eq!(hub.agency_count("commission", "received_messages").await, 1);
+    hub.shutdown().await;
+}
+
 both_backends!(
+    a_redelivered_message_is_received_once,
     queued_k_survives_a_gateway_crash,
     school_k_reaches_commission_and_school_sees_case_opened,
     no_further_action_reaches_the_sender_with_its_reason,
