@@ -18,10 +18,20 @@ pub const STATE_QUEUED: &str = "queued";
 pub const STATE_DELIVERED: &str = "delivered";
 pub const STATE_ANSWERED: &str = "answered";
 
-/// Writes the directory file's districts and agencies into the store (insert or update), in one
+/// Makes the store's directory the file's: inserts and updates its districts and agencies and
+/// removes agencies the file no longer lists (their certificates stop being accepted), in one
 /// transaction. The store, not the file, is what the running gateway reads.
 pub async fn save_directory(pool: &AnyPool, directory: &Directory) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT agency_id FROM agencies")
+        .fetch_all(&mut *tx)
+        .await?;
+    for gone in stored.iter().filter(|id| directory.agency(id).is_none()) {
+        sqlx::query("DELETE FROM agencies WHERE agency_id = $1")
+            .bind(gone)
+            .execute(&mut *tx)
+            .await?;
+    }
     for d in &directory.districts {
         sqlx::query(
             "INSERT INTO districts (district_id, name_kk, name_ru, time_zone) VALUES ($1, $2, $3, $4) \
@@ -169,4 +179,48 @@ where
     .as_ref()
     .map(message_row)
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use referral_core::db::{Database, StorageConfig};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_stored_directory_follows_the_file_including_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = StorageConfig {
+            data_dir: dir.path().to_owned(),
+            database_url: None,
+        };
+        let db = Database::open(&storage, "gateway", MIGRATIONS)
+            .await
+            .unwrap();
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo-district.toml");
+        let mut directory = Directory::load(&file).unwrap();
+        save_directory(db.pool(), &directory).await.unwrap();
+        assert!(
+            load_directory(db.pool())
+                .await
+                .unwrap()
+                .agency("ngo-2")
+                .is_some()
+        );
+
+        directory.agencies.retain(|a| a.id != "ngo-2");
+        directory.agencies[0].name_ru = "Новое имя".into();
+        save_directory(db.pool(), &directory).await.unwrap();
+        let stored = load_directory(db.pool()).await.unwrap();
+        assert!(
+            stored.agency("ngo-2").is_none(),
+            "a removed agency is no longer known"
+        );
+        assert_eq!(stored.agencies.len(), directory.agencies.len());
+        assert_eq!(
+            stored.agency(&directory.agencies[0].id).unwrap().name_ru,
+            "Новое имя"
+        );
+    }
 }

@@ -83,14 +83,60 @@ pub struct TestHub {
     data_dir: tempfile::TempDir,
     gateway_run: Mutex<Option<Running>>,
     agencies: Mutex<HashMap<String, Running>>,
+    replicas: Mutex<Vec<(GatewayHandle, Running)>>,
 }
 
-/// A free port on loopback. The listener is dropped at once; the component binds it right after.
+/// Ports this process has handed out: each goes to one component for the life of the process.
+static PORTS_HANDED_OUT: Mutex<std::collections::BTreeSet<u16>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// The kernel's range of ephemeral ports (what `bind(0)` and outgoing connections use).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+/// A free port on loopback, never the same twice in this process. The component binds it later
+/// (and binds it again when it restarts), so it is taken below the kernel's ephemeral range where
+/// possible: a port from `bind(0)` could meanwhile become another test's port or the source port
+/// of an outgoing connection, and the component would find it in use.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::hash::{BuildHasher as _, RandomState};
+    let (ephemeral_low, ephemeral_high) = ephemeral_ports();
+    let random = RandomState::new();
+    let mut handed_out = PORTS_HANDED_OUT.lock().unwrap();
+    // Below the ephemeral range, or above it when that leaves more room.
+    let (low, high) = if ephemeral_low.saturating_sub(10_000) >= 65_535 - ephemeral_high {
+        (10_000, ephemeral_low.saturating_sub(1))
+    } else {
+        (ephemeral_high.saturating_add(1), 65_535)
+    };
+    if low + 1_000 < high {
+        for attempt in 0_u64..1_000 {
+            let port = low + (random.hash_one(attempt) % u64::from(high - low)) as u16;
+            if !handed_out.contains(&port)
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                handed_out.insert(port);
+                return port;
+            }
+        }
+    }
+    // No room outside the ephemeral range: let the kernel pick.
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The moment every test starts at: a Friday morning in Almaty.
@@ -137,6 +183,7 @@ impl TestHub {
             data_dir,
             gateway_run: Mutex::new(Some(gateway_run)),
             agencies: Mutex::new(HashMap::new()),
+            replicas: Mutex::new(Vec::new()),
         };
         let ids: Vec<String> = hub
             .directory
@@ -192,6 +239,24 @@ impl TestHub {
         *self.gateway.lock().unwrap() = handle;
         *self.gateway_run.lock().unwrap() = Some(running);
         Ok(())
+    }
+
+    /// Starts another gateway replica on its own port over the same store (as a second pod over
+    /// one PostgreSQL database would run). It stops with the hub.
+    pub async fn start_replica_gateway(&self) -> anyhow::Result<GatewayHandle> {
+        let (handle, running) = launch_gateway(
+            &self.ca,
+            &self.storage,
+            &self.directory,
+            &self.clock,
+            free_port(),
+        )
+        .await?;
+        self.replicas
+            .lock()
+            .unwrap()
+            .push((handle.clone(), running));
+        Ok(handle)
     }
 
     /// Counts the rows of one table in an agency's own store (to prove nothing was kept).
@@ -361,18 +426,43 @@ impl TestHub {
         Ok(AgencyInboxClient::new(channel))
     }
 
-    /// Waits until the gateway has recorded the delivery of `message_id`.
+    /// Delivery events of every running gateway (the main one and its replicas), merged, and
+    /// every worker woken up.
+    fn all_events(&self) -> tokio::sync::mpsc::UnboundedReceiver<DeliveryEvent> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut gateways = vec![self.gateway()];
+        gateways.extend(self.replicas.lock().unwrap().iter().map(|(h, _)| h.clone()));
+        for gateway in gateways {
+            let mut events = gateway.subscribe();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(event) => {
+                            if tx.send(event).is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    }
+                }
+            });
+            gateway.wake_worker();
+        }
+        rx
+    }
+
+    /// Waits until a gateway has recorded the delivery of `message_id`.
     pub async fn delivered(&self, message_id: &str) {
-        let mut events = self.gateway().subscribe();
-        self.gateway().wake_worker();
+        let mut events = self.all_events();
         let wait = async {
             loop {
                 if self.gateway_state(message_id).await.as_deref() != Some("queued") {
                     return;
                 }
-                match events.recv().await {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(e) => panic!("the gateway stopped: {e}"),
+                if events.recv().await.is_none() {
+                    panic!("every gateway stopped");
                 }
             }
         };
@@ -383,19 +473,18 @@ impl TestHub {
 
     /// Waits until the gateway has recorded at least `attempts` failed attempts for a message.
     pub async fn failed_attempts(&self, message_id: &str, attempts: i64) {
-        let mut events = self.gateway().subscribe();
-        self.gateway().wake_worker();
+        let mut events = self.all_events();
         let wait = async {
             loop {
                 if self.attempts(message_id).await >= attempts {
                     return;
                 }
                 match events.recv().await {
-                    Ok(DeliveryEvent::Delivered { message_id: m }) if m == message_id => {
+                    Some(DeliveryEvent::Delivered { message_id: m }) if m == message_id => {
                         panic!("delivered while the recipient should be down")
                     }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(e) => panic!("the gateway stopped: {e}"),
+                    Some(_) => {}
+                    None => panic!("every gateway stopped"),
                 }
             }
         };
@@ -449,6 +538,12 @@ impl TestHub {
         let ids: Vec<String> = self.agencies.lock().unwrap().keys().cloned().collect();
         for id in ids {
             self.stop_agency(&id).await;
+        }
+        let replicas: Vec<(GatewayHandle, Running)> =
+            self.replicas.lock().unwrap().drain(..).collect();
+        for (_, running) in replicas {
+            running.stop.cancel();
+            running.task.await.unwrap().unwrap();
         }
         let gateway = self.gateway_run.lock().unwrap().take();
         if let Some(running) = gateway {

@@ -585,7 +585,58 @@ async fn a_redelivered_message_is_received_once(backend: Backend) {
     hub.shutdown().await;
 }
 
+// Two gateway replicas over one store drain the same outbox: every message is delivered once,
+// by one of them, never by both.
+async fn two_gateway_replicas_deliver_each_message_once(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let replica = hub.start_replica_gateway().await.unwrap();
+    hub.stop_agency("commission").await;
+    let director = hub.staff("school-1", "director").await;
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let mut k = sample_k(&hub);
+        k.recurrence = format!("{n} рет / раз");
+        ids.push(
+            submit(&director, &format!("replica-k-{n:04}"), "", k)
+                .await
+                .unwrap(),
+        );
+    }
+    for id in &ids {
+        hub.failed_attempts(id, 1).await;
+    }
+    hub.start_agency("commission").await.unwrap();
+    // Every retry falls due at once, and both replicas are told to look: they race for the rows.
+    hub.clock.advance(SignedDuration::from_hours(1));
+    hub.gateway().wake_worker();
+    replica.wake_worker();
+    for id in &ids {
+        hub.delivered(id).await;
+    }
+    let secretary = hub.staff("commission", "secretary").await;
+    assert_eq!(inbox(&secretary).await.len(), ids.len());
+    for id in &ids {
+        assert_eq!(
+            hub.attempts(id).await,
+            2,
+            "one failed attempt and one delivery of {id}"
+        );
+    }
+    let delivered: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE event = 'message.delivered'")
+            .fetch_one(hub.gateway().database().pool())
+            .await
+            .unwrap();
+    assert_eq!(delivered, ids.len() as i64);
+    hub.gateway()
+        .verify_ledger()
+        .await
+        .expect("one linear chain");
+    hub.shutdown().await;
+}
+
 both_backends!(
+    two_gateway_replicas_deliver_each_message_once,
     a_redelivered_message_is_received_once,
     queued_k_survives_a_gateway_crash,
     school_k_reaches_commission_and_school_sees_case_opened,
