@@ -6,6 +6,9 @@ use std::{env, fs, path::PathBuf};
 const PROTOS: &[&str] = &[
     "referral/v1/common.proto",
     "referral/v1/forms.proto",
+    "referral/v1/cases.proto",
+    "referral/v1/deadlines.proto",
+    "referral/v1/case_files.proto",
     "referral/v1/envelope.proto",
     "referral/v1/gateway.proto",
     "referral/v1/agency.proto",

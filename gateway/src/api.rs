@@ -6,20 +6,20 @@ use std::sync::Arc;
 use prost::Message as _;
 use referral_core::{
     FieldViolations, ServiceError, ServiceResult,
-    directory::{AgencyEntry, role_fits_kind, role_name},
+    directory::{AgencyEntry, role_fits_kind},
     pki::ComponentIdentity,
     time, tls, validate,
 };
 use referral_proto::v1::{
     AgencyKind, ConfidentialityLabel, DeliveryState, DeliveryStatus, Envelope, FormKind,
     GetDeliveryStatusRequest, HelpRequestDecision, ListAgenciesRequest, ListAgenciesResponse,
-    PurposeOfUse, Role, SendRequest, SendResponse, gateway_server, help_request_decision, payload,
+    PurposeOfUse, RecordCaseEventRequest, RecordCaseEventResponse, Role, SendRequest, SendResponse,
+    gateway_server, help_request_decision, payload,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Shared,
-    ledger::{self, EntryFields, LedgerEvent},
+    Shared, forms, ledger,
     routing::{self, Reply},
     store::{self, STATE_ANSWERED, STATE_DELIVERED, STATE_QUEUED},
 };
@@ -50,7 +50,7 @@ pub(crate) fn authenticate(shared: Arc<Shared>) -> impl tonic::service::Intercep
     }
 }
 
-fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+pub(crate) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions()
         .get::<Caller>()
         .cloned()
@@ -99,6 +99,18 @@ impl gateway_server::Gateway for GatewayApi {
             .collect();
         Ok(Response::new(ListAgenciesResponse { agencies }))
     }
+
+    async fn record_case_event(
+        &self,
+        req: Request<RecordCaseEventRequest>,
+    ) -> Result<Response<RecordCaseEventResponse>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let recorded = self
+            .shared
+            .record_case_event(&caller, req.into_inner())
+            .await?;
+        Ok(Response::new(recorded))
+    }
 }
 
 /// The form kind a payload carries.
@@ -111,11 +123,62 @@ fn payload_kind(form: &payload::Form) -> FormKind {
         payload::Form::SupportPlan(_) => FormKind::SupportPlan,
         payload::Form::IncidentReport(_) => FormKind::IncidentReport,
         payload::Form::IncidentSummary(_) => FormKind::IncidentSummary,
+        payload::Form::InformationRequest(_) => FormKind::InformationRequest,
+        payload::Form::InformationResponse(_) => FormKind::InformationResponse,
+        payload::Form::ActionAssignment(_) => FormKind::ActionAssignment,
+        payload::Form::ActionProgress(_) => FormKind::ActionProgress,
+        payload::Form::ReviewMinutes(_) => FormKind::ReviewMinutes,
+        payload::Form::DeadlineAlert(_) => FormKind::DeadlineAlert,
     }
 }
 
-fn enum_name<E: TryFrom<i32>>(value: i32, name: impl Fn(E) -> &'static str) -> String {
-    E::try_from(value).map(name).unwrap_or("UNKNOWN").to_owned()
+/// The case reference a case message's payload carries; `None` for the other forms.
+fn payload_case_reference(form: &payload::Form) -> Option<&str> {
+    match form {
+        payload::Form::InformationRequest(r) => Some(&r.case_reference),
+        payload::Form::InformationResponse(r) => Some(&r.case_reference),
+        payload::Form::ActionAssignment(a) => Some(&a.case_reference),
+        payload::Form::ActionProgress(a) => Some(&a.case_reference),
+        payload::Form::ReviewMinutes(m) => Some(&m.case_reference),
+        _ => None,
+    }
+}
+
+/// A reply that must agree with the message it answers: an information response carries the
+/// request's case, a progress report the assignment's case and row number.
+fn check_against_original(form: Option<&payload::Form>, original: &Envelope) -> ServiceResult<()> {
+    let original_form = original.payload.as_ref().and_then(|p| p.form.as_ref());
+    let mut v = FieldViolations::new();
+    match form {
+        Some(payload::Form::InformationResponse(r))
+            if r.case_reference != original.case_reference =>
+        {
+            v.add(
+                "envelope.payload.information_response.case_reference",
+                "must be the case of the request answered",
+            );
+        }
+        Some(payload::Form::ActionProgress(p)) => {
+            if p.case_reference != original.case_reference {
+                v.add(
+                    "envelope.payload.action_progress.case_reference",
+                    "must be the case of the assignment",
+                );
+            }
+            let number = match original_form {
+                Some(payload::Form::ActionAssignment(a)) => a.action.as_ref().map(|a| a.number),
+                _ => None,
+            };
+            if number != Some(p.action_number) {
+                v.add(
+                    "envelope.payload.action_progress.action_number",
+                    "must be the number of the assigned row",
+                );
+            }
+        }
+        _ => {}
+    }
+    v.into_result()
 }
 
 /// Checks a decision's own fields (the envelope checks say whom it may go to).
@@ -298,8 +361,49 @@ impl Shared {
             Some(payload::Form::HelpRequestDecision(d)) => {
                 validate_decision(d, &env.in_reply_to, &mut v)
             }
-            // No rule routes the other forms yet; they are refused above.
+            Some(payload::Form::InformationRequest(r)) => {
+                forms::information_request(r, &mut v, "envelope.payload.information_request")
+            }
+            Some(payload::Form::InformationResponse(r)) => forms::information_response(
+                r,
+                &env.in_reply_to,
+                &mut v,
+                "envelope.payload.information_response",
+            ),
+            Some(payload::Form::ActionAssignment(a)) => forms::action_assignment(
+                a,
+                &recipient.id,
+                &mut v,
+                "envelope.payload.action_assignment",
+            ),
+            Some(payload::Form::ActionProgress(a)) => forms::action_progress(
+                a,
+                &env.in_reply_to,
+                &mut v,
+                "envelope.payload.action_progress",
+            ),
+            Some(payload::Form::ReviewMinutes(m)) => {
+                forms::review_minutes(m, &mut v, "envelope.payload.review_minutes")
+            }
+            // No rule routes the other forms; they are refused above.
             _ => {}
+        }
+        // A case message belongs to its case: the envelope names the payload's case (and is
+        // given it when the sender left it empty), so the ledger and the deadline engine see it.
+        if let Some(case) = env
+            .payload
+            .as_ref()
+            .and_then(|p| p.form.as_ref())
+            .and_then(payload_case_reference)
+        {
+            if env.case_reference.is_empty() {
+                env.case_reference = case.to_owned();
+            } else if env.case_reference != case {
+                v.add(
+                    "envelope.case_reference",
+                    "must be the case reference the payload carries",
+                );
+            }
         }
         v.into_result()?;
 
@@ -320,7 +424,7 @@ impl Shared {
             tx.rollback().await?;
             return duplicate_response(existing, &env, &payload_hash);
         }
-        if let Reply::To { answers } = rule.reply {
+        if let Reply::To { answers, single } = rule.reply {
             let original = store::message_by_id(&mut *tx, &env.in_reply_to)
                 .await?
                 .filter(|m| {
@@ -334,40 +438,26 @@ impl Shared {
                         "must be a message the recipient sent to you",
                     )
                 })?;
-            if original.answer_message_id.is_some() {
+            if single && original.answer_message_id.is_some() {
                 return Err(ServiceError::FailedPrecondition(
                     "that message has already been answered".into(),
                 ));
             }
+            let original_env =
+                Envelope::decode(original.envelope.as_slice()).map_err(ServiceError::internal)?;
+            check_against_original(
+                env.payload.as_ref().and_then(|p| p.form.as_ref()),
+                &original_env,
+            )?;
         }
         let message_id = uuid::Uuid::now_v7().to_string();
         env.message_id = message_id.clone();
         env.sender_agency_id = caller.id.clone();
         env.created_at = Some(time::to_proto(now));
         let now_us = time::to_micros(now);
-        sqlx::query(
-            "INSERT INTO messages (message_id, sender_agency_id, idempotency_key, \
-             recipient_agency_id, form_kind, in_reply_to, envelope, payload_sha256, created_at, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&message_id)
-        .bind(&caller.id)
-        .bind(&env.idempotency_key)
-        .bind(&recipient.id)
-        .bind(form_kind.as_str_name())
-        .bind((!env.in_reply_to.is_empty()).then(|| env.in_reply_to.clone()))
-        .bind(env.encode_to_vec())
-        .bind(&payload_hash)
-        .bind(now_us)
-        .bind(STATE_QUEUED)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO outbox (message_id, next_attempt_at) VALUES ($1, $2)")
-            .bind(&message_id)
-            .bind(now_us)
-            .execute(&mut *tx)
-            .await?;
-        if !env.in_reply_to.is_empty() {
+        store::enqueue_message(&mut tx, &env, &payload_hash, now_us).await?;
+        // A single answer closes the message it answers; progress reports leave it open.
+        if matches!(rule.reply, Reply::To { single: true, .. }) {
             sqlx::query(
                 "UPDATE messages SET state = $1, answered_at = $2, answer_message_id = $3 \
                  WHERE message_id = $4",
@@ -379,12 +469,6 @@ impl Shared {
             .execute(&mut *tx)
             .await?;
         }
-        ledger::append(
-            &mut tx,
-            now_us,
-            &ledger_fields(LedgerEvent::Accepted, &env, &payload_hash),
-        )
-        .await?;
         tx.commit().await?;
         tracing::info!(
             message_id = %message_id,
@@ -393,7 +477,7 @@ impl Shared {
             form = form_kind.as_str_name(),
             "message accepted"
         );
-        self.wake.notify_one();
+        self.ledger_appended();
         Ok(SendResponse {
             message_id,
             state: DeliveryState::Queued as i32,
@@ -463,27 +547,5 @@ pub(crate) fn state_to_proto(state: &str) -> DeliveryState {
         STATE_DELIVERED => DeliveryState::Delivered,
         STATE_ANSWERED => DeliveryState::Answered,
         _ => DeliveryState::Unspecified,
-    }
-}
-
-/// The ledger's view of an envelope: metadata and the payload's hash, never the payload.
-pub(crate) fn ledger_fields(event: LedgerEvent, env: &Envelope, payload_hash: &str) -> EntryFields {
-    let acting = env.acting_user.clone().unwrap_or_default();
-    EntryFields {
-        event: event.as_str().to_owned(),
-        message_id: env.message_id.clone(),
-        sender_agency_id: env.sender_agency_id.clone(),
-        recipient_agency_id: env.recipient_agency_id.clone(),
-        acting_user_id: acting.user_id,
-        acting_role: Role::try_from(acting.role)
-            .map(role_name)
-            .unwrap_or_default(),
-        purpose_of_use: enum_name(env.purpose_of_use, |e: PurposeOfUse| e.as_str_name()),
-        form_kind: enum_name(env.form_kind, |e: FormKind| e.as_str_name()),
-        case_reference: env.case_reference.clone(),
-        confidentiality: enum_name(env.confidentiality, |e: ConfidentialityLabel| {
-            e.as_str_name()
-        }),
-        payload_sha256: payload_hash.to_owned(),
     }
 }

@@ -16,8 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     Shared,
-    api::ledger_fields,
-    ledger::{self, LedgerEvent},
+    ledger::{self, EntryFields, LedgerEvent},
     store::{STATE_DELIVERED, STATE_QUEUED},
 };
 
@@ -233,15 +232,38 @@ async fn record_delivery(
     ledger::append(
         &mut tx,
         now_us,
-        &ledger_fields(LedgerEvent::Delivered, envelope, &payload_hash),
+        &EntryFields::for_envelope(LedgerEvent::Delivered, envelope, &payload_hash),
     )
     .await?;
     tx.commit().await?;
+    // A delivery starts clocks (a help request's decision runs from its receipt).
+    shared.engine_wake.notify_one();
     tracing::info!(message_id = %due.message_id, recipient = %due.recipient, "message delivered");
     let _ = shared.events.send(DeliveryEvent::Delivered {
         message_id: due.message_id.clone(),
     });
     Ok(())
+}
+
+/// Records the delivery of a queued message as the worker does after the recipient's inbox
+/// accepted it (unit tests, which run no agency services).
+#[cfg(test)]
+pub(crate) async fn record_delivery_for_test(
+    shared: &Shared,
+    message_id: &str,
+) -> Result<(), sqlx::Error> {
+    let row = crate::store::message_by_id(shared.db.pool(), message_id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    let envelope =
+        Envelope::decode(row.envelope.as_slice()).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    let due = Due {
+        message_id: row.message_id,
+        recipient: row.recipient_agency_id,
+        envelope: row.envelope,
+        attempts: row.delivery_attempts,
+    };
+    record_delivery(shared, &due, &envelope).await
 }
 
 /// Schedules the next attempt: the delay doubles with each failure up to the maximum, and is

@@ -4,6 +4,8 @@
 //! previous entry; its own hash covers every field plus that previous hash. Changing, removing or
 //! reordering any stored entry breaks the chain from that entry on, and [`verify`] names it.
 
+use referral_core::directory::role_name;
+use referral_proto::v1::{ConfidentialityLabel, Envelope, FormKind, PurposeOfUse, Role};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use sqlx::{Any, AnyPool, Row as _, Transaction};
@@ -43,6 +45,36 @@ pub struct EntryFields {
     pub case_reference: String,
     pub confidentiality: String,
     pub payload_sha256: String,
+}
+
+impl EntryFields {
+    /// The ledger's view of an envelope: metadata and the payload's hash, never the payload.
+    pub fn for_envelope(event: LedgerEvent, env: &Envelope, payload_hash: &str) -> Self {
+        let acting = env.acting_user.clone().unwrap_or_default();
+        Self {
+            event: event.as_str().to_owned(),
+            message_id: env.message_id.clone(),
+            sender_agency_id: env.sender_agency_id.clone(),
+            recipient_agency_id: env.recipient_agency_id.clone(),
+            acting_user_id: acting.user_id,
+            acting_role: Role::try_from(acting.role)
+                .ok()
+                .filter(|r| *r != Role::Unspecified)
+                .map(role_name)
+                .unwrap_or_default(),
+            purpose_of_use: enum_name(env.purpose_of_use, |e: PurposeOfUse| e.as_str_name()),
+            form_kind: enum_name(env.form_kind, |e: FormKind| e.as_str_name()),
+            case_reference: env.case_reference.clone(),
+            confidentiality: enum_name(env.confidentiality, |e: ConfidentialityLabel| {
+                e.as_str_name()
+            }),
+            payload_sha256: payload_hash.to_owned(),
+        }
+    }
+}
+
+fn enum_name<E: TryFrom<i32>>(value: i32, name: impl Fn(E) -> &'static str) -> String {
+    E::try_from(value).map(name).unwrap_or("UNKNOWN").to_owned()
 }
 
 /// The canonical form that is hashed: field order is fixed by this struct.

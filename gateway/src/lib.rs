@@ -1,16 +1,20 @@
 //! The gateway, the hub every agency talks through: an mTLS front door that knows each agency by
 //! its certificate, deny-by-default routing rules, a durable and idempotent send, a delivery
-//! worker that never gives up on a recipient, and a hash-chained ledger of every message.
+//! worker that never gives up on a recipient, a hash-chained ledger of every message, and the
+//! deadline engine that the ledger feeds.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod deadlines;
 pub mod delivery;
+mod forms;
 pub mod ledger;
 pub mod routing;
 pub mod store;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, RwLock},
 };
@@ -25,14 +29,31 @@ use referral_core::{
     pki::TlsMaterial,
     server, tls,
 };
-use referral_proto::v1::gateway_server::GatewayServer;
+use referral_deadlines::DistrictCalendar;
+use referral_proto::v1::{
+    DeadlineAlert, DeadlineOverviewResponse, ListDeadlinesRequest, ListDeadlinesResponse,
+    ListOverdueRequest, deadlines_server::DeadlinesServer, gateway_server::GatewayServer,
+};
 use tokio::{
     net::TcpListener,
     sync::{Notify, broadcast},
 };
 use tokio_util::sync::CancellationToken;
 
+pub use deadlines::{EngineError, SettleReport};
 pub use delivery::DeliveryEvent;
+pub use referral_deadlines::{CalendarError, DeadlineSettings, HolidayCalendar};
+
+/// The holiday calendar the settings name. The shipped default (`deploy/holidays-kz.toml`) is
+/// also compiled in, so a gateway started outside the repository still has Kazakhstan's
+/// calendar; any other file must exist and be valid.
+pub fn load_holidays(settings: &DeadlineSettings) -> Result<HolidayCalendar, CalendarError> {
+    let file = &settings.holidays_file;
+    if !file.exists() && *file == DeadlineSettings::default().holidays_file {
+        return Ok(HolidayCalendar::embedded_kazakhstan());
+    }
+    HolidayCalendar::load(file)
+}
 
 /// Everything the gateway needs to start.
 #[derive(Debug, Clone)]
@@ -46,9 +67,44 @@ pub struct GatewayConfig {
     pub directory: Directory,
     pub delivery: DeliverySettings,
     pub clock: Clock,
+    /// The deadline engine's periods.
+    pub deadlines: DeadlineSettings,
+    /// The official holidays working-day clocks skip.
+    pub holidays: Arc<HolidayCalendar>,
+    /// Run the deadline engine in the background (tests may drive it with
+    /// [`GatewayHandle::settle`] alone).
+    pub run_deadline_engine: bool,
+    /// Run the delivery worker (a simulation may leave the outbox undelivered).
+    pub run_delivery_worker: bool,
 }
 
-/// State shared by the API and the delivery worker.
+impl GatewayConfig {
+    /// A configuration with the default deadline periods, Kazakhstan's embedded holiday
+    /// calendar, and both background tasks running.
+    pub fn new(
+        listen: SocketAddr,
+        tls: TlsMaterial,
+        storage: StorageConfig,
+        directory: Directory,
+        delivery: DeliverySettings,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            listen,
+            tls,
+            storage,
+            directory,
+            delivery,
+            clock,
+            deadlines: DeadlineSettings::default(),
+            holidays: Arc::new(HolidayCalendar::embedded_kazakhstan()),
+            run_deadline_engine: true,
+            run_delivery_worker: true,
+        }
+    }
+}
+
+/// State shared by the APIs, the delivery worker and the deadline engine.
 pub(crate) struct Shared {
     pub(crate) db: Database,
     pub(crate) clock: Clock,
@@ -58,6 +114,13 @@ pub(crate) struct Shared {
     pub(crate) tls: TlsMaterial,
     delivery: DeliverySettings,
     pub(crate) worker_id: String,
+    pub(crate) deadlines: DeadlineSettings,
+    /// Each district's calendar (its time zone and the holidays), by district id.
+    calendars: HashMap<String, DistrictCalendar>,
+    /// Wakes the deadline engine: the ledger has new entries.
+    pub(crate) engine_wake: Notify,
+    /// Deadline alerts as they are raised, for `WatchDeadlines`.
+    pub(crate) alerts: broadcast::Sender<DeadlineAlert>,
 }
 
 impl Shared {
@@ -67,6 +130,18 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The calendar of a district, when the directory knows it.
+    pub(crate) fn calendar(&self, district_id: &str) -> Option<&DistrictCalendar> {
+        self.calendars.get(district_id)
+    }
+
+    /// Tells the delivery worker and the deadline engine that the ledger has new entries (call
+    /// after the commit).
+    pub(crate) fn ledger_appended(&self) {
+        self.wake.notify_one();
+        self.engine_wake.notify_one();
     }
 
     pub(crate) fn backoff(&self, attempts: i64) -> SignedDuration {
@@ -93,6 +168,8 @@ impl Shared {
 pub struct Gateway {
     listener: TcpListener,
     shared: Arc<Shared>,
+    run_deadline_engine: bool,
+    run_delivery_worker: bool,
 }
 
 /// A handle for tests and the launcher: observe deliveries, read states, verify the ledger.
@@ -118,7 +195,14 @@ impl Gateway {
         let listener = server::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let mut calendars = HashMap::new();
+        for district in &directory.districts {
+            let calendar = DistrictCalendar::new(&district.time_zone, config.holidays.clone())
+                .with_context(|| format!("district {} has no usable calendar", district.id))?;
+            calendars.insert(district.id.clone(), calendar);
+        }
         let (events, _) = broadcast::channel(1024);
+        let (alerts, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             db,
             clock: config.clock,
@@ -128,8 +212,17 @@ impl Gateway {
             tls: config.tls,
             delivery: config.delivery,
             worker_id: uuid::Uuid::new_v4().to_string(),
+            deadlines: config.deadlines,
+            calendars,
+            engine_wake: Notify::new(),
+            alerts,
         });
-        Ok(Self { listener, shared })
+        Ok(Self {
+            listener,
+            shared,
+            run_deadline_engine: config.run_deadline_engine,
+            run_delivery_worker: config.run_delivery_worker,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -142,14 +235,24 @@ impl Gateway {
         }
     }
 
-    /// Serves the API and runs the delivery worker until `shutdown` is cancelled.
+    /// Serves the APIs and runs the delivery worker and the deadline engine until `shutdown` is
+    /// cancelled.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // Aborted if this future is dropped (a crash in tests): no orphaned worker lives on.
-        let worker = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(delivery::run(
-            self.shared.clone(),
-            shutdown.clone(),
-        )));
-        let (health, reflection) = server::health_and_reflection(&["referral.v1.Gateway"]).await?;
+        // Aborted if this future is dropped (a crash in tests): no orphaned task lives on.
+        let mut background = Vec::new();
+        if self.run_delivery_worker {
+            background.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                delivery::run(self.shared.clone(), shutdown.clone()),
+            )));
+        }
+        if self.run_deadline_engine {
+            background.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                deadlines::run(self.shared.clone(), shutdown.clone()),
+            )));
+        }
+        let (health, reflection) =
+            server::health_and_reflection(&["referral.v1.Gateway", "referral.v1.Deadlines"])
+                .await?;
         let router = server::builder(tls::server_tls(&self.shared.tls))?
             .add_service(health)
             .add_service(reflection)
@@ -159,10 +262,20 @@ impl Gateway {
                 })
                 .max_decoding_message_size(server::MAX_MESSAGE_BYTES),
                 api::authenticate(self.shared.clone()),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                DeadlinesServer::new(deadlines::DeadlinesApi {
+                    shared: self.shared.clone(),
+                    shutdown: shutdown.clone(),
+                })
+                .max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+                api::authenticate(self.shared.clone()),
             ));
         let served = server::serve(router, self.listener, shutdown.clone()).await;
         shutdown.cancel();
-        let _ = worker.await;
+        for task in background {
+            let _ = task.await;
+        }
         self.shared.db.close().await;
         served.context("the gateway server failed")
     }
@@ -185,6 +298,59 @@ impl GatewayHandle {
 
     pub fn clock(&self) -> &Clock {
         &self.shared.clock
+    }
+
+    /// Deadline alerts from now on, as `WatchDeadlines` streams them.
+    pub fn subscribe_alerts(&self) -> broadcast::Receiver<DeadlineAlert> {
+        self.shared.alerts.subscribe()
+    }
+
+    /// Runs the deadline engine to completion for the clock's current instant, in the caller's
+    /// task: applies every ledger entry not yet applied, then raises every transition whose
+    /// instant has come (the same code the background task runs; safe beside it and beside
+    /// other replicas).
+    pub async fn settle(&self) -> anyhow::Result<SettleReport> {
+        Ok(deadlines::settle(&self.shared).await?)
+    }
+
+    /// `ListDeadlines` as the certificate of `agency_id` would call it (tests, benchmarks).
+    pub async fn list_deadlines_as(
+        &self,
+        agency_id: &str,
+        req: ListDeadlinesRequest,
+    ) -> Result<ListDeadlinesResponse, tonic::Status> {
+        let caller = self.agency(agency_id)?;
+        Ok(deadlines::list_deadlines(&self.shared, &caller, req).await?)
+    }
+
+    /// `ListOverdue` as the certificate of `agency_id` would call it (tests, benchmarks).
+    pub async fn list_overdue_as(
+        &self,
+        agency_id: &str,
+        req: ListOverdueRequest,
+    ) -> Result<ListDeadlinesResponse, tonic::Status> {
+        let caller = self.agency(agency_id)?;
+        Ok(deadlines::list_overdue(&self.shared, &caller, req).await?)
+    }
+
+    /// `DeadlineOverview` as the certificate of `agency_id` would call it.
+    pub async fn deadline_overview_as(
+        &self,
+        agency_id: &str,
+    ) -> Result<DeadlineOverviewResponse, tonic::Status> {
+        let caller = self.agency(agency_id)?;
+        Ok(deadlines::overview(&self.shared, &caller).await?)
+    }
+
+    fn agency(
+        &self,
+        agency_id: &str,
+    ) -> Result<referral_core::directory::AgencyEntry, tonic::Status> {
+        self.shared
+            .directory()
+            .agency(agency_id)
+            .cloned()
+            .ok_or_else(|| tonic::Status::unauthenticated("no such agency"))
     }
 
     /// Verifies the ledger's hash chain.

@@ -1,5 +1,8 @@
 //! Routing rules: which agency kind may send which form to which agency kind. Deny by default:
 //! a combination that is not listed here is refused and nothing is stored.
+//!
+//! `FORM_KIND_DEADLINE_ALERT` is deliberately absent: only the gateway's deadline engine creates
+//! alerts, so no agency may send one.
 
 use referral_proto::v1::{AgencyKind, FormKind};
 
@@ -8,8 +11,10 @@ use referral_proto::v1::{AgencyKind, FormKind};
 pub enum Reply {
     /// A new message; `in_reply_to` must be empty.
     No,
-    /// An answer to a message of `answers` that the recipient sent to the sender.
-    To { answers: FormKind },
+    /// An answer to a message of `answers` that the recipient sent to the sender. When `single`,
+    /// the original takes exactly one answer (it is marked answered, and a second answer is
+    /// refused); otherwise it takes many (progress reports, then completion).
+    To { answers: FormKind, single: bool },
 }
 
 /// One allowed flow.
@@ -17,72 +22,86 @@ pub enum Reply {
 pub struct Rule {
     pub from: &'static [AgencyKind],
     pub form: FormKind,
-    pub to: AgencyKind,
+    pub to: &'static [AgencyKind],
     /// Sender and recipient must belong to the same district.
     pub same_district: bool,
     pub reply: Reply,
 }
 
-/// The allowed flows (issue 2): K from the referring agencies to their district's commission;
-/// the commission's decision back to whoever sent the K.
+/// Every agency kind other than the commission: the agencies that refer children, are asked for
+/// information and carry out action rows.
+const PARTNERS: &[AgencyKind] = &[
+    AgencyKind::School,
+    AgencyKind::Residential,
+    AgencyKind::Health,
+    AgencyKind::Police,
+    AgencyKind::Ngo,
+];
+
+const COMMISSION: &[AgencyKind] = &[AgencyKind::Commission];
+
+/// The allowed flows. Issue 2: K from the referring agencies to their district's commission; the
+/// commission's decision back to whoever sent the K. Issue 3: the commission's information
+/// requests and their single answers, action assignments and their (many) progress reports,
+/// and review minutes.
 pub const RULES: &[Rule] = &[
     Rule {
-        from: &[
-            AgencyKind::School,
-            AgencyKind::Residential,
-            AgencyKind::Health,
-            AgencyKind::Police,
-            AgencyKind::Ngo,
-        ],
+        from: PARTNERS,
         form: FormKind::HelpRequest,
-        to: AgencyKind::Commission,
+        to: COMMISSION,
         same_district: true,
         reply: Reply::No,
     },
     Rule {
-        from: &[AgencyKind::Commission],
+        from: COMMISSION,
         form: FormKind::HelpRequestDecision,
-        to: AgencyKind::School,
+        to: PARTNERS,
         same_district: true,
         reply: Reply::To {
             answers: FormKind::HelpRequest,
+            single: true,
         },
     },
     Rule {
-        from: &[AgencyKind::Commission],
-        form: FormKind::HelpRequestDecision,
-        to: AgencyKind::Residential,
+        from: COMMISSION,
+        form: FormKind::InformationRequest,
+        to: PARTNERS,
+        same_district: true,
+        reply: Reply::No,
+    },
+    Rule {
+        from: PARTNERS,
+        form: FormKind::InformationResponse,
+        to: COMMISSION,
         same_district: true,
         reply: Reply::To {
-            answers: FormKind::HelpRequest,
+            answers: FormKind::InformationRequest,
+            single: true,
         },
     },
     Rule {
-        from: &[AgencyKind::Commission],
-        form: FormKind::HelpRequestDecision,
-        to: AgencyKind::Health,
+        from: COMMISSION,
+        form: FormKind::ActionAssignment,
+        to: PARTNERS,
+        same_district: true,
+        reply: Reply::No,
+    },
+    Rule {
+        from: PARTNERS,
+        form: FormKind::ActionProgress,
+        to: COMMISSION,
         same_district: true,
         reply: Reply::To {
-            answers: FormKind::HelpRequest,
+            answers: FormKind::ActionAssignment,
+            single: false,
         },
     },
     Rule {
-        from: &[AgencyKind::Commission],
-        form: FormKind::HelpRequestDecision,
-        to: AgencyKind::Police,
+        from: COMMISSION,
+        form: FormKind::ReviewMinutes,
+        to: PARTNERS,
         same_district: true,
-        reply: Reply::To {
-            answers: FormKind::HelpRequest,
-        },
-    },
-    Rule {
-        from: &[AgencyKind::Commission],
-        form: FormKind::HelpRequestDecision,
-        to: AgencyKind::Ngo,
-        same_district: true,
-        reply: Reply::To {
-            answers: FormKind::HelpRequest,
-        },
+        reply: Reply::No,
     },
 ];
 
@@ -96,7 +115,7 @@ pub fn find_rule(
     RULES.iter().find(|r| {
         r.from.contains(&from)
             && r.form == form
-            && r.to == to
+            && r.to.contains(&to)
             && (same_district || !r.same_district)
     })
 }
@@ -104,15 +123,75 @@ pub fn find_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use AgencyKind as K;
+    use FormKind as F;
 
     #[test]
     fn school_may_send_k_to_its_commission_only() {
-        use AgencyKind as K;
-        assert!(find_rule(K::School, FormKind::HelpRequest, K::Commission, true).is_some());
-        assert!(find_rule(K::School, FormKind::HelpRequest, K::Commission, false).is_none());
-        assert!(find_rule(K::Ngo, FormKind::HelpRequest, K::Police, true).is_none());
-        assert!(find_rule(K::Commission, FormKind::HelpRequest, K::Commission, true).is_none());
-        assert!(find_rule(K::School, FormKind::Assessment, K::Commission, true).is_none());
-        assert!(find_rule(K::School, FormKind::HelpRequestDecision, K::School, true).is_none());
+        assert!(find_rule(K::School, F::HelpRequest, K::Commission, true).is_some());
+        assert!(find_rule(K::School, F::HelpRequest, K::Commission, false).is_none());
+        assert!(find_rule(K::Ngo, F::HelpRequest, K::Police, true).is_none());
+        assert!(find_rule(K::Commission, F::HelpRequest, K::Commission, true).is_none());
+        assert!(find_rule(K::School, F::Assessment, K::Commission, true).is_none());
+        assert!(find_rule(K::School, F::HelpRequestDecision, K::School, true).is_none());
+    }
+
+    #[test]
+    fn the_commission_asks_partners_and_they_answer_once() {
+        for partner in PARTNERS {
+            let ask = find_rule(K::Commission, F::InformationRequest, *partner, true).unwrap();
+            assert_eq!(ask.reply, Reply::No);
+            let answer = find_rule(*partner, F::InformationResponse, K::Commission, true).unwrap();
+            assert_eq!(
+                answer.reply,
+                Reply::To {
+                    answers: F::InformationRequest,
+                    single: true
+                }
+            );
+            assert!(find_rule(K::Commission, F::InformationRequest, *partner, false).is_none());
+        }
+        assert!(find_rule(K::School, F::InformationRequest, K::Health, true).is_none());
+        assert!(find_rule(K::Commission, F::InformationRequest, K::Commission, true).is_none());
+        assert!(find_rule(K::School, F::InformationResponse, K::Police, true).is_none());
+    }
+
+    #[test]
+    fn action_progress_takes_many_replies_and_goes_to_the_commission_only() {
+        for partner in PARTNERS {
+            assert!(find_rule(K::Commission, F::ActionAssignment, *partner, true).is_some());
+            assert!(find_rule(K::Commission, F::ReviewMinutes, *partner, true).is_some());
+            let progress = find_rule(*partner, F::ActionProgress, K::Commission, true).unwrap();
+            assert_eq!(
+                progress.reply,
+                Reply::To {
+                    answers: F::ActionAssignment,
+                    single: false
+                }
+            );
+        }
+        assert!(find_rule(K::Ngo, F::ActionProgress, K::School, true).is_none());
+        assert!(find_rule(K::Ngo, F::ActionAssignment, K::School, true).is_none());
+        assert!(find_rule(K::Commission, F::ActionAssignment, K::Commission, true).is_none());
+        assert!(find_rule(K::School, F::ReviewMinutes, K::Commission, true).is_none());
+    }
+
+    #[test]
+    fn no_agency_may_send_a_deadline_alert() {
+        let kinds = [
+            K::School,
+            K::Residential,
+            K::Commission,
+            K::Police,
+            K::Health,
+            K::Ngo,
+        ];
+        for from in kinds {
+            for to in kinds {
+                for same in [true, false] {
+                    assert!(find_rule(from, F::DeadlineAlert, to, same).is_none());
+                }
+            }
+        }
     }
 }

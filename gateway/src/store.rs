@@ -1,17 +1,28 @@
 //! The gateway's tables: migrations, the directory kept in the store, and message rows.
 
+use prost::Message as _;
 use referral_core::{
     db::EmbeddedMigration,
     directory::{AgencyEntry, Directory, District},
 };
-use sqlx::{AnyPool, Row as _};
+use referral_proto::v1::{Envelope, FormKind};
+use sqlx::{Any, AnyPool, Row as _, Transaction};
+
+use crate::ledger::{self, EntryFields, LedgerEvent};
 
 /// Numbered, commented migrations; never edited once landed.
-pub const MIGRATIONS: &[EmbeddedMigration] = &[(
-    1,
-    "gateway directory, messages, outbox and ledger",
-    include_str!("../migrations/0001_gateway.sql"),
-)];
+pub const MIGRATIONS: &[EmbeddedMigration] = &[
+    (
+        1,
+        "gateway directory, messages, outbox and ledger",
+        include_str!("../migrations/0001_gateway.sql"),
+    ),
+    (
+        2,
+        "case events, deadline engine cursor, case clocks, deadlines and alerts",
+        include_str!("../migrations/0002_deadlines.sql"),
+    ),
+];
 
 /// Delivery state of a message as stored.
 pub const STATE_QUEUED: &str = "queued";
@@ -105,6 +116,48 @@ pub async fn load_directory(pool: &AnyPool) -> Result<Directory, sqlx::Error> {
     })
 }
 
+/// Stores an acknowledged message inside the caller's transaction: the message row, its outbox
+/// row (due at once) and its `message.accepted` ledger entry. The envelope must be complete
+/// (message id, sender and creation time set). Send and the deadline engine's alerts both store
+/// their messages here, so an alert is delivered, de-duplicated and chained exactly like a form.
+/// Returns the ledger entry's sequence number.
+pub(crate) async fn enqueue_message(
+    tx: &mut Transaction<'static, Any>,
+    env: &Envelope,
+    payload_sha256: &str,
+    now_us: i64,
+) -> Result<i64, sqlx::Error> {
+    let form_kind = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
+    sqlx::query(
+        "INSERT INTO messages (message_id, sender_agency_id, idempotency_key, \
+         recipient_agency_id, form_kind, in_reply_to, envelope, payload_sha256, created_at, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&env.message_id)
+    .bind(&env.sender_agency_id)
+    .bind(&env.idempotency_key)
+    .bind(&env.recipient_agency_id)
+    .bind(form_kind.as_str_name())
+    .bind((!env.in_reply_to.is_empty()).then(|| env.in_reply_to.clone()))
+    .bind(env.encode_to_vec())
+    .bind(payload_sha256)
+    .bind(now_us)
+    .bind(STATE_QUEUED)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO outbox (message_id, next_attempt_at) VALUES ($1, $2)")
+        .bind(&env.message_id)
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await?;
+    ledger::append(
+        tx,
+        now_us,
+        &EntryFields::for_envelope(LedgerEvent::Accepted, env, payload_sha256),
+    )
+    .await
+}
+
 /// A stored message as the API and the worker need it.
 #[derive(Debug, Clone)]
 pub struct MessageRow {
@@ -112,6 +165,7 @@ pub struct MessageRow {
     pub sender_agency_id: String,
     pub recipient_agency_id: String,
     pub form_kind: String,
+    pub in_reply_to: Option<String>,
     pub envelope: Vec<u8>,
     pub payload_sha256: String,
     pub created_at: i64,
@@ -123,7 +177,7 @@ pub struct MessageRow {
 }
 
 const MESSAGE_COLUMNS: &str = "message_id, sender_agency_id, recipient_agency_id, form_kind, \
-    envelope, payload_sha256, created_at, state, delivery_attempts, delivered_at, answered_at, \
+    in_reply_to, envelope, payload_sha256, created_at, state, delivery_attempts, delivered_at, answered_at, \
     answer_message_id";
 
 fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, sqlx::Error> {
@@ -132,6 +186,7 @@ fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, sqlx::Error> {
         sender_agency_id: r.try_get("sender_agency_id")?,
         recipient_agency_id: r.try_get("recipient_agency_id")?,
         form_kind: r.try_get("form_kind")?,
+        in_reply_to: r.try_get("in_reply_to")?,
         envelope: r.try_get("envelope")?,
         payload_sha256: r.try_get("payload_sha256")?,
         created_at: r.try_get("created_at")?,

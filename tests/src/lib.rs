@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod postgres;
+pub mod samples;
+pub mod simulation;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Mutex, time::Duration};
 
@@ -33,6 +35,24 @@ pub use referral_core::telemetry::init_for_tests;
 
 /// The demo district, with its endpoints rewritten to free ports.
 const DEMO_DISTRICT: &str = include_str!("../../deploy/demo-district.toml");
+
+/// What a test hub runs.
+#[derive(Debug, Clone, Copy)]
+pub struct HubOptions {
+    /// Start every agency service of the district (otherwise only the gateway runs).
+    pub start_agencies: bool,
+    /// Run the gateway's delivery worker.
+    pub run_delivery_worker: bool,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            start_agencies: true,
+            run_delivery_worker: true,
+        }
+    }
+}
 
 /// Which store the components use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +88,9 @@ macro_rules! both_backends {
 struct Running {
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    /// A gateway runs on a runtime of its own; a crash drops that runtime, which kills every
+    /// task it runs at once (server, open connections, workers), as a killed process would.
+    crash: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A running district.
@@ -84,6 +107,7 @@ pub struct TestHub {
     gateway_run: Mutex<Option<Running>>,
     agencies: Mutex<HashMap<String, Running>>,
     replicas: Mutex<Vec<(GatewayHandle, Running)>>,
+    options: HubOptions,
 }
 
 /// Ports this process has handed out: each goes to one component for the life of the process.
@@ -147,10 +171,17 @@ pub fn start_instant() -> Timestamp {
 impl TestHub {
     /// Starts the gateway and every agency of the demo district.
     pub async fn start(backend: Backend) -> Self {
-        Self::try_start(backend).await.expect("the test hub starts")
+        Self::start_with(backend, HubOptions::default()).await
     }
 
-    async fn try_start(backend: Backend) -> anyhow::Result<Self> {
+    /// Starts a hub with some parts left out.
+    pub async fn start_with(backend: Backend, options: HubOptions) -> Self {
+        Self::try_start(backend, options)
+            .await
+            .expect("the test hub starts")
+    }
+
+    async fn try_start(backend: Backend, options: HubOptions) -> anyhow::Result<Self> {
         tls::install_crypto_provider();
         let data_dir = tempfile::tempdir()?;
         let storage = StorageConfig {
@@ -170,7 +201,7 @@ impl TestHub {
         let clock = Clock::manual(start_instant());
         let gateway_port = free_port();
         let (gateway, gateway_run) =
-            launch_gateway(&ca, &storage, &directory, &clock, gateway_port).await?;
+            launch_gateway(&ca, &storage, &directory, &clock, gateway_port, options).await?;
         let hub = Self {
             backend,
             clock,
@@ -184,6 +215,7 @@ impl TestHub {
             gateway_run: Mutex::new(Some(gateway_run)),
             agencies: Mutex::new(HashMap::new()),
             replicas: Mutex::new(Vec::new()),
+            options,
         };
         let ids: Vec<String> = hub
             .directory
@@ -191,8 +223,10 @@ impl TestHub {
             .iter()
             .map(|a| a.id.clone())
             .collect();
-        for id in ids {
-            hub.start_agency(&id).await?;
+        if options.start_agencies {
+            for id in ids {
+                hub.start_agency(&id).await?;
+            }
         }
         Ok(hub)
     }
@@ -206,8 +240,10 @@ impl TestHub {
     /// would), then starts a new one on the same port and store.
     pub async fn crash_and_restart_gateway(&self) -> anyhow::Result<()> {
         let running = self.gateway_run.lock().unwrap().take();
-        if let Some(running) = running {
-            running.task.abort();
+        if let Some(mut running) = running {
+            if let Some(crash) = running.crash.take() {
+                let _ = crash.send(());
+            }
             let _ = running.task.await;
         }
         self.start_gateway().await
@@ -234,6 +270,7 @@ impl TestHub {
             &self.directory,
             &self.clock,
             self.gateway_port,
+            self.options,
         )
         .await?;
         *self.gateway.lock().unwrap() = handle;
@@ -250,6 +287,7 @@ impl TestHub {
             &self.directory,
             &self.clock,
             free_port(),
+            self.options,
         )
         .await?;
         self.replicas
@@ -261,10 +299,9 @@ impl TestHub {
 
     /// Counts the rows of one table in an agency's own store (to prove nothing was kept).
     pub async fn agency_count(&self, agency_id: &str, table: &str) -> i64 {
-        let db = referral_core::db::Database::open(
+        let db = referral_core::db::Database::connect(
             &self.storage,
             &referral_agency::component_name(agency_id),
-            referral_agency::MIGRATIONS,
         )
         .await
         .expect("the agency store opens");
@@ -326,10 +363,14 @@ impl TestHub {
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(service.run_until_stopped(stop.clone()));
-        self.agencies
-            .lock()
-            .unwrap()
-            .insert(agency_id.to_owned(), Running { stop, task });
+        self.agencies.lock().unwrap().insert(
+            agency_id.to_owned(),
+            Running {
+                stop,
+                task,
+                crash: None,
+            },
+        );
         Ok(())
     }
 
@@ -386,7 +427,8 @@ impl TestHub {
             .await
             .expect("the agency service accepts connections");
         StaffClient {
-            client: AgencyStaffClient::new(channel),
+            client: AgencyStaffClient::new(channel.clone()),
+            channel,
             token: self.token(agency_id, user_id),
         }
     }
@@ -513,6 +555,42 @@ impl TestHub {
         bytes.map(|b| prost::Message::decode(b.as_slice()).expect("a stored envelope decodes"))
     }
 
+    /// Every message the gateway holds for an agency, oldest first.
+    pub async fn messages_to(&self, agency_id: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT message_id FROM messages WHERE recipient_agency_id = $1 ORDER BY created_at",
+        )
+        .bind(agency_id)
+        .fetch_all(self.gateway().database().pool())
+        .await
+        .unwrap()
+    }
+
+    /// Waits until every message the gateway has acknowledged so far is delivered.
+    pub async fn deliver_everything(&self) {
+        let queued: Vec<String> =
+            sqlx::query_scalar("SELECT message_id FROM messages WHERE state = 'queued'")
+                .fetch_all(self.gateway().database().pool())
+                .await
+                .unwrap();
+        for id in queued {
+            self.delivered(&id).await;
+        }
+    }
+
+    /// The open deadlines of a case, as (kind, cycle), from the gateway's engine.
+    pub async fn open_deadlines(&self, case_reference: &str) -> Vec<(String, i64)> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT kind, cycle FROM deadlines WHERE case_reference = $1 \
+             AND state NOT IN ('DEADLINE_STATE_MET', 'DEADLINE_STATE_CANCELLED') ORDER BY kind, cycle",
+        )
+        .bind(case_reference)
+        .fetch_all(self.gateway().database().pool())
+        .await
+        .unwrap();
+        rows
+    }
+
     pub async fn attempts(&self, message_id: &str) -> i64 {
         sqlx::query_scalar("SELECT delivery_attempts FROM messages WHERE message_id = $1")
             .bind(message_id)
@@ -560,33 +638,97 @@ async fn launch_gateway(
     directory: &Directory,
     clock: &Clock,
     port: u16,
+    options: HubOptions,
 ) -> anyhow::Result<(GatewayHandle, Running)> {
-    let gateway = Gateway::build(GatewayConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        tls: TlsMaterial::new(ca, &ComponentIdentity::Gateway)?,
-        storage: storage.clone(),
-        directory: directory.clone(),
-        delivery: DeliverySettings {
+    let mut config = GatewayConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        TlsMaterial::new(ca, &ComponentIdentity::Gateway)?,
+        storage.clone(),
+        directory.clone(),
+        DeliverySettings {
             initial_backoff_ms: 1_000,
             max_backoff_ms: 60_000,
             attempt_timeout_ms: 10_000,
         },
-        clock: clock.clone(),
-    })
-    .await?;
-    let handle = gateway.handle();
+        clock.clone(),
+    );
+    config.run_delivery_worker = options.run_delivery_worker;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(gateway.run_until_stopped(stop.clone()));
-    Ok((handle, Running { stop, task }))
+    let stopped = stop.clone();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let _ = done_tx.send(Err(e.into()));
+                return;
+            }
+        };
+        let result = runtime.block_on(async move {
+            let gateway = match Gateway::build(config).await {
+                Ok(gateway) => gateway,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let _ = ready_tx.send(Ok(gateway.handle()));
+            tokio::select! {
+                result = gateway.run_until_stopped(stopped) => result,
+                Ok(()) = crash_rx => Ok(()),
+            }
+        });
+        runtime.shutdown_background();
+        let _ = done_tx.send(result);
+    });
+    let handle = ready_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the gateway thread died while starting"))??;
+    // Awaiting the thread through a channel (not a blocking join) lets a failed test's runtime
+    // shut down without waiting for a gateway that is still running.
+    let task = tokio::spawn(async move {
+        done_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the gateway thread panicked"))?
+    });
+    Ok((
+        handle,
+        Running {
+            stop,
+            task,
+            crash: Some(crash_tx),
+        },
+    ))
 }
 
 /// A staff member's authenticated client.
 pub struct StaffClient {
     pub client: AgencyStaffClient<Channel>,
     pub token: String,
+    channel: Channel,
 }
 
 impl StaffClient {
+    /// The same connection, calling with another bearer token.
+    pub fn with_token(&self, token: impl Into<String>) -> StaffClient {
+        StaffClient {
+            client: self.client.clone(),
+            token: token.into(),
+            channel: self.channel.clone(),
+        }
+    }
+
+    /// The commission's case-file API on the same connection (commission staff only).
+    pub fn case_files(&self) -> referral_proto::v1::case_files_client::CaseFilesClient<Channel> {
+        referral_proto::v1::case_files_client::CaseFilesClient::new(self.channel.clone())
+    }
+
     /// Wraps a message in a request carrying the bearer token.
     pub fn req<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);

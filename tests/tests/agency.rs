@@ -27,10 +27,7 @@ fn sample_k(hub: &TestHub) -> HelpRequest {
 
 /// The same staff client, calling with another bearer token.
 fn with_token(staff: &StaffClient, token: impl Into<String>) -> StaffClient {
-    StaffClient {
-        client: staff.client.clone(),
-        token: token.into(),
-    }
+    staff.with_token(token)
 }
 
 async fn submit(

@@ -44,9 +44,10 @@ impl Interceptor for GatewayOnly {
 #[derive(Debug, Clone)]
 struct Staff(ActingUser);
 
-/// Verifies the bearer token of every staff API call.
+/// Verifies the bearer token of every staff API call (and of an extension's services, see
+/// [`crate::AgencyHost::staff_auth`]).
 #[derive(Debug, Clone)]
-pub(crate) struct StaffAuth {
+pub struct StaffAuth {
     agency_id: Arc<str>,
     verifier: TokenVerifier,
 }
@@ -75,7 +76,7 @@ impl Interceptor for StaffAuth {
 }
 
 /// The staff member [`StaffAuth`] verified for this request.
-pub(crate) fn acting_user<T>(request: &Request<T>) -> Result<ActingUser, ServiceError> {
+pub fn acting_user<T>(request: &Request<T>) -> Result<ActingUser, ServiceError> {
     request
         .extensions()
         .get::<Staff>()

@@ -9,6 +9,13 @@
 //! `decision_pending_send`, the caller gets `UNAVAILABLE`, and deciding again with the same
 //! idempotency key sends it (the gateway de-duplicates). If the gateway refuses it, the decision
 //! is removed again, so nothing half-written remains.
+//!
+//! The commission service's extension (`referral-commission`) is told of the case inside the
+//! decision's transaction (it starts the case file and records the `CASE_OPENED` event for the
+//! gateway's deadline engine there), of its withdrawal inside the undoing one, and after the
+//! decision was handed to the gateway (so the event goes out only once the decision has).
+
+use std::sync::Arc;
 
 use referral_core::{FieldViolations, ServiceError, directory::role_name, time, validate};
 use referral_proto::v1::{
@@ -51,7 +58,7 @@ const DECIDE_RETRY_HINT: &str = "the gateway is not reachable; the decision is r
 
 /// `DecideHelpRequest`.
 pub(crate) async fn decide(
-    context: &Context,
+    context: &Arc<Context>,
     user: ActingUser,
     request: DecideHelpRequestRequest,
 ) -> AgencyResult<DecideHelpRequestResponse> {
@@ -150,7 +157,15 @@ pub(crate) async fn decide(
         }
     };
 
-    match context.store.record_decision(&new, envelope_for).await? {
+    let extension = context.extension();
+    let hook = extension
+        .as_ref()
+        .map(|(ext, host)| (ext.as_ref() as &dyn crate::AgencyExtension, host, &user));
+    match context
+        .store
+        .record_decision(&new, envelope_for, hook)
+        .await?
+    {
         Recorded::New { decision, outgoing } => {
             tracing::info!(
                 help_request = %help_request.message_id,
@@ -179,7 +194,7 @@ pub(crate) async fn decide(
 /// the same idempotency key (sending it first if it is still pending), `FAILED_PRECONDITION` for
 /// any other key.
 async fn replay(
-    context: &Context,
+    context: &Arc<Context>,
     existing: DecisionRow,
     idempotency_key: &str,
 ) -> AgencyResult<DecideHelpRequestResponse> {
@@ -212,18 +227,25 @@ async fn replay(
 
 /// Hands a recorded decision to the gateway.
 async fn send(
-    context: &Context,
+    context: &Arc<Context>,
     decision: &DecisionRow,
     outgoing: &SentRow,
 ) -> AgencyResult<DecideHelpRequestResponse> {
     match push(context, outgoing).await? {
-        Pushed::Sent(row) => Ok(response(decision, row.message_id.as_deref())),
+        Pushed::Sent(row) => {
+            context.after_commit().await;
+            Ok(response(decision, row.message_id.as_deref()))
+        }
         Pushed::Failed(failure) => {
             if !matches!(failure, GatewayFailure::Unreachable(_)) {
                 // Refused: the decision is not kept half-done.
+                let extension = context.extension();
+                let hook = extension
+                    .as_ref()
+                    .map(|(ext, host)| (ext.as_ref() as &dyn crate::AgencyExtension, host));
                 context
                     .store
-                    .undo_decision(&decision.help_request_message_id)
+                    .undo_decision(&decision.help_request_message_id, hook)
                     .await?;
             }
             Err(failure_error(failure, DECIDE_RETRY_HINT))

@@ -37,6 +37,10 @@ pub enum BuildError {
     },
     #[error("cannot configure TLS for the agency service: {0}")]
     Tls(#[source] tonic::transport::Error),
+    #[error(
+        "the extension's migrations must be the agency's own followed by its own, numbered from 1000"
+    )]
+    ExtensionMigrations,
     #[error(transparent)]
     Store(#[from] DbError),
 }

@@ -10,7 +10,8 @@ use referral_core::{
     tls::client_tls,
 };
 use referral_proto::v1::{
-    DeliveryStatus, Envelope, GetDeliveryStatusRequest, SendRequest, SendResponse,
+    DeliveryStatus, Envelope, GetDeliveryStatusRequest, RecordCaseEventRequest,
+    RecordCaseEventResponse, SendRequest, SendResponse, deadlines_client::DeadlinesClient,
     gateway_client::GatewayClient,
 };
 use tonic::{
@@ -27,7 +28,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why a gateway call did not succeed.
 #[derive(Debug)]
-pub(crate) enum GatewayFailure {
+pub enum GatewayFailure {
     /// Not reachable, timed out or failing internally: trying again later may work.
     Unreachable(Status),
     /// The gateway answered and refused the request (invalid, not allowed, key reused): trying
@@ -39,7 +40,7 @@ pub(crate) enum GatewayFailure {
 }
 
 impl GatewayFailure {
-    fn classify(status: Status) -> Self {
+    pub(crate) fn classify(status: Status) -> Self {
         match status.code() {
             Code::InvalidArgument
             | Code::PermissionDenied
@@ -52,7 +53,8 @@ impl GatewayFailure {
         }
     }
 
-    pub(crate) fn code(&self) -> Code {
+    /// The gRPC code the gateway (or the channel) answered with.
+    pub fn code(&self) -> Code {
         match self {
             Self::Unreachable(s) | Self::Refused(s) | Self::Misconfigured(s) => s.code(),
         }
@@ -63,6 +65,7 @@ impl GatewayFailure {
 #[derive(Debug, Clone)]
 pub(crate) struct GatewayLink {
     client: GatewayClient<Channel>,
+    deadlines: DeadlinesClient<Channel>,
 }
 
 impl GatewayLink {
@@ -79,10 +82,15 @@ impl GatewayLink {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .connect_lazy();
-        let client = GatewayClient::new(channel)
+        let client = GatewayClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Self { client })
+        // The call timeout covers a call until its response headers, so a stream of deadline
+        // alerts lasts as long as the caller keeps it.
+        let deadlines = DeadlinesClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self { client, deadlines })
     }
 
     /// Hands a message to the gateway.
@@ -110,5 +118,23 @@ impl GatewayLink {
             .await
             .map(tonic::Response::into_inner)
             .map_err(GatewayFailure::classify)
+    }
+
+    /// Records a case event (commission only: the gateway checks).
+    pub(crate) async fn record_case_event(
+        &self,
+        request: RecordCaseEventRequest,
+    ) -> Result<RecordCaseEventResponse, GatewayFailure> {
+        self.client
+            .clone()
+            .record_case_event(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(GatewayFailure::classify)
+    }
+
+    /// A client of the gateway's deadline service, on the same channel.
+    pub(crate) fn deadlines(&self) -> DeadlinesClient<Channel> {
+        self.deadlines.clone()
     }
 }

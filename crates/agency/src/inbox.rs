@@ -1,6 +1,9 @@
 //! The inbox (`AgencyInbox.Deliver`): where the gateway hands this agency its messages. Only the
 //! gateway gets here ([`crate::auth::GatewayOnly`]); a message id already received is acknowledged
-//! as a duplicate and changes nothing.
+//! as a duplicate and changes nothing. Every form kind is accepted (the gateway routed and
+//! validated it); deadline alerts come from the gateway itself, with sender id
+//! [`GATEWAY_SENDER_ID`]. A service crate's extension sees each new message inside the receipt's
+//! transaction (the commission files answers and progress reports in its case files there).
 
 use std::sync::Arc;
 
@@ -10,7 +13,11 @@ use referral_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{error::AgencyResult, forms::form_kind_of, service::Context};
+use crate::{
+    error::AgencyResult,
+    forms::{GATEWAY_SENDER_ID, form_kind_of},
+    service::Context,
+};
 
 /// The inbox service of one agency.
 #[derive(Debug, Clone)]
@@ -29,7 +36,13 @@ impl InboxApi {
             .ok_or_else(|| ServiceError::invalid_field("envelope", "required"))?;
         check_envelope(&envelope, &self.context.agency.id).into_result()?;
         let now = self.context.clock.now();
-        let duplicate = self.context.store.receive(&envelope, now).await?;
+        let extension = self.context.extension();
+        let hook = extension
+            .as_ref()
+            .map(|(ext, host)| (ext.as_ref() as &dyn crate::AgencyExtension, host));
+        // The extension acts inside the receipt's transaction only: nothing here calls the
+        // gateway back while the gateway waits for this answer.
+        let duplicate = self.context.store.receive(&envelope, now, hook).await?;
         tracing::info!(
             message_id = %envelope.message_id,
             sender = %envelope.sender_agency_id,
@@ -66,6 +79,13 @@ fn check_envelope(envelope: &Envelope, own_id: &str) -> FieldViolations {
         }
         Some(_) => {}
     }
+    // Alerts are the gateway's own messages; an agency never sends one.
+    if kind == FormKind::DeadlineAlert && envelope.sender_agency_id != GATEWAY_SENDER_ID {
+        v.add(
+            "envelope.sender_agency_id",
+            "a deadline alert comes only from the gateway",
+        );
+    }
     v
 }
 
@@ -81,7 +101,10 @@ impl AgencyInbox for InboxApi {
 
 #[cfg(test)]
 mod tests {
-    use referral_proto::v1::{HelpRequest, HelpRequestDecision, Payload, payload::Form};
+    use referral_proto::v1::{
+        ActionAssignment, DeadlineAlert, HelpRequest, HelpRequestDecision, InformationRequest,
+        Payload, ReviewMinutes, payload::Form,
+    };
 
     use super::*;
 
@@ -118,5 +141,53 @@ mod tests {
         let mut envelope = k();
         envelope.form_kind = FormKind::Unspecified as i32;
         assert!(check_envelope(&envelope, "commission").contains("envelope.form_kind"));
+    }
+
+    fn alert(sender: &str) -> Envelope {
+        Envelope {
+            message_id: "0195f0e2-0000-7000-8000-000000000002".into(),
+            sender_agency_id: sender.into(),
+            recipient_agency_id: "school-1".into(),
+            form_kind: FormKind::DeadlineAlert as i32,
+            payload: Some(Payload {
+                form: Some(Form::DeadlineAlert(DeadlineAlert::default())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deadline_alerts_are_accepted_from_the_gateway_only() {
+        assert!(check_envelope(&alert("gateway"), "school-1").is_empty());
+        assert!(
+            check_envelope(&alert("commission"), "school-1").contains("envelope.sender_agency_id")
+        );
+    }
+
+    #[test]
+    fn the_case_messages_are_accepted() {
+        let forms = [
+            (
+                FormKind::ActionAssignment,
+                Form::ActionAssignment(ActionAssignment::default()),
+            ),
+            (
+                FormKind::InformationRequest,
+                Form::InformationRequest(InformationRequest::default()),
+            ),
+            (
+                FormKind::ReviewMinutes,
+                Form::ReviewMinutes(ReviewMinutes::default()),
+            ),
+        ];
+        for (kind, form) in forms {
+            let envelope = Envelope {
+                form_kind: kind as i32,
+                payload: Some(Payload { form: Some(form) }),
+                recipient_agency_id: "ngo-1".into(),
+                ..k()
+            };
+            assert!(check_envelope(&envelope, "ngo-1").is_empty(), "{kind:?}");
+        }
     }
 }

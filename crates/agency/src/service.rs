@@ -1,6 +1,7 @@
-//! Starting an agency service: [`AgencyService::build`] binds the listener, checks the agency's
-//! directory entry and opens its store; [`AgencyService::run_until_stopped`] serves until told to
-//! stop. The server's whole stack is assembled in [`AgencyService::router`].
+//! Starting an agency service: [`AgencyService::build`] (or [`AgencyService::build_with`] and an
+//! [`AgencyExtension`]) binds the listener, checks the agency's directory entry and opens its
+//! store; [`AgencyService::run_until_stopped`] serves until told to stop. The server's whole
+//! stack is assembled in [`AgencyService::router`].
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -8,7 +9,7 @@ use jiff::tz::TimeZone;
 use referral_core::{
     Clock,
     auth::TokenVerifier,
-    db::StorageConfig,
+    db::{EmbeddedMigration, StorageConfig},
     directory::{AgencyEntry, Directory, kind_name},
     pki::TlsMaterial,
     server::{self, MAX_MESSAGE_BYTES},
@@ -26,10 +27,11 @@ use tonic::{
 use crate::{
     auth::{GatewayOnly, StaffAuth},
     error::BuildError,
+    extension::{AgencyExtension, AgencyHost},
     gateway_link::GatewayLink,
     inbox::InboxApi,
     staff::StaffApi,
-    store::Store,
+    store::{MIGRATIONS, Store},
 };
 
 /// Everything an agency service needs to start.
@@ -62,6 +64,27 @@ pub(crate) struct Context {
     pub(crate) clock: Clock,
     pub(crate) store: Store,
     pub(crate) gateway: GatewayLink,
+    pub(crate) token_verifier: TokenVerifier,
+    /// What the service crate added, if anything.
+    pub(crate) extension: Option<Arc<dyn AgencyExtension>>,
+    /// Cancelled when the service begins to stop, so that streams end and shutdown completes.
+    pub(crate) stopping: CancellationToken,
+}
+
+impl Context {
+    /// The extension, with the host it is called with.
+    pub(crate) fn extension(self: &Arc<Self>) -> Option<(Arc<dyn AgencyExtension>, AgencyHost)> {
+        self.extension
+            .clone()
+            .map(|ext| (ext, AgencyHost::new(self.clone())))
+    }
+
+    /// Tells the extension that a shared flow committed something it may act on.
+    pub(crate) async fn after_commit(self: &Arc<Self>) {
+        if let Some((ext, host)) = self.extension() {
+            ext.after_commit(&host).await;
+        }
+    }
 }
 
 /// An agency service, bound to its port and ready to serve.
@@ -70,7 +93,6 @@ pub struct AgencyService {
     listener: TcpListener,
     port: u16,
     tls: TlsMaterial,
-    token_verifier: TokenVerifier,
     context: Arc<Context>,
 }
 
@@ -79,13 +101,38 @@ impl AgencyService {
     /// opens (and migrates) the store `agency-<id>` and prepares the gateway client. Nothing is
     /// served until [`run_until_stopped`](Self::run_until_stopped).
     pub async fn build(config: AgencyConfig, expected_kind: AgencyKind) -> anyhow::Result<Self> {
-        Ok(Self::try_build(config, expected_kind).await?)
+        Ok(Self::try_build(config, expected_kind, None).await?)
+    }
+
+    /// Like [`build`](Self::build), with the service crate's `extension`: its migrations run
+    /// with the agency's, its services join the server, its hooks run in the shared flows.
+    pub async fn build_with(
+        config: AgencyConfig,
+        expected_kind: AgencyKind,
+        extension: Arc<dyn AgencyExtension>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self::try_build(config, expected_kind, Some(extension)).await?)
     }
 
     async fn try_build(
         config: AgencyConfig,
         expected_kind: AgencyKind,
+        extension: Option<Arc<dyn AgencyExtension>>,
     ) -> Result<Self, BuildError> {
+        let migrations: &'static [EmbeddedMigration] = match &extension {
+            None => MIGRATIONS,
+            Some(ext) => {
+                let all = ext.migrations();
+                if !all.starts_with(MIGRATIONS)
+                    || all[MIGRATIONS.len()..]
+                        .iter()
+                        .any(|(version, _, _)| *version < 1000)
+                {
+                    return Err(BuildError::ExtensionMigrations);
+                }
+                all
+            }
+        };
         install_crypto_provider();
         let listener = server::bind(config.listen)
             .await
@@ -125,13 +172,12 @@ impl AgencyService {
         })?;
 
         let gateway = GatewayLink::new(&config.gateway_endpoint, &config.tls)?;
-        let store = Store::open(&config.storage, &agency.id).await?;
+        let store = Store::open_with(&config.storage, &agency.id, migrations).await?;
         tracing::info!(agency_id = %agency.id, port, "agency service built");
         Ok(Self {
             listener,
             port,
             tls: config.tls,
-            token_verifier: config.token_verifier,
             context: Arc::new(Context {
                 agency,
                 kind: expected_kind,
@@ -140,6 +186,9 @@ impl AgencyService {
                 clock: config.clock,
                 store,
                 gateway,
+                token_verifier: config.token_verifier,
+                extension,
+                stopping: CancellationToken::new(),
             }),
         })
     }
@@ -158,40 +207,57 @@ impl AgencyService {
         self.context.kind
     }
 
-    /// Serves until `shutdown` is cancelled, lets calls in flight finish, then closes the store.
+    /// Serves until `shutdown` is cancelled, ends open streams, lets calls in flight finish,
+    /// stops the extension's background task, then closes the store.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
             port,
             tls,
-            token_verifier,
             context,
         } = self;
-        let router = Self::router(&tls, token_verifier, &context).await?;
+        let router = Self::router(&tls, &context).await?;
         tracing::info!(agency_id = %context.agency.id, port, "agency service listening");
+        let background = context.extension().map(|(ext, host)| {
+            let stop = context.stopping.clone();
+            tokio::spawn(async move { ext.run(host, stop).await })
+        });
+        let stopping = context.stopping.clone();
+        let on_shutdown = shutdown.clone();
+        let watcher = tokio::spawn(async move {
+            on_shutdown.cancelled().await;
+            stopping.cancel();
+        });
         let served = server::serve(router, listener, shutdown).await;
+        context.stopping.cancel();
+        watcher.abort();
+        if let Some(background) = background
+            && let Err(err) = background.await
+        {
+            tracing::error!(error = %err, "the agency extension's background task failed");
+        }
         context.store.close().await;
         tracing::info!(agency_id = %context.agency.id, "agency service stopped");
         Ok(served?)
     }
 
     /// The agency's server, top to bottom.
-    async fn router(
-        tls: &TlsMaterial,
-        token_verifier: TokenVerifier,
-        context: &Arc<Context>,
-    ) -> anyhow::Result<Router> {
+    async fn router(tls: &TlsMaterial, context: &Arc<Context>) -> anyhow::Result<Router> {
         let inbox = AgencyInboxServer::new(InboxApi::new(context.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let staff = AgencyStaffServer::new(StaffApi::new(context.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let (health, reflection) = server::health_and_reflection(&[
+        let mut serving = vec![
             <AgencyInboxServer<InboxApi> as NamedService>::NAME,
             <AgencyStaffServer<StaffApi> as NamedService>::NAME,
-        ])
-        .await?;
-        let staff_auth = StaffAuth::new(&context.agency.id, token_verifier);
-        Ok(
+        ];
+        let extension = context.extension();
+        if let Some((ext, _)) = &extension {
+            serving.extend(ext.service_names());
+        }
+        let (health, reflection) = server::health_and_reflection(&serving).await?;
+        let staff_auth = StaffAuth::new(&context.agency.id, context.token_verifier.clone());
+        let router =
             // TLS with optional client certificates, request timeout, per-connection concurrency
             // limit, load shedding and a trace span per call: shared by every component.
             server::builder(server_tls(tls))?
@@ -203,7 +269,12 @@ impl AgencyService {
                 .add_service(InterceptedService::new(inbox, GatewayOnly))
                 // Staff API: verify the bearer token and attach the acting user; handlers then
                 // authorise by the user's role and this agency's kind.
-                .add_service(InterceptedService::new(staff, staff_auth)),
-        )
+                .add_service(InterceptedService::new(staff, staff_auth));
+        // The service crate's own services, each behind the interceptor it chose (staff ones
+        // behind the same bearer-token check as the staff API).
+        Ok(match &extension {
+            Some((ext, host)) => ext.add_services(host, router),
+            None => router,
+        })
     }
 }

@@ -1,5 +1,7 @@
 //! The staff API (`AgencyStaff`): who am I, the agency's staff, submitting a help request K, the
-//! inbox, the sent messages and (commission only, see [`crate::commission`]) the decision.
+//! inbox, the sent messages, (commission only, see [`crate::commission`]) the decision, the
+//! replies to the commission about a case ([`crate::replies`]) and the deadline queries
+//! ([`crate::deadlines`]).
 //!
 //! Every call was authenticated by the staff interceptor (`auth::StaffAuth`, one per service);
 //! handlers read the acting user it attached and authorise by role and by this agency's kind.
@@ -13,21 +15,25 @@ use referral_core::{
     time, validate,
 };
 use referral_proto::v1::{
-    ActingUser, AgencyKind, ConfidentialityLabel, DecideHelpRequestRequest,
-    DecideHelpRequestResponse, Envelope, FormKind, GetMessageRequest, GetSentMessageRequest,
-    InboxItem, ListInboxRequest, ListInboxResponse, ListSentRequest, ListSentResponse,
-    ListStaffRequest, ListStaffResponse, Payload, PurposeOfUse, ReceivedMessage, Role, SentItem,
-    SentMessage, StaffMember, SubmitHelpRequestRequest, SubmitHelpRequestResponse, WhoAmIRequest,
-    WhoAmIResponse, agency_staff_server::AgencyStaff, payload::Form,
+    ActingUser, AgencyKind, AnswerInformationRequestRequest, AnswerInformationRequestResponse,
+    ConfidentialityLabel, DeadlineOverviewRequest, DeadlineOverviewResponse,
+    DecideHelpRequestRequest, DecideHelpRequestResponse, Envelope, FormKind, GetMessageRequest,
+    GetSentMessageRequest, InboxItem, ListDeadlinesRequest, ListDeadlinesResponse,
+    ListInboxRequest, ListInboxResponse, ListOverdueRequest, ListSentRequest, ListSentResponse,
+    ListStaffRequest, ListStaffResponse, Payload, PurposeOfUse, ReceivedMessage,
+    ReportActionProgressRequest, ReportActionProgressResponse, Role, SentItem, SentMessage,
+    StaffMember, SubmitHelpRequestRequest, SubmitHelpRequestResponse, WatchDeadlinesRequest,
+    WhoAmIRequest, WhoAmIResponse, agency_staff_server::AgencyStaff, payload::Form,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
     auth::acting_user,
-    commission,
+    commission, deadlines,
     error::{AgencyResult, internal, not_found, permission_denied},
-    forms::{decision_of, summary},
+    forms::{GATEWAY_SENDER_ID, decision_of, summary},
     outbound::{Pushed, failure_error, push},
+    replies,
     service::Context,
     store::{Page, fingerprint, sent::NewSent},
 };
@@ -60,6 +66,10 @@ pub fn may_submit_help_request(kind: AgencyKind, role: Role) -> bool {
         && HELP_REQUEST_SENDER_ROLES.contains(&role)
         && role_fits_kind(role, kind)
 }
+
+/// How the gateway is named as the sender of its own messages (deadline alerts).
+const GATEWAY_NAME_KK: &str = "Жолдамалар хабы: мерзімдер";
+const GATEWAY_NAME_RU: &str = "Хаб направлений: сроки";
 
 /// What a caller is told when the gateway could not take their help request.
 const SUBMIT_RETRY_HINT: &str =
@@ -222,9 +232,17 @@ impl StaffApi {
             .into_iter()
             .map(|row| {
                 let sender = self.context.directory.agency(&row.sender_agency_id);
+                let (name_kk, name_ru) = match sender {
+                    Some(a) => (a.name_kk.clone(), a.name_ru.clone()),
+                    // The gateway's own messages (deadline alerts).
+                    None if row.sender_agency_id == GATEWAY_SENDER_ID => {
+                        (GATEWAY_NAME_KK.to_owned(), GATEWAY_NAME_RU.to_owned())
+                    }
+                    None => (String::new(), String::new()),
+                };
                 InboxItem {
-                    sender_name_kk: sender.map(|a| a.name_kk.clone()).unwrap_or_default(),
-                    sender_name_ru: sender.map(|a| a.name_ru.clone()).unwrap_or_default(),
+                    sender_name_kk: name_kk,
+                    sender_name_ru: name_ru,
                     summary: summary(&row.envelope),
                     message_id: row.message_id,
                     sender_agency_id: row.sender_agency_id,
@@ -393,6 +411,66 @@ impl AgencyStaff for StaffApi {
         let user = acting_user(&request)?;
         let response = commission::decide(&self.context, user, request.into_inner()).await?;
         Ok(Response::new(response))
+    }
+
+    async fn answer_information_request(
+        &self,
+        request: Request<AnswerInformationRequestRequest>,
+    ) -> Result<Response<AnswerInformationRequestResponse>, Status> {
+        let user = acting_user(&request)?;
+        let response = replies::answer(&self.context, user, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn report_action_progress(
+        &self,
+        request: Request<ReportActionProgressRequest>,
+    ) -> Result<Response<ReportActionProgressResponse>, Status> {
+        let user = acting_user(&request)?;
+        let response = replies::report_progress(&self.context, user, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_deadlines(
+        &self,
+        request: Request<ListDeadlinesRequest>,
+    ) -> Result<Response<ListDeadlinesResponse>, Status> {
+        let user = acting_user(&request)?;
+        let request = request.into_inner();
+        deadlines::check_user_id(&request.responsible_user_id)?;
+        let response = deadlines::list(&self.context, &user, request).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn deadline_overview(
+        &self,
+        request: Request<DeadlineOverviewRequest>,
+    ) -> Result<Response<DeadlineOverviewResponse>, Status> {
+        acting_user(&request)?;
+        let response = deadlines::overview(&self.context, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_overdue(
+        &self,
+        request: Request<ListOverdueRequest>,
+    ) -> Result<Response<ListDeadlinesResponse>, Status> {
+        acting_user(&request)?;
+        let response = deadlines::overdue(&self.context, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    type WatchDeadlinesStream = deadlines::AlertStream;
+
+    async fn watch_deadlines(
+        &self,
+        request: Request<WatchDeadlinesRequest>,
+    ) -> Result<Response<Self::WatchDeadlinesStream>, Status> {
+        let user = acting_user(&request)?;
+        let request = request.into_inner();
+        deadlines::check_user_id(&request.responsible_user_id)?;
+        let stream = deadlines::watch(&self.context, &user, request).await?;
+        Ok(Response::new(stream))
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub(crate) mod decisions;
 pub(crate) mod received;
+pub(crate) mod replies;
 pub(crate) mod sent;
 
 use referral_core::{
@@ -29,6 +30,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         "commission decisions and case files",
         include_str!("../migrations/0002_commission.sql"),
     ),
+    (
+        3,
+        "replies found by the message they answer",
+        include_str!("../migrations/0003_replies.sql"),
+    ),
 ];
 
 /// The component name of an agency's store: `agency-<id>` (a file or a schema of its own).
@@ -48,13 +54,36 @@ pub(crate) struct Store {
 
 impl Store {
     /// Opens the store of agency `agency_id` and runs its migrations.
+    #[cfg(test)]
     pub(crate) async fn open(storage: &StorageConfig, agency_id: &str) -> Result<Self, DbError> {
-        let db = Database::open(storage, &component_name(agency_id), MIGRATIONS).await?;
+        Self::open_with(storage, agency_id, MIGRATIONS).await
+    }
+
+    /// Opens the store of agency `agency_id` and runs `migrations` (the agency's own, followed
+    /// by an extension's).
+    pub(crate) async fn open_with(
+        storage: &StorageConfig,
+        agency_id: &str,
+        migrations: &'static [EmbeddedMigration],
+    ) -> Result<Self, DbError> {
+        let db = Database::open(storage, &component_name(agency_id), migrations).await?;
         Ok(Self { db })
     }
 
     pub(crate) async fn close(&self) {
         self.db.close().await;
+    }
+
+    /// The pool, for an extension's reads.
+    pub(crate) fn pool(&self) -> &referral_core::db::AnyPool {
+        self.db.pool()
+    }
+
+    /// Starts a transaction.
+    pub(crate) async fn begin(
+        &self,
+    ) -> Result<referral_core::db::Transaction<'static, referral_core::db::Any>, sqlx::Error> {
+        self.db.begin().await
     }
 }
 

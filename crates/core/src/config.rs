@@ -50,6 +50,9 @@ pub struct HubConfig {
     pub delivery: DeliverySettings,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The deadline engine's periods and the holiday calendar file.
+    #[serde(default)]
+    pub deadlines: referral_deadlines::DeadlineSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

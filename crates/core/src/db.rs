@@ -87,6 +87,14 @@ impl Database {
         component: &str,
         migrations: &'static [EmbeddedMigration],
     ) -> Result<Self, DbError> {
+        let db = Self::connect(storage, component).await?;
+        db.migrate(migrations).await?;
+        Ok(db)
+    }
+
+    /// Opens the store of `component` as it is, without migrating it (tools and tests that read
+    /// a store another process owns).
+    pub async fn connect(storage: &StorageConfig, component: &str) -> Result<Self, DbError> {
         install_default_drivers();
         let name = store_name(component);
         let connect_err = |source| DbError::Connect {
@@ -154,13 +162,11 @@ impl Database {
                 (pool, Backend::Sqlite)
             }
         };
-        let db = Self {
+        Ok(Self {
             pool,
             backend,
             component: component.to_owned(),
-        };
-        db.migrate(migrations).await?;
-        Ok(db)
+        })
     }
 
     async fn migrate(&self, migrations: &'static [EmbeddedMigration]) -> Result<(), DbError> {

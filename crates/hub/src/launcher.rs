@@ -274,13 +274,19 @@ async fn build_gateway(
     listen: SocketAddr,
     clock: Clock,
 ) -> anyhow::Result<Gateway> {
+    let holidays = referral_gateway::load_holidays(&settings.config.deadlines)
+        .context("cannot read the holiday calendar")?;
     let config = GatewayConfig {
-        listen,
-        tls: tls_material(settings, &ComponentIdentity::Gateway)?,
-        storage: settings.config.storage(),
-        directory: directory.clone(),
-        delivery: settings.config.delivery,
-        clock,
+        deadlines: settings.config.deadlines.clone(),
+        holidays: std::sync::Arc::new(holidays),
+        ..GatewayConfig::new(
+            listen,
+            tls_material(settings, &ComponentIdentity::Gateway)?,
+            settings.config.storage(),
+            directory.clone(),
+            settings.config.delivery,
+            clock,
+        )
     };
     Gateway::build(config)
         .await

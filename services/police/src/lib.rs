@@ -4,8 +4,11 @@
 //! juvenile inspector can send a help request (form K) to the district's commission (M:2932-2940).
 //!
 //! Everything it does is shared by every agency service and lives in [`referral_agency`]: the
-//! staff API (submit K, inbox, sent messages with the commission's decision), the inbox only the
-//! gateway may call, and the agency's own store. This crate only names the kind.
+//! staff API (submit K, inbox, sent messages with the commission's decision; answering the
+//! commission's information requests and reporting progress on the support-plan rows assigned to
+//! it; its deadlines, overdue list and alerts from the gateway's deadline engine), the inbox only
+//! the gateway may call (which also receives action assignments, review minutes and deadline
+//! alerts), and the agency's own store. This crate only names the kind.
 //!
 //! There is no `main` here: the single `referral-hub` binary runs this service, alone or beside
 //! the others, through [`build`].

@@ -9,14 +9,17 @@
 
 use jiff::Timestamp;
 use referral_core::{ServiceError, ServiceResult, db::Row as _, time};
-use referral_proto::v1::{Envelope, FormKind, HelpRequestDecision, ReferralStatus};
+use referral_proto::v1::{ActingUser, Envelope, FormKind, HelpRequestDecision, ReferralStatus};
 use sqlx::AnyConnection;
 
 use super::{
     Store, decode, encode, fingerprint,
     sent::{self, NewSent, SentRow},
 };
-use crate::forms::decision_of;
+use crate::{
+    extension::{AgencyExtension, AgencyHost, OpenedCase},
+    forms::decision_of,
+};
 
 const PENDING_SEND: &str = "decision_pending_send";
 const SENT: &str = "decision_sent";
@@ -151,10 +154,14 @@ impl Store {
     /// the case file with the next number of its year (when a case is opened), the pending
     /// message carrying the decision, and the decision itself. `envelope_for` builds that message
     /// from the case reference; its payload must be the decision.
+    ///
+    /// When a case is opened, `hook` (the service's extension, its host and the deciding user)
+    /// is told inside the transaction, so what the extension keeps about the case commits with it.
     pub(crate) async fn record_decision(
         &self,
         new: &NewDecision<'_>,
         envelope_for: impl FnOnce(Option<&str>) -> Envelope,
+        hook: Option<(&dyn AgencyExtension, &AgencyHost, &ActingUser)>,
     ) -> ServiceResult<Recorded> {
         let decided_at = time::to_micros(new.decided_at);
         let status = if new.case.is_some() {
@@ -210,6 +217,16 @@ impl Store {
                 .bind(decided_at)
                 .execute(&mut *tx)
                 .await?;
+                if let Some((extension, host, user)) = hook {
+                    let opened = OpenedCase {
+                        case_reference: &reference,
+                        help_request_message_id: new.help_request_message_id,
+                        curator_user_id: case.curator_user_id,
+                        decided_by: user,
+                        opened_at: new.decided_at,
+                    };
+                    extension.on_case_opened(host, &mut tx, &opened).await?;
+                }
                 Some(reference)
             }
         };
@@ -273,14 +290,23 @@ impl Store {
 
     /// Removes a decision the gateway refused to carry, with its case file and pending message,
     /// and makes the help request undecided again, in one transaction. A decision already sent
-    /// is kept.
-    pub(crate) async fn undo_decision(&self, help_request_message_id: &str) -> ServiceResult<()> {
+    /// is kept. The extension in `hook` removes what it keeps about the case first.
+    pub(crate) async fn undo_decision(
+        &self,
+        help_request_message_id: &str,
+        hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
+    ) -> ServiceResult<()> {
         let mut tx = self.db.begin().await?;
         let Some(decision) = decision_for(&mut tx, help_request_message_id).await? else {
             return Ok(());
         };
         if decision.state == DecisionState::Sent {
             return Ok(());
+        }
+        if let (Some((extension, host)), Some(reference)) = (hook, &decision.case_reference) {
+            extension
+                .on_case_withdrawn(host, &mut tx, reference)
+                .await?;
         }
         sqlx::query("DELETE FROM decisions WHERE help_request_message_id = $1")
             .bind(help_request_message_id)
@@ -338,7 +364,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        store.receive(&k, now()).await.unwrap();
+        store.receive(&k, now(), None).await.unwrap();
     }
 
     fn envelope_for(k_id: &str, key: &str, case_ref: Option<&str>) -> Envelope {
@@ -385,7 +411,7 @@ mod tests {
             }),
         };
         store
-            .record_decision(&new, |r| envelope_for(k_id, &outgoing, r))
+            .record_decision(&new, |r| envelope_for(k_id, &outgoing, r), None)
             .await
             .unwrap()
     }
@@ -470,11 +496,11 @@ mod tests {
         assert_eq!(decision.state, DecisionState::Sent);
         assert_eq!(decision.decision_message_id.as_deref(), Some("d-1"));
         // A sent decision is never undone.
-        store.undo_decision("k-1").await.unwrap();
+        store.undo_decision("k-1", None).await.unwrap();
         assert!(store.decision_for("k-1").await.unwrap().is_some());
 
         decide(&store, "k-2", "key-2", Some(2026)).await;
-        store.undo_decision("k-2").await.unwrap();
+        store.undo_decision("k-2", None).await.unwrap();
         assert!(store.decision_for("k-2").await.unwrap().is_none());
         assert!(store.sent_by_key("decision-key-2").await.unwrap().is_none());
         assert_eq!(store.case_count().await.unwrap(), 1);

@@ -5,7 +5,10 @@ use referral_core::{ServiceResult, db::Row as _, time};
 use referral_proto::v1::{Envelope, FormKind, ReferralStatus};
 
 use super::{Cursor, Page, Store, decode, encode, form_kind, kind_filter, referral_status};
-use crate::forms::received_status;
+use crate::{
+    extension::{AgencyExtension, AgencyHost},
+    forms::received_status,
+};
 
 /// The columns [`ReceivedRow::from_row`] reads, in its order.
 macro_rules! received_columns {
@@ -44,9 +47,14 @@ impl ReceivedRow {
 
 impl Store {
     /// Stores a delivered message unless its id was received before; true when it was (a
-    /// duplicate delivery, which changes nothing). A decision answering a message this agency
-    /// sent also updates that sent message, in the same transaction.
-    pub(crate) async fn receive(&self, envelope: &Envelope, now: Timestamp) -> ServiceResult<bool> {
+    /// duplicate delivery, which changes nothing). An answer to a message this agency sent also
+    /// updates that sent message, and the extension's hook runs, in the same transaction.
+    pub(crate) async fn receive(
+        &self,
+        envelope: &Envelope,
+        now: Timestamp,
+        hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
+    ) -> ServiceResult<bool> {
         let kind = FormKind::try_from(envelope.form_kind).unwrap_or(FormKind::Unspecified);
         let in_reply_to = Some(envelope.in_reply_to.as_str()).filter(|s| !s.is_empty());
         let now_micros = time::to_micros(now);
@@ -72,6 +80,9 @@ impl Store {
             return Ok(true);
         }
         super::sent::apply_answer(&mut tx, envelope, now).await?;
+        if let Some((extension, host)) = hook {
+            extension.on_received(host, &mut tx, envelope, now).await?;
+        }
         tx.commit().await?;
         Ok(false)
     }
@@ -143,10 +154,10 @@ mod tests {
     async fn a_repeated_delivery_is_stored_once() {
         let (store, _dir) = testing::store().await;
         let now: Timestamp = "2026-03-02T05:00:00Z".parse().unwrap();
-        assert!(!store.receive(&k("m-1"), now).await.unwrap());
+        assert!(!store.receive(&k("m-1"), now, None).await.unwrap());
         assert!(
             store
-                .receive(&k("m-1"), now + SignedDuration::from_secs(5))
+                .receive(&k("m-1"), now + SignedDuration::from_secs(5), None)
                 .await
                 .unwrap()
         );
@@ -166,10 +177,10 @@ mod tests {
         let (store, _dir) = testing::store().await;
         let now: Timestamp = "2026-03-02T05:00:00Z".parse().unwrap();
         for id in ["m-a", "m-b", "m-c"] {
-            store.receive(&k(id), now).await.unwrap();
+            store.receive(&k(id), now, None).await.unwrap();
         }
         store
-            .receive(&k("m-0"), now + SignedDuration::from_secs(1))
+            .receive(&k("m-0"), now + SignedDuration::from_secs(1), None)
             .await
             .unwrap();
         let mut seen = Vec::new();

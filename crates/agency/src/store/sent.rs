@@ -14,7 +14,7 @@ use sqlx::AnyConnection;
 use super::{
     Cursor, Page, Store, decode, delivery_state, encode, form_kind, kind_filter, referral_status,
 };
-use crate::forms::{decision_of, delivery_rank, sent_status};
+use crate::forms::{delivery_rank, is_answer, sent_status};
 
 const PENDING: &str = "pending";
 const SENT: &str = "sent";
@@ -82,7 +82,7 @@ pub(crate) struct NewSent<'a> {
 }
 
 /// Inserts a pending row unless one with this key exists; true when inserted.
-pub(super) async fn insert_pending(
+pub(crate) async fn insert_pending(
     conn: &mut AnyConnection,
     new: &NewSent<'_>,
 ) -> ServiceResult<bool> {
@@ -127,15 +127,15 @@ pub(super) async fn by_key(conn: &mut AnyConnection, key: &str) -> ServiceResult
     .transpose()
 }
 
-/// Records the answer to a message this agency sent (a decision on its help request), if the
-/// answer comes from the message's recipient. Used when the answer arrives in the inbox, and when
+/// Records the answer to a message this agency sent (a decision on its help request, the
+/// response to an information request), if the answer comes from the message's recipient. Used when the answer arrives in the inbox, and when
 /// a send is acknowledged after its answer already arrived.
 pub(super) async fn apply_answer(
     conn: &mut AnyConnection,
     answer: &Envelope,
     now: Timestamp,
 ) -> ServiceResult<()> {
-    if answer.in_reply_to.is_empty() || decision_of(answer).is_none() {
+    if answer.in_reply_to.is_empty() || !is_answer(answer) {
         return Ok(());
     }
     let status = sent_status(DeliveryState::Answered, Some(answer));
@@ -237,11 +237,12 @@ impl Store {
         // arrive before this acknowledgement was stored.
         let early_answer = sqlx::query(
             "SELECT envelope FROM received_messages \
-             WHERE in_reply_to = $1 AND sender_agency_id = $2 AND form_kind = $3",
+             WHERE in_reply_to = $1 AND sender_agency_id = $2 AND form_kind IN ($3, $4)",
         )
         .bind(ack.message_id.as_str())
         .bind(row.recipient_agency_id.as_str())
         .bind(FormKind::HelpRequestDecision.as_str_name())
+        .bind(FormKind::InformationResponse.as_str_name())
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(answer) = early_answer {
@@ -468,7 +469,7 @@ mod tests {
             .mark_sent("key-00000003", &ack("m-3"), now())
             .await
             .unwrap();
-        assert!(!store.receive(&decision("m-3"), now()).await.unwrap());
+        assert!(!store.receive(&decision("m-3"), now(), None).await.unwrap());
         let row = store.sent_by_message_id("m-3").await.unwrap().unwrap();
         assert_eq!(row.delivery_state, DeliveryState::Answered);
         assert_eq!(row.referral_status, ReferralStatus::Accepted);
@@ -494,7 +495,7 @@ mod tests {
         let (store, _dir) = testing::store().await;
         let envelope = k_envelope("key-00000004");
         store.begin_send(&new_sent(&envelope, "aaa")).await.unwrap();
-        store.receive(&decision("m-4"), now()).await.unwrap();
+        store.receive(&decision("m-4"), now(), None).await.unwrap();
         let row = store
             .mark_sent("key-00000004", &ack("m-4"), now())
             .await
