@@ -18,7 +18,9 @@ use referral_proto::v1::{
 
 /// Longest case reference (as the decision that opens a case allows).
 pub(crate) const CASE_REFERENCE_MAX: usize = 100;
-/// Longest free text (questions, answers, notes, actions).
+/// Longest answer to an information request (the commission's service accepts the same).
+const ANSWER_MAX: usize = 8000;
+/// Longest free text (questions, notes, actions).
 const LONG_TEXT_MAX: usize = 4000;
 /// Longest short text (names, positions, contacts, ids).
 const SHORT_TEXT_MAX: usize = 200;
@@ -161,7 +163,8 @@ pub(crate) fn information_response(
         );
     }
     case_reference(v, format!("{p}.case_reference"), &r.case_reference);
-    long_text(v, format!("{p}.answer"), &r.answer, true);
+    // An answer may be longer than other free text: the agency's whole account of the child.
+    text_rule(v, format!("{p}.answer"), &r.answer, true, ANSWER_MAX, true);
     text(
         v,
         format!("{p}.responder_name"),
@@ -420,10 +423,9 @@ pub(crate) fn case_event(e: &CaseEvent, v: &mut FieldViolations, p: &str) -> Opt
         kind,
         CaseEventKind::SupportPlanFiled | CaseEventKind::ReviewHeld
     );
+    // A review that ends support fixes no next review; every other review does, which the
+    // commission checks against the review's decision (the event does not carry it).
     let next_review_on = match (kind, plan_like) {
-        (CaseEventKind::ReviewHeld, _) => {
-            required_date(v, format!("{p}.next_review_on"), e.next_review_on.as_ref())
-        }
         (_, true) => optional_date(v, format!("{p}.next_review_on"), e.next_review_on.as_ref()),
         _ => {
             if e.next_review_on
@@ -502,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn a_review_event_needs_its_next_review_and_unique_rows() {
+    fn a_review_event_needs_unique_rows_and_may_end_support_without_a_next_review() {
         let event = CaseEvent {
             case_reference: "KZ-1".into(),
             kind: CaseEventKind::ReviewHeld as i32,
@@ -526,11 +528,7 @@ mod tests {
         case_event(&event, &mut v, "event");
         assert_eq!(
             fields(&v),
-            [
-                "event.next_review_on",
-                "event.actions[1].number",
-                "event.actions[1].due_on"
-            ]
+            ["event.actions[1].number", "event.actions[1].due_on"]
         );
     }
 

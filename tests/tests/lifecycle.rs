@@ -347,6 +347,37 @@ async fn a_case_runs_from_help_request_to_closure_and_back(backend: Backend) {
     assert_eq!(inbox_of(&ngo, FormKind::ReviewMinutes).await.len(), 1);
     assert_eq!(inbox_of(&school, FormKind::ReviewMinutes).await.len(), 1);
 
+    // A last review ends support: it fixes no next review, and its event still reaches the
+    // gateway's ledger (the engine then stops the review clock).
+    let changed = curator
+        .case_files()
+        .record_review(curator.req(RecordReviewRequest {
+            case_reference: case.clone(),
+            base_version: v,
+            idempotency_key: "life-review-2".into(),
+            review: Some(PlanReview {
+                meeting_on: Some(cd(t)),
+                participants: vec!["Дана Омарова".into()],
+                decision: ReviewDecision::EndSupport as i32,
+                revised_actions: vec![],
+                next_review_on: None,
+                signed_by: vec!["Дана Омарова".into()],
+            }),
+            participating_agency_ids: vec![],
+        }))
+        .await
+        .expect("a review ending support is recorded")
+        .into_inner();
+    v = changed.version;
+    let reviews: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM ledger WHERE event = 'case.review_held' AND case_reference = $1",
+    )
+    .bind(&case)
+    .fetch_one(hub.gateway().database().pool())
+    .await
+    .unwrap();
+    assert_eq!(reviews, 2, "both reviews reached the deadline engine");
+
     // Closure, and an L refused on the closed case.
     let changed = curator
         .case_files()

@@ -38,14 +38,14 @@ pub enum DestinationArg {
 }
 
 impl SexArg {
-    fn to_proto(self) -> Sex {
+    pub fn to_proto(self) -> Sex {
         match self {
             Self::Female => Sex::Female,
             Self::Male => Sex::Male,
         }
     }
 
-    fn from_proto(sex: i32) -> Option<Self> {
+    pub fn from_proto(sex: i32) -> Option<Self> {
         match Sex::try_from(sex).ok()? {
             Sex::Female => Some(Self::Female),
             Sex::Male => Some(Self::Male),
