@@ -9,7 +9,10 @@
 use std::collections::BTreeSet;
 
 use jiff::civil::Date;
-use referral_core::{FieldViolations, time, validate};
+use referral_core::{
+    FieldViolations, time,
+    validate::{self, LONG_TEXT_MAX, Text},
+};
 use referral_proto::v1::{
     ActionAssignment, ActionDeadline, ActionProgress, ActionProgressState, CalendarDate, CaseEvent,
     CaseEventKind, InformationRequest, InformationResponse, PlanAction, PlanReview, ReviewDecision,
@@ -21,7 +24,6 @@ pub(crate) const CASE_REFERENCE_MAX: usize = 100;
 /// Longest answer to an information request (the commission's service accepts the same).
 const ANSWER_MAX: usize = 8000;
 /// Longest free text (questions, notes, actions).
-const LONG_TEXT_MAX: usize = 4000;
 /// Longest short text (names, positions, contacts, ids).
 const SHORT_TEXT_MAX: usize = 200;
 /// Most action rows one plan or review may carry.
@@ -29,8 +31,8 @@ const MAX_ACTIONS: usize = 200;
 /// Most participants of one review meeting.
 const MAX_PARTICIPANTS: usize = 100;
 
-/// Checks one text field: at most `max` characters, no control characters (line feeds and tabs
-/// only in `multiline` text), and present when `required`.
+/// Checks one single-line text field through the rule every form shares
+/// (`referral_core::validate::text`).
 fn text(v: &mut FieldViolations, field: String, value: &str, required: bool, max: usize) {
     text_rule(v, field, value, required, max, false);
 }
@@ -47,37 +49,13 @@ fn text_rule(
     max: usize,
     multiline: bool,
 ) {
-    if value.chars().count() > max {
-        v.add(field, format!("must be at most {max} characters"));
-    } else if required && value.trim().is_empty() {
-        v.add(field, "required");
-    } else if has_forbidden_control(value, multiline) {
-        v.add(
-            field,
-            if multiline {
-                "must not contain control characters other than line breaks and tabs"
-            } else {
-                "must not contain control characters or line breaks"
-            },
-        );
-    }
-}
-
-fn has_forbidden_control(value: &str, multiline: bool) -> bool {
-    let mut chars = value.chars().peekable();
-    while let Some(c) = chars.next() {
-        let allowed = match c {
-            '\n' | '\t' => multiline,
-            '\r' => multiline && chars.peek() == Some(&'\n'),
-            // Bidirectional embeddings, overrides and isolates.
-            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => false,
-            c => !c.is_control(),
-        };
-        if !allowed {
-            return true;
-        }
-    }
-    false
+    let rule = if required {
+        Text::required(1, max)
+    } else {
+        Text::optional(max)
+    };
+    let rule = if multiline { rule.multiline() } else { rule };
+    validate::text(v, &field, value, rule);
 }
 
 /// A required calendar date; `None` (with a violation) when it is missing or not a real date.

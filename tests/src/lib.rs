@@ -413,6 +413,53 @@ impl TestHub {
             .clone()
     }
 
+    /// Submits a K from school 1's director, has the secretary open a case on it with curator-1,
+    /// waits for both messages to be delivered, and returns the case reference.
+    pub async fn open_case(&self, key: &str) -> String {
+        use referral_proto::v1::{
+            DecideHelpRequestRequest, OpenCase, SubmitHelpRequestRequest,
+            decide_help_request_request, help_request_decision,
+        };
+        let today = self
+            .clock
+            .now()
+            .to_zoned(jiff::tz::TimeZone::get("Asia/Almaty").expect("Almaty"))
+            .date();
+        let director = self.staff("school-1", "director").await;
+        let k_id = director
+            .client
+            .clone()
+            .submit_help_request(director.req(SubmitHelpRequestRequest {
+                idempotency_key: format!("{key}-help-request"),
+                recipient_agency_id: String::new(),
+                help_request: Some(referral_core::validate::sample_help_request(today)),
+            }))
+            .await
+            .expect("K submitted")
+            .into_inner()
+            .message_id;
+        self.delivered(&k_id).await;
+        let secretary = self.staff("commission", "secretary").await;
+        let decision = secretary
+            .client
+            .clone()
+            .decide_help_request(secretary.req(DecideHelpRequestRequest {
+                message_id: k_id,
+                idempotency_key: format!("{key}-decision"),
+                outcome: Some(decide_help_request_request::Outcome::OpenCase(OpenCase {
+                    curator_user_id: "curator-1".into(),
+                })),
+            }))
+            .await
+            .expect("case opened")
+            .into_inner();
+        self.delivered(&decision.decision_message_id).await;
+        match decision.decision.and_then(|d| d.outcome) {
+            Some(help_request_decision::Outcome::CaseOpened(c)) => c.case_reference,
+            other => panic!("expected a case, got {other:?}"),
+        }
+    }
+
     /// A staff member's client of their agency's service (TLS, bearer token).
     pub async fn staff(&self, agency_id: &str, user_id: &str) -> StaffClient {
         let identity = ComponentIdentity::Agency(agency_id.to_owned());

@@ -5,9 +5,8 @@
 use jiff::{SignedDuration, Timestamp, civil::Date, tz::TimeZone};
 use referral_core::validate;
 use referral_proto::v1::{
-    DeadlineKind, DeadlineState, DecideHelpRequestRequest, FormKind, ListDeadlinesRequest,
-    ListInboxRequest, OpenCase, SubmitHelpRequestRequest, WatchDeadlinesRequest,
-    decide_help_request_request,
+    DeadlineKind, DeadlineState, FormKind, ListDeadlinesRequest, ListInboxRequest,
+    SubmitHelpRequestRequest, WatchDeadlinesRequest,
 };
 use referral_tests::{Backend, StaffClient, TestHub, both_backends};
 
@@ -39,29 +38,6 @@ async fn submit_k(hub: &TestHub, key: &str) -> String {
         .message_id;
     hub.delivered(&id).await;
     id
-}
-
-async fn open_case_on(hub: &TestHub, key: &str) -> String {
-    let k = submit_k(hub, &format!("{key}-help-request")).await;
-    let secretary = hub.staff("commission", "secretary").await;
-    let decision = secretary
-        .client
-        .clone()
-        .decide_help_request(secretary.req(DecideHelpRequestRequest {
-            message_id: k,
-            idempotency_key: format!("{key}-decision"),
-            outcome: Some(decide_help_request_request::Outcome::OpenCase(OpenCase {
-                curator_user_id: "curator-1".into(),
-            })),
-        }))
-        .await
-        .expect("case opened")
-        .into_inner();
-    hub.delivered(&decision.decision_message_id).await;
-    match decision.decision.and_then(|d| d.outcome) {
-        Some(referral_proto::v1::help_request_decision::Outcome::CaseOpened(c)) => c.case_reference,
-        other => panic!("expected a case, got {other:?}"),
-    }
 }
 
 /// The commission's deadlines of one kind (any state), through the secretary's staff API.
@@ -135,7 +111,7 @@ async fn assessment_clocks_follow_the_local_calendar(backend: Backend) {
         ("2026-01-20T19:00:00Z", jiff::civil::date(2026, 2, 11)),
     ] {
         hub.clock.set(ts(opened));
-        let case = open_case_on(&hub, &format!("month-end-{opened}")).await;
+        let case = hub.open_case(&format!("month-end-{opened}")).await;
         hub.gateway().settle().await.unwrap();
         let list = deadlines_of(&secretary, DeadlineKind::Assessment, &case).await;
         assert_eq!(list.len(), 1, "{opened}");
@@ -150,7 +126,7 @@ async fn assessment_clocks_follow_the_local_calendar(backend: Backend) {
 async fn a_deadline_turns_overdue_at_local_midnight(backend: Backend) {
     let hub = TestHub::start(backend).await;
     hub.clock.set(ts("2026-01-20T05:00:00Z"));
-    let case = open_case_on(&hub, "midnight").await;
+    let case = hub.open_case("midnight").await;
     let secretary = hub.staff("commission", "secretary").await;
     hub.gateway().settle().await.unwrap();
     let due = due_at(&deadlines_of(&secretary, DeadlineKind::Assessment, &case).await[0]);
@@ -177,7 +153,7 @@ async fn a_deadline_turns_overdue_at_local_midnight(backend: Backend) {
 async fn alerts_are_raised_once_across_gateway_crashes(backend: Backend) {
     let hub = TestHub::start(backend).await;
     hub.clock.set(ts("2026-01-20T05:00:00Z"));
-    let case = open_case_on(&hub, "crash-alerts").await;
+    let case = hub.open_case("crash-alerts").await;
     let secretary = hub.staff("commission", "secretary").await;
     hub.gateway().settle().await.unwrap();
     let d = deadlines_of(&secretary, DeadlineKind::Assessment, &case).await[0].clone();
@@ -258,7 +234,7 @@ async fn a_review_from_31_august_is_due_on_the_last_day_of_february(backend: Bac
     use referral_tests::samples::{row, sample_assessment, sample_plan};
     let hub = TestHub::start(backend).await;
     hub.clock.set(ts("2026-08-31T05:00:00Z"));
-    let case = open_case_on(&hub, "31-august").await;
+    let case = hub.open_case("31-august").await;
     let curator = hub.staff("commission", "curator-1").await;
     let version = |file: referral_proto::v1::CaseFile| file.summary.unwrap().version;
     let v = version(

@@ -4,15 +4,12 @@
 //! and on PostgreSQL, through the real services and the real gateway.
 
 use jiff::{ToSpan as _, civil::Date, tz::TimeZone};
-use referral_core::validate;
 use referral_proto::v1::{
     ActionProgressState, AnswerInformationRequestRequest, CaseFile, CaseStage, CloseCaseRequest,
-    ClosureCriterion, Contact, ContactMethod, DecideHelpRequestRequest, FileAssessmentRequest,
-    FileSupportPlanRequest, FormKind, GetCaseRequest, ListInboxRequest, OpenCase, PlanReview,
-    RecordContactRequest, RecordReviewRequest, ReopenCaseRequest, ReportActionProgressRequest,
-    RequestInformationRequest, ReviewDecision, RiskLevel, SubmitHelpRequestRequest,
-    UploadDocumentChunk, UploadDocumentMetadata, decide_help_request_request,
-    upload_document_chunk,
+    ClosureCriterion, Contact, ContactMethod, FileAssessmentRequest, FileSupportPlanRequest,
+    FormKind, GetCaseRequest, ListInboxRequest, PlanReview, RecordContactRequest,
+    RecordReviewRequest, ReopenCaseRequest, ReportActionProgressRequest, RequestInformationRequest,
+    ReviewDecision, RiskLevel, UploadDocumentChunk, UploadDocumentMetadata, upload_document_chunk,
 };
 use referral_tests::{
     Backend, StaffClient, TestHub, both_backends,
@@ -29,41 +26,6 @@ fn today(hub: &TestHub) -> Date {
 }
 
 /// Opens a case on a fresh K from school 1 and returns its reference.
-async fn open_case(hub: &TestHub, key: &str) -> String {
-    let director = hub.staff("school-1", "director").await;
-    let k_id = director
-        .client
-        .clone()
-        .submit_help_request(director.req(SubmitHelpRequestRequest {
-            idempotency_key: format!("{key}-help-request"),
-            recipient_agency_id: String::new(),
-            help_request: Some(validate::sample_help_request(today(hub))),
-        }))
-        .await
-        .expect("K submitted")
-        .into_inner()
-        .message_id;
-    hub.delivered(&k_id).await;
-    let secretary = hub.staff("commission", "secretary").await;
-    let decision = secretary
-        .client
-        .clone()
-        .decide_help_request(secretary.req(DecideHelpRequestRequest {
-            message_id: k_id,
-            idempotency_key: format!("{key}-decision"),
-            outcome: Some(decide_help_request_request::Outcome::OpenCase(OpenCase {
-                curator_user_id: "curator-1".into(),
-            })),
-        }))
-        .await
-        .expect("case opened")
-        .into_inner();
-    hub.delivered(&decision.decision_message_id).await;
-    match decision.decision.and_then(|d| d.outcome) {
-        Some(referral_proto::v1::help_request_decision::Outcome::CaseOpened(c)) => c.case_reference,
-        other => panic!("expected a case, got {other:?}"),
-    }
-}
 
 async fn get_case(curator: &StaffClient, case: &str) -> CaseFile {
     curator
@@ -101,7 +63,7 @@ async fn inbox_of(staff: &StaffClient, kind: FormKind) -> Vec<referral_proto::v1
 // Acceptance 1: the whole lifecycle through real services and the gateway.
 async fn a_case_runs_from_help_request_to_closure_and_back(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let case = open_case(&hub, "life").await;
+    let case = hub.open_case("life").await;
     let curator = hub.staff("commission", "curator-1").await;
     let file = get_case(&curator, &case).await;
     assert_eq!(stage(&file), CaseStage::Assessment);
@@ -443,7 +405,7 @@ async fn a_case_runs_from_help_request_to_closure_and_back(backend: Backend) {
 // Acceptance 5: a stale update answers ABORTED with the current version; no update is lost.
 async fn a_stale_change_is_aborted_and_nothing_is_lost(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let case = open_case(&hub, "stale").await;
+    let case = hub.open_case("stale").await;
     let curator = hub.staff("commission", "curator-1").await;
     let secretary = hub.staff("commission", "secretary").await;
     let base = version(&get_case(&curator, &case).await);
@@ -499,7 +461,7 @@ async fn a_stale_change_is_aborted_and_nothing_is_lost(backend: Backend) {
 // Bad input: each answers with the field or the precondition named, and changes nothing.
 async fn bad_case_changes_are_refused_and_change_nothing(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let case = open_case(&hub, "bad").await;
+    let case = hub.open_case("bad").await;
     let curator = hub.staff("commission", "curator-1").await;
     let v = version(&get_case(&curator, &case).await);
     let t = today(&hub);

@@ -37,9 +37,10 @@ pub const IDEMPOTENCY_KEY_MAX: usize = 128;
 /// Each known destination at most once: a list longer than this cannot be valid.
 const MAX_DESTINATIONS: usize = 6;
 
-/// The rules for one text field.
-#[derive(Debug, Clone, Copy)]
-struct Text {
+/// The rule for one text field. Every form checks its text through it, in the agencies and in
+/// the gateway, so that the same field is judged the same way everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Text {
     required: bool,
     /// Minimum length of the trimmed value, in characters (checked when the value is present).
     min: usize,
@@ -52,7 +53,8 @@ struct Text {
 }
 
 impl Text {
-    const fn required(min: usize, max: usize) -> Self {
+    /// A required value of `min` to `max` characters (the minimum applies to the trimmed value).
+    pub const fn required(min: usize, max: usize) -> Self {
         Self {
             required: true,
             min,
@@ -62,7 +64,8 @@ impl Text {
         }
     }
 
-    const fn optional(max: usize) -> Self {
+    /// An optional value of at most `max` characters.
+    pub const fn optional(max: usize) -> Self {
         Self {
             required: false,
             min: 0,
@@ -72,45 +75,54 @@ impl Text {
         }
     }
 
-    const fn multiline(self) -> Self {
+    /// Free text: line breaks and tabs allowed.
+    pub const fn multiline(self) -> Self {
         Self {
             multiline: true,
             ..self
         }
     }
 
-    const fn name(self) -> Self {
+    /// A person's name: must contain a letter.
+    pub const fn name(self) -> Self {
         Self { name: true, ..self }
     }
 }
 
 /// A person's full name: required, 2 to 200 characters, with a letter.
-const PERSON_NAME: Text = Text::required(2, 200).name();
+pub const PERSON_NAME: Text = Text::required(2, 200).name();
+/// A person's name that may be left empty.
+pub const OPTIONAL_PERSON_NAME: Text = Text::optional(200).name();
+/// A position, a relation, a short label: required, at most 200 characters.
+pub const SHORT_TEXT: Text = Text::required(1, 200);
+/// The longest free-text field, in characters.
+pub const LONG_TEXT_MAX: usize = 4000;
+/// Free text of a form section: optional, at most 4000 characters, line breaks allowed.
+pub const LONG_TEXT: Text = Text::optional(LONG_TEXT_MAX).multiline();
+/// Free text a form cannot do without.
+pub const REQUIRED_LONG_TEXT: Text = Text::required(1, LONG_TEXT_MAX).multiline();
 const ADDRESS: Text = Text::optional(500);
-const LONG_TEXT_MAX: usize = 4000;
 
-/// Checks one text field against `rule`, adding at most one violation.
-fn text(v: &mut FieldViolations, field: &str, value: &str, rule: Text) {
+/// Checks one text field against `rule`, adding at most one violation: too long, then missing
+/// (whitespace-only counts as missing), then control characters, then too short, then a name
+/// without a letter.
+pub fn text(v: &mut FieldViolations, field: &str, value: &str, rule: Text) {
     let len = value.chars().count();
     if len > rule.max {
         v.add(field, format!("must be at most {} characters", rule.max));
         return;
     }
     let trimmed = value.trim();
-    if trimmed.is_empty() && rule.required {
-        v.add(field, "required");
+    if trimmed.is_empty() {
+        if rule.required {
+            v.add(field, "required");
+        } else if has_forbidden_control(value, rule.multiline) {
+            v.add(field, control_description(rule.multiline));
+        }
         return;
     }
     if has_forbidden_control(value, rule.multiline) {
-        let description = if rule.multiline {
-            "must not contain control characters other than line breaks and tabs"
-        } else {
-            "must not contain control characters or line breaks"
-        };
-        v.add(field, description);
-        return;
-    }
-    if trimmed.is_empty() {
+        v.add(field, control_description(rule.multiline));
         return;
     }
     if trimmed.chars().count() < rule.min {
@@ -119,6 +131,14 @@ fn text(v: &mut FieldViolations, field: &str, value: &str, rule: Text) {
     }
     if rule.name && !trimmed.chars().any(char::is_alphabetic) {
         v.add(field, "must contain letters");
+    }
+}
+
+fn control_description(multiline: bool) -> &'static str {
+    if multiline {
+        "must not contain control characters other than line breaks and tabs"
+    } else {
+        "must not contain control characters or line breaks"
     }
 }
 

@@ -20,7 +20,8 @@ use referral_core::{
 use referral_proto::v1::{
     DecideHelpRequestRequest, FormKind, GetMessageRequest, GetSentMessageRequest, ListInboxRequest,
     ListSentRequest, ListStaffRequest, NoFurtherAction, OpenCase, Role, SubmitHelpRequestRequest,
-    WhoAmIRequest, agency_staff_client::AgencyStaffClient, decide_help_request_request::Outcome,
+    WhoAmIRequest, agency_staff_client::AgencyStaffClient, case_files_client::CaseFilesClient,
+    decide_help_request_request::Outcome,
 };
 use serde_json::json;
 use tonic::{
@@ -41,8 +42,10 @@ use crate::{
 /// How long a development token from `login` is valid.
 const TOKEN_TTL: SignedDuration = SignedDuration::from_hours(8);
 /// The most items a list command fetches (page after page).
-const MAX_LIST_ITEMS: usize = 1000;
-const PAGE_SIZE: u32 = 100;
+pub(crate) const MAX_LIST_ITEMS: usize = 1000;
+pub(crate) const PAGE_SIZE: u32 = 100;
+/// The largest answer the CLI reads (a whole case file with several cycles).
+const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
 /// `referral-hub login`.
 pub fn login(
@@ -179,16 +182,18 @@ fn unknown_agency(directory: &Directory, agency: &str) -> anyhow::Error {
     .into()
 }
 
-/// A connection to one agency's staff API, as one user.
+/// A connection to one agency's staff API (and, at a commission, its case files), as one user.
 pub struct Staff {
-    client: AgencyStaffClient<Channel>,
+    pub(crate) client: AgencyStaffClient<Channel>,
+    /// The commission's `CaseFiles` service, on the same channel; other agencies refuse it.
+    pub(crate) case_files: CaseFilesClient<Channel>,
     authorization: MetadataValue<Ascii>,
-    agency: String,
-    user: String,
-    endpoint: String,
-    hint: String,
-    directory: Option<Directory>,
-    format: Format,
+    pub(crate) agency: String,
+    pub(crate) user: String,
+    pub(crate) endpoint: String,
+    pub(crate) hint: String,
+    pub(crate) directory: Option<Directory>,
+    pub(crate) format: Format,
 }
 
 impl Staff {
@@ -282,7 +287,8 @@ impl Staff {
             .await
             .map_err(|e| unreachable(&e))?;
         Ok(Self {
-            client: AgencyStaffClient::new(channel),
+            client: AgencyStaffClient::new(channel.clone()),
+            case_files: CaseFilesClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES),
             authorization,
             agency,
             user,
@@ -293,7 +299,7 @@ impl Staff {
         })
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
@@ -301,12 +307,12 @@ impl Staff {
         request
     }
 
-    fn tz(&self) -> TimeZone {
+    pub(crate) fn tz(&self) -> TimeZone {
         agency_time_zone(self.directory.as_ref(), &self.agency)
     }
 
     /// An agency's id with its name, when the directory knows it.
-    fn agency_label(&self, id: &str) -> String {
+    pub(crate) fn agency_label(&self, id: &str) -> String {
         match self.directory.as_ref().and_then(|d| d.agency(id)) {
             Some(a) => format!("{id} — {}", a.name_ru),
             None => id.to_owned(),
@@ -314,7 +320,7 @@ impl Staff {
     }
 
     /// One line for a refused or failed call; `what` names the thing sent (`help request`).
-    fn fail(&self, status: Status, what: &str) -> anyhow::Error {
+    pub(crate) fn fail(&self, status: Status, what: &str) -> anyhow::Error {
         let message = one_line(status.message());
         match status.code() {
             Code::InvalidArgument => {
@@ -341,6 +347,11 @@ impl Staff {
             Code::NotFound => anyhow!("not found: {message}"),
             Code::AlreadyExists => anyhow!("already exists: {message}"),
             Code::FailedPrecondition => anyhow!("refused: {message}"),
+            Code::Aborted => anyhow!("conflict: {message}"),
+            Code::Unimplemented => anyhow!(
+                "{} does not offer this ({message}) — is it the right agency?",
+                self.agency
+            ),
             Code::Unavailable if std::error::Error::source(&status).is_some() => anyhow!(
                 "cannot reach {} at {} — is '{} up' running?",
                 self.agency,

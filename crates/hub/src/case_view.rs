@@ -1,0 +1,1006 @@
+//! How the case file and the messages of a case's life read: the commission's case (`case`), the
+//! messages partner agencies receive and send (information requests and answers, action
+//! assignments and progress, review minutes, deadline alerts), and deadlines, each with the
+//! Kazakh and Russian labels of `referral_commission::labels` (and of this module for deadlines),
+//! and in JSON for `--json`.
+//!
+//! The case file holds a child's personal data; only commission staff get it (the service
+//! decides), and only `case` and `show` print it.
+
+use jiff::{SignedDuration, Timestamp, civil::Date, tz::TimeZone};
+use referral_commission::labels::{self, Label};
+use referral_proto::v1::{
+    ActionAssignment, ActionProgress, ActionProgressState, ActionStatus, CaseFile, CaseStage,
+    ClosureCriterion, ClosureRecord, ContactMethod, Deadline, DeadlineAlert, DeadlineKind,
+    DeadlineState, DocumentInfo, InformationExchange, InformationRequest, InformationResponse,
+    PlanAction, PlanReview, ReviewDecision, ReviewMinutes, RiskLevel,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    form_case::{ActionFile, AssessmentFile, ReviewFile, SupportPlanFile},
+    output::{Fields, Table, enum_name, instant, json_time, local_time},
+    view,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Labels.
+// ---------------------------------------------------------------------------------------------
+
+/// `name — kk / ru`.
+fn bilingual(name: &str, label: Label) -> String {
+    format!("{name} — {} / {}", label.kk, label.ru)
+}
+
+pub fn stage_name(stage: i32) -> String {
+    enum_name(
+        CaseStage::try_from(stage)
+            .unwrap_or(CaseStage::Unspecified)
+            .as_str_name(),
+        "CASE_STAGE_",
+    )
+}
+
+/// `support — Қолдау / Поддержка`.
+pub fn stage_text(stage: i32) -> String {
+    let s = CaseStage::try_from(stage).unwrap_or(CaseStage::Unspecified);
+    bilingual(&stage_name(stage), labels::stage(s))
+}
+
+pub fn risk_name(level: i32) -> String {
+    enum_name(
+        RiskLevel::try_from(level)
+            .unwrap_or(RiskLevel::Unspecified)
+            .as_str_name(),
+        "RISK_LEVEL_",
+    )
+}
+
+pub fn risk_text(level: i32) -> String {
+    let l = RiskLevel::try_from(level).unwrap_or(RiskLevel::Unspecified);
+    bilingual(&risk_name(level), labels::risk_level(l))
+}
+
+pub fn progress_name(state: i32) -> String {
+    match ActionProgressState::try_from(state).unwrap_or(ActionProgressState::Unspecified) {
+        ActionProgressState::Unspecified => "not_reported".into(),
+        s => enum_name(s.as_str_name(), "ACTION_PROGRESS_STATE_"),
+    }
+}
+
+pub fn progress_text(state: i32) -> String {
+    let s = ActionProgressState::try_from(state).unwrap_or(ActionProgressState::Unspecified);
+    bilingual(&progress_name(state), labels::action_progress(s))
+}
+
+pub fn method_name(method: i32) -> String {
+    enum_name(
+        ContactMethod::try_from(method)
+            .unwrap_or(ContactMethod::Unspecified)
+            .as_str_name(),
+        "CONTACT_METHOD_",
+    )
+}
+
+pub fn method_text(method: i32) -> String {
+    let m = ContactMethod::try_from(method).unwrap_or(ContactMethod::Unspecified);
+    bilingual(&method_name(method), labels::contact_method(m))
+}
+
+pub fn criterion_name(criterion: i32) -> String {
+    enum_name(
+        ClosureCriterion::try_from(criterion)
+            .unwrap_or(ClosureCriterion::Unspecified)
+            .as_str_name(),
+        "CLOSURE_CRITERION_",
+    )
+}
+
+pub fn criterion_text(criterion: i32) -> String {
+    let c = ClosureCriterion::try_from(criterion).unwrap_or(ClosureCriterion::Unspecified);
+    bilingual(&criterion_name(criterion), labels::closure_criterion(c))
+}
+
+pub fn review_decision_name(decision: i32) -> String {
+    enum_name(
+        ReviewDecision::try_from(decision)
+            .unwrap_or(ReviewDecision::Unspecified)
+            .as_str_name(),
+        "REVIEW_DECISION_",
+    )
+}
+
+pub fn review_decision_text(decision: i32) -> String {
+    let d = ReviewDecision::try_from(decision).unwrap_or(ReviewDecision::Unspecified);
+    bilingual(&review_decision_name(decision), labels::review_decision(d))
+}
+
+/// The kind of a deadline in both languages.
+pub fn deadline_kind_label(kind: i32) -> Label {
+    match DeadlineKind::try_from(kind).unwrap_or(DeadlineKind::Unspecified) {
+        DeadlineKind::HelpRequestDecision => Label {
+            kk: "Көмек сұрауы (K) бойынша шешім",
+            ru: "Решение по запросу о помощи (K)",
+        },
+        DeadlineKind::Assessment => Label {
+            kk: "Кешенді бағалау (L)",
+            ru: "Комплексная оценка (L)",
+        },
+        DeadlineKind::SupportPlan => Label {
+            kk: "Жеке қолдау жоспары (M)",
+            ru: "Индивидуальный план поддержки (M)",
+        },
+        DeadlineKind::PlanReview => Label {
+            kk: "Жоспарды қайта қарау",
+            ru: "Пересмотр плана",
+        },
+        DeadlineKind::Action => Label {
+            kk: "Жоспардың іс-шарасы",
+            ru: "Мероприятие плана",
+        },
+        DeadlineKind::Unspecified => Label {
+            kk: "Көрсетілмеген",
+            ru: "Не указано",
+        },
+    }
+}
+
+pub fn deadline_kind_name(kind: i32) -> String {
+    enum_name(
+        DeadlineKind::try_from(kind)
+            .unwrap_or(DeadlineKind::Unspecified)
+            .as_str_name(),
+        "DEADLINE_KIND_",
+    )
+}
+
+/// `action №2 — Жоспардың іс-шарасы / Мероприятие плана`.
+pub fn deadline_kind_text(kind: i32, action_number: u32) -> String {
+    let mut name = deadline_kind_name(kind);
+    if kind == DeadlineKind::Action as i32 && action_number > 0 {
+        name = format!("{name} №{action_number}");
+    }
+    bilingual(&name, deadline_kind_label(kind))
+}
+
+pub fn deadline_state_label(state: i32) -> Label {
+    let (kk, ru) = match DeadlineState::try_from(state).unwrap_or(DeadlineState::Unspecified) {
+        DeadlineState::Pending => ("Күтілуде", "Ожидается"),
+        DeadlineState::Warned => ("Мерзімі жақындады", "Срок приближается"),
+        DeadlineState::Due => ("Мерзімі бүгін", "Срок сегодня"),
+        DeadlineState::Overdue => ("Мерзімі өтті", "Просрочено"),
+        DeadlineState::Escalated => ("Төрағаға жеткізілді", "Доведено до председателя"),
+        DeadlineState::Met => ("Орындалды", "Выполнено"),
+        DeadlineState::Cancelled => ("Күші жойылды", "Отменено"),
+        DeadlineState::Unspecified => ("Көрсетілмеген", "Не указано"),
+    };
+    Label { kk, ru }
+}
+
+pub fn deadline_state_name(state: i32) -> String {
+    enum_name(
+        DeadlineState::try_from(state)
+            .unwrap_or(DeadlineState::Unspecified)
+            .as_str_name(),
+        "DEADLINE_STATE_",
+    )
+}
+
+pub fn deadline_state_text(state: i32) -> String {
+    bilingual(&deadline_state_name(state), deadline_state_label(state))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small pieces.
+// ---------------------------------------------------------------------------------------------
+
+fn date_text(d: Option<&referral_proto::v1::CalendarDate>) -> String {
+    d.and_then(referral_core::validate::calendar_date)
+        .map(|d| d.to_string())
+        .unwrap_or_default()
+}
+
+fn date_json(d: Option<&referral_proto::v1::CalendarDate>) -> Value {
+    d.and_then(referral_core::validate::calendar_date)
+        .map_or(Value::Null, |d| json!(d.to_string()))
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines()
+        .map(|line| format!("{pad}{line}").trim_end().to_owned() + "\n")
+        .collect()
+}
+
+/// `ngo-1 (Ирина Ким)`, or either part alone.
+fn responsible(agency: &str, person: &str) -> String {
+    match (agency.is_empty(), person.is_empty()) {
+        (false, false) => format!("{agency} ({person})"),
+        (false, true) => agency.to_owned(),
+        _ => person.to_owned(),
+    }
+}
+
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1024 * 1024 {
+        format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    } else if bytes >= 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// An action row as JSON, in the shape of the forms' files plus what its agency reported.
+fn action_status_json(a: &ActionStatus) -> Value {
+    let mut value = serde_json::to_value(ActionFile::from_proto(
+        &a.action.clone().unwrap_or_default(),
+    ))
+    .unwrap_or(Value::Null);
+    value["assignment_message_id"] = json!(a.assignment_message_id);
+    value["progress"] = json!(progress_name(a.progress));
+    value["last_note"] = json!(a.last_note);
+    value["last_reported_at"] = json_time(a.last_reported_at.as_ref());
+    value
+}
+
+fn actions_table(rows: &[ActionStatus], tz: &TimeZone) -> String {
+    let mut table = Table::new([
+        "№",
+        "ACTION",
+        "DUE",
+        "RESPONSIBLE",
+        "PROGRESS",
+        "LAST REPORT",
+    ]);
+    for status in rows {
+        let a = status.action.clone().unwrap_or_default();
+        let report = match (status.last_reported_at.as_ref(), status.last_note.is_empty()) {
+            (None, _) => String::new(),
+            (Some(at), true) => local_time(Some(at), tz),
+            (Some(at), false) => format!("{}: {}", local_time(Some(at), tz), status.last_note),
+        };
+        table.row([
+            a.number.to_string(),
+            a.action.clone(),
+            date_text(a.due_on.as_ref()),
+            responsible(&a.responsible_agency_id, &a.responsible_person),
+            progress_text(status.progress),
+            report,
+        ]);
+    }
+    table.render()
+}
+
+fn plan_rows_table(rows: &[PlanAction]) -> String {
+    let mut table = Table::new(["№", "ACTION", "DUE", "RESPONSIBLE", "HOW"]);
+    for a in rows {
+        table.row([
+            a.number.to_string(),
+            a.action.clone(),
+            date_text(a.due_on.as_ref()),
+            responsible(&a.responsible_agency_id, &a.responsible_person),
+            a.method.clone(),
+        ]);
+    }
+    table.render()
+}
+
+fn closure_text(c: &ClosureRecord, tz: &TimeZone) -> String {
+    let mut fields = Fields::new();
+    fields.add(
+        "Closed",
+        format!("{} by {}", local_time(c.closed_at.as_ref(), tz), c.closed_by),
+    );
+    let criteria: Vec<String> = c.criteria.iter().map(|k| criterion_text(*k)).collect();
+    fields.add("Criteria", criteria.join("\n"));
+    fields.add("Family told", &c.family_told_how_to_ask_again);
+    if !c.note.is_empty() {
+        fields.add("Note", &c.note);
+    }
+    fields.render(0)
+}
+
+fn closure_json(c: &ClosureRecord) -> Value {
+    json!({
+        "criteria": c.criteria.iter().map(|k| criterion_name(*k)).collect::<Vec<_>>(),
+        "family_told_how_to_ask_again": c.family_told_how_to_ask_again,
+        "note": c.note,
+        "closed_at": json_time(c.closed_at.as_ref()),
+        "closed_by": c.closed_by,
+    })
+}
+
+fn review_line(r: &PlanReview) -> String {
+    let next = date_text(r.next_review_on.as_ref());
+    let next = if next.is_empty() {
+        String::new()
+    } else {
+        format!(", next review {next}")
+    };
+    format!(
+        "{}: {}{next}",
+        date_text(r.meeting_on.as_ref()),
+        review_decision_text(r.decision)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The case file.
+// ---------------------------------------------------------------------------------------------
+
+/// The case file for people: summary, every cycle with its L, M, reviews, rows and closure, then
+/// contacts, documents and information exchanges. `hint` starts suggested commands.
+pub fn case_text(file: &CaseFile, tz: &TimeZone, hint: &str) -> String {
+    let s = file.summary.clone().unwrap_or_default();
+    let mut out = String::new();
+    let mut fields = Fields::new();
+    fields
+        .add("Case", &s.case_reference)
+        .add("Child", &s.child_full_name)
+        .add("Stage", stage_text(s.stage))
+        .add(
+            "Version",
+            format!(
+                "{} (the next change takes --base-version {})",
+                s.version, s.version
+            ),
+        )
+        .add("Cycle", s.cycle.to_string())
+        .add(
+            "Curator",
+            format!("{} ({})", s.curator_name, s.curator_user_id),
+        )
+        .add("Opened", local_time(s.opened_at.as_ref(), tz));
+    if s.risk_level != RiskLevel::Unspecified as i32 {
+        fields.add("Risk", risk_text(s.risk_level));
+    }
+    if let Some(k) = &file.help_request {
+        fields.add(
+            "Help request K",
+            format!(
+                "{} from {} (read it with: {hint} show {})",
+                k.message_id, k.sender_agency_id, k.message_id
+            ),
+        );
+    }
+    out.push_str(&fields.render(0));
+
+    for cycle in &file.cycles {
+        out.push_str(&format!(
+            "\nCycle {}, opened {}\n",
+            cycle.cycle,
+            local_time(cycle.opened_at.as_ref(), tz)
+        ));
+        let mut fields = Fields::new();
+        if !cycle.reopen_reason.is_empty() {
+            fields.add("Reopened because", &cycle.reopen_reason);
+        }
+        match &cycle.assessment {
+            Some(l) => fields.add(
+                "Assessment L",
+                format!(
+                    "filed {}, risk {}; assessed on {} by {}",
+                    local_time(cycle.assessment_filed_at.as_ref(), tz),
+                    risk_text(cycle.risk_level),
+                    date_text(l.assessed_on.as_ref()),
+                    l.responsible_person
+                ),
+            ),
+            None => fields.add("Assessment L", "not filed yet"),
+        };
+        match &cycle.support_plan {
+            Some(m) => {
+                fields.add(
+                    "Support plan M",
+                    format!(
+                        "filed {}, {} needs, {} action rows",
+                        local_time(cycle.support_plan_filed_at.as_ref(), tz),
+                        m.needs.len(),
+                        m.actions.len()
+                    ),
+                );
+                if !m.reviews.is_empty() {
+                    let reviews: Vec<String> = m.reviews.iter().map(review_line).collect();
+                    fields.add("Reviews", reviews.join("\n"));
+                }
+            }
+            None => {
+                fields.add("Support plan M", "not filed yet");
+            }
+        }
+        if cycle.closure.is_none() {
+            fields.add("Closure", "open");
+        }
+        out.push_str(&fields.render(2));
+        if let Some(c) = &cycle.closure {
+            out.push_str(&indent(&closure_text(c, tz), 2));
+        }
+        if !cycle.actions.is_empty() {
+            out.push_str("  Action rows in force:\n");
+            out.push_str(&indent(&actions_table(&cycle.actions, tz), 4));
+        }
+    }
+
+    out.push_str("\nContacts\n");
+    if file.contacts.is_empty() {
+        out.push_str("  none recorded\n");
+    } else {
+        let mut table = Table::new(["DATE", "BY", "WITH", "HOW", "SUMMARY"]);
+        for c in &file.contacts {
+            table.row([
+                date_text(c.date.as_ref()),
+                c.made_by.clone(),
+                c.with_whom.clone(),
+                method_text(c.method),
+                c.summary.clone(),
+            ]);
+        }
+        out.push_str(&indent(&table.render(), 2));
+    }
+
+    out.push_str("\nDocuments\n");
+    if file.documents.is_empty() {
+        out.push_str("  none\n");
+    } else {
+        out.push_str(&indent(&documents_table(&file.documents, tz), 2));
+    }
+
+    out.push_str("\nInformation exchanges\n");
+    if file.information.is_empty() {
+        out.push_str("  none\n");
+    }
+    for x in &file.information {
+        out.push_str(&indent(&exchange_text(x, tz), 2));
+    }
+    out
+}
+
+fn documents_table(documents: &[DocumentInfo], tz: &TimeZone) -> String {
+    let mut table = Table::new(["DOCUMENT ID", "TITLE", "TYPE", "SIZE", "UPLOADED", "BY"]);
+    for d in documents {
+        table.row([
+            d.document_id.clone(),
+            d.title.clone(),
+            d.content_type.clone(),
+            size_text(d.size_bytes),
+            local_time(d.uploaded_at.as_ref(), tz),
+            d.uploaded_by.clone(),
+        ]);
+    }
+    table.render()
+}
+
+fn exchange_text(x: &InformationExchange, tz: &TimeZone) -> String {
+    let asked = x.request.clone().unwrap_or_default();
+    let mut head = format!(
+        "to {}, asked {}",
+        x.recipient_agency_id,
+        local_time(x.requested_at.as_ref(), tz)
+    );
+    let answer_by = date_text(asked.answer_by.as_ref());
+    if !answer_by.is_empty() {
+        head.push_str(&format!(", answer by {answer_by}"));
+    }
+    if !x.request_message_id.is_empty() {
+        head.push_str(&format!(" (message {})", x.request_message_id));
+    }
+    let mut fields = Fields::new();
+    fields.add("Questions", &asked.questions);
+    match &x.response {
+        Some(r) => {
+            let who = [r.responder_name.as_str(), r.responder_position.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
+            fields.add(
+                "Answered",
+                format!("{} by {who}", local_time(x.answered_at.as_ref(), tz)),
+            );
+            fields.add("Answer", &r.answer);
+        }
+        None => {
+            fields.add("Answer", "not yet");
+        }
+    }
+    format!("{head}\n{}", fields.render(2))
+}
+
+/// The case file as JSON; the forms L and M in the shapes `file-l` and `file-m` read.
+pub fn case_json(file: &CaseFile) -> Value {
+    let s = file.summary.clone().unwrap_or_default();
+    let cycles: Vec<Value> = file
+        .cycles
+        .iter()
+        .map(|c| {
+            json!({
+                "cycle": c.cycle,
+                "opened_at": json_time(c.opened_at.as_ref()),
+                "reopen_reason": c.reopen_reason,
+                "risk_level": risk_name(c.risk_level),
+                "assessment_filed_at": json_time(c.assessment_filed_at.as_ref()),
+                "assessment": c.assessment.as_ref().map(|l| {
+                    serde_json::to_value(AssessmentFile::from_proto(l)).unwrap_or(Value::Null)
+                }),
+                "support_plan_filed_at": json_time(c.support_plan_filed_at.as_ref()),
+                "support_plan": c.support_plan.as_ref().map(|m| {
+                    serde_json::to_value(SupportPlanFile::from_proto(m)).unwrap_or(Value::Null)
+                }),
+                "actions": c.actions.iter().map(action_status_json).collect::<Vec<_>>(),
+                "closure": c.closure.as_ref().map(closure_json),
+            })
+        })
+        .collect();
+    json!({
+        "case_reference": s.case_reference,
+        "stage": stage_name(s.stage),
+        "version": s.version,
+        "cycle": s.cycle,
+        "curator_user_id": s.curator_user_id,
+        "curator_name": s.curator_name,
+        "opened_at": json_time(s.opened_at.as_ref()),
+        "risk_level": risk_name(s.risk_level),
+        "child_full_name": s.child_full_name,
+        "help_request_message_id": file.help_request.as_ref().map(|k| k.message_id.clone()),
+        "cycles": cycles,
+        "contacts": file.contacts.iter().map(|c| json!({
+            "date": date_json(c.date.as_ref()),
+            "made_by": c.made_by,
+            "with_whom": c.with_whom,
+            "method": method_name(c.method),
+            "summary": c.summary,
+        })).collect::<Vec<_>>(),
+        "documents": file.documents.iter().map(document_json).collect::<Vec<_>>(),
+        "information": file.information.iter().map(|x| {
+            let asked = x.request.clone().unwrap_or_default();
+            json!({
+                "request_message_id": x.request_message_id,
+                "recipient_agency_id": x.recipient_agency_id,
+                "questions": asked.questions,
+                "answer_by": date_json(asked.answer_by.as_ref()),
+                "requested_at": json_time(x.requested_at.as_ref()),
+                "answer": x.response.as_ref().map(|r| json!({
+                    "answer": r.answer,
+                    "responder_name": r.responder_name,
+                    "responder_position": r.responder_position,
+                })),
+                "answered_at": json_time(x.answered_at.as_ref()),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+pub fn document_json(d: &DocumentInfo) -> Value {
+    json!({
+        "document_id": d.document_id,
+        "title": d.title,
+        "content_type": d.content_type,
+        "size_bytes": d.size_bytes,
+        "sha256": d.sha256,
+        "uploaded_at": json_time(d.uploaded_at.as_ref()),
+        "uploaded_by": d.uploaded_by,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages of a case's life, as partner agencies receive them (`show`).
+// ---------------------------------------------------------------------------------------------
+
+pub fn information_request_text(r: &InformationRequest) -> String {
+    let mut fields = Fields::new();
+    fields
+        .add("Іс / Дело", &r.case_reference)
+        .add("Бала / Ребёнок", &r.child_full_name)
+        .add(
+            "Туған күні / Дата рождения",
+            date_text(r.child_date_of_birth.as_ref()),
+        )
+        .add("Сұрақтар / Вопросы", &r.questions);
+    let answer_by = date_text(r.answer_by.as_ref());
+    if !answer_by.is_empty() {
+        fields.add("Жауап беру мерзімі / Ответить до", answer_by);
+    }
+    fields.add(
+        "Куратор",
+        format!(
+            "{} ({}), {}",
+            r.curator_name, r.curator_user_id, r.curator_contact
+        ),
+    );
+    fields.render(2)
+}
+
+pub fn information_request_json(r: &InformationRequest) -> Value {
+    json!({
+        "case_reference": r.case_reference,
+        "child_full_name": r.child_full_name,
+        "child_date_of_birth": date_json(r.child_date_of_birth.as_ref()),
+        "questions": r.questions,
+        "answer_by": date_json(r.answer_by.as_ref()),
+        "curator_user_id": r.curator_user_id,
+        "curator_name": r.curator_name,
+        "curator_contact": r.curator_contact,
+    })
+}
+
+pub fn information_response_text(r: &InformationResponse) -> String {
+    let mut fields = Fields::new();
+    fields
+        .add("Іс / Дело", &r.case_reference)
+        .add("Сұрау / Запрос", &r.request_message_id)
+        .add("Жауап / Ответ", &r.answer)
+        .add(
+            "Жауап берген / Ответил",
+            [r.responder_name.as_str(), r.responder_position.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    fields.render(2)
+}
+
+pub fn information_response_json(r: &InformationResponse) -> Value {
+    json!({
+        "request_message_id": r.request_message_id,
+        "case_reference": r.case_reference,
+        "answer": r.answer,
+        "responder_name": r.responder_name,
+        "responder_position": r.responder_position,
+    })
+}
+
+pub fn action_assignment_text(a: &ActionAssignment) -> String {
+    let action = a.action.clone().unwrap_or_default();
+    let mut fields = Fields::new();
+    fields
+        .add("Іс / Дело", &a.case_reference)
+        .add(
+            "Бала / Ребёнок",
+            format!("{}, {} жас / лет", a.child_first_name, a.child_age_years),
+        )
+        .add("№", action.number.to_string())
+        .add("Іс-шара / Мероприятие", &action.action)
+        .add("Мерзімі / Срок", date_text(action.due_on.as_ref()))
+        .add(
+            "Жауапты / Ответственный",
+            responsible(&action.responsible_agency_id, &action.responsible_person),
+        )
+        .add("Қалай / Как", &action.method)
+        .add(
+            "Куратор",
+            format!("{}, {}", a.curator_name, a.curator_contact),
+        );
+    fields.render(2)
+}
+
+pub fn action_assignment_json(a: &ActionAssignment) -> Value {
+    json!({
+        "case_reference": a.case_reference,
+        "action": serde_json::to_value(ActionFile::from_proto(&a.action.clone().unwrap_or_default()))
+            .unwrap_or(Value::Null),
+        "child_first_name": a.child_first_name,
+        "child_age_years": a.child_age_years,
+        "curator_name": a.curator_name,
+        "curator_contact": a.curator_contact,
+    })
+}
+
+pub fn action_progress_text(p: &ActionProgress) -> String {
+    let mut fields = Fields::new();
+    fields
+        .add("Іс / Дело", &p.case_reference)
+        .add("Тапсырма / Поручение", &p.assignment_message_id)
+        .add("№", p.action_number.to_string())
+        .add("Жағдайы / Состояние", progress_text(p.state))
+        .add("Ескерту / Примечание", &p.note)
+        .add(
+            "Хабарлады / Сообщил",
+            format!("{}, {}", p.reported_by, date_text(p.reported_on.as_ref())),
+        );
+    fields.render(2)
+}
+
+pub fn action_progress_json(p: &ActionProgress) -> Value {
+    json!({
+        "assignment_message_id": p.assignment_message_id,
+        "case_reference": p.case_reference,
+        "action_number": p.action_number,
+        "state": progress_name(p.state),
+        "note": p.note,
+        "reported_on": date_json(p.reported_on.as_ref()),
+        "reported_by": p.reported_by,
+    })
+}
+
+pub fn review_minutes_text(m: &ReviewMinutes) -> String {
+    let r = m.review.clone().unwrap_or_default();
+    let mut fields = Fields::new();
+    fields
+        .add("Іс / Дело", &m.case_reference)
+        .add("Отырыс күні / Дата встречи", date_text(r.meeting_on.as_ref()))
+        .add("Қатысқандар / Участники", r.participants.join("\n"))
+        .add("Шешім / Решение", review_decision_text(r.decision))
+        .add(
+            "Келесі қайта қарау / Следующий пересмотр",
+            date_text(r.next_review_on.as_ref()),
+        )
+        .add("Қол қойғандар / Подписали", r.signed_by.join("\n"))
+        .add(
+            "Куратор",
+            format!("{}, {}", m.curator_name, m.curator_contact),
+        );
+    let mut out = fields.render(2);
+    if !r.revised_actions.is_empty() {
+        out.push_str("  Қайта қаралған іс-шаралар / Пересмотренные мероприятия:\n");
+        out.push_str(&indent(&plan_rows_table(&r.revised_actions), 4));
+    }
+    out
+}
+
+pub fn review_minutes_json(m: &ReviewMinutes) -> Value {
+    json!({
+        "case_reference": m.case_reference,
+        "review": serde_json::to_value(ReviewFile::from_proto(&m.review.clone().unwrap_or_default()))
+            .unwrap_or(Value::Null),
+        "decision": review_decision_name(m.review.as_ref().map_or(0, |r| r.decision)),
+        "curator_name": m.curator_name,
+        "curator_contact": m.curator_contact,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines.
+// ---------------------------------------------------------------------------------------------
+
+/// The last minute of the due day (the deadline is overdue from `due_at` on), local time.
+pub fn due_text(d: &Deadline, tz: &TimeZone) -> String {
+    d.due_at
+        .as_ref()
+        .and_then(instant)
+        .map(|at| {
+            (at - SignedDuration::from_secs(1))
+                .to_zoned(tz.clone())
+                .strftime("%Y-%m-%d %H:%M %:z")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Whole days a deadline is late on `today` (0 when it is not yet late).
+pub fn days_late(d: &Deadline, now: Timestamp, tz: &TimeZone) -> i64 {
+    let Some(due_at) = d.due_at.as_ref().and_then(instant) else {
+        return 0;
+    };
+    if now < due_at {
+        return 0;
+    }
+    let due_day: Date = (due_at - SignedDuration::from_secs(1))
+        .to_zoned(tz.clone())
+        .date();
+    let today = now.to_zoned(tz.clone()).date();
+    i64::from((today - due_day).get_days()).max(1)
+}
+
+pub fn deadline_responsible(d: &Deadline) -> String {
+    if d.responsible_user_id.is_empty() {
+        d.responsible_agency_id.clone()
+    } else {
+        format!("{}/{}", d.responsible_agency_id, d.responsible_user_id)
+    }
+}
+
+pub fn deadline_json(d: &Deadline) -> Value {
+    json!({
+        "deadline_id": d.deadline_id,
+        "kind": deadline_kind_name(d.kind),
+        "case_reference": d.case_reference,
+        "cycle": d.cycle,
+        "district_id": d.district_id,
+        "responsible_agency_id": d.responsible_agency_id,
+        "responsible_user_id": d.responsible_user_id,
+        "action_number": d.action_number,
+        "help_request_message_id": d.help_request_message_id,
+        "warn_at": json_time(d.warn_at.as_ref()),
+        "due_day_starts_at": json_time(d.due_day_starts_at.as_ref()),
+        "due_at": json_time(d.due_at.as_ref()),
+        "escalate_at": json_time(d.escalate_at.as_ref()),
+        "state": deadline_state_name(d.state),
+        "met_at": json_time(d.met_at.as_ref()),
+    })
+}
+
+/// What a deadline is about: the case, or the help request for a decision on K.
+pub fn deadline_subject(d: &Deadline) -> String {
+    if d.case_reference.is_empty() {
+        if d.help_request_message_id.is_empty() {
+            String::new()
+        } else {
+            format!("K {}", d.help_request_message_id)
+        }
+    } else {
+        d.case_reference.clone()
+    }
+}
+
+pub fn alert_json(a: &DeadlineAlert) -> Value {
+    json!({
+        "alert_id": a.alert_id,
+        "state": deadline_state_name(a.state),
+        "raised_at": json_time(a.raised_at.as_ref()),
+        "addressed_to_role": view::role_label(a.addressed_to_role),
+        "addressed_to_user_id": a.addressed_to_user_id,
+        "deadline": a.deadline.as_ref().map(deadline_json),
+    })
+}
+
+/// One alert on one line, for `watch`.
+pub fn alert_line(a: &DeadlineAlert, tz: &TimeZone) -> String {
+    let d = a.deadline.clone().unwrap_or_default();
+    let mut to = view::role_label(a.addressed_to_role);
+    if !a.addressed_to_user_id.is_empty() {
+        to = format!("{to} {}", a.addressed_to_user_id);
+    }
+    format!(
+        "{}  {}  {}  {}  responsible {}  due {}  for {to}",
+        local_time(a.raised_at.as_ref(), tz),
+        deadline_state_text(a.state),
+        deadline_kind_text(d.kind, d.action_number),
+        deadline_subject(&d),
+        deadline_responsible(&d),
+        due_text(&d, tz),
+    )
+}
+
+/// A deadline alert received as a message (`show`).
+pub fn alert_text(a: &DeadlineAlert, tz: &TimeZone) -> String {
+    let d = a.deadline.clone().unwrap_or_default();
+    let mut fields = Fields::new();
+    fields
+        .add("Жағдайы / Состояние", deadline_state_text(a.state))
+        .add("Түрі / Вид", deadline_kind_text(d.kind, d.action_number))
+        .add("Іс / Дело", deadline_subject(&d))
+        .add("Жауапты / Ответственный", deadline_responsible(&d))
+        .add("Мерзімі / Срок", due_text(&d, tz))
+        .add("Кімге / Кому", view::role_label(a.addressed_to_role))
+        .add("Уақыты / Время", local_time(a.raised_at.as_ref(), tz));
+    fields.render(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use referral_proto::v1::{CaseCycle, CaseSummary, Contact, Envelope, SupportPlan};
+
+    use super::*;
+
+    fn almaty() -> TimeZone {
+        TimeZone::get("Asia/Almaty").unwrap()
+    }
+
+    fn ts(s: &str) -> Option<prost_types::Timestamp> {
+        let t: Timestamp = s.parse().unwrap();
+        Some(referral_core::time::to_proto(t))
+    }
+
+    #[test]
+    fn labels_carry_the_name_and_both_languages() {
+        assert_eq!(
+            stage_text(CaseStage::Support as i32),
+            "support — Қолдау / Поддержка"
+        );
+        assert_eq!(
+            risk_text(RiskLevel::High as i32),
+            "high — Жоғары қауіп / Высокий риск"
+        );
+        assert_eq!(
+            progress_text(ActionProgressState::Unspecified as i32),
+            "not_reported — Есеп берілмеген / Отчёта нет"
+        );
+        assert_eq!(
+            deadline_kind_text(DeadlineKind::Action as i32, 2),
+            "action №2 — Жоспардың іс-шарасы / Мероприятие плана"
+        );
+        assert_eq!(
+            deadline_state_text(DeadlineState::Overdue as i32),
+            "overdue — Мерзімі өтті / Просрочено"
+        );
+        assert!(criterion_text(ClosureCriterion::RiskReduced as i32).starts_with("risk_reduced — "));
+    }
+
+    #[test]
+    fn lateness_counts_local_days_after_the_due_day() {
+        let tz = almaty();
+        // Due on 2026-03-02 in Almaty: overdue from 2026-03-03 00:00 +05:00 (19:00 UTC the day before).
+        let d = Deadline {
+            due_at: ts("2026-03-02T19:00:00Z"),
+            ..Default::default()
+        };
+        assert_eq!(due_text(&d, &tz), "2026-03-02 23:59 +05:00");
+        assert_eq!(days_late(&d, "2026-03-02T18:59:00Z".parse().unwrap(), &tz), 0);
+        assert_eq!(days_late(&d, "2026-03-02T19:00:00Z".parse().unwrap(), &tz), 1);
+        assert_eq!(days_late(&d, "2026-03-05T10:00:00Z".parse().unwrap(), &tz), 3);
+    }
+
+    #[test]
+    fn a_case_reads_with_its_version_stage_rows_and_exchanges() {
+        let file = CaseFile {
+            summary: Some(CaseSummary {
+                case_reference: "KTIZhK-2026-000001".into(),
+                stage: CaseStage::Support as i32,
+                curator_user_id: "curator-1".into(),
+                curator_name: "Дана Омарова".into(),
+                opened_at: ts("2026-03-02T04:00:00Z"),
+                risk_level: RiskLevel::Medium as i32,
+                version: 4,
+                cycle: 1,
+                child_full_name: "Әлия Нұрланова".into(),
+            }),
+            help_request: Some(Envelope {
+                message_id: "k-1".into(),
+                sender_agency_id: "school-1".into(),
+                ..Default::default()
+            }),
+            cycles: vec![CaseCycle {
+                cycle: 1,
+                opened_at: ts("2026-03-02T04:00:00Z"),
+                support_plan: Some(SupportPlan::default()),
+                actions: vec![ActionStatus {
+                    action: Some(PlanAction {
+                        number: 1,
+                        action: "Психолог".into(),
+                        responsible_agency_id: "ngo-1".into(),
+                        ..Default::default()
+                    }),
+                    progress: ActionProgressState::Completed as i32,
+                    last_note: "8 кездесу өтті".into(),
+                    last_reported_at: ts("2026-03-03T04:00:00Z"),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            contacts: vec![Contact {
+                method: ContactMethod::Phone as i32,
+                with_whom: "анасы".into(),
+                ..Default::default()
+            }],
+            information: vec![InformationExchange {
+                recipient_agency_id: "health-1".into(),
+                request: Some(InformationRequest {
+                    questions: "Тіркеуде ме?".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = case_text(&file, &almaty(), "referral-hub");
+        for part in [
+            "KTIZhK-2026-000001",
+            "4 (the next change takes --base-version 4)",
+            "support — Қолдау / Поддержка",
+            "medium — Орташа қауіп",
+            "Assessment L:",
+            "not filed yet",
+            "completed — Орындалды / Выполнено",
+            "2026-03-03 09:00 +05:00: 8 кездесу өтті",
+            "phone — Телефон арқылы / По телефону",
+            "to health-1",
+            "Тіркеуде ме?",
+            "not yet",
+            "referral-hub show k-1",
+        ] {
+            assert!(text.contains(part), "{part} missing in\n{text}");
+        }
+        assert!(!text.contains(" \n"), "no trailing spaces:\n{text}");
+        let json = case_json(&file);
+        assert_eq!(json["version"], 4);
+        assert_eq!(json["stage"], "support");
+        assert_eq!(json["cycles"][0]["actions"][0]["progress"], "completed");
+        assert_eq!(json["cycles"][0]["actions"][0]["responsible_agency_id"], "ngo-1");
+        assert_eq!(json["contacts"][0]["method"], "phone");
+        assert_eq!(json["information"][0]["answer"], Value::Null);
+    }
+}
