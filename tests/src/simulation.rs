@@ -94,7 +94,7 @@ pub struct DeadlineId {
     pub case: usize,
     pub cycle: u32,
     pub kind: Kind,
-    /// 0 unless an action row.
+    /// An action row's number; for a review, which meeting fixed it (0 for the plan).
     pub number: u32,
     pub due_on: Date,
 }
@@ -310,9 +310,16 @@ impl Oracle {
                     end_open(&mut deadlines, e.at, &|d| {
                         d.case == e.case && d.cycle == *cycle && d.kind == Kind::PlanReview
                     });
+                    // Each meeting fixes a new review; its sequence in the cycle tells them apart.
+                    let sequence = deadlines
+                        .keys()
+                        .filter(|d| {
+                            d.case == e.case && d.cycle == *cycle && d.kind == Kind::PlanReview
+                        })
+                        .count() as u32;
                     create(
                         &mut deadlines,
-                        id(*cycle, Kind::PlanReview, 0, *next_review_on),
+                        id(*cycle, Kind::PlanReview, sequence, *next_review_on),
                         e.at,
                         r.review_warn_days,
                     );

@@ -294,3 +294,74 @@ both_backends!(
     a_deadline_turns_overdue_at_local_midnight,
     alerts_are_raised_once_across_gateway_crashes,
 );
+
+// A review held early that fixes the next review on the date the met one had still starts a new
+// review clock: a met deadline is never resurrected, and a new obligation is never lost.
+async fn a_review_on_the_same_date_as_the_last_one_starts_a_new_clock(backend: Backend) {
+    use referral_proto::v1::{
+        ActingUser, CaseEvent, CaseEventKind, RecordCaseEventRequest, RiskLevel, Role,
+    };
+    use referral_tests::samples::cd;
+    let hub = TestHub::start(backend).await;
+    let gateway = hub.gateway_client_as("commission").await;
+    let curator = Some(ActingUser {
+        user_id: "curator-1".into(),
+        agency_id: "commission".into(),
+        role: Role::CommissionCurator as i32,
+        display_name: String::new(),
+    });
+    let case = "SAME-DATE-1";
+    let review_on = jiff::civil::date(2027, 1, 15);
+    let record = |n: u32, kind: CaseEventKind, next: Option<Date>| {
+        let mut event = CaseEvent {
+            case_reference: case.into(),
+            kind: kind as i32,
+            occurred_at: Some(referral_core::time::to_proto(hub.clock.now())),
+            cycle: 1,
+            curator_user_id: "curator-1".into(),
+            risk_level: RiskLevel::Medium as i32,
+            next_review_on: next.map(cd),
+            ..Default::default()
+        };
+        if kind == CaseEventKind::CaseOpened {
+            event.help_request_message_id = uuid::Uuid::now_v7().to_string();
+        }
+        let request = RecordCaseEventRequest {
+            idempotency_key: format!("same-date-event-{n}"),
+            acting_user: curator.clone(),
+            event: Some(event),
+        };
+        let mut gateway = gateway.clone();
+        async move {
+            gateway
+                .record_case_event(request)
+                .await
+                .expect("event recorded")
+        }
+    };
+    record(1, CaseEventKind::CaseOpened, None).await;
+    record(2, CaseEventKind::AssessmentFiled, None).await;
+    record(3, CaseEventKind::SupportPlanFiled, Some(review_on)).await;
+    // The review meets early and fixes the next review on the same day.
+    record(4, CaseEventKind::ReviewHeld, Some(review_on)).await;
+    hub.gateway().settle().await.unwrap();
+    let reviews: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, action_number FROM deadlines WHERE case_reference = $1 \
+         AND kind = 'DEADLINE_KIND_PLAN_REVIEW' ORDER BY action_number",
+    )
+    .bind(case)
+    .fetch_all(hub.gateway().database().pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        reviews,
+        [
+            ("DEADLINE_STATE_MET".to_string(), 0),
+            ("DEADLINE_STATE_PENDING".to_string(), 1)
+        ],
+        "the plan's review is met and the review's own clock runs"
+    );
+    hub.shutdown().await;
+}
+
+both_backends!(a_review_on_the_same_date_as_the_last_one_starts_a_new_clock);

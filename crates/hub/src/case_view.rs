@@ -244,7 +244,9 @@ fn action_status_json(a: &ActionStatus) -> Value {
     value
 }
 
-fn actions_table(rows: &[ActionStatus], tz: &TimeZone) -> String {
+/// The action rows with what their agencies reported; `commission` carries out its own rows,
+/// which nobody reports on.
+fn actions_table(rows: &[ActionStatus], commission: &str, tz: &TimeZone) -> String {
     let mut table = Table::new([
         "№",
         "ACTION",
@@ -255,7 +257,10 @@ fn actions_table(rows: &[ActionStatus], tz: &TimeZone) -> String {
     ]);
     for status in rows {
         let a = status.action.clone().unwrap_or_default();
-        let report = match (status.last_reported_at.as_ref(), status.last_note.is_empty()) {
+        let report = match (
+            status.last_reported_at.as_ref(),
+            status.last_note.is_empty(),
+        ) {
             (None, _) => String::new(),
             (Some(at), true) => local_time(Some(at), tz),
             (Some(at), false) => format!("{}: {}", local_time(Some(at), tz), status.last_note),
@@ -265,7 +270,14 @@ fn actions_table(rows: &[ActionStatus], tz: &TimeZone) -> String {
             a.action.clone(),
             date_text(a.due_on.as_ref()),
             responsible(&a.responsible_agency_id, &a.responsible_person),
-            progress_text(status.progress),
+            if !commission.is_empty()
+                && a.responsible_agency_id == commission
+                && status.progress == ActionProgressState::Unspecified as i32
+            {
+                "the commission's own row".to_owned()
+            } else {
+                progress_text(status.progress)
+            },
             report,
         ]);
     }
@@ -286,19 +298,21 @@ fn plan_rows_table(rows: &[PlanAction]) -> String {
     table.render()
 }
 
-fn closure_text(c: &ClosureRecord, tz: &TimeZone) -> String {
-    let mut fields = Fields::new();
+fn add_closure(fields: &mut Fields, c: &ClosureRecord, tz: &TimeZone) {
     fields.add(
         "Closed",
-        format!("{} by {}", local_time(c.closed_at.as_ref(), tz), c.closed_by),
+        format!(
+            "{} by {}",
+            local_time(c.closed_at.as_ref(), tz),
+            c.closed_by
+        ),
     );
     let criteria: Vec<String> = c.criteria.iter().map(|k| criterion_text(*k)).collect();
-    fields.add("Criteria", criteria.join("\n"));
+    fields.add("Closure criteria", criteria.join("\n"));
     fields.add("Family told", &c.family_told_how_to_ask_again);
     if !c.note.is_empty() {
         fields.add("Note", &c.note);
     }
-    fields.render(0)
 }
 
 fn closure_json(c: &ClosureRecord) -> Value {
@@ -333,6 +347,11 @@ fn review_line(r: &PlanReview) -> String {
 /// contacts, documents and information exchanges. `hint` starts suggested commands.
 pub fn case_text(file: &CaseFile, tz: &TimeZone, hint: &str) -> String {
     let s = file.summary.clone().unwrap_or_default();
+    // The commission that keeps the case: the help request's recipient.
+    let commission = file
+        .help_request
+        .as_ref()
+        .map_or("", |k| k.recipient_agency_id.as_str());
     let mut out = String::new();
     let mut fields = Fields::new();
     fields
@@ -409,16 +428,16 @@ pub fn case_text(file: &CaseFile, tz: &TimeZone, hint: &str) -> String {
                 fields.add("Support plan M", "not filed yet");
             }
         }
-        if cycle.closure.is_none() {
-            fields.add("Closure", "open");
+        match &cycle.closure {
+            Some(c) => add_closure(&mut fields, c, tz),
+            None => {
+                fields.add("Closed", "no");
+            }
         }
         out.push_str(&fields.render(2));
-        if let Some(c) = &cycle.closure {
-            out.push_str(&indent(&closure_text(c, tz), 2));
-        }
         if !cycle.actions.is_empty() {
             out.push_str("  Action rows in force:\n");
-            out.push_str(&indent(&actions_table(&cycle.actions, tz), 4));
+            out.push_str(&indent(&actions_table(&cycle.actions, commission, tz), 4));
         }
     }
 
@@ -721,7 +740,10 @@ pub fn review_minutes_text(m: &ReviewMinutes) -> String {
     let mut fields = Fields::new();
     fields
         .add("Іс / Дело", &m.case_reference)
-        .add("Отырыс күні / Дата встречи", date_text(r.meeting_on.as_ref()))
+        .add(
+            "Отырыс күні / Дата встречи",
+            date_text(r.meeting_on.as_ref()),
+        )
         .add("Қатысқандар / Участники", r.participants.join("\n"))
         .add("Шешім / Решение", review_decision_text(r.decision))
         .add(
@@ -813,7 +835,8 @@ pub fn deadline_json(d: &Deadline) -> Value {
     })
 }
 
-/// What a deadline is about: the case, or the help request for a decision on K.
+/// What a deadline is about: the case (with its cycle once reopened), or the help request for a
+/// decision on K.
 pub fn deadline_subject(d: &Deadline) -> String {
     if d.case_reference.is_empty() {
         if d.help_request_message_id.is_empty() {
@@ -821,6 +844,8 @@ pub fn deadline_subject(d: &Deadline) -> String {
         } else {
             format!("K {}", d.help_request_message_id)
         }
+    } else if d.cycle > 1 {
+        format!("{}, cycle {}", d.case_reference, d.cycle)
     } else {
         d.case_reference.clone()
     }
@@ -907,7 +932,20 @@ mod tests {
             deadline_state_text(DeadlineState::Overdue as i32),
             "overdue — Мерзімі өтті / Просрочено"
         );
-        assert!(criterion_text(ClosureCriterion::RiskReduced as i32).starts_with("risk_reduced — "));
+        assert!(
+            criterion_text(ClosureCriterion::RiskReduced as i32).starts_with("risk_reduced — ")
+        );
+        let reopened = Deadline {
+            case_reference: "KTIZhK-2026-000001".into(),
+            cycle: 2,
+            ..Default::default()
+        };
+        assert_eq!(deadline_subject(&reopened), "KTIZhK-2026-000001, cycle 2");
+        let decision = Deadline {
+            help_request_message_id: "k-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(deadline_subject(&decision), "K k-1");
     }
 
     #[test]
@@ -919,9 +957,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(due_text(&d, &tz), "2026-03-02 23:59 +05:00");
-        assert_eq!(days_late(&d, "2026-03-02T18:59:00Z".parse().unwrap(), &tz), 0);
-        assert_eq!(days_late(&d, "2026-03-02T19:00:00Z".parse().unwrap(), &tz), 1);
-        assert_eq!(days_late(&d, "2026-03-05T10:00:00Z".parse().unwrap(), &tz), 3);
+        assert_eq!(
+            days_late(&d, "2026-03-02T18:59:00Z".parse().unwrap(), &tz),
+            0
+        );
+        assert_eq!(
+            days_late(&d, "2026-03-02T19:00:00Z".parse().unwrap(), &tz),
+            1
+        );
+        assert_eq!(
+            days_late(&d, "2026-03-05T10:00:00Z".parse().unwrap(), &tz),
+            3
+        );
     }
 
     #[test]
@@ -941,24 +988,42 @@ mod tests {
             help_request: Some(Envelope {
                 message_id: "k-1".into(),
                 sender_agency_id: "school-1".into(),
+                recipient_agency_id: "commission".into(),
                 ..Default::default()
             }),
             cycles: vec![CaseCycle {
                 cycle: 1,
                 opened_at: ts("2026-03-02T04:00:00Z"),
                 support_plan: Some(SupportPlan::default()),
-                actions: vec![ActionStatus {
-                    action: Some(PlanAction {
-                        number: 1,
-                        action: "Психолог".into(),
-                        responsible_agency_id: "ngo-1".into(),
+                actions: vec![
+                    ActionStatus {
+                        action: Some(PlanAction {
+                            number: 1,
+                            action: "Психолог".into(),
+                            responsible_agency_id: "ngo-1".into(),
+                            ..Default::default()
+                        }),
+                        progress: ActionProgressState::Completed as i32,
+                        last_note: "8 кездесу өтті".into(),
+                        last_reported_at: ts("2026-03-03T04:00:00Z"),
                         ..Default::default()
-                    }),
-                    progress: ActionProgressState::Completed as i32,
-                    last_note: "8 кездесу өтті".into(),
-                    last_reported_at: ts("2026-03-03T04:00:00Z"),
+                    },
+                    ActionStatus {
+                        action: Some(PlanAction {
+                            number: 2,
+                            action: "Үйге бару".into(),
+                            responsible_agency_id: "commission".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ],
+                closure: Some(ClosureRecord {
+                    criteria: vec![ClosureCriterion::RiskReduced as i32],
+                    family_told_how_to_ask_again: "телефон берілді".into(),
+                    closed_by: "curator-1".into(),
                     ..Default::default()
-                }],
+                }),
                 ..Default::default()
             }],
             contacts: vec![Contact {
@@ -986,6 +1051,9 @@ mod tests {
             "not filed yet",
             "completed — Орындалды / Выполнено",
             "2026-03-03 09:00 +05:00: 8 кездесу өтті",
+            "the commission's own row",
+            "Closure criteria:  risk_reduced — ",
+            "Family told:       телефон берілді",
             "phone — Телефон арқылы / По телефону",
             "to health-1",
             "Тіркеуде ме?",
@@ -999,7 +1067,10 @@ mod tests {
         assert_eq!(json["version"], 4);
         assert_eq!(json["stage"], "support");
         assert_eq!(json["cycles"][0]["actions"][0]["progress"], "completed");
-        assert_eq!(json["cycles"][0]["actions"][0]["responsible_agency_id"], "ngo-1");
+        assert_eq!(
+            json["cycles"][0]["actions"][0]["responsible_agency_id"],
+            "ngo-1"
+        );
         assert_eq!(json["contacts"][0]["method"], "phone");
         assert_eq!(json["information"][0]["answer"], Value::Null);
     }

@@ -31,7 +31,7 @@ use tonic::{
 };
 
 use crate::{
-    DecideArgs, SubmitKArgs, UsageError,
+    DecideArgs, SubmitKArgs, UsageError, case_view,
     form_k::HelpRequestFile,
     output::{Fields, Format, Table, json_time, local_time, one_line, print_json},
     session::{self, Session},
@@ -553,6 +553,19 @@ impl Staff {
                 }
                 print!("{}", table.render());
                 println!("read one with: {} show <message-id>", self.hint);
+                let has = |kind: FormKind| items.iter().any(|i| i.form_kind == kind as i32);
+                if has(FormKind::InformationRequest) {
+                    println!(
+                        "answer an information request with: {} answer-info <message-id> --answer \"…\"",
+                        self.hint
+                    );
+                }
+                if has(FormKind::ActionAssignment) {
+                    println!(
+                        "report on an action assignment with: {} progress <message-id> --state completed",
+                        self.hint
+                    );
+                }
             }
         }
         Ok(())
@@ -614,6 +627,38 @@ impl Staff {
                     Some(referral_proto::v1::payload::Form::HelpRequestDecision(d)) => {
                         out.push('\n');
                         out.push_str(&view::decision_text(d, &tz));
+                    }
+                    Some(referral_proto::v1::payload::Form::InformationRequest(r)) => {
+                        out.push_str("\nАҚПАРАТ СҰРАУ / ЗАПРОС ИНФОРМАЦИИ\n");
+                        out.push_str(&case_view::information_request_text(r));
+                        out.push_str(&format!(
+                            "\nAnswer it with: {} answer-info {} --answer \"…\" [--position \"…\"]\n",
+                            self.hint, envelope.message_id
+                        ));
+                    }
+                    Some(referral_proto::v1::payload::Form::InformationResponse(r)) => {
+                        out.push_str("\nАҚПАРАТ СҰРАУҒА ЖАУАП / ОТВЕТ НА ЗАПРОС ИНФОРМАЦИИ\n");
+                        out.push_str(&case_view::information_response_text(r));
+                    }
+                    Some(referral_proto::v1::payload::Form::ActionAssignment(a)) => {
+                        out.push_str("\nІС-ШАРА ТАПСЫРМАСЫ / ПОРУЧЕНИЕ ПО МЕРОПРИЯТИЮ (M)\n");
+                        out.push_str(&case_view::action_assignment_text(a));
+                        out.push_str(&format!(
+                            "\nReport on it with: {} progress {} --state in_progress|completed|cannot_complete [--note \"…\"]\n",
+                            self.hint, envelope.message_id
+                        ));
+                    }
+                    Some(referral_proto::v1::payload::Form::ActionProgress(p)) => {
+                        out.push_str("\nІС-ШАРАНЫҢ ОРЫНДАЛУЫ / ХОД ВЫПОЛНЕНИЯ МЕРОПРИЯТИЯ\n");
+                        out.push_str(&case_view::action_progress_text(p));
+                    }
+                    Some(referral_proto::v1::payload::Form::ReviewMinutes(m)) => {
+                        out.push_str("\nҚАЙТА ҚАРАУ ХАТТАМАСЫ / ПРОТОКОЛ ПЕРЕСМОТРА ПЛАНА\n");
+                        out.push_str(&case_view::review_minutes_text(m));
+                    }
+                    Some(referral_proto::v1::payload::Form::DeadlineAlert(a)) => {
+                        out.push_str("\nМЕРЗІМ ТУРАЛЫ ЕСКЕРТУ / УВЕДОМЛЕНИЕ О СРОКЕ\n");
+                        out.push_str(&case_view::alert_text(a, &tz));
                     }
                     _ => out.push_str("\n(this version of the CLI does not show this form)\n"),
                 }

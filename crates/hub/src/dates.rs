@@ -58,7 +58,8 @@ impl FromStr for DateSpec {
             if days > MAX_OFFSET_DAYS {
                 return Err(DateSpecError);
             }
-            let days = i32::try_from(if negative { -days } else { days }).map_err(|_| DateSpecError)?;
+            let days =
+                i32::try_from(if negative { -days } else { days }).map_err(|_| DateSpecError)?;
             return Ok(Self::FromToday(days));
         }
         // Only the strict form: `2026-3-1` or `01.03.2026` are refused rather than guessed.
@@ -151,7 +152,11 @@ impl<'de> Deserialize<'de> for SignedAt {
         let text = match &value {
             toml::Value::String(s) => s.clone(),
             toml::Value::Datetime(d) => d.to_string(),
-            _ => return Err(serde::de::Error::custom("a signature time must be a string")),
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "a signature time must be a string",
+                ));
+            }
         };
         text.parse().map_err(serde::de::Error::custom)
     }
@@ -174,7 +179,15 @@ mod tests {
         assert_eq!(resolve("-30d"), date(2026, 1, 28));
         assert_eq!(resolve("2025-08-31"), date(2025, 8, 31));
         for bad in [
-            "", "tomorrow", "30d", "+30", "+d", "+3w", "2026-2-1", "01.03.2026", "2026-02-30",
+            "",
+            "tomorrow",
+            "30d",
+            "+30",
+            "+d",
+            "+3w",
+            "2026-2-1",
+            "01.03.2026",
+            "2026-02-30",
             "+99999999d",
         ] {
             assert!(bad.parse::<DateSpec>().is_err(), "{bad}");
@@ -204,10 +217,7 @@ mod tests {
         assert_eq!(f.a, DateSpec::FromToday(7));
         assert_eq!(f.b, DateSpec::On(date(2026, 3, 10)));
         assert_eq!(f.s, SignedAt::Now);
-        assert_eq!(
-            f.t,
-            SignedAt::At("2026-03-10T04:00:00Z".parse().unwrap())
-        );
+        assert_eq!(f.t, SignedAt::At("2026-03-10T04:00:00Z".parse().unwrap()));
         let f: F = serde_json::from_str(
             r#"{"a":"today","b":"2026-03-10","s":"2026-03-10T04:00:00Z","t":"now"}"#,
         )

@@ -1,13 +1,19 @@
 //! `referral-hub`, the one binary of the hub: `up` runs every component in one process, `gateway`
 //! and `agency --id` run one component each, `ledger verify` checks the ledger offline, and the
 //! remaining subcommands are the people's CLI (log in, submit form K, read the inbox, decide,
-//! follow what was sent).
+//! follow what was sent; work a case file at the commission; answer information requests and
+//! report progress at the other agencies; follow deadlines).
 //!
 //! Exit codes: 0 success, 1 failure, 2 bad usage. Every error is one line on stderr.
 
 #![forbid(unsafe_code)]
 
+pub mod case_cli;
+pub mod case_view;
 pub mod cli;
+pub mod dates;
+pub mod deadline_cli;
+pub mod form_case;
 pub mod form_k;
 pub mod launcher;
 pub mod output;
@@ -22,6 +28,11 @@ use referral_core::directory::parse_role;
 use referral_proto::v1::{FormKind, Role};
 
 use crate::{
+    case_cli::{
+        AnswerInfoArgs, CloseArgs, ContactArgs, DownloadArgs, FileLArgs, FileMArgs, ProgressArgs,
+        ReopenArgs, RequestInfoArgs, ReviewArgs, UploadArgs,
+    },
+    form_case::DeadlineStateArg,
     form_k::KFlags,
     output::Format,
     settings::{Overrides, Settings},
@@ -117,6 +128,69 @@ pub enum Command {
     /// Where a sent message is, and the answer (for K: the commission's decision).
     #[command(name = "sent-status")]
     SentStatus { message_id: String },
+
+    /// Commission: the open cases (yours with --mine, closed ones too with --all).
+    Cases {
+        /// Only the cases you are the curator of.
+        #[arg(long)]
+        mine: bool,
+        /// Closed cases too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Commission: one case file, with its version, stage, cycles, rows, contacts and documents.
+    Case {
+        /// The case reference, e.g. KTIZhK-2026-000001.
+        case_reference: String,
+    },
+    /// Commission: record a contact with the child, the family or a partner.
+    Contact(ContactArgs),
+    /// Commission: add a document (PDF, PNG or JPEG, at most 10 MiB) to a case file.
+    Upload(UploadArgs),
+    /// Commission: save a document of a case file.
+    Download(DownloadArgs),
+    /// Commission: ask an agency that knows the child for information (while assessing).
+    #[command(name = "request-info")]
+    RequestInfo(RequestInfoArgs),
+    /// Commission: file the assessment L with the level of risk.
+    #[command(name = "file-l")]
+    FileL(FileLArgs),
+    /// Commission: file the support plan M; rows of other agencies go to them.
+    #[command(name = "file-m")]
+    FileM(FileMArgs),
+    /// Commission: record a review meeting of the plan; the minutes go to --agencies.
+    Review(ReviewArgs),
+    /// Commission: close a case with the closure criteria.
+    Close(CloseArgs),
+    /// Commission: open a closed case again (every stage restarts, the history is kept).
+    Reopen(ReopenArgs),
+    /// Answer an information request the commission sent your agency.
+    #[command(name = "answer-info")]
+    AnswerInfo(AnswerInfoArgs),
+    /// Report progress or completion of an action row assigned to your agency.
+    Progress(ProgressArgs),
+    /// Open deadlines of your agency (a commission: its district's), or yours with --mine.
+    Deadlines {
+        /// Only the deadlines you are responsible for.
+        #[arg(long)]
+        mine: bool,
+        /// Only this case's.
+        #[arg(long = "case", value_name = "CASE")]
+        case_reference: Option<String>,
+        /// Only these states, comma separated [default: the open ones].
+        #[arg(long = "state", value_enum, value_delimiter = ',', value_name = "LIST")]
+        states: Vec<DeadlineStateArg>,
+    },
+    /// Commission: the district's deadlines counted per kind and state.
+    Overview,
+    /// Overdue deadlines, most late first.
+    Overdue,
+    /// Print deadline alerts as they are raised, until Ctrl-C.
+    Watch {
+        /// Only the alerts of your own deadlines.
+        #[arg(long)]
+        mine: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,6 +331,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Decide(args) => staff().await?.decide(args).await,
         Command::Sent { form } => staff().await?.sent(form).await,
         Command::SentStatus { message_id } => staff().await?.sent_status(message_id).await,
+        Command::Cases { mine, all } => staff().await?.cases(mine, all).await,
+        Command::Case { case_reference } => staff().await?.case(case_reference).await,
+        Command::Contact(args) => staff().await?.contact(args).await,
+        Command::Upload(args) => staff().await?.upload(args).await,
+        Command::Download(args) => staff().await?.download(args).await,
+        Command::RequestInfo(args) => staff().await?.request_info(args).await,
+        Command::FileL(args) => staff().await?.file_l(args).await,
+        Command::FileM(args) => staff().await?.file_m(args).await,
+        Command::Review(args) => staff().await?.review(args).await,
+        Command::Close(args) => staff().await?.close(args).await,
+        Command::Reopen(args) => staff().await?.reopen(args).await,
+        Command::AnswerInfo(args) => staff().await?.answer_info(args).await,
+        Command::Progress(args) => staff().await?.progress(args).await,
+        Command::Deadlines {
+            mine,
+            case_reference,
+            states,
+        } => staff().await?.deadlines(mine, case_reference, states).await,
+        Command::Overview => staff().await?.overview().await,
+        Command::Overdue => staff().await?.overdue().await,
+        Command::Watch { mine } => staff().await?.watch(mine).await,
     }
 }
 
@@ -390,6 +485,157 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("commission_curator"), "{err}");
         assert_eq!(parse(&["inbox", "--form", "k"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn case_commands_check_versions_lists_and_dates_when_parsing() {
+        let case = "KTIZhK-2026-000001";
+        let cli = parse(&[
+            "review",
+            case,
+            "--base-version",
+            "4",
+            "--file",
+            "r.toml",
+            "--agencies",
+            "ngo-1,school-1",
+        ])
+        .unwrap();
+        let Command::Review(args) = cli.command else {
+            panic!("not review")
+        };
+        assert_eq!(args.target.base_version, 4);
+        assert_eq!(args.agencies, ["ngo-1", "school-1"]);
+        assert!(args.key.idempotency_key.is_none());
+
+        let cli = parse(&[
+            "close",
+            case,
+            "--base-version",
+            "5",
+            "--criteria",
+            "risk_reduced,situation_stable",
+            "--told",
+            "phone number given",
+        ])
+        .unwrap();
+        let Command::Close(args) = cli.command else {
+            panic!("not close")
+        };
+        assert_eq!(
+            args.criteria,
+            [
+                form_case::ClosureArg::RiskReduced,
+                form_case::ClosureArg::SituationStable
+            ]
+        );
+
+        let cli = parse(&[
+            "request-info",
+            case,
+            "--base-version",
+            "1",
+            "--to",
+            "health-1",
+            "--questions",
+            "?",
+            "--answer-by",
+            "+7d",
+        ])
+        .unwrap();
+        let Command::RequestInfo(args) = cli.command else {
+            panic!("not request-info")
+        };
+        assert_eq!(args.answer_by, Some(dates::DateSpec::FromToday(7)));
+
+        let cli = parse(&[
+            "deadlines",
+            "--mine",
+            "--case",
+            case,
+            "--state",
+            "overdue,escalated",
+        ])
+        .unwrap();
+        let Command::Deadlines {
+            mine,
+            case_reference,
+            states,
+        } = cli.command
+        else {
+            panic!("not deadlines")
+        };
+        assert!(mine && case_reference.as_deref() == Some(case));
+        assert_eq!(
+            states,
+            [DeadlineStateArg::Overdue, DeadlineStateArg::Escalated]
+        );
+
+        for bad in [
+            &[
+                "file-l",
+                case,
+                "--base-version",
+                "0",
+                "--file",
+                "l.toml",
+                "--risk",
+                "low",
+            ][..],
+            &["file-l", case, "--file", "l.toml", "--risk", "low"],
+            &[
+                "file-l",
+                case,
+                "--base-version",
+                "2",
+                "--file",
+                "l.toml",
+                "--risk",
+                "extreme",
+            ],
+            &["close", case, "--base-version", "5", "--told", "x"],
+            &[
+                "close",
+                case,
+                "--base-version",
+                "5",
+                "--criteria",
+                "happy",
+                "--told",
+                "x",
+            ],
+            &[
+                "contact",
+                case,
+                "--base-version",
+                "2",
+                "--with",
+                "x",
+                "--method",
+                "fax",
+                "--summary",
+                "s",
+            ],
+            &[
+                "contact",
+                case,
+                "--base-version",
+                "2",
+                "--with",
+                "x",
+                "--method",
+                "phone",
+                "--summary",
+                "s",
+                "--date",
+                "01.03.2026",
+            ],
+            &["progress", "m-1", "--state", "done"],
+            &["deadlines", "--state", "late"],
+            &["download", case, "doc-1"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

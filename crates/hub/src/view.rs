@@ -12,6 +12,7 @@ use referral_proto::v1::{
 use serde_json::{Value, json};
 
 use crate::{
+    case_view,
     form_k::{DestinationArg, HelpRequestFile},
     output::{Fields, enum_name, json_time, local_time},
 };
@@ -50,6 +51,12 @@ pub fn form_title(kind: i32) -> String {
         Ok(FormKind::SupportPlan) => "support plan (M)".into(),
         Ok(FormKind::IncidentReport) => "incident report (D)".into(),
         Ok(FormKind::IncidentSummary) => "incident summary (E)".into(),
+        Ok(FormKind::InformationRequest) => "information request".into(),
+        Ok(FormKind::InformationResponse) => "answer to an information request".into(),
+        Ok(FormKind::ActionAssignment) => "action assignment (row of M)".into(),
+        Ok(FormKind::ActionProgress) => "action progress".into(),
+        Ok(FormKind::ReviewMinutes) => "review minutes".into(),
+        Ok(FormKind::DeadlineAlert) => "deadline alert".into(),
         _ => form_name(kind),
     }
 }
@@ -306,6 +313,20 @@ pub fn envelope_json(e: &Envelope) -> Value {
             serde_json::to_value(HelpRequestFile::from_proto(k)).unwrap_or(Value::Null),
         ),
         Some(Form::HelpRequestDecision(d)) => ("help_request_decision", decision_json(d)),
+        Some(Form::InformationRequest(r)) => (
+            "information_request",
+            case_view::information_request_json(r),
+        ),
+        Some(Form::InformationResponse(r)) => (
+            "information_response",
+            case_view::information_response_json(r),
+        ),
+        Some(Form::ActionAssignment(a)) => {
+            ("action_assignment", case_view::action_assignment_json(a))
+        }
+        Some(Form::ActionProgress(p)) => ("action_progress", case_view::action_progress_json(p)),
+        Some(Form::ReviewMinutes(m)) => ("review_minutes", case_view::review_minutes_json(m)),
+        Some(Form::DeadlineAlert(a)) => ("deadline_alert", case_view::alert_json(a)),
         Some(_) => ("other_form", json!("not shown by this version of the CLI")),
         None => ("form", Value::Null),
     };

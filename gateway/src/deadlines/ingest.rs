@@ -457,6 +457,18 @@ impl Apply<'_> {
             CaseEventKind::ReviewHeld => {
                 self.end_kind(&ctx, DeadlineKind::PlanReview, DeadlineState::Met)
                     .await?;
+                // Each review fixes a new review, even on a date an earlier one had: the
+                // review's sequence in the cycle (0 for the plan's) is part of its identity.
+                let sequence = model::of_case(
+                    self.tx,
+                    &ctx.district,
+                    &ctx.case_reference,
+                    Some(DeadlineKind::PlanReview),
+                )
+                .await?
+                .iter()
+                .filter(|d| d.cycle == ctx.cycle)
+                .count() as i64;
                 if let Some(due_on) = event
                     .next_review_on
                     .as_ref()
@@ -466,7 +478,7 @@ impl Apply<'_> {
                         &ctx,
                         &clock,
                         DeadlineKind::PlanReview,
-                        0,
+                        sequence,
                         due_on,
                         None,
                     )
