@@ -455,13 +455,13 @@ fn action_deadlines(actions: &[ActionDeadline], v: &mut FieldViolations, p: &str
             false,
             SHORT_TEXT_MAX,
         );
-        text(
-            v,
-            format!("{row}.responsible_person"),
-            &a.responsible_person,
-            false,
-            SHORT_TEXT_MAX,
-        );
+        // Case events carry no personal data: the engine addresses agencies and roles.
+        if !a.responsible_person.is_empty() {
+            v.add(
+                format!("{row}.responsible_person"),
+                "must be empty: the deadline engine keeps no names",
+            );
+        }
     }
 }
 

@@ -185,6 +185,18 @@ impl Gateway {
             .directory
             .validate()
             .context("the agency directory is not valid")?;
+        // A year the holiday calendar does not list counts only weekends as days off: say so
+        // loudly, every start, until someone adds the year (README: "How to update the holiday
+        // calendar").
+        let this_year = config.clock.now().to_zoned(jiff::tz::TimeZone::UTC).year();
+        for year in [this_year, this_year + 1] {
+            if !config.holidays.covers(year) {
+                tracing::warn!(
+                    year,
+                    "the holiday calendar does not list this year: working-day deadlines will skip weekends only"
+                );
+            }
+        }
         let db = Database::open(&config.storage, "gateway", store::MIGRATIONS).await?;
         store::save_directory(db.pool(), &config.directory)
             .await

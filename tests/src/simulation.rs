@@ -460,24 +460,24 @@ pub fn schedule(
             let close_at = closed_at
                 .or_else(|| (rng.f64() < 0.3).then(|| last_at + minutes(&mut rng, 10, 200)));
             opened = false;
-            if let Some(at) = close_at {
-                if at < end {
-                    events.push(Event {
-                        at,
-                        case,
-                        step: Step::Close { cycle },
-                    });
-                    if rng.f64() < 0.2 && cycle < 3 {
-                        cycle += 1;
-                        t = at + minutes(&mut rng, 10, 100);
-                        opened = t < end;
-                        if opened {
-                            events.push(Event {
-                                at: t,
-                                case,
-                                step: Step::Reopen { cycle },
-                            });
-                        }
+            if let Some(at) = close_at
+                && at < end
+            {
+                events.push(Event {
+                    at,
+                    case,
+                    step: Step::Close { cycle },
+                });
+                if rng.f64() < 0.2 && cycle < 3 {
+                    cycle += 1;
+                    t = at + minutes(&mut rng, 10, 100);
+                    opened = t < end;
+                    if opened {
+                        events.push(Event {
+                            at: t,
+                            case,
+                            step: Step::Reopen { cycle },
+                        });
                     }
                 }
             }
@@ -540,10 +540,10 @@ fn run_support(
         let next_review_on = plus_days(today, rng.i64(30..=180)).min(plus_months(today, 6));
         // Revised rows: keep some, move one, add one.
         let mut revised: Vec<Row> = rows.iter().copied().filter(|_| rng.f64() < 0.7).collect();
-        if let Some(row) = revised.first_mut() {
-            if rng.f64() < 0.5 {
-                row.due_on = plus_days(today, rng.i64(10..=90));
-            }
+        if let Some(row) = revised.first_mut()
+            && rng.f64() < 0.5
+        {
+            row.due_on = plus_days(today, rng.i64(10..=90));
         }
         let next_number = rows.iter().map(|r| r.number).max().unwrap_or(0) + 1;
         if rng.f64() < 0.5 {

@@ -63,12 +63,14 @@ fn row_user(agency: usize) -> Option<ActingUser> {
     })
 }
 
+/// (case, cycle, row number) → the latest assignment's message id and its agency.
+type Assignments = HashMap<(usize, u32, u32), (String, usize)>;
+
 /// The gateway clients the driver acts through, one per certificate.
 struct Driver {
     commission: Gateway,
     agencies: Vec<Gateway>,
-    /// (case, cycle, row number) → the latest assignment's message id and its agency.
-    assignments: Mutex<HashMap<(usize, u32, u32), (String, usize)>>,
+    assignments: Mutex<Assignments>,
 }
 
 impl Driver {
@@ -188,7 +190,7 @@ impl Driver {
                     number: r.number,
                     due_on: Some(cd(r.due_on)),
                     responsible_agency_id: ROW_AGENCIES[r.agency].0.into(),
-                    responsible_person: "Маман".into(),
+                    responsible_person: String::new(),
                 })
                 .collect()
         };
@@ -382,6 +384,46 @@ async fn ten_thousand_cases_raise_exactly_the_expected_alerts(backend: Backend) 
             Some(_) => {}
         }
     }
+    // Every alert went out as messages: at least one per alert, never twice to the same person.
+    let envelopes: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT envelope FROM messages WHERE form_kind = 'FORM_KIND_DEADLINE_ALERT'",
+    )
+    .fetch_all(gateway.database().pool())
+    .await
+    .expect("the alert messages read");
+    let mut sent_to = std::collections::HashSet::new();
+    let mut alerts_sent = std::collections::HashSet::new();
+    let mut repeated_messages = 0;
+    for bytes in envelopes {
+        let envelope: Envelope = prost::Message::decode(bytes.as_slice()).expect("an envelope");
+        let Some(payload::Form::DeadlineAlert(alert)) = envelope.payload.and_then(|p| p.form)
+        else {
+            panic!("an alert message carries another form");
+        };
+        // An agency may hear of one alert twice only for two different people in it (the
+        // curator, then the secretary, of an overdue commission deadline).
+        if !sent_to.insert((
+            alert.alert_id.clone(),
+            envelope.recipient_agency_id,
+            alert.addressed_to_role,
+        )) {
+            repeated_messages += 1;
+        }
+        alerts_sent.insert(alert.alert_id);
+    }
+    let alert_ids: Vec<String> = sqlx::query_scalar("SELECT alert_id FROM deadline_alerts")
+        .fetch_all(gateway.database().pool())
+        .await
+        .unwrap();
+    let unsent = alert_ids
+        .iter()
+        .filter(|id| !alerts_sent.contains(*id))
+        .count();
+    assert_eq!(
+        repeated_messages, 0,
+        "someone was told of the same alert twice"
+    );
+    assert_eq!(unsent, 0, "alerts raised but never sent");
     let missed: Vec<_> = want.into_iter().take(5).collect();
     eprintln!(
         "simulation: {cases} cases, {} events, {} expected alerts",

@@ -365,3 +365,162 @@ async fn a_review_on_the_same_date_as_the_last_one_starts_a_new_clock(backend: B
 }
 
 both_backends!(a_review_on_the_same_date_as_the_last_one_starts_a_new_clock);
+
+// A row moved to another agency on the same date is another obligation: the first agency's
+// deadline is cancelled, the new agency's clock runs, and only the new agency can meet it.
+async fn a_row_moved_to_another_agency_gets_its_own_clock(backend: Backend) {
+    use referral_proto::v1::{
+        ActingUser, ActionAssignment, ActionDeadline, ActionProgress, ActionProgressState,
+        CaseEvent, CaseEventKind, ConfidentialityLabel, Envelope, Payload, PlanAction,
+        PurposeOfUse, RecordCaseEventRequest, RiskLevel, Role, SendRequest, payload,
+    };
+    use referral_tests::samples::cd;
+    let hub = TestHub::start_with(
+        backend,
+        referral_tests::HubOptions {
+            start_agencies: false,
+            run_delivery_worker: false,
+        },
+    )
+    .await;
+    let commission = hub.gateway_client_as("commission").await;
+    let curator = Some(ActingUser {
+        user_id: "curator-1".into(),
+        agency_id: "commission".into(),
+        role: Role::CommissionCurator as i32,
+        display_name: String::new(),
+    });
+    let case = "MOVED-ROW-1";
+    let due = jiff::civil::date(2027, 1, 15);
+    let row = |agency: &str| ActionDeadline {
+        number: 1,
+        due_on: Some(cd(due)),
+        responsible_agency_id: agency.into(),
+        responsible_person: String::new(),
+    };
+    let record = |n: u32, kind: CaseEventKind, rows: Vec<ActionDeadline>| {
+        let mut event = CaseEvent {
+            case_reference: case.into(),
+            kind: kind as i32,
+            occurred_at: Some(referral_core::time::to_proto(hub.clock.now())),
+            cycle: 1,
+            curator_user_id: "curator-1".into(),
+            risk_level: RiskLevel::Medium as i32,
+            actions: rows,
+            ..Default::default()
+        };
+        if kind == CaseEventKind::CaseOpened {
+            event.help_request_message_id = uuid::Uuid::now_v7().to_string();
+        }
+        if kind == CaseEventKind::ReviewHeld {
+            event.next_review_on = Some(cd(jiff::civil::date(2027, 3, 1)));
+        }
+        let request = RecordCaseEventRequest {
+            idempotency_key: format!("moved-row-event-{n}"),
+            acting_user: curator.clone(),
+            event: Some(event),
+        };
+        let mut gateway = commission.clone();
+        async move {
+            gateway
+                .record_case_event(request)
+                .await
+                .expect("event recorded")
+        }
+    };
+    record(1, CaseEventKind::CaseOpened, vec![]).await;
+    record(2, CaseEventKind::AssessmentFiled, vec![]).await;
+    record(3, CaseEventKind::SupportPlanFiled, vec![row("ngo-1")]).await;
+    // The first agency's assignment, which it will later (wrongly) report completed.
+    let assignment = commission
+        .clone()
+        .send(SendRequest {
+            envelope: Some(Envelope {
+                idempotency_key: "moved-row-assignment-1".into(),
+                recipient_agency_id: "ngo-1".into(),
+                acting_user: curator.clone(),
+                purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+                case_reference: case.into(),
+                form_kind: FormKind::ActionAssignment as i32,
+                confidentiality: ConfidentialityLabel::Normal as i32,
+                payload: Some(Payload {
+                    form: Some(payload::Form::ActionAssignment(ActionAssignment {
+                        case_reference: case.into(),
+                        action: Some(PlanAction {
+                            number: 1,
+                            action: "Кеңес беру".into(),
+                            due_on: Some(cd(due)),
+                            responsible_person: "Маман".into(),
+                            responsible_agency_id: "ngo-1".into(),
+                            method: "Апта сайын".into(),
+                        }),
+                        child_first_name: "Бала".into(),
+                        child_age_years: 12,
+                        curator_name: "Дана Омарова".into(),
+                        curator_contact: "+7 701 000 0002".into(),
+                    })),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("assignment sent")
+        .into_inner()
+        .message_id;
+    // The review moves the row to school 1, same number, same date.
+    record(4, CaseEventKind::ReviewHeld, vec![row("school-1")]).await;
+    // The NGO reports its old row completed.
+    hub.gateway_client_as("ngo-1")
+        .await
+        .send(SendRequest {
+            envelope: Some(Envelope {
+                idempotency_key: "moved-row-progress-1".into(),
+                recipient_agency_id: "commission".into(),
+                acting_user: Some(ActingUser {
+                    user_id: "case-manager".into(),
+                    agency_id: "ngo-1".into(),
+                    role: Role::NgoCaseManager as i32,
+                    display_name: String::new(),
+                }),
+                purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+                case_reference: case.into(),
+                form_kind: FormKind::ActionProgress as i32,
+                confidentiality: ConfidentialityLabel::Normal as i32,
+                in_reply_to: assignment.clone(),
+                payload: Some(Payload {
+                    form: Some(payload::Form::ActionProgress(ActionProgress {
+                        assignment_message_id: assignment,
+                        case_reference: case.into(),
+                        action_number: 1,
+                        state: ActionProgressState::Completed as i32,
+                        note: "Орындалды".into(),
+                        reported_on: Some(cd(local(&hub))),
+                        reported_by: "case-manager".into(),
+                    })),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("progress sent");
+    hub.gateway().settle().await.unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT responsible_agency_id, state FROM deadlines WHERE case_reference = $1 \
+         AND kind = 'DEADLINE_KIND_ACTION' ORDER BY responsible_agency_id",
+    )
+    .bind(case)
+    .fetch_all(hub.gateway().database().pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("ngo-1".to_string(), "DEADLINE_STATE_CANCELLED".to_string()),
+            ("school-1".to_string(), "DEADLINE_STATE_PENDING".to_string()),
+        ],
+        "the school's clock runs, untouched by the NGO's report"
+    );
+    hub.shutdown().await;
+}
+
+both_backends!(a_row_moved_to_another_agency_gets_its_own_clock);

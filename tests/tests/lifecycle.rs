@@ -25,8 +25,6 @@ fn today(hub: &TestHub) -> Date {
     hub.clock.now().to_zoned(almaty()).date()
 }
 
-/// Opens a case on a fresh K from school 1 and returns its reference.
-
 async fn get_case(curator: &StaffClient, case: &str) -> CaseFile {
     curator
         .case_files()

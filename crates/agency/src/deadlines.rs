@@ -5,8 +5,10 @@
 //!
 //! What this side decides is who may ask for whose deadlines:
 //! * a person's own deadlines: `responsible_user_id` set to the caller's own user id;
-//! * another person's: only the commission's secretary or chair, or the agency's director (school
-//!   or institution director); anyone else is `PERMISSION_DENIED`;
+//! * another person's, or everyone's (an empty `responsible_user_id`, and `ListOverdue`): only
+//!   the commission's secretary or chair, or the agency's director (school or institution
+//!   director). Anyone else asking for another person is `PERMISSION_DENIED`; their empty filter
+//!   means their own deadlines (and `ListOverdue` answers with their own only);
 //! * the district overview: the commission's staff only.
 //!
 //! A watch stream ends when the caller goes away, when the gateway ends it, or when this service
@@ -55,26 +57,40 @@ pub fn may_see_others(kind: AgencyKind, role: Role) -> bool {
     }
 }
 
-/// Checks that the caller may ask for the deadlines of `responsible_user_id` (empty: the whole
-/// agency's).
-fn check_person(
-    context: &Context,
-    user: &ActingUser,
-    responsible_user_id: &str,
-) -> AgencyResult<()> {
-    if responsible_user_id.is_empty() || responsible_user_id == user.user_id {
-        return Ok(());
+/// Whose deadlines a caller of `kind` and `role` whose user id is `caller_id` gets for the
+/// filter `requested` (empty: everyone's they may see): the filter to forward to the gateway, or
+/// `None` when they may not ask for it.
+///
+/// Those who may see others' deadlines ([`may_see_others`]) get what they ask for, the whole
+/// agency's (or district's) included. Anyone else gets only their own: an empty filter becomes
+/// their own id, and a filter naming someone else is refused.
+pub fn responsible_filter(
+    kind: AgencyKind,
+    role: Role,
+    caller_id: &str,
+    requested: &str,
+) -> Option<String> {
+    if may_see_others(kind, role) {
+        return Some(requested.to_owned());
     }
+    // A caller without an id has no deadlines of their own, and an empty filter means everyone.
+    if caller_id.is_empty() || !(requested.is_empty() || requested == caller_id) {
+        return None;
+    }
+    Some(caller_id.to_owned())
+}
+
+/// The `responsible_user_id` to forward for the caller's filter `requested` (see
+/// [`responsible_filter`]), or `PERMISSION_DENIED`.
+fn check_person(context: &Context, user: &ActingUser, requested: &str) -> AgencyResult<String> {
     let role = Role::try_from(user.role).unwrap_or(Role::Unspecified);
-    if may_see_others(context.kind, role) {
-        Ok(())
-    } else {
-        Err(permission_denied(&format!(
+    responsible_filter(context.kind, role, &user.user_id, requested).ok_or_else(|| {
+        permission_denied(&format!(
             "a {} of a {} may ask only for their own deadlines",
             role_name(role),
             kind_name(context.kind)
-        )))
-    }
+        ))
+    })
 }
 
 fn gateway_error(status: Status) -> crate::AgencyError {
@@ -85,9 +101,9 @@ fn gateway_error(status: Status) -> crate::AgencyError {
 pub(crate) async fn list(
     context: &Context,
     user: &ActingUser,
-    request: ListDeadlinesRequest,
+    mut request: ListDeadlinesRequest,
 ) -> AgencyResult<ListDeadlinesResponse> {
-    check_person(context, user, &request.responsible_user_id)?;
+    request.responsible_user_id = check_person(context, user, &request.responsible_user_id)?;
     context
         .gateway
         .deadlines()
@@ -116,27 +132,35 @@ pub(crate) async fn overview(
         .map_err(gateway_error)
 }
 
-/// `ListOverdue`.
+/// `ListOverdue`. The request names no person, so for a caller who may see only their own
+/// deadlines the gateway's page is narrowed to theirs (the page token still leads on, so a page
+/// may come back shorter than asked, or empty, with more to follow).
 pub(crate) async fn overdue(
     context: &Context,
+    user: &ActingUser,
     request: ListOverdueRequest,
 ) -> AgencyResult<ListDeadlinesResponse> {
-    context
+    let only = check_person(context, user, "")?;
+    let mut response = context
         .gateway
         .deadlines()
         .list_overdue(request)
         .await
         .map(tonic::Response::into_inner)
-        .map_err(gateway_error)
+        .map_err(gateway_error)?;
+    if !only.is_empty() {
+        response.deadlines.retain(|d| d.responsible_user_id == only);
+    }
+    Ok(response)
 }
 
 /// `WatchDeadlines`: the gateway's stream, passed on until one side ends it or the service stops.
 pub(crate) async fn watch(
     context: &Arc<Context>,
     user: &ActingUser,
-    request: WatchDeadlinesRequest,
+    mut request: WatchDeadlinesRequest,
 ) -> AgencyResult<AlertStream> {
-    check_person(context, user, &request.responsible_user_id)?;
+    request.responsible_user_id = check_person(context, user, &request.responsible_user_id)?;
     let mut upstream = context
         .gateway
         .deadlines()
@@ -204,6 +228,53 @@ mod tests {
         ));
         assert!(!may_see_others(AgencyKind::School, Role::SafetyTeamMember));
         assert!(!may_see_others(AgencyKind::Ngo, Role::NgoCaseManager));
+    }
+
+    #[test]
+    fn only_secretaries_chairs_and_directors_get_everyones_deadlines() {
+        use AgencyKind::{Commission, Ngo, Police, School};
+        // Those who may see others get what they ask for, everyone's included.
+        for (kind, role) in [
+            (Commission, Role::CommissionSecretary),
+            (Commission, Role::CommissionChair),
+            (School, Role::SchoolDirector),
+            (AgencyKind::Residential, Role::InstitutionDirector),
+        ] {
+            assert_eq!(
+                responsible_filter(kind, role, "boss", "").as_deref(),
+                Some("")
+            );
+            assert_eq!(
+                responsible_filter(kind, role, "boss", "curator-2").as_deref(),
+                Some("curator-2")
+            );
+            assert_eq!(
+                responsible_filter(kind, role, "boss", "boss").as_deref(),
+                Some("boss")
+            );
+        }
+        // Anyone else: an empty filter is their own id; someone else's is refused.
+        for (kind, role) in [
+            (Commission, Role::CommissionCurator),
+            (School, Role::SafetyTeamMember),
+            (Ngo, Role::NgoCaseManager),
+            (Police, Role::Unspecified),
+        ] {
+            assert_eq!(
+                responsible_filter(kind, role, "curator-1", "").as_deref(),
+                Some("curator-1")
+            );
+            assert_eq!(
+                responsible_filter(kind, role, "curator-1", "curator-1").as_deref(),
+                Some("curator-1")
+            );
+            assert_eq!(
+                responsible_filter(kind, role, "curator-1", "curator-2"),
+                None
+            );
+            // Without an id of their own, nothing: an empty filter would be everyone's.
+            assert_eq!(responsible_filter(kind, role, "", ""), None);
+        }
     }
 
     #[test]

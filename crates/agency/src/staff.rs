@@ -455,8 +455,8 @@ impl AgencyStaff for StaffApi {
         &self,
         request: Request<ListOverdueRequest>,
     ) -> Result<Response<ListDeadlinesResponse>, Status> {
-        acting_user(&request)?;
-        let response = deadlines::overdue(&self.context, request.into_inner()).await?;
+        let user = acting_user(&request)?;
+        let response = deadlines::overdue(&self.context, &user, request.into_inner()).await?;
         Ok(Response::new(response))
     }
 

@@ -375,9 +375,11 @@ impl Apply<'_> {
             Some(DeadlineKind::Action),
         )
         .await?;
+        // Only the agency that holds the row can meet it.
         for d in rows.iter().filter(|d| {
             d.cycle == cycle
                 && d.action_number == i64::from(progress.action_number)
+                && d.responsible_agency_id == message.sender_agency_id
                 && model::is_open(d.state)
         }) {
             self.end(d, DeadlineState::Met).await?;
@@ -485,20 +487,30 @@ impl Apply<'_> {
                     .await?;
                 }
                 // The rows in force are the review's: a row gone, or with another date, no
-                // longer applies.
-                let in_force: BTreeSet<(i64, Date)> = event
+                // longer applies, and neither does a row moved to another agency.
+                let commission = ctx.commission.clone();
+                let in_force: BTreeSet<(i64, Date, String)> = event
                     .actions
                     .iter()
                     .filter_map(|r| {
                         let due_on = r.due_on.as_ref().and_then(validate::calendar_date)?;
-                        Some((i64::from(r.number), due_on))
+                        let agency = if r.responsible_agency_id.is_empty() {
+                            commission.clone()
+                        } else {
+                            r.responsible_agency_id.clone()
+                        };
+                        Some((i64::from(r.number), due_on, agency))
                     })
                     .collect();
                 let cycle = ctx.cycle;
                 self.cancel_open(&ctx, |d| {
                     d.kind == DeadlineKind::Action
                         && d.cycle == cycle
-                        && !in_force.contains(&(d.action_number, d.schedule.due_on))
+                        && !in_force.contains(&(
+                            d.action_number,
+                            d.schedule.due_on,
+                            d.responsible_agency_id.clone(),
+                        ))
                 })
                 .await?;
                 self.create_actions(&ctx, &clock, &event).await
@@ -589,9 +601,11 @@ impl Apply<'_> {
             ),
         };
         let s = &self.shared.deadlines;
+        // What the deadline is, including who must meet it: a row moved to another agency is
+        // another obligation, with its own clock and alerts.
         let d = NewDeadline {
             key: format!(
-                "{}:{}:{}:{}:{number}:{due_on}",
+                "{}:{}:{}:{}:{number}:{due_on}:{agency}",
                 model::kind_name(kind),
                 ctx.district,
                 ctx.case_reference,

@@ -579,7 +579,8 @@ async fn a_case_runs_its_clocks_from_opening_to_closure_and_again_after_reopenin
     assert_eq!(
         open,
         [
-            ("DEADLINE_KIND_PLAN_REVIEW".into(), 0, "2026-06-01".into()),
+            // Fixed by the first review: review sequence 1 (the plan's was 0).
+            ("DEADLINE_KIND_PLAN_REVIEW".into(), 1, "2026-06-01".into()),
             ("DEADLINE_KIND_ACTION".into(), 2, "2026-03-20".into()),
             ("DEADLINE_KIND_ACTION".into(), 4, "2026-05-01".into()),
         ]

@@ -985,7 +985,9 @@ fn deadline_of(action: &PlanAction) -> ActionDeadline {
         number: action.number,
         due_on: action.due_on,
         responsible_agency_id: action.responsible_agency_id.clone(),
-        responsible_person: action.responsible_person.clone(),
+        // The engine needs no name: a plan row may name a family member, and the gateway's
+        // store must not hold personal data it does not need.
+        responsible_person: String::new(),
     }
 }
 
