@@ -43,6 +43,9 @@ pub struct HubOptions {
     pub start_agencies: bool,
     /// Run the gateway's delivery worker.
     pub run_delivery_worker: bool,
+    /// Run the deadline engine in the background (otherwise only `GatewayHandle::settle`
+    /// drives it, so that a test decides exactly when it looks at the clock).
+    pub run_deadline_engine: bool,
 }
 
 impl Default for HubOptions {
@@ -50,6 +53,7 @@ impl Default for HubOptions {
         Self {
             start_agencies: true,
             run_delivery_worker: true,
+            run_deadline_engine: true,
         }
     }
 }
@@ -700,6 +704,7 @@ async fn launch_gateway(
         clock.clone(),
     );
     config.run_delivery_worker = options.run_delivery_worker;
+    config.run_deadline_engine = options.run_deadline_engine;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();

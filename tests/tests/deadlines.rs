@@ -380,6 +380,7 @@ async fn a_row_moved_to_another_agency_gets_its_own_clock(backend: Backend) {
         referral_tests::HubOptions {
             start_agencies: false,
             run_delivery_worker: false,
+            run_deadline_engine: false,
         },
     )
     .await;
