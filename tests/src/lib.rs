@@ -767,6 +767,76 @@ pub struct StaffClient {
 }
 
 impl StaffClient {
+    /// Submits a help request K; the gateway's message id, or the refusal.
+    pub async fn submit_k(
+        &self,
+        idempotency_key: &str,
+        recipient: &str,
+        k: referral_proto::v1::HelpRequest,
+    ) -> Result<String, tonic::Status> {
+        self.client
+            .clone()
+            .submit_help_request(self.req(referral_proto::v1::SubmitHelpRequestRequest {
+                idempotency_key: idempotency_key.into(),
+                recipient_agency_id: recipient.into(),
+                help_request: Some(k),
+            }))
+            .await
+            .map(|r| r.into_inner().message_id)
+    }
+
+    /// The commission's decision on a K.
+    pub async fn decide(
+        &self,
+        message_id: &str,
+        idempotency_key: &str,
+        outcome: referral_proto::v1::decide_help_request_request::Outcome,
+    ) -> Result<referral_proto::v1::DecideHelpRequestResponse, tonic::Status> {
+        self.client
+            .clone()
+            .decide_help_request(self.req(referral_proto::v1::DecideHelpRequestRequest {
+                message_id: message_id.into(),
+                idempotency_key: idempotency_key.into(),
+                outcome: Some(outcome),
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The agency's inbox, every form kind.
+    pub async fn inbox(&self) -> Vec<referral_proto::v1::InboxItem> {
+        self.inbox_of(referral_proto::v1::FormKind::Unspecified)
+            .await
+    }
+
+    /// The agency's inbox, one form kind.
+    pub async fn inbox_of(
+        &self,
+        kind: referral_proto::v1::FormKind,
+    ) -> Vec<referral_proto::v1::InboxItem> {
+        self.client
+            .clone()
+            .list_inbox(self.req(referral_proto::v1::ListInboxRequest {
+                form_kind: kind as i32,
+                ..Default::default()
+            }))
+            .await
+            .expect("the inbox lists")
+            .into_inner()
+            .items
+    }
+
+    /// What the agency sent.
+    pub async fn sent(&self) -> Vec<referral_proto::v1::SentItem> {
+        self.client
+            .clone()
+            .list_sent(self.req(referral_proto::v1::ListSentRequest::default()))
+            .await
+            .expect("the sent list lists")
+            .into_inner()
+            .items
+    }
+
     /// The same connection, calling with another bearer token.
     pub fn with_token(&self, token: impl Into<String>) -> StaffClient {
         StaffClient {

@@ -6,11 +6,10 @@ use jiff::{SignedDuration, tz::TimeZone};
 use referral_agency::{AgencyKind, AgencyService, BuildError};
 use referral_core::{error::field_violations, pki::ComponentIdentity, validate};
 use referral_proto::v1::{
-    DecideHelpRequestRequest, DecideHelpRequestResponse, DeliverRequest, DeliveryState, Envelope,
-    FormKind, GetMessageRequest, GetSentMessageRequest, HelpRequest, InboxItem, ListInboxRequest,
-    ListSentRequest, ListStaffRequest, NoFurtherAction, OpenCase, ReceivedMessage, ReferralStatus,
-    Role, SendRequest, SentItem, SentMessage, SubmitHelpRequestRequest, WhoAmIRequest,
-    decide_help_request_request::Outcome, help_request_decision, payload,
+    DeliverRequest, DeliveryState, Envelope, FormKind, GetMessageRequest, GetSentMessageRequest,
+    HelpRequest, ListStaffRequest, NoFurtherAction, OpenCase, ReceivedMessage, ReferralStatus,
+    Role, SendRequest, SentMessage, WhoAmIRequest, decide_help_request_request::Outcome,
+    help_request_decision, payload,
 };
 use referral_tests::{Backend, StaffClient, TestHub, both_backends};
 use tokio_util::sync::CancellationToken;
@@ -30,42 +29,6 @@ fn with_token(staff: &StaffClient, token: impl Into<String>) -> StaffClient {
     staff.with_token(token)
 }
 
-async fn submit(
-    staff: &StaffClient,
-    key: &str,
-    recipient: &str,
-    k: HelpRequest,
-) -> Result<String, tonic::Status> {
-    staff
-        .client
-        .clone()
-        .submit_help_request(staff.req(SubmitHelpRequestRequest {
-            idempotency_key: key.into(),
-            recipient_agency_id: recipient.into(),
-            help_request: Some(k),
-        }))
-        .await
-        .map(|r| r.into_inner().message_id)
-}
-
-async fn decide(
-    staff: &StaffClient,
-    message_id: &str,
-    key: &str,
-    outcome: Outcome,
-) -> Result<DecideHelpRequestResponse, tonic::Status> {
-    staff
-        .client
-        .clone()
-        .decide_help_request(staff.req(DecideHelpRequestRequest {
-            message_id: message_id.into(),
-            idempotency_key: key.into(),
-            outcome: Some(outcome),
-        }))
-        .await
-        .map(|r| r.into_inner())
-}
-
 fn open_case(curator: &str) -> Outcome {
     Outcome::OpenCase(OpenCase {
         curator_user_id: curator.into(),
@@ -76,35 +39,6 @@ fn no_further_action(reason: &str) -> Outcome {
     Outcome::NoFurtherAction(NoFurtherAction {
         reason: reason.into(),
     })
-}
-
-async fn inbox_of_kind(staff: &StaffClient, kind: FormKind) -> Vec<InboxItem> {
-    staff
-        .client
-        .clone()
-        .list_inbox(staff.req(ListInboxRequest {
-            form_kind: kind as i32,
-            ..Default::default()
-        }))
-        .await
-        .expect("the inbox lists")
-        .into_inner()
-        .items
-}
-
-async fn inbox(staff: &StaffClient) -> Vec<InboxItem> {
-    inbox_of_kind(staff, FormKind::Unspecified).await
-}
-
-async fn sent(staff: &StaffClient) -> Vec<SentItem> {
-    staff
-        .client
-        .clone()
-        .list_sent(staff.req(ListSentRequest::default()))
-        .await
-        .expect("the sent list lists")
-        .into_inner()
-        .items
 }
 
 async fn get_message(
@@ -171,7 +105,8 @@ fn fields(status: &tonic::Status) -> Vec<String> {
 /// A school submits K and the gateway delivers it to the commission; returns its message id.
 async fn delivered_k(hub: &TestHub, agency: &str, user: &str, key: &str) -> String {
     let staff = hub.staff(agency, user).await;
-    let k_id = submit(&staff, key, "", sample_k(hub))
+    let k_id = staff
+        .submit_k(key, "", sample_k(hub))
         .await
         .expect("the K is submitted");
     hub.delivered(&k_id).await;
@@ -307,25 +242,29 @@ async fn staff_need_a_token_of_their_own_agency_and_a_role_that_may_act(backend:
 
     // The commission does not submit K.
     let secretary = hub.staff("commission", "secretary").await;
-    let err = submit(&secretary, "commission-k-0001", "", sample_k(&hub))
+    let err = secretary
+        .submit_k("commission-k-0001", "", sample_k(&hub))
         .await
         .expect_err("the commission does not submit K");
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(hub.agency_count("commission", "sent_messages").await, 0);
 
     // Nobody but the commission's secretary or chair decides, on the commission's service.
-    let err = decide(&director, &k_id, "decide-0001", open_case("curator-1"))
+    let err = director
+        .decide(&k_id, "decide-0001", open_case("curator-1"))
         .await
         .expect_err("a school director does not decide");
     assert_eq!(err.code(), Code::PermissionDenied);
     let ngo = hub.staff("ngo-1", "case-manager").await;
-    let err = decide(&ngo, &k_id, "decide-0001", no_further_action("not ours"))
+    let err = ngo
+        .decide(&k_id, "decide-0001", no_further_action("not ours"))
         .await
         .expect_err("an NGO case manager does not decide");
     assert_eq!(err.code(), Code::PermissionDenied);
     for curator in ["curator-1", "curator-2"] {
         let staff = hub.staff("commission", curator).await;
-        let err = decide(&staff, &k_id, "decide-0001", open_case(curator))
+        let err = staff
+            .decide(&k_id, "decide-0001", open_case(curator))
             .await
             .expect_err("a curator does not decide");
         assert_eq!(err.code(), Code::PermissionDenied);
@@ -345,7 +284,8 @@ async fn staff_need_a_token_of_their_own_agency_and_a_role_that_may_act(backend:
 
     // The secretary, on a help request the commission does not have.
     let unknown = uuid::Uuid::now_v7().to_string();
-    let err = decide(&secretary, &unknown, "decide-0002", open_case("curator-1"))
+    let err = secretary
+        .decide(&unknown, "decide-0002", open_case("curator-1"))
         .await
         .expect_err("no such help request");
     assert_eq!(err.code(), Code::NotFound);
@@ -353,7 +293,8 @@ async fn staff_need_a_token_of_their_own_agency_and_a_role_that_may_act(backend:
 
     // The chair may decide.
     let chair = hub.staff("commission", "chair").await;
-    let decided = decide(&chair, &k_id, "decide-chair-1", open_case("curator-2"))
+    let decided = chair
+        .decide(&k_id, "decide-chair-1", open_case("curator-2"))
         .await
         .expect("the chair decides");
     assert_eq!(decided.decision.unwrap().decided_by, "chair");
@@ -423,11 +364,11 @@ async fn commission_and_school_see_names_summaries_and_the_decision(backend: Bac
     let k = sample_k(&hub);
     let child_name = k.child.as_ref().unwrap().full_name.clone();
     let director = hub.staff("school-1", "director").await;
-    let k_id = submit(&director, "names-k-0001", "", k).await.unwrap();
+    let k_id = director.submit_k("names-k-0001", "", k).await.unwrap();
     hub.delivered(&k_id).await;
 
     let secretary = hub.staff("commission", "secretary").await;
-    let items = inbox_of_kind(&secretary, FormKind::HelpRequest).await;
+    let items = secretary.inbox_of(FormKind::HelpRequest).await;
     assert_eq!(items.len(), 1);
     let school = hub.directory.agency("school-1").unwrap();
     assert_eq!(items[0].message_id, k_id);
@@ -439,13 +380,15 @@ async fn commission_and_school_see_names_summaries_and_the_decision(backend: Bac
     assert_eq!(items[0].sender_name_ru, school.name_ru);
     assert_eq!(items[0].status, ReferralStatus::Received as i32);
     assert!(
-        inbox_of_kind(&secretary, FormKind::HelpRequestDecision)
+        secretary
+            .inbox_of(FormKind::HelpRequestDecision)
             .await
             .is_empty(),
         "the filter by form kind filters"
     );
 
-    let decided = decide(&secretary, &k_id, "names-decide-1", open_case("curator-1"))
+    let decided = secretary
+        .decide(&k_id, "names-decide-1", open_case("curator-1"))
         .await
         .expect("the secretary opens a case");
     let decision = decided.decision.clone().unwrap();
@@ -462,7 +405,8 @@ async fn commission_and_school_see_names_summaries_and_the_decision(backend: Bac
     hub.delivered(&decided.decision_message_id).await;
 
     // Deciding again with the same key answers the same decision, and sends nothing new.
-    let again = decide(&secretary, &k_id, "names-decide-1", open_case("curator-1"))
+    let again = secretary
+        .decide(&k_id, "names-decide-1", open_case("curator-1"))
         .await
         .expect("the same key is a retry");
     assert_eq!(again.decision_message_id, decided.decision_message_id);
@@ -475,7 +419,7 @@ async fn commission_and_school_see_names_summaries_and_the_decision(backend: Bac
     assert_eq!(copy.status, ReferralStatus::Accepted as i32);
     assert_eq!(copy.decision.as_ref(), Some(&decision));
     assert_eq!(
-        inbox(&secretary).await[0].status,
+        secretary.inbox().await[0].status,
         ReferralStatus::Accepted as i32
     );
 
@@ -484,22 +428,18 @@ async fn commission_and_school_see_names_summaries_and_the_decision(backend: Bac
     assert_eq!(mine.state, DeliveryState::Answered as i32);
     assert_eq!(mine.status, ReferralStatus::Accepted as i32);
     assert_eq!(mine.answer.unwrap().message_id, decided.decision_message_id);
-    let listed = sent(&director).await;
+    let listed = director.sent().await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].message_id, k_id);
     assert_eq!(listed[0].summary, child_name);
     assert_eq!(listed[0].recipient_agency_id, "commission");
     assert_eq!(listed[0].status, ReferralStatus::Accepted as i32);
-    let decisions = inbox_of_kind(&director, FormKind::HelpRequestDecision).await;
+    let decisions = director.inbox_of(FormKind::HelpRequestDecision).await;
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0].message_id, decided.decision_message_id);
     assert_eq!(decisions[0].summary, "KTIZhK-2026-000001");
     assert_eq!(decisions[0].sender_agency_id, "commission");
-    assert!(
-        inbox_of_kind(&director, FormKind::HelpRequest)
-            .await
-            .is_empty()
-    );
+    assert!(director.inbox_of(FormKind::HelpRequest).await.is_empty());
     let received = get_message(&director, &decided.decision_message_id)
         .await
         .expect("the school reads the decision");
@@ -519,7 +459,8 @@ async fn deciding_with_an_unknown_curator_names_the_field_and_stores_nothing(bac
         ("chair", "the chair, who is not a curator"),
         ("director", "a user of another agency"),
     ] {
-        let err = decide(&secretary, &k_id, "curator-decide-1", open_case(curator))
+        let err = secretary
+            .decide(&k_id, "curator-decide-1", open_case(curator))
             .await
             .expect_err(what);
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
@@ -535,14 +476,10 @@ async fn deciding_with_an_unknown_curator_names_the_field_and_stores_nothing(bac
     assert!(copy.decision.is_none());
 
     // The same key then opens the case, with the year's first number.
-    let decided = decide(
-        &secretary,
-        &k_id,
-        "curator-decide-1",
-        open_case("curator-2"),
-    )
-    .await
-    .expect("a curator of the commission");
+    let decided = secretary
+        .decide(&k_id, "curator-decide-1", open_case("curator-2"))
+        .await
+        .expect("a curator of the commission");
     match decided.decision.and_then(|d| d.outcome) {
         Some(help_request_decision::Outcome::CaseOpened(case)) => {
             assert_eq!(case.case_reference, "KTIZhK-2026-000001");
@@ -562,7 +499,8 @@ async fn gateway_down_submit_is_unavailable_and_the_retry_sends_it_once(backend:
     let director = hub.staff("school-1", "director").await;
     let k = sample_k(&hub);
     hub.stop_gateway().await;
-    let err = submit(&director, "retry-key-0001", "", k.clone())
+    let err = director
+        .submit_k("retry-key-0001", "", k.clone())
         .await
         .expect_err("the gateway is down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -575,18 +513,20 @@ async fn gateway_down_submit_is_unavailable_and_the_retry_sends_it_once(backend:
 
     hub.start_gateway().await.unwrap();
     assert_eq!(hub.gateway_count("messages").await, 0, "nothing reached it");
-    let k_id = submit(&director, "retry-key-0001", "", k.clone())
+    let k_id = director
+        .submit_k("retry-key-0001", "", k.clone())
         .await
         .expect("the retry goes through");
     hub.delivered(&k_id).await;
-    let again = submit(&director, "retry-key-0001", "", k)
+    let again = director
+        .submit_k("retry-key-0001", "", k)
         .await
         .expect("and stays the same message");
     assert_eq!(again, k_id);
     assert_eq!(hub.gateway_count("messages").await, 1);
     assert_eq!(hub.agency_count("school-1", "sent_messages").await, 1);
     let secretary = hub.staff("commission", "secretary").await;
-    let items = inbox(&secretary).await;
+    let items = secretary.inbox().await;
     assert_eq!(items.len(), 1, "the commission receives it once");
     assert_eq!(items[0].message_id, k_id);
     assert_eq!(hub.agency_count("commission", "received_messages").await, 1);
@@ -614,14 +554,10 @@ async fn decision_while_gateway_is_down_is_sent_on_the_retry_with_the_same_key(b
     let reason = "the school's measures are enough";
 
     hub.stop_gateway().await;
-    let err = decide(
-        &secretary,
-        &k_id,
-        "pending-decide-1",
-        no_further_action(reason),
-    )
-    .await
-    .expect_err("the gateway is down");
+    let err = secretary
+        .decide(&k_id, "pending-decide-1", no_further_action(reason))
+        .await
+        .expect_err("the gateway is down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("same idempotency key"), "{err:?}");
     assert_eq!(
@@ -631,43 +567,31 @@ async fn decision_while_gateway_is_down_is_sent_on_the_retry_with_the_same_key(b
     );
     assert_eq!(hub.agency_count("commission", "sent_messages").await, 1);
     // Recorded: another key is refused.
-    let err = decide(
-        &secretary,
-        &k_id,
-        "pending-decide-2",
-        open_case("curator-1"),
-    )
-    .await
-    .expect_err("already decided");
+    let err = secretary
+        .decide(&k_id, "pending-decide-2", open_case("curator-1"))
+        .await
+        .expect_err("already decided");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(hub.agency_count("commission", "decisions").await, 1);
     assert_eq!(hub.agency_count("commission", "cases").await, 0);
 
     hub.start_gateway().await.unwrap();
     assert_eq!(hub.gateway_count("messages").await, 1, "only the K so far");
-    let decided = decide(
-        &secretary,
-        &k_id,
-        "pending-decide-1",
-        no_further_action(reason),
-    )
-    .await
-    .expect("the retry sends the decision");
+    let decided = secretary
+        .decide(&k_id, "pending-decide-1", no_further_action(reason))
+        .await
+        .expect("the retry sends the decision");
     assert!(!decided.decision_message_id.is_empty());
     hub.delivered(&decided.decision_message_id).await;
-    let again = decide(
-        &secretary,
-        &k_id,
-        "pending-decide-1",
-        no_further_action(reason),
-    )
-    .await
-    .expect("and again answers the same");
+    let again = secretary
+        .decide(&k_id, "pending-decide-1", no_further_action(reason))
+        .await
+        .expect("and again answers the same");
     assert_eq!(again.decision_message_id, decided.decision_message_id);
     assert_eq!(hub.gateway_count("messages").await, 2);
 
     let lead = hub.staff("school-1", "safeguarding-lead").await;
-    let decisions = inbox_of_kind(&lead, FormKind::HelpRequestDecision).await;
+    let decisions = lead.inbox_of(FormKind::HelpRequestDecision).await;
     assert_eq!(decisions.len(), 1, "the school sees the decision once");
     assert_eq!(decisions[0].message_id, decided.decision_message_id);
     assert_eq!(hub.agency_count("school-1", "received_messages").await, 1);
@@ -693,7 +617,8 @@ async fn decision_while_gateway_is_down_is_sent_on_the_retry_with_the_same_key(b
 async fn a_refusal_by_the_gateway_is_passed_on_and_nothing_is_kept(backend: Backend) {
     let hub = TestHub::start(backend).await;
     let ngo = hub.staff("ngo-1", "case-manager").await;
-    let refused = submit(&ngo, "refused-key-01", "police-1", sample_k(&hub))
+    let refused = ngo
+        .submit_k("refused-key-01", "police-1", sample_k(&hub))
         .await
         .expect_err("no route from an NGO to the police for K");
     assert_eq!(refused.code(), Code::PermissionDenied);
@@ -720,16 +645,17 @@ async fn a_refusal_by_the_gateway_is_passed_on_and_nothing_is_kept(backend: Back
     assert_eq!(hub.gateway_count("messages").await, 0);
 
     // Nothing was kept on either side: the same key now sends a K the gateway accepts.
-    let k_id = submit(&ngo, "refused-key-01", "", sample_k(&hub))
+    let k_id = ngo
+        .submit_k("refused-key-01", "", sample_k(&hub))
         .await
         .expect("the key is free");
     hub.delivered(&k_id).await;
     assert_eq!(hub.agency_count("ngo-1", "sent_messages").await, 1);
-    let listed = sent(&ngo).await;
+    let listed = ngo.sent().await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].recipient_agency_id, "commission");
     let secretary = hub.staff("commission", "secretary").await;
-    let items = inbox(&secretary).await;
+    let items = secretary.inbox().await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].message_id, k_id);
     assert_eq!(items[0].sender_agency_id, "ngo-1");

@@ -5,11 +5,11 @@
 use jiff::{SignedDuration, tz::TimeZone};
 use referral_core::{error::field_violations, validate};
 use referral_proto::v1::{
-    DecideHelpRequestRequest, DeliveryState, FormKind, GetMessageRequest, GetSentMessageRequest,
-    HelpRequest, ListInboxRequest, ListSentRequest, NoFurtherAction, OpenCase, ReferralStatus,
-    SubmitHelpRequestRequest, decide_help_request_request, help_request_decision, payload,
+    DeliveryState, FormKind, GetMessageRequest, GetSentMessageRequest, HelpRequest,
+    NoFurtherAction, OpenCase, ReferralStatus, decide_help_request_request, help_request_decision,
+    payload,
 };
-use referral_tests::{Backend, StaffClient, TestHub, both_backends};
+use referral_tests::{Backend, TestHub, both_backends};
 use tonic::Code;
 
 fn today(hub: &TestHub) -> jiff::civil::Date {
@@ -23,77 +23,20 @@ fn sample_k(hub: &TestHub) -> HelpRequest {
     validate::sample_help_request(today(hub))
 }
 
-async fn submit(
-    staff: &StaffClient,
-    key: &str,
-    recipient: &str,
-    k: HelpRequest,
-) -> Result<String, tonic::Status> {
-    staff
-        .client
-        .clone()
-        .submit_help_request(staff.req(SubmitHelpRequestRequest {
-            idempotency_key: key.into(),
-            recipient_agency_id: recipient.into(),
-            help_request: Some(k),
-        }))
-        .await
-        .map(|r| r.into_inner().message_id)
-}
-
-async fn inbox(staff: &StaffClient) -> Vec<referral_proto::v1::InboxItem> {
-    staff
-        .client
-        .clone()
-        .list_inbox(staff.req(ListInboxRequest::default()))
-        .await
-        .expect("the inbox lists")
-        .into_inner()
-        .items
-}
-
-async fn sent(staff: &StaffClient) -> Vec<referral_proto::v1::SentItem> {
-    staff
-        .client
-        .clone()
-        .list_sent(staff.req(ListSentRequest::default()))
-        .await
-        .expect("the sent list lists")
-        .into_inner()
-        .items
-}
-
-async fn decide(
-    staff: &StaffClient,
-    message_id: &str,
-    key: &str,
-    outcome: decide_help_request_request::Outcome,
-) -> Result<referral_proto::v1::DecideHelpRequestResponse, tonic::Status> {
-    staff
-        .client
-        .clone()
-        .decide_help_request(staff.req(DecideHelpRequestRequest {
-            message_id: message_id.into(),
-            idempotency_key: key.into(),
-            outcome: Some(outcome),
-        }))
-        .await
-        .map(|r| r.into_inner())
-}
-
 // Acceptance 1: school sends K; the commission receives it exactly once; the secretary opens a
 // case with a curator; the school sees the decision.
 async fn school_k_reaches_commission_and_school_sees_case_opened(backend: Backend) {
     let hub = TestHub::start(backend).await;
     let director = hub.staff("school-1", "director").await;
     let k = sample_k(&hub);
-    let k_id = submit(&director, "school-1-k-0001", "", k.clone())
+    let k_id = director
+        .submit_k("school-1-k-0001", "", k.clone())
         .await
         .expect("the school submits K");
     hub.delivered(&k_id).await;
 
     let secretary = hub.staff("commission", "secretary").await;
-    let items = inbox(&secretary).await;
+    let items = secretary.inbox().await;
     assert_eq!(items.len(), 1, "the commission receives the K exactly once");
     assert_eq!(items[0].message_id, k_id);
     assert_eq!(items[0].sender_agency_id, "school-1");
@@ -117,16 +60,16 @@ async fn school_k_reaches_commission_and_school_sees_case_opened(backend: Backen
         other => panic!("expected a help request, got {other:?}"),
     }
 
-    let decision = decide(
-        &secretary,
-        &k_id,
-        "decision-0001",
-        decide_help_request_request::Outcome::OpenCase(OpenCase {
-            curator_user_id: "curator-1".into(),
-        }),
-    )
-    .await
-    .expect("the secretary opens a case");
+    let decision = secretary
+        .decide(
+            &k_id,
+            "decision-0001",
+            decide_help_request_request::Outcome::OpenCase(OpenCase {
+                curator_user_id: "curator-1".into(),
+            }),
+        )
+        .await
+        .expect("the secretary opens a case");
     let case = match decision.decision.as_ref().and_then(|d| d.outcome.clone()) {
         Some(help_request_decision::Outcome::CaseOpened(c)) => c,
         other => panic!("expected a case, got {other:?}"),
@@ -158,7 +101,7 @@ async fn school_k_reaches_commission_and_school_sees_case_opened(backend: Backen
         },
         other => panic!("expected a decision, got {other:?}"),
     }
-    let school_inbox = inbox(&director).await;
+    let school_inbox = director.inbox().await;
     assert_eq!(
         school_inbox.len(),
         1,
@@ -168,7 +111,7 @@ async fn school_k_reaches_commission_and_school_sees_case_opened(backend: Backen
         school_inbox[0].form_kind,
         FormKind::HelpRequestDecision as i32
     );
-    assert_eq!(inbox(&secretary).await.len(), 1);
+    assert_eq!(secretary.inbox().await.len(), 1);
 
     hub.gateway()
         .verify_ledger()
@@ -190,22 +133,23 @@ async fn school_k_reaches_commission_and_school_sees_case_opened(backend: Backen
 async fn no_further_action_reaches_the_sender_with_its_reason(backend: Backend) {
     let hub = TestHub::start(backend).await;
     let doctor = hub.staff("health-1", "doctor").await;
-    let k_id = submit(&doctor, "health-k-0001", "", sample_k(&hub))
+    let k_id = doctor
+        .submit_k("health-k-0001", "", sample_k(&hub))
         .await
         .expect("a health worker submits K");
     hub.delivered(&k_id).await;
     let secretary = hub.staff("commission", "secretary").await;
     let reason = "Мәселе мектеп деңгейінде шешілді / решено на уровне школы";
-    let decision = decide(
-        &secretary,
-        &k_id,
-        "decision-nfa-1",
-        decide_help_request_request::Outcome::NoFurtherAction(NoFurtherAction {
-            reason: reason.into(),
-        }),
-    )
-    .await
-    .expect("the secretary records no further action");
+    let decision = secretary
+        .decide(
+            &k_id,
+            "decision-nfa-1",
+            decide_help_request_request::Outcome::NoFurtherAction(NoFurtherAction {
+                reason: reason.into(),
+            }),
+        )
+        .await
+        .expect("the secretary records no further action");
     hub.delivered(&decision.decision_message_id).await;
     let seen = doctor
         .client
@@ -225,16 +169,16 @@ async fn no_further_action_reaches_the_sender_with_its_reason(backend: Backend) 
         other => panic!("expected a decision, got {other:?}"),
     }
     // A second decision on the same K is refused.
-    let again = decide(
-        &secretary,
-        &decision.decision.unwrap().help_request_message_id,
-        "decision-nfa-2",
-        decide_help_request_request::Outcome::OpenCase(OpenCase {
-            curator_user_id: "curator-1".into(),
-        }),
-    )
-    .await
-    .expect_err("a decided K cannot be decided again");
+    let again = secretary
+        .decide(
+            &decision.decision.unwrap().help_request_message_id,
+            "decision-nfa-2",
+            decide_help_request_request::Outcome::OpenCase(OpenCase {
+                curator_user_id: "curator-1".into(),
+            }),
+        )
+        .await
+        .expect_err("a decided K cannot be decided again");
     assert_eq!(again.code(), Code::FailedPrecondition);
     hub.shutdown().await;
 }
@@ -245,33 +189,37 @@ async fn resending_with_the_same_key_yields_one_message_and_one_delivery(backend
     let hub = TestHub::start(backend).await;
     let director = hub.staff("school-1", "director").await;
     let k = sample_k(&hub);
-    let first = submit(&director, "same-key-0001", "", k.clone())
+    let first = director
+        .submit_k("same-key-0001", "", k.clone())
         .await
         .unwrap();
-    let second = submit(&director, "same-key-0001", "", k.clone())
+    let second = director
+        .submit_k("same-key-0001", "", k.clone())
         .await
         .unwrap();
     assert_eq!(first, second, "the same key yields the same message id");
     hub.delivered(&first).await;
-    let third = submit(&director, "same-key-0001", "", k.clone())
+    let third = director
+        .submit_k("same-key-0001", "", k.clone())
         .await
         .unwrap();
     assert_eq!(first, third, "also after delivery");
 
     let mut other = k.clone();
     other.problem_description.push_str(" (changed)");
-    let conflict = submit(&director, "same-key-0001", "", other)
+    let conflict = director
+        .submit_k("same-key-0001", "", other)
         .await
         .expect_err("a key reused for other content is refused");
     assert_eq!(conflict.code(), Code::AlreadyExists);
 
     hub.gateway().wake_worker();
     let secretary = hub.staff("commission", "secretary").await;
-    assert_eq!(inbox(&secretary).await.len(), 1);
+    assert_eq!(secretary.inbox().await.len(), 1);
     assert_eq!(hub.gateway_count("messages").await, 1);
     assert_eq!(hub.gateway_count("outbox").await, 0);
     assert_eq!(hub.attempts(&first).await, 1, "a single delivery attempt");
-    assert_eq!(sent(&director).await.len(), 1);
+    assert_eq!(director.sent().await.len(), 1);
 
     // The gateway itself keeps the promise, whatever the agency service remembers.
     let mut gateway = hub.gateway_client_as("school-2").await;
@@ -311,7 +259,7 @@ async fn resending_with_the_same_key_yields_one_message_and_one_delivery(backend
         .expect_err("same key, other content");
     assert_eq!(err.code(), Code::AlreadyExists);
     hub.delivered(&a.message_id).await;
-    assert_eq!(inbox(&secretary).await.len(), 2);
+    assert_eq!(secretary.inbox().await.len(), 2);
     assert_eq!(hub.gateway_count("messages").await, 2);
     assert_eq!(hub.attempts(&a.message_id).await, 1);
     hub.shutdown().await;
@@ -323,7 +271,8 @@ async fn k_sent_while_commission_is_down_is_delivered_once_after_restart(backend
     let hub = TestHub::start(backend).await;
     hub.stop_agency("commission").await;
     let director = hub.staff("school-1", "director").await;
-    let k_id = submit(&director, "while-down-0001", "", sample_k(&hub))
+    let k_id = director
+        .submit_k("while-down-0001", "", sample_k(&hub))
         .await
         .expect("the gateway acknowledges while the commission is down");
     hub.failed_attempts(&k_id, 1).await;
@@ -346,7 +295,7 @@ async fn k_sent_while_commission_is_down_is_delivered_once_after_restart(backend
     hub.clock.advance(SignedDuration::from_hours(3));
     hub.delivered(&k_id).await;
     let secretary = hub.staff("commission", "secretary").await;
-    let items = inbox(&secretary).await;
+    let items = secretary.inbox().await;
     assert_eq!(items.len(), 1, "delivered exactly once");
     assert_eq!(items[0].message_id, k_id);
     assert_eq!(hub.gateway_count("outbox").await, 0);
@@ -357,19 +306,20 @@ async fn k_sent_while_commission_is_down_is_delivered_once_after_restart(backend
 async fn ngo_k_to_police_is_refused_and_nothing_is_stored(backend: Backend) {
     let hub = TestHub::start(backend).await;
     let ngo = hub.staff("ngo-1", "case-manager").await;
-    let refused = submit(&ngo, "ngo-to-police-1", "police-1", sample_k(&hub))
+    let refused = ngo
+        .submit_k("ngo-to-police-1", "police-1", sample_k(&hub))
         .await
         .expect_err("no route from an NGO to the police for K");
     assert_eq!(refused.code(), Code::PermissionDenied);
     assert_eq!(hub.gateway_count("messages").await, 0);
     assert_eq!(hub.gateway_count("outbox").await, 0);
     assert_eq!(hub.gateway_count("ledger").await, 0);
-    assert!(sent(&ngo).await.is_empty(), "nothing kept by the NGO");
+    assert!(ngo.sent().await.is_empty(), "nothing kept by the NGO");
     assert_eq!(hub.agency_count("ngo-1", "sent_messages").await, 0);
     assert_eq!(hub.agency_count("police-1", "received_messages").await, 0);
     let police = hub.staff("police-1", "inspector").await;
     assert!(
-        inbox(&police).await.is_empty(),
+        police.inbox().await.is_empty(),
         "nothing reaches the police"
     );
 
@@ -408,7 +358,8 @@ async fn invalid_k_names_every_bad_field_and_stores_nothing(backend: Backend) {
     let next_year = today(&hub).year() as i32 + 1;
     child.date_of_birth.as_mut().unwrap().year = next_year;
 
-    let err = submit(&director, "invalid-k-0001", "", k.clone())
+    let err = director
+        .submit_k("invalid-k-0001", "", k.clone())
         .await
         .expect_err("an invalid K is refused");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -426,7 +377,7 @@ async fn invalid_k_names_every_bad_field_and_stores_nothing(backend: Backend) {
             "{expected} missing from {fields:?}"
         );
     }
-    assert!(sent(&director).await.is_empty(), "the school keeps nothing");
+    assert!(director.sent().await.is_empty(), "the school keeps nothing");
     assert_eq!(hub.agency_count("school-1", "sent_messages").await, 0);
     assert_eq!(hub.gateway_count("messages").await, 0);
 
@@ -457,7 +408,7 @@ async fn invalid_k_names_every_bad_field_and_stores_nothing(backend: Backend) {
     assert_eq!(hub.gateway_count("messages").await, 0);
     assert_eq!(hub.gateway_count("ledger").await, 0);
     let secretary = hub.staff("commission", "secretary").await;
-    assert!(inbox(&secretary).await.is_empty());
+    assert!(secretary.inbox().await.is_empty());
     assert_eq!(hub.agency_count("commission", "received_messages").await, 0);
     hub.shutdown().await;
 }
@@ -468,12 +419,13 @@ async fn oversized_k_is_refused(backend: Backend) {
     let director = hub.staff("school-1", "director").await;
     let mut k = sample_k(&hub);
     k.problem_description = "ә".repeat(1024 * 1024);
-    let err = submit(&director, "oversized-0001", "", k)
+    let err = director
+        .submit_k("oversized-0001", "", k)
         .await
         .expect_err("an oversized K is refused");
     // tonic refuses from the 5-byte length prefix, before reading the body, with OUT_OF_RANGE.
     assert_eq!(err.code(), Code::OutOfRange);
-    assert!(sent(&director).await.is_empty());
+    assert!(director.sent().await.is_empty());
     assert_eq!(hub.agency_count("school-1", "sent_messages").await, 0);
     assert_eq!(hub.gateway_count("messages").await, 0);
     hub.shutdown().await;
@@ -484,17 +436,19 @@ async fn oversized_k_is_refused(backend: Backend) {
 async fn tampering_with_the_ledger_is_detected_and_located(backend: Backend) {
     let hub = TestHub::start(backend).await;
     let director = hub.staff("school-1", "director").await;
-    let k_id = submit(&director, "ledger-k-0001", "", sample_k(&hub))
+    let k_id = director
+        .submit_k("ledger-k-0001", "", sample_k(&hub))
         .await
         .unwrap();
     hub.delivered(&k_id).await;
-    let second = submit(&director, "ledger-k-0002", "", {
-        let mut k = sample_k(&hub);
-        k.recurrence = "Күн сайын / ежедневно".into();
-        k
-    })
-    .await
-    .unwrap();
+    let second = director
+        .submit_k("ledger-k-0002", "", {
+            let mut k = sample_k(&hub);
+            k.recurrence = "Күн сайын / ежедневно".into();
+            k
+        })
+        .await
+        .unwrap();
     hub.delivered(&second).await;
     let verified = hub
         .gateway()
@@ -537,7 +491,8 @@ async fn queued_k_survives_a_gateway_crash(backend: Backend) {
     let hub = TestHub::start(backend).await;
     hub.stop_agency("commission").await;
     let director = hub.staff("school-1", "director").await;
-    let k_id = submit(&director, "crash-k-0001", "", sample_k(&hub))
+    let k_id = director
+        .submit_k("crash-k-0001", "", sample_k(&hub))
         .await
         .unwrap();
     hub.failed_attempts(&k_id, 1).await;
@@ -546,7 +501,7 @@ async fn queued_k_survives_a_gateway_crash(backend: Backend) {
     hub.clock.advance(SignedDuration::from_hours(1));
     hub.delivered(&k_id).await;
     let secretary = hub.staff("commission", "secretary").await;
-    assert_eq!(inbox(&secretary).await.len(), 1);
+    assert_eq!(secretary.inbox().await.len(), 1);
     hub.gateway()
         .verify_ledger()
         .await
@@ -559,7 +514,8 @@ async fn queued_k_survives_a_gateway_crash(backend: Backend) {
 async fn a_redelivered_message_is_received_once(backend: Backend) {
     let hub = TestHub::start(backend).await;
     let director = hub.staff("school-1", "director").await;
-    let k_id = submit(&director, "redeliver-0001", "", sample_k(&hub))
+    let k_id = director
+        .submit_k("redeliver-0001", "", sample_k(&hub))
         .await
         .unwrap();
     hub.delivered(&k_id).await;
@@ -584,7 +540,7 @@ async fn a_redelivered_message_is_received_once(backend: Backend) {
         .into_inner();
     assert!(again.duplicate, "the inbox recognises the repeat");
     let secretary = hub.staff("commission", "secretary").await;
-    assert_eq!(inbox(&secretary).await.len(), 1);
+    assert_eq!(secretary.inbox().await.len(), 1);
     assert_eq!(hub.agency_count("commission", "received_messages").await, 1);
     hub.shutdown().await;
 }
@@ -601,7 +557,8 @@ async fn two_gateway_replicas_deliver_each_message_once(backend: Backend) {
         let mut k = sample_k(&hub);
         k.recurrence = format!("{n} рет / раз");
         ids.push(
-            submit(&director, &format!("replica-k-{n:04}"), "", k)
+            director
+                .submit_k(&format!("replica-k-{n:04}"), "", k)
                 .await
                 .unwrap(),
         );
@@ -618,7 +575,7 @@ async fn two_gateway_replicas_deliver_each_message_once(backend: Backend) {
         hub.delivered(id).await;
     }
     let secretary = hub.staff("commission", "secretary").await;
-    assert_eq!(inbox(&secretary).await.len(), ids.len());
+    assert_eq!(secretary.inbox().await.len(), ids.len());
     for id in &ids {
         assert_eq!(
             hub.attempts(id).await,

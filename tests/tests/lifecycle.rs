@@ -7,9 +7,9 @@ use jiff::{ToSpan as _, civil::Date, tz::TimeZone};
 use referral_proto::v1::{
     ActionProgressState, AnswerInformationRequestRequest, CaseFile, CaseStage, CloseCaseRequest,
     ClosureCriterion, Contact, ContactMethod, FileAssessmentRequest, FileSupportPlanRequest,
-    FormKind, GetCaseRequest, ListInboxRequest, PlanReview, RecordContactRequest,
-    RecordReviewRequest, ReopenCaseRequest, ReportActionProgressRequest, RequestInformationRequest,
-    ReviewDecision, RiskLevel, UploadDocumentChunk, UploadDocumentMetadata, upload_document_chunk,
+    FormKind, GetCaseRequest, PlanReview, RecordContactRequest, RecordReviewRequest,
+    ReopenCaseRequest, ReportActionProgressRequest, RequestInformationRequest, ReviewDecision,
+    RiskLevel, UploadDocumentChunk, UploadDocumentMetadata, upload_document_chunk,
 };
 use referral_tests::{
     Backend, StaffClient, TestHub, both_backends,
@@ -42,20 +42,6 @@ fn version(file: &CaseFile) -> u64 {
 
 fn stage(file: &CaseFile) -> CaseStage {
     CaseStage::try_from(file.summary.as_ref().unwrap().stage).unwrap()
-}
-
-async fn inbox_of(staff: &StaffClient, kind: FormKind) -> Vec<referral_proto::v1::InboxItem> {
-    staff
-        .client
-        .clone()
-        .list_inbox(staff.req(ListInboxRequest {
-            form_kind: kind as i32,
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .items
 }
 
 // Acceptance 1: the whole lifecycle through real services and the gateway.
@@ -154,7 +140,8 @@ async fn a_case_runs_from_help_request_to_closure_and_back(backend: Backend) {
     let _ = changed;
     hub.deliver_everything().await;
     let doctor = hub.staff("health-1", "doctor").await;
-    let request = inbox_of(&doctor, FormKind::InformationRequest)
+    let request = doctor
+        .inbox_of(FormKind::InformationRequest)
         .await
         .into_iter()
         .next()
@@ -228,8 +215,8 @@ async fn a_case_runs_from_help_request_to_closure_and_back(backend: Backend) {
     hub.deliver_everything().await;
     let ngo = hub.staff("ngo-1", "case-manager").await;
     let school = hub.staff("school-1", "director").await;
-    let ngo_rows = inbox_of(&ngo, FormKind::ActionAssignment).await;
-    let school_rows = inbox_of(&school, FormKind::ActionAssignment).await;
+    let ngo_rows = ngo.inbox_of(FormKind::ActionAssignment).await;
+    let school_rows = school.inbox_of(FormKind::ActionAssignment).await;
     assert_eq!(ngo_rows.len(), 1, "the NGO receives its row");
     assert_eq!(school_rows.len(), 1, "the school receives its row");
     assert!(
@@ -304,8 +291,8 @@ async fn a_case_runs_from_help_request_to_closure_and_back(backend: Backend) {
         .into_inner();
     v = changed.version;
     hub.deliver_everything().await;
-    assert_eq!(inbox_of(&ngo, FormKind::ReviewMinutes).await.len(), 1);
-    assert_eq!(inbox_of(&school, FormKind::ReviewMinutes).await.len(), 1);
+    assert_eq!(ngo.inbox_of(FormKind::ReviewMinutes).await.len(), 1);
+    assert_eq!(school.inbox_of(FormKind::ReviewMinutes).await.len(), 1);
 
     // A last review ends support: it fixes no next review, and its event still reaches the
     // gateway's ledger (the engine then stops the review clock).

@@ -44,6 +44,24 @@ const TOKEN_TTL: SignedDuration = SignedDuration::from_hours(8);
 /// The most items a list command fetches (page after page).
 pub(crate) const MAX_LIST_ITEMS: usize = 1000;
 pub(crate) const PAGE_SIZE: u32 = 100;
+
+/// Collects a paged listing: `page(token)` fetches one page and returns its items and the next
+/// page's token (empty at the end). Stops at [`MAX_LIST_ITEMS`].
+pub(crate) async fn all_pages<T, Fut>(mut page: impl FnMut(String) -> Fut) -> Result<Vec<T>, Status>
+where
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (more, next) = page(token).await?;
+        items.extend(more);
+        if next.is_empty() || items.len() >= MAX_LIST_ITEMS {
+            return Ok(items);
+        }
+        token = next;
+    }
+}
 /// The largest answer the CLI reads (a whole case file with several cycles).
 const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -500,26 +518,21 @@ impl Staff {
 
     /// `inbox [--form <kind>]`. Lists ids, senders and states; the forms' contents (a child's
     /// name in the summary) are left to `show`.
-    pub async fn inbox(mut self, form: Option<FormKind>) -> anyhow::Result<()> {
-        let mut items = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let reply = self
-                .client
-                .list_inbox(self.request(ListInboxRequest {
-                    form_kind: form.unwrap_or(FormKind::Unspecified) as i32,
-                    page_size: PAGE_SIZE,
-                    page_token: page_token.clone(),
-                }))
-                .await
-                .map_err(|s| self.fail(s, "request"))?
-                .into_inner();
-            items.extend(reply.items);
-            if reply.next_page_token.is_empty() || items.len() >= MAX_LIST_ITEMS {
-                break;
+    pub async fn inbox(self, form: Option<FormKind>) -> anyhow::Result<()> {
+        let items = all_pages(|page_token| {
+            let mut client = self.client.clone();
+            let request = self.request(ListInboxRequest {
+                form_kind: form.unwrap_or(FormKind::Unspecified) as i32,
+                page_size: PAGE_SIZE,
+                page_token,
+            });
+            async move {
+                let reply = client.list_inbox(request).await?.into_inner();
+                Ok((reply.items, reply.next_page_token))
             }
-            page_token = reply.next_page_token;
-        }
+        })
+        .await
+        .map_err(|s| self.fail(s, "request"))?;
         let tz = self.tz();
         match self.format {
             Format::Json => print_json(&json!(
@@ -730,26 +743,21 @@ impl Staff {
     }
 
     /// `sent [--form <kind>]`.
-    pub async fn sent(mut self, form: Option<FormKind>) -> anyhow::Result<()> {
-        let mut items = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let reply = self
-                .client
-                .list_sent(self.request(ListSentRequest {
-                    form_kind: form.unwrap_or(FormKind::Unspecified) as i32,
-                    page_size: PAGE_SIZE,
-                    page_token: page_token.clone(),
-                }))
-                .await
-                .map_err(|s| self.fail(s, "request"))?
-                .into_inner();
-            items.extend(reply.items);
-            if reply.next_page_token.is_empty() || items.len() >= MAX_LIST_ITEMS {
-                break;
+    pub async fn sent(self, form: Option<FormKind>) -> anyhow::Result<()> {
+        let items = all_pages(|page_token| {
+            let mut client = self.client.clone();
+            let request = self.request(ListSentRequest {
+                form_kind: form.unwrap_or(FormKind::Unspecified) as i32,
+                page_size: PAGE_SIZE,
+                page_token,
+            });
+            async move {
+                let reply = client.list_sent(request).await?.into_inner();
+                Ok((reply.items, reply.next_page_token))
             }
-            page_token = reply.next_page_token;
-        }
+        })
+        .await
+        .map_err(|s| self.fail(s, "request"))?;
         let tz = self.tz();
         match self.format {
             Format::Json => print_json(&json!(

@@ -18,7 +18,7 @@ use crate::{
         deadline_kind_text, deadline_responsible, deadline_state_name, deadline_state_text,
         deadline_subject, due_text,
     },
-    cli::{MAX_LIST_ITEMS, PAGE_SIZE, Staff},
+    cli::{PAGE_SIZE, Staff, all_pages},
     form_case::DeadlineStateArg,
     output::{Format, Table, print_json},
 };
@@ -26,36 +26,31 @@ use crate::{
 impl Staff {
     /// `deadlines [--mine] [--case <ref>] [--state …]`.
     pub async fn deadlines(
-        mut self,
+        self,
         mine: bool,
         case_reference: Option<String>,
         states: Vec<DeadlineStateArg>,
     ) -> anyhow::Result<()> {
-        let mut items: Vec<Deadline> = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let reply = self
-                .client
-                .list_deadlines(self.request(ListDeadlinesRequest {
-                    responsible_user_id: if mine {
-                        self.user.clone()
-                    } else {
-                        String::new()
-                    },
-                    states: states.iter().map(|s| s.to_proto() as i32).collect(),
-                    case_reference: case_reference.clone().unwrap_or_default(),
-                    page_size: PAGE_SIZE,
-                    page_token: page_token.clone(),
-                }))
-                .await
-                .map_err(|s| self.fail(s, "request"))?
-                .into_inner();
-            items.extend(reply.deadlines);
-            if reply.next_page_token.is_empty() || items.len() >= MAX_LIST_ITEMS {
-                break;
+        let items: Vec<Deadline> = all_pages(|page_token| {
+            let mut client = self.client.clone();
+            let request = self.request(ListDeadlinesRequest {
+                responsible_user_id: if mine {
+                    self.user.clone()
+                } else {
+                    String::new()
+                },
+                states: states.iter().map(|s| s.to_proto() as i32).collect(),
+                case_reference: case_reference.clone().unwrap_or_default(),
+                page_size: PAGE_SIZE,
+                page_token,
+            });
+            async move {
+                let reply = client.list_deadlines(request).await?.into_inner();
+                Ok((reply.deadlines, reply.next_page_token))
             }
-            page_token = reply.next_page_token;
-        }
+        })
+        .await
+        .map_err(|s| self.fail(s, "request"))?;
         match self.format {
             Format::Json => print_json(&json!(items.iter().map(deadline_json).collect::<Vec<_>>())),
             Format::Human => {
@@ -184,25 +179,20 @@ impl Staff {
     }
 
     /// `overdue`: overdue and escalated deadlines, most late first.
-    pub async fn overdue(mut self) -> anyhow::Result<()> {
-        let mut items: Vec<Deadline> = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let reply = self
-                .client
-                .list_overdue(self.request(ListOverdueRequest {
-                    page_size: PAGE_SIZE,
-                    page_token: page_token.clone(),
-                }))
-                .await
-                .map_err(|s| self.fail(s, "request"))?
-                .into_inner();
-            items.extend(reply.deadlines);
-            if reply.next_page_token.is_empty() || items.len() >= MAX_LIST_ITEMS {
-                break;
+    pub async fn overdue(self) -> anyhow::Result<()> {
+        let mut items: Vec<Deadline> = all_pages(|page_token| {
+            let mut client = self.client.clone();
+            let request = self.request(ListOverdueRequest {
+                page_size: PAGE_SIZE,
+                page_token,
+            });
+            async move {
+                let reply = client.list_overdue(request).await?.into_inner();
+                Ok((reply.deadlines, reply.next_page_token))
             }
-            page_token = reply.next_page_token;
-        }
+        })
+        .await
+        .map_err(|s| self.fail(s, "request"))?;
         // The service sends them most late first; keep that order whatever the paging did.
         items.sort_by_key(|d| {
             d.due_at
