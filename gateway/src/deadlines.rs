@@ -18,7 +18,7 @@ mod events;
 mod ingest;
 mod model;
 mod service;
-mod sweep;
+pub(crate) mod sweep;
 
 use std::sync::Arc;
 
@@ -44,6 +44,9 @@ pub enum EngineError {
     /// A stored row the engine reads does not decode; the entry is skipped, never retried.
     #[error("a stored record cannot be read: {0}")]
     Corrupt(&'static str),
+    /// A payload is sealed with a key the keyring lacks: retried once the key is added back.
+    #[error("{0}")]
+    PayloadKey(crate::store::PayloadError),
 }
 
 /// What one [`settle`] did.

@@ -15,8 +15,8 @@ use referral_core::{
 };
 use referral_proto::v1::{
     ActionAssignment, ActionDeadline, ActionProgress, ActionProgressState, CalendarDate, CaseEvent,
-    CaseEventKind, InformationRequest, InformationResponse, PlanAction, PlanReview, ReviewDecision,
-    ReviewMinutes, RiskLevel,
+    CaseEventKind, ConsultationAnswer, IncidentSummary, InformationRequest, InformationResponse,
+    PlanAction, PlanReview, ReviewDecision, ReviewMinutes, RiskLevel,
 };
 
 /// Longest case reference (as the decision that opens a case allows).
@@ -460,6 +460,73 @@ fn action_deadlines(actions: &[ActionDeadline], v: &mut FieldViolations, p: &str
             v.add(
                 format!("{row}.responsible_person"),
                 "must be empty: the deadline engine keeps no names",
+            );
+        }
+    }
+}
+
+/// The commission's answer to a consultation: advice, with no identity either.
+pub(crate) fn consultation_answer(
+    a: &ConsultationAnswer,
+    in_reply_to: &str,
+    v: &mut FieldViolations,
+    prefix: &str,
+) {
+    if a.consultation_message_id != in_reply_to {
+        v.add(
+            format!("{prefix}.consultation_message_id"),
+            "must be the message the envelope replies to",
+        );
+    }
+    validate::text(
+        v,
+        &format!("{prefix}.advice"),
+        &a.advice,
+        Text::required(3, LONG_TEXT_MAX).multiline(),
+    );
+    validate::text(
+        v,
+        &format!("{prefix}.answered_by"),
+        &a.answered_by,
+        Text::required(1, 200),
+    );
+    validate::no_identity(v, &format!("{prefix}.advice"), &a.advice);
+}
+
+/// The monthly incident summary E: counts for one school and month, and no child's identity.
+pub(crate) fn incident_summary(e: &IncidentSummary, v: &mut FieldViolations, prefix: &str) {
+    validate::text(
+        v,
+        &format!("{prefix}.school_name"),
+        &e.school_name,
+        Text::required(1, 300),
+    );
+    validate::no_identity(v, &format!("{prefix}.school_name"), &e.school_name);
+    if !(2000..=2100).contains(&e.year) {
+        v.add(format!("{prefix}.year"), "a year from 2000 to 2100");
+    }
+    if !(1..=12).contains(&e.month) {
+        v.add(format!("{prefix}.month"), "a month from 1 to 12");
+    }
+    let reported = e.reported_by_pupils
+        + e.reported_by_teachers
+        + e.reported_by_staff
+        + e.reported_by_parents
+        + e.reported_by_others;
+    if reported != e.total_reports {
+        v.add(
+            format!("{prefix}.total_reports"),
+            "must equal the reports counted by who reported them",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, b) in e.behaviours.iter().enumerate() {
+        let known = referral_proto::v1::ProblemBehaviour::try_from(b.behaviour)
+            .is_ok_and(|k| k != referral_proto::v1::ProblemBehaviour::Unspecified);
+        if !known || !seen.insert(b.behaviour) {
+            v.add(
+                format!("{prefix}.behaviours[{i}].behaviour"),
+                "a known behaviour, each at most once",
             );
         }
     }

@@ -5,7 +5,9 @@
 //! reordering any stored entry breaks the chain from that entry on, and [`verify`] names it.
 
 use referral_core::directory::role_name;
-use referral_proto::v1::{ConfidentialityLabel, Envelope, FormKind, PurposeOfUse, Role};
+use referral_proto::v1::{
+    ConfidentialityLabel, Envelope, FormKind, PurposeOfUse, Role, Sensitivity,
+};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use sqlx::{Any, AnyPool, Row as _, Transaction};
@@ -45,6 +47,13 @@ pub struct EntryFields {
     pub case_reference: String,
     pub confidentiality: String,
     pub payload_sha256: String,
+    /// For audit events: the sections disclosed, or asked for when denied (comma-separated).
+    /// Absent from the hash when empty, so entries written before audit events still verify.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub sections: String,
+    /// For audit events: `allowed` or `denied`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub outcome: String,
 }
 
 impl EntryFields {
@@ -69,6 +78,15 @@ impl EntryFields {
                 e.as_str_name()
             }),
             payload_sha256: payload_hash.to_owned(),
+            // The recipient's view, when the gateway's policy filtered the message.
+            sections: env
+                .view_sections
+                .iter()
+                .filter_map(|s| Sensitivity::try_from(*s).ok())
+                .map(crate::policy::section_name)
+                .collect::<Vec<_>>()
+                .join(","),
+            outcome: String::new(),
         }
     }
 }
@@ -133,8 +151,8 @@ pub async fn append(
     sqlx::query(
         "INSERT INTO ledger (seq, recorded_at, event, message_id, sender_agency_id, \
          recipient_agency_id, acting_user_id, acting_role, purpose_of_use, form_kind, \
-         case_reference, confidentiality, payload_sha256, prev_hash, entry_hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         case_reference, confidentiality, payload_sha256, prev_hash, entry_hash, sections, outcome) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(seq)
     .bind(recorded_at)
@@ -151,6 +169,8 @@ pub async fn append(
     .bind(&fields.payload_sha256)
     .bind(&prev_hash)
     .bind(&hash)
+    .bind(&fields.sections)
+    .bind(&fields.outcome)
     .execute(&mut **tx)
     .await?;
     sqlx::query("UPDATE ledger_head SET last_hash = $1 WHERE id = 1")
@@ -193,7 +213,8 @@ pub async fn verify(pool: &AnyPool) -> Result<Verified, VerifyError> {
     let rows = sqlx::query(
         "SELECT seq, recorded_at, event, message_id, sender_agency_id, recipient_agency_id, \
          acting_user_id, acting_role, purpose_of_use, form_kind, case_reference, \
-         confidentiality, payload_sha256, prev_hash, entry_hash FROM ledger ORDER BY seq",
+         confidentiality, payload_sha256, prev_hash, entry_hash, sections, outcome \
+         FROM ledger ORDER BY seq",
     )
     .fetch_all(pool)
     .await?;
@@ -220,6 +241,8 @@ pub async fn verify(pool: &AnyPool) -> Result<Verified, VerifyError> {
             case_reference: row.try_get("case_reference")?,
             confidentiality: row.try_get("confidentiality")?,
             payload_sha256: row.try_get("payload_sha256")?,
+            sections: row.try_get("sections")?,
+            outcome: row.try_get("outcome")?,
         };
         let recorded_at: i64 = row.try_get("recorded_at")?;
         let prev_hash: String = row.try_get("prev_hash")?;

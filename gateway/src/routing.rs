@@ -40,7 +40,12 @@ const PARTNERS: &[AgencyKind] = &[
 
 const COMMISSION: &[AgencyKind] = &[AgencyKind::Commission];
 
-/// The allowed flows. Issue 2: K from the referring agencies to their district's commission; the
+/// Schools and residential institutions: they consult the commission about a concern without
+/// naming the child (P:153-157) and send it their monthly incident summaries.
+const EDUCATION: &[AgencyKind] = &[AgencyKind::School, AgencyKind::Residential];
+
+/// The allowed flows. `FORM_KIND_DISCLOSURE_ALERT` is absent like the deadline alert: only the
+/// gateway raises it. Issue 2: K from the referring agencies to their district's commission; the
 /// commission's decision back to whoever sent the K. Issue 3: the commission's information
 /// requests and their single answers, action assignments and their (many) progress reports,
 /// and review minutes.
@@ -100,6 +105,32 @@ pub const RULES: &[Rule] = &[
         from: COMMISSION,
         form: FormKind::ReviewMinutes,
         to: PARTNERS,
+        same_district: true,
+        reply: Reply::No,
+    },
+    // Issue 4: a consultation without identity and its single answer; the monthly incident
+    // summary E (aggregate: the gateway refuses one that carries an IIN).
+    Rule {
+        from: EDUCATION,
+        form: FormKind::Consultation,
+        to: COMMISSION,
+        same_district: true,
+        reply: Reply::No,
+    },
+    Rule {
+        from: COMMISSION,
+        form: FormKind::ConsultationAnswer,
+        to: EDUCATION,
+        same_district: true,
+        reply: Reply::To {
+            answers: FormKind::Consultation,
+            single: true,
+        },
+    },
+    Rule {
+        from: EDUCATION,
+        form: FormKind::IncidentSummary,
+        to: COMMISSION,
         same_district: true,
         reply: Reply::No,
     },
@@ -190,6 +221,7 @@ mod tests {
             for to in kinds {
                 for same in [true, false] {
                     assert!(find_rule(from, F::DeadlineAlert, to, same).is_none());
+                    assert!(find_rule(from, F::DisclosureAlert, to, same).is_none());
                 }
             }
         }

@@ -21,7 +21,7 @@ use tonic::{Request, Status, service::Interceptor};
 
 /// Admits only calls carrying the gateway's client certificate.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct GatewayOnly;
+pub struct GatewayOnly;
 
 impl Interceptor for GatewayOnly {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {

@@ -135,6 +135,8 @@ pub(crate) async fn decide(
             }),
         };
         Envelope {
+            linked_referrals: Vec::new(),
+            view_sections: Vec::new(),
             message_id: String::new(),
             idempotency_key: outgoing_key.clone(),
             sender_agency_id: context.agency.id.clone(),

@@ -92,7 +92,9 @@ impl AgencyError {
             Self::Service(ServiceError::Aborted(_)) => Code::Aborted,
             Self::Service(ServiceError::Unavailable(_)) => Code::Unavailable,
             Self::Service(ServiceError::Internal(_)) => Code::Internal,
-            Self::GatewayRefused(status) => status.code(),
+            Self::GatewayRefused(status) | Self::Service(ServiceError::Refused(status)) => {
+                status.code()
+            }
         }
     }
 }

@@ -262,6 +262,18 @@ impl AgencyHost {
         self.context.gateway.record_case_event(request).await
     }
 
+    /// A client of the gateway's API, over this agency's mutual-TLS channel (filtered case reads,
+    /// disclosure grants, the disclosure history).
+    pub fn gateway(&self) -> referral_proto::v1::gateway_client::GatewayClient<Channel> {
+        self.context.gateway.client()
+    }
+
+    /// The interceptor that admits only the gateway's client certificate, for services the
+    /// gateway calls (the commission's case source).
+    pub fn gateway_only(&self) -> crate::auth::GatewayOnly {
+        crate::auth::GatewayOnly
+    }
+
     /// A client of the gateway's deadline service, over this agency's mutual-TLS channel.
     pub fn deadlines(&self) -> DeadlinesClient<Channel> {
         self.context.gateway.deadlines()

@@ -28,6 +28,9 @@ pub fn form_kind_of(form: &Form) -> FormKind {
         Form::ActionAssignment(_) => FormKind::ActionAssignment,
         Form::ActionProgress(_) => FormKind::ActionProgress,
         Form::ReviewMinutes(_) => FormKind::ReviewMinutes,
+        Form::Consultation(_) => FormKind::Consultation,
+        Form::ConsultationAnswer(_) => FormKind::ConsultationAnswer,
+        Form::DisclosureAlert(_) => FormKind::DisclosureAlert,
         Form::DeadlineAlert(_) => FormKind::DeadlineAlert,
     }
 }
@@ -102,6 +105,7 @@ pub(crate) fn sent_status(state: DeliveryState, answer: Option<&Envelope>) -> Re
         DeliveryState::Unspecified | DeliveryState::Queued => ReferralStatus::Requested,
         DeliveryState::Delivered | DeliveryState::Answered => ReferralStatus::Received,
         DeliveryState::RefusedByRecipient => ReferralStatus::Failed,
+        DeliveryState::Withheld => ReferralStatus::OnHold,
     }
 }
 
@@ -110,7 +114,9 @@ pub(crate) fn delivery_rank(state: DeliveryState) -> u8 {
     match state {
         DeliveryState::Unspecified => 0,
         DeliveryState::Queued => 1,
-        DeliveryState::Delivered | DeliveryState::RefusedByRecipient => 2,
+        DeliveryState::Delivered
+        | DeliveryState::RefusedByRecipient
+        | DeliveryState::Withheld => 2,
         DeliveryState::Answered => 3,
     }
 }
@@ -214,6 +220,12 @@ pub(crate) fn summary(envelope: &Envelope) -> String {
                 short_name(state.as_str_name(), "DEADLINE_STATE_")
             )
         }
+        Some(Form::Consultation(_)) => "consultation".to_owned(),
+        Some(Form::ConsultationAnswer(_)) => "consultation answered".to_owned(),
+        Some(Form::DisclosureAlert(alert)) => format!(
+            "{}: opened outside the case team (break the glass)",
+            alert.case_reference
+        ),
         Some(Form::Assessment(_) | Form::IncidentReport(_)) | None => String::new(),
     }
 }

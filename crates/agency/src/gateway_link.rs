@@ -10,7 +10,7 @@ use referral_core::{
     tls::client_tls,
 };
 use referral_proto::v1::{
-    DeliveryStatus, Envelope, GetDeliveryStatusRequest, RecordCaseEventRequest,
+    CaseView, DeliveryStatus, Envelope, GetDeliveryStatusRequest, ReadCaseRequest, RecordCaseEventRequest,
     RecordCaseEventResponse, SendRequest, SendResponse, deadlines_client::DeadlinesClient,
     gateway_client::GatewayClient,
 };
@@ -114,10 +114,30 @@ impl GatewayLink {
             .clone()
             .get_delivery_status(GetDeliveryStatusRequest {
                 message_id: message_id.to_owned(),
+                acting_user: None,
             })
             .await
             .map(tonic::Response::into_inner)
             .map_err(GatewayFailure::classify)
+    }
+
+    /// Reads a case through the gateway, as the request's acting user.
+    pub(crate) async fn read_case(
+        &self,
+        request: ReadCaseRequest,
+    ) -> Result<CaseView, GatewayFailure> {
+        self.client
+            .clone()
+            .read_case(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(GatewayFailure::classify)
+    }
+
+    /// A client of the gateway's API on the same channel (the commission's case-file calls:
+    /// filtered reads, grants, the disclosure history).
+    pub fn client(&self) -> GatewayClient<Channel> {
+        self.client.clone()
     }
 
     /// Records a case event (commission only: the gateway checks).

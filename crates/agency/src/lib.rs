@@ -41,6 +41,7 @@
 mod auth;
 pub mod checks;
 pub mod commission;
+mod consult;
 pub mod deadlines;
 pub mod error;
 pub mod extension;
@@ -53,7 +54,7 @@ mod service;
 pub mod staff;
 mod store;
 
-pub use auth::{StaffAuth, acting_user};
+pub use auth::{GatewayOnly, StaffAuth, acting_user};
 pub use error::{AgencyError, BuildError};
 pub use extension::{AgencyExtension, AgencyHost, OpenedCase, PushOutcome};
 pub use gateway_link::GatewayFailure;

@@ -313,6 +313,8 @@ fn reply_envelope(
         .filter(|p| *p != PurposeOfUse::Unspecified)
         .unwrap_or(PurposeOfUse::CoordinationOfCare);
     Envelope {
+        linked_referrals: Vec::new(),
+        view_sections: Vec::new(),
         message_id: String::new(),
         idempotency_key: idempotency_key.to_owned(),
         sender_agency_id: sender_agency_id.to_owned(),
@@ -497,6 +499,8 @@ mod tests {
 
     fn assignment(id: &str) -> Envelope {
         Envelope {
+            linked_referrals: Vec::new(),
+            view_sections: Vec::new(),
             message_id: id.into(),
             sender_agency_id: "commission".into(),
             recipient_agency_id: "ngo-1".into(),

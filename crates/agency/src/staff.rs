@@ -15,7 +15,9 @@ use referral_core::{
     time, validate,
 };
 use referral_proto::v1::{
-    ActingUser, AgencyKind, AnswerInformationRequestRequest, AnswerInformationRequestResponse,
+    ActingUser, AgencyKind, AnswerConsultationRequest, AnswerConsultationResponse,
+    AnswerInformationRequestRequest, AnswerInformationRequestResponse, CaseView, ConsultRequest,
+    ConsultResponse, ReadSharedCaseRequest,
     ConfidentialityLabel, DeadlineOverviewRequest, DeadlineOverviewResponse,
     DecideHelpRequestRequest, DecideHelpRequestResponse, Envelope, FormKind, GetMessageRequest,
     GetSentMessageRequest, InboxItem, ListDeadlinesRequest, ListDeadlinesResponse,
@@ -29,13 +31,16 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth::acting_user,
-    commission, deadlines,
+    commission, consult, deadlines,
     error::{AgencyResult, internal, not_found, permission_denied},
     forms::{GATEWAY_SENDER_ID, decision_of, summary},
     outbound::{Pushed, failure_error, push},
     replies,
     service::Context,
-    store::{Page, fingerprint, sent::NewSent},
+    store::{
+        Page, fingerprint,
+        sent::{NewSent, SentRow},
+    },
 };
 
 /// The agency kinds whose staff may submit a help request K to the commission.
@@ -186,38 +191,18 @@ impl StaffApi {
             payload: Some(Payload {
                 form: Some(Form::HelpRequest(help_request)),
             }),
+            linked_referrals: Vec::new(),
+            view_sections: Vec::new(),
         };
 
-        let row = context
-            .store
-            .begin_send(&NewSent {
-                idempotency_key: &idempotency_key,
-                request_sha256: &request_sha256,
-                acting_user_id: &user.user_id,
-                envelope: &envelope,
-                now,
-            })
-            .await?;
-        if row.request_sha256 != request_sha256 {
-            return Err(ServiceError::AlreadyExists(
-                "this idempotency key was already used for a different help request".into(),
-            )
-            .into());
-        }
-        let row = match row.message_id {
-            // Submitted before and acknowledged: the same message.
-            Some(_) => row,
-            None => match push(context, &row).await? {
-                Pushed::Sent(row) => *row,
-                Pushed::Failed(failure) => {
-                    if !matches!(failure, crate::gateway_link::GatewayFailure::Unreachable(_)) {
-                        // Refused: nothing stays stored.
-                        context.store.forget_pending(&idempotency_key).await?;
-                    }
-                    return Err(failure_error(failure, SUBMIT_RETRY_HINT));
-                }
-            },
-        };
+        let row = send_tracked(
+            context,
+            &user,
+            envelope,
+            &request_sha256,
+            "a different help request",
+        )
+        .await?;
         Ok(SubmitHelpRequestResponse {
             message_id: row.message_id.unwrap_or_default(),
             state: row.delivery_state as i32,
@@ -282,12 +267,17 @@ impl StaffApi {
         })
     }
 
-    async fn list_sent(&self, request: &ListSentRequest) -> AgencyResult<ListSentResponse> {
+    async fn list_sent(
+        &self,
+        user: &ActingUser,
+        request: &ListSentRequest,
+    ) -> AgencyResult<ListSentResponse> {
         let kind = form_kind_filter(request.form_kind)?;
         let page = Page::from_request(request.page_size, &request.page_token)?;
         let (rows, next) = self.context.store.list_sent(kind, &page).await?;
         let items = rows
             .into_iter()
+            .filter(|row| !kept_from(user, &self.context.agency.id, &row.envelope))
             .map(|row| SentItem {
                 summary: summary(&row.envelope),
                 message_id: row.message_id.unwrap_or_default(),
@@ -304,13 +294,18 @@ impl StaffApi {
         })
     }
 
-    async fn get_sent_message(&self, request: &GetSentMessageRequest) -> AgencyResult<SentMessage> {
+    async fn get_sent_message(
+        &self,
+        user: &ActingUser,
+        request: &GetSentMessageRequest,
+    ) -> AgencyResult<SentMessage> {
         let context = &self.context;
         let message_id = request.message_id.as_str();
         let mut row = context
             .store
             .sent_by_message_id(message_id)
             .await?
+            .filter(|row| !kept_from(user, &context.agency.id, &row.envelope))
             .ok_or_else(|| {
                 not_found("no message with this id among this agency's sent messages")
             })?;
@@ -390,18 +385,46 @@ impl AgencyStaff for StaffApi {
         &self,
         request: Request<ListSentRequest>,
     ) -> Result<Response<ListSentResponse>, Status> {
-        acting_user(&request)?;
-        Ok(Response::new(self.list_sent(request.get_ref()).await?))
+        let user = acting_user(&request)?;
+        Ok(Response::new(self.list_sent(&user, request.get_ref()).await?))
     }
 
     async fn get_sent_message(
         &self,
         request: Request<GetSentMessageRequest>,
     ) -> Result<Response<SentMessage>, Status> {
-        acting_user(&request)?;
+        let user = acting_user(&request)?;
         Ok(Response::new(
-            self.get_sent_message(request.get_ref()).await?,
+            self.get_sent_message(&user, request.get_ref()).await?,
         ))
+    }
+
+    async fn read_shared_case(
+        &self,
+        request: Request<ReadSharedCaseRequest>,
+    ) -> Result<Response<CaseView>, Status> {
+        let user = acting_user(&request)?;
+        let view = consult::read_shared_case(&self.context, user, request.into_inner()).await?;
+        Ok(Response::new(view))
+    }
+
+    async fn consult(
+        &self,
+        request: Request<ConsultRequest>,
+    ) -> Result<Response<ConsultResponse>, Status> {
+        let user = acting_user(&request)?;
+        let response = consult::consult(&self.context, user, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn answer_consultation(
+        &self,
+        request: Request<AnswerConsultationRequest>,
+    ) -> Result<Response<AnswerConsultationResponse>, Status> {
+        let user = acting_user(&request)?;
+        let response =
+            consult::answer_consultation(&self.context, user, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn decide_help_request(
@@ -471,6 +494,66 @@ impl AgencyStaff for StaffApi {
         deadlines::check_user_id(&request.responsible_user_id)?;
         let stream = deadlines::watch(&self.context, &user, request).await?;
         Ok(Response::new(stream))
+    }
+}
+
+/// Whether a sent report must stay hidden from this user of the sending agency: a help request
+/// that implicates this agency's own director is seen only by the staff member who sent it, so
+/// that the director never sees it here either (M:2876-2882).
+fn kept_from(user: &ActingUser, own_agency: &str, envelope: &Envelope) -> bool {
+    let Some(Form::HelpRequest(k)) = envelope.payload.as_ref().and_then(|p| p.form.as_ref())
+    else {
+        return false;
+    };
+    let implicates_us = k
+        .circumstances
+        .as_ref()
+        .is_some_and(|c| c.implicated_director_agency_id == own_agency);
+    let author = envelope.acting_user.as_ref().map(|a| a.user_id.as_str());
+    implicates_us && author != Some(user.user_id.as_str())
+}
+
+/// Stores a new outgoing message as pending, hands it to the gateway and records the answer:
+/// the one path of every message an agency's staff start (help requests, consultations and
+/// their answers). A retry with the same key returns the stored message; a key reused for other
+/// content is refused; a message the gateway refuses is forgotten.
+pub(crate) async fn send_tracked(
+    context: &Context,
+    user: &ActingUser,
+    envelope: Envelope,
+    request_sha256: &str,
+    what: &str,
+) -> AgencyResult<SentRow> {
+    let idempotency_key = envelope.idempotency_key.clone();
+    let row = context
+        .store
+        .begin_send(&NewSent {
+            idempotency_key: &idempotency_key,
+            request_sha256,
+            acting_user_id: &user.user_id,
+            envelope: &envelope,
+            now: context.clock.now(),
+        })
+        .await?;
+    if row.request_sha256 != request_sha256 {
+        return Err(ServiceError::AlreadyExists(format!(
+            "this idempotency key was already used for {what}"
+        ))
+        .into());
+    }
+    match row.message_id {
+        // Sent before and acknowledged: the same message.
+        Some(_) => Ok(row),
+        None => match push(context, &row).await? {
+            Pushed::Sent(row) => Ok(*row),
+            Pushed::Failed(failure) => {
+                if !matches!(failure, crate::gateway_link::GatewayFailure::Unreachable(_)) {
+                    // Refused: nothing stays stored.
+                    context.store.forget_pending(&idempotency_key).await?;
+                }
+                Err(failure_error(failure, SUBMIT_RETRY_HINT))
+            }
+        },
     }
 }
 

@@ -95,6 +95,10 @@ pub enum ServiceError {
     /// Anything else. The cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// The gateway's refusal of a request this service made for its caller (invalid, not
+    /// allowed), passed on as the gateway gave it, with its field details.
+    #[error("refused by the gateway: {}", .0.message())]
+    Refused(Status),
 }
 
 impl ServiceError {
@@ -147,6 +151,7 @@ impl From<ServiceError> for Status {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
                 Status::internal("internal error")
             }
+            ServiceError::Refused(status) => status,
         }
     }
 }

@@ -17,7 +17,8 @@
 
 use jiff::{Span, Timestamp, civil::Date, tz::TimeZone};
 use referral_proto::v1::{
-    CalendarDate, ChildReferred, DecideHelpRequestRequest, HelpRequest, ParentInfo,
+    CalendarDate, ChildReferred, DecideHelpRequestRequest, HelpRequest, IncidentRole, ParentInfo,
+    ReportCircumstances, Consultation,
     ReferralDestination, ReferringPerson, Sex, Signature, decide_help_request_request::Outcome,
 };
 
@@ -281,6 +282,95 @@ pub fn help_request(
         Some(signature) => signature_block(signature, now, v, &field("signature")),
         None => v.add(field("signature"), "required"),
     }
+    if let Some(c) = &k.circumstances {
+        circumstances(c, v, &field("circumstances"));
+    }
+}
+
+/// Whether a text holds something that identifies a child by number: twelve digits in a row
+/// that are a valid IIN (check digit and birth date).
+pub fn holds_iin(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    while start < bytes.len() {
+        if !bytes[start].is_ascii_digit() {
+            start += 1;
+            continue;
+        }
+        let end = bytes[start..]
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .map_or(bytes.len(), |n| start + n);
+        // Any 12-digit window of a run of digits.
+        let run = &text[start..end];
+        if run.len() >= 12
+            && (0..=run.len() - 12).any(|i| crate::iin::parse(&run[i..i + 12]).is_ok())
+        {
+            return true;
+        }
+        start = end;
+    }
+    false
+}
+
+/// Text that must not identify a child (consultations, aggregate reports): refused when it
+/// holds an IIN. Names cannot be told from other words; the form has no field for them.
+pub fn no_identity(v: &mut FieldViolations, field: &str, value: &str) {
+    if holds_iin(value) {
+        v.add(
+            field,
+            "must not identify the child: it holds an IIN (ЖСН/ИИН); describe the concern without it",
+        );
+    }
+}
+
+/// A consultation about a concern, without the child's or family's identity (P:153-157).
+pub fn consultation(c: &Consultation, v: &mut FieldViolations, prefix: &str) {
+    let field = |name: &str| join(prefix, name);
+    text(v, &field("concern"), &c.concern, Text::required(10, LONG_TEXT_MAX).multiline());
+    text(v, &field("question"), &c.question, Text::required(3, 2000).multiline());
+    text(v, &field("consulted_by"), &c.consulted_by, Text::required(1, 200));
+    if c.child_age_years > 18 {
+        v.add(field("child_age_years"), "at most 18");
+    }
+    no_identity(v, &field("concern"), &c.concern);
+    no_identity(v, &field("question"), &c.question);
+    no_identity(v, &field("consulted_by"), &c.consulted_by);
+}
+
+/// Who must not learn of a report and the incident it belongs to. Whether the agencies exist is
+/// the gateway's check (it has the directory).
+fn circumstances(c: &ReportCircumstances, v: &mut FieldViolations, prefix: &str) {
+    let field = |name: &str| join(prefix, name);
+    for (name, value) in [
+        ("child_residence_agency_id", &c.child_residence_agency_id),
+        (
+            "implicated_director_agency_id",
+            &c.implicated_director_agency_id,
+        ),
+    ] {
+        text(v, &field(name), value, Text::optional(100));
+    }
+    text(
+        v,
+        &field("incident_reference"),
+        &c.incident_reference,
+        Text::optional(100),
+    );
+    let role = IncidentRole::try_from(c.incident_role).unwrap_or(IncidentRole::Unspecified);
+    if c.incident_reference.trim().is_empty() {
+        if c.incident_role != 0 {
+            v.add(
+                field("incident_role"),
+                "only with an incident_reference",
+            );
+        }
+    } else if role == IncidentRole::Unspecified {
+        v.add(
+            field("incident_role"),
+            "required with an incident_reference: perpetrator, victim, both or witness",
+        );
+    }
 }
 
 fn child_referred(c: &ChildReferred, today: Date, v: &mut FieldViolations, prefix: &str) {
@@ -533,6 +623,7 @@ pub fn sample_help_request(today: Date) -> HelpRequest {
         });
 
     HelpRequest {
+        circumstances: None,
         child: Some(ChildReferred {
             full_name: "Әлия Серікқызы Нұрланова".into(),
             registered_address: "Алматы қ., Әуезов ауданы, Жетісу-2 ш.а., 14-үй, 27-пәтер".into(),

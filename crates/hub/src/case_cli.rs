@@ -369,6 +369,7 @@ impl Staff {
             .case_files
             .get_case(self.request(GetCaseRequest {
                 case_reference: case_reference.clone(),
+                ..GetCaseRequest::default()
             }))
             .await
             .map_err(|s| self.fail_case(s, "case reference", &case_reference))?

@@ -984,6 +984,7 @@ mod tests {
                 version: 4,
                 cycle: 1,
                 child_full_name: "Әлия Нұрланова".into(),
+                ..CaseSummary::default()
             }),
             help_request: Some(Envelope {
                 message_id: "k-1".into(),

@@ -355,6 +355,7 @@ impl HelpRequestFile {
         };
         let signed_at = self.signature.signed_at.unwrap_or(now);
         HelpRequest {
+            circumstances: None,
             child: Some(ChildReferred {
                 full_name: c.full_name.clone(),
                 registered_address: c.registered_address.clone(),

@@ -149,6 +149,8 @@ impl Shared {
             case_reference: event.case_reference.clone(),
             confidentiality: "CONFIDENTIALITY_LABEL_RESTRICTED".to_owned(),
             payload_sha256: sha,
+            sections: String::new(),
+            outcome: String::new(),
         };
         let seq = ledger::append(&mut tx, now_us, &fields).await?;
         sqlx::query(
@@ -169,6 +171,7 @@ impl Shared {
         .bind(seq)
         .execute(&mut *tx)
         .await?;
+        crate::access::on_case_event(&mut tx, &event, &caller.id).await?;
         tx.commit().await?;
         tracing::info!(
             event_id = %event_id,

@@ -160,7 +160,7 @@ async fn advance(
                 let hash = ledger::payload_sha256(&prost::Message::encode_to_vec(
                     env.payload.as_ref().unwrap_or(&Payload::default()),
                 ));
-                store::enqueue_message(&mut tx, &env, &hash, now_us).await?;
+                store::enqueue_message(&mut tx, &shared.sealer, &env, &hash, now_us).await?;
                 messages += 1;
             }
             first.get_or_insert(alert);
@@ -238,6 +238,8 @@ fn alert_envelope(
         payload: Some(Payload {
             form: Some(payload::Form::DeadlineAlert(alert)),
         }),
+        linked_referrals: Vec::new(),
+        view_sections: Vec::new(),
     }
 }
 

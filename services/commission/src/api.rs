@@ -23,7 +23,9 @@ use referral_core::{
 };
 use referral_proto::v1::{
     ActingUser, ActionAssignment, ActionDeadline, ActionProgressState, CaseChange, CaseEventKind,
-    CaseFile, CaseStage, CloseCaseRequest, ClosureRecord, ConfidentialityLabel, DocumentChunk,
+    CaseFile, CaseStage, CloseCaseRequest, DisclosureGrant, GrantDisclosureRequest,
+    ListDisclosureGrantsRequest, ListDisclosureGrantsResponse, ListDisclosuresRequest,
+    ListDisclosuresResponse, RevokeDisclosureRequest, ClosureRecord, ConfidentialityLabel, DocumentChunk,
     DocumentInfo, DownloadDocumentRequest, Envelope, FileAssessmentRequest, FileSupportPlanRequest,
     FormKind, GetCaseRequest, InformationRequest, ListCasesRequest, ListCasesResponse, Payload,
     PlanAction, PurposeOfUse, RecordContactRequest, RecordReviewRequest, ReopenCaseRequest,
@@ -46,7 +48,7 @@ use crate::{
 /// The `CaseFiles` service of one commission.
 #[derive(Debug, Clone)]
 pub struct CaseFilesApi {
-    host: AgencyHost,
+    pub(crate) host: AgencyHost,
     outbox: Arc<Outbox>,
 }
 
@@ -182,6 +184,8 @@ impl CaseFilesApi {
             payload: Some(Payload {
                 form: Some(out.payload),
             }),
+            linked_referrals: Vec::new(),
+            view_sections: Vec::new(),
         }
     }
 
@@ -305,13 +309,16 @@ impl CaseFilesApi {
         v.into_result()?;
         let row = self.workable(user, &request.case_reference).await?;
         let mut conn = self.host.pool().acquire().await?;
-        read::case_file(
+        let file = read::case_file(
             &mut conn,
             &row,
             self.host.directory(),
             self.host.agency_id(),
         )
-        .await
+        .await?;
+        drop(conn);
+        // The gateway's policy decides what of the file this person sees, and records the read.
+        crate::disclosure::filter_read(&self.host, user, request, file).await
     }
 
     async fn record_contact(
@@ -1011,6 +1018,40 @@ impl CaseFiles for CaseFilesApi {
     ) -> Result<Response<CaseFile>, Status> {
         let user = acting_user(&request)?;
         into_status(self.get_case(&user, request.get_ref()).await)
+    }
+
+    async fn grant_disclosure(
+        &self,
+        request: Request<GrantDisclosureRequest>,
+    ) -> Result<Response<DisclosureGrant>, Status> {
+        let user = acting_user(&request)?;
+        into_status(crate::disclosure::grant(&self.host, user, request.into_inner()).await)
+    }
+
+    async fn revoke_disclosure(
+        &self,
+        request: Request<RevokeDisclosureRequest>,
+    ) -> Result<Response<DisclosureGrant>, Status> {
+        let user = acting_user(&request)?;
+        into_status(crate::disclosure::revoke(&self.host, user, request.into_inner()).await)
+    }
+
+    async fn list_disclosure_grants(
+        &self,
+        request: Request<ListDisclosureGrantsRequest>,
+    ) -> Result<Response<ListDisclosureGrantsResponse>, Status> {
+        let user = acting_user(&request)?;
+        into_status(crate::disclosure::list_grants(&self.host, user, request.into_inner()).await)
+    }
+
+    async fn list_disclosures(
+        &self,
+        request: Request<ListDisclosuresRequest>,
+    ) -> Result<Response<ListDisclosuresResponse>, Status> {
+        let user = acting_user(&request)?;
+        into_status(
+            crate::disclosure::list_disclosures(&self.host, user, request.into_inner()).await,
+        )
     }
 
     async fn record_contact(

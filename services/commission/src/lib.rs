@@ -39,6 +39,7 @@
 mod access;
 mod api;
 mod case;
+mod disclosure;
 mod documents;
 mod filing;
 pub mod labels;
@@ -109,7 +110,10 @@ impl AgencyExtension for CommissionExtension {
     }
 
     fn service_names(&self) -> Vec<&'static str> {
-        vec![<CaseFilesService as NamedService>::NAME]
+        vec![
+            <CaseFilesService as NamedService>::NAME,
+            <referral_proto::v1::case_source_server::CaseSourceServer<disclosure::CaseSourceApi> as NamedService>::NAME,
+        ]
     }
 
     fn add_services(&self, host: &AgencyHost, router: Router) -> Router {
@@ -117,7 +121,14 @@ impl AgencyExtension for CommissionExtension {
             CaseFilesServer::new(api::CaseFilesApi::new(host.clone(), self.outbox.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES);
         // Case files: the staff API's bearer-token check; handlers authorise by role and curator.
-        router.add_service(InterceptedService::new(case_files, host.staff_auth()))
+        let case_source = referral_proto::v1::case_source_server::CaseSourceServer::new(
+            disclosure::CaseSourceApi { host: host.clone() },
+        );
+        // Case files: the staff API's bearer-token check; handlers authorise by role and curator.
+        // The case source: the gateway's certificate only.
+        router
+            .add_service(InterceptedService::new(case_files, host.staff_auth()))
+            .add_service(InterceptedService::new(case_source, host.gateway_only()))
     }
 
     async fn on_received(

@@ -68,6 +68,12 @@ pub fn summary(
         version: row.version,
         cycle: row.cycle,
         child_full_name: child_name(k),
+        curator_contact: directory
+            .user(agency_id, &row.curator_user_id)
+            .map(|s| s.contact.clone())
+            .unwrap_or_default(),
+        // The gateway fills it from its deadline engine in the views it answers.
+        next_review_on: None,
     }
 }
 

@@ -1,0 +1,1490 @@
+//! Need to know (issue 4), the gateway's side: what it remembers of each report and case (no
+//! names: ids, relations, the keyed hash of the IIN), the facts and principals it hands to the
+//! policy engine, the checks every case message passes at `Send`, the reads through the hub,
+//! the commission's grants and the disclosure history.
+//!
+//! Every decision here is the policy's (`policy`); every read and every denial is appended to
+//! the ledger as an audit event.
+
+use hmac::{KeyInit as _, Mac as _};
+use prost::Message as _;
+use referral_core::{
+    FieldViolations, ServiceError, ServiceResult,
+    directory::{AgencyEntry, role_fits_kind, role_name},
+    time, validate,
+};
+use referral_proto::v1::{
+    ActingUser, AgencyKind, CaseEvent, CaseEventKind, CaseFile, CaseView, ConfidentialityLabel,
+    DisclosureAlert, DisclosureGrant, DisclosureRecord, Envelope, ExportCaseRequest,
+    FilterCaseReadRequest, FormKind, GrantDisclosureRequest, HelpRequest, IncidentRole,
+    LinkedReferral, ListDisclosureGrantsRequest, ListDisclosureGrantsResponse,
+    ListDisclosuresRequest, ListDisclosuresResponse, Payload, PurposeOfUse, ReadCaseRequest,
+    RevokeDisclosureRequest, Role, Sensitivity, case_source_client::CaseSourceClient, payload,
+};
+use sha2::Sha256;
+use sqlx::{Any, Row as _, Transaction};
+
+use crate::{
+    Shared,
+    ledger::{self, EntryFields},
+    policy::{Action, CaseFacts, Principal, PrincipalUser, Sections, Situation, section_name},
+};
+
+/// Relations of an agency to a case, as stored.
+pub(crate) const REFERRER: &str = "referrer";
+pub(crate) const ASSIGNEE: &str = "assignee";
+pub(crate) const INFORMANT: &str = "informant";
+pub(crate) const PARTICIPANT: &str = "participant";
+
+/// Audit events.
+pub(crate) const EVENT_READ: &str = "case.read";
+pub(crate) const EVENT_DENIED: &str = "access.denied";
+pub(crate) const EVENT_GRANTED: &str = "grant.created";
+pub(crate) const EVENT_REVOKED: &str = "grant.revoked";
+pub(crate) const EVENT_WITHHELD: &str = "message.withheld";
+pub(crate) const OUTCOME_ALLOWED: &str = "allowed";
+pub(crate) const OUTCOME_DENIED: &str = "denied";
+
+/// The longest a grant may run.
+const MAX_GRANT_MICROS: i64 = 366 * 24 * 3600 * 1_000_000;
+
+/// The state of a message kept from its recipient.
+pub(crate) const STATE_WITHHELD: &str = "withheld";
+
+/// Keeps a just-stored message from its recipient: no outbox row, its state `withheld`, and a
+/// ledger entry saying so.
+pub(crate) async fn withhold(
+    tx: &mut Transaction<'static, Any>,
+    env: &Envelope,
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM outbox WHERE message_id = $1")
+        .bind(&env.message_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE messages SET state = $1 WHERE message_id = $2")
+        .bind(STATE_WITHHELD)
+        .bind(&env.message_id)
+        .execute(&mut **tx)
+        .await?;
+    let mut fields = EntryFields::for_envelope(ledger::LedgerEvent::Accepted, env, "");
+    fields.event = EVENT_WITHHELD.to_owned();
+    fields.outcome = OUTCOME_DENIED.to_owned();
+    ledger::append(tx, now_us, &fields).await?;
+    Ok(())
+}
+
+/// The keyed hash that links referrals of one child without keeping the IIN.
+pub fn child_pseudonym(secret: &[u8], iin: &str) -> Option<String> {
+    let iin = iin.trim();
+    if iin.is_empty() {
+        return None;
+    }
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret).ok()?;
+    mac.update(b"referral-hub child v1\0");
+    mac.update(iin.as_bytes());
+    Some(hex::encode(mac.finalize().into_bytes()))
+}
+
+fn role_of(user: &ActingUser) -> Role {
+    Role::try_from(user.role).unwrap_or(Role::Unspecified)
+}
+
+fn purpose_of(value: i32) -> PurposeOfUse {
+    PurposeOfUse::try_from(value).unwrap_or(PurposeOfUse::Unspecified)
+}
+
+/// The incident roles whose cases the curator of a case with `role` may not hold.
+fn opposite_parties(incident: &str, role: &str) -> Vec<String> {
+    let others: &[&str] = match role {
+        "VICTIM" => &["PERPETRATOR", "BOTH"],
+        "PERPETRATOR" => &["VICTIM", "BOTH"],
+        "BOTH" => &["VICTIM", "PERPETRATOR", "BOTH"],
+        _ => &[],
+    };
+    others.iter().map(|o| format!("{incident}|{o}")).collect()
+}
+
+fn incident_role_name(role: i32) -> String {
+    IncidentRole::try_from(role)
+        .ok()
+        .filter(|r| *r != IncidentRole::Unspecified)
+        .map(|r| r.as_str_name().trim_start_matches("INCIDENT_ROLE_").to_owned())
+        .unwrap_or_default()
+}
+
+/// One stored referral (a help request the gateway accepted).
+#[derive(Debug, Clone)]
+pub(crate) struct Referral {
+    pub help_request_message_id: String,
+    pub district_id: String,
+    pub referring_agency_id: String,
+    pub commission_agency_id: String,
+    pub child_pseudonym: Option<String>,
+    pub residence_agency_id: String,
+    pub implicated_agency_id: String,
+    pub incident_reference: String,
+    pub incident_role: String,
+    pub case_reference: Option<String>,
+}
+
+impl Referral {
+    fn excluded(&self) -> Vec<String> {
+        [&self.residence_agency_id, &self.implicated_agency_id]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect()
+    }
+}
+
+fn referral_row(r: &sqlx::any::AnyRow) -> Result<Referral, sqlx::Error> {
+    Ok(Referral {
+        help_request_message_id: r.try_get("help_request_message_id")?,
+        district_id: r.try_get("district_id")?,
+        referring_agency_id: r.try_get("referring_agency_id")?,
+        commission_agency_id: r.try_get("commission_agency_id")?,
+        child_pseudonym: r.try_get("child_pseudonym")?,
+        residence_agency_id: r.try_get("residence_agency_id")?,
+        implicated_agency_id: r.try_get("implicated_agency_id")?,
+        incident_reference: r.try_get("incident_reference")?,
+        incident_role: r.try_get("incident_role")?,
+        case_reference: r.try_get("case_reference")?,
+    })
+}
+
+const REFERRAL_COLUMNS: &str = "help_request_message_id, district_id, referring_agency_id, \
+    commission_agency_id, child_pseudonym, residence_agency_id, implicated_agency_id, \
+    incident_reference, incident_role, case_reference, referred_at";
+
+pub(crate) async fn referral_by_message<'e, E>(
+    exec: E,
+    message_id: &str,
+) -> Result<Option<Referral>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE help_request_message_id = $1"
+    )))
+    .bind(message_id)
+    .fetch_optional(exec)
+    .await?
+    .as_ref()
+    .map(referral_row)
+    .transpose()
+}
+
+async fn referral_by_case(
+    conn: &mut sqlx::AnyConnection,
+    case_reference: &str,
+) -> Result<Option<Referral>, sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE case_reference = $1 \
+         ORDER BY referred_at LIMIT 1"
+    )))
+    .bind(case_reference)
+    .fetch_optional(&mut *conn)
+    .await?
+    .as_ref()
+    .map(referral_row)
+    .transpose()
+}
+
+/// The facts of a case at `now_us`, or `None` when the gateway knows no such case.
+pub(crate) async fn case_facts(
+    conn: &mut sqlx::AnyConnection,
+    case_reference: &str,
+    now_us: i64,
+) -> Result<Option<CaseFacts>, sqlx::Error> {
+    let Some(case) = sqlx::query(
+        "SELECT district_id, commission_agency_id, curator_user_id FROM access_cases \
+         WHERE case_reference = $1",
+    )
+    .bind(case_reference)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let mut facts = CaseFacts {
+        id: case_reference.to_owned(),
+        district: case.try_get("district_id")?,
+        commission: case.try_get("commission_agency_id")?,
+        team: vec![case.try_get("curator_user_id")?],
+        ..CaseFacts::default()
+    };
+    let relations =
+        sqlx::query("SELECT agency_id, relation FROM case_relations WHERE case_reference = $1")
+            .bind(case_reference)
+            .fetch_all(&mut *conn)
+            .await?;
+    for r in &relations {
+        let agency: String = r.try_get("agency_id")?;
+        let relation: String = r.try_get("relation")?;
+        match relation.as_str() {
+            REFERRER => facts.referrers.push(agency),
+            ASSIGNEE => facts.assignees.push(agency),
+            INFORMANT => facts.informants.push(agency),
+            PARTICIPANT => facts.participants.push(agency),
+            _ => {}
+        }
+    }
+    let grants = sqlx::query(
+        "SELECT grantee_agency_id, grantee_user_id, section FROM disclosure_grants \
+         WHERE case_reference = $1 AND expires_at > $2 AND revoked_at IS NULL",
+    )
+    .bind(case_reference)
+    .bind(now_us)
+    .fetch_all(&mut *conn)
+    .await?;
+    for g in &grants {
+        let agency: String = g.try_get("grantee_agency_id")?;
+        let user: String = g.try_get("grantee_user_id")?;
+        let section: String = g.try_get("section")?;
+        let Some(section) = crate::policy::section_from_name(&section) else {
+            continue;
+        };
+        if user.is_empty() {
+            facts.agency_grants.push((agency, section));
+        } else {
+            facts.user_grants.push((agency, user, section));
+        }
+    }
+    let referrals = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE case_reference = $1"
+    )))
+    .bind(case_reference)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &referrals {
+        let r = referral_row(r)?;
+        facts.excluded_agencies.extend(r.excluded());
+        if !r.incident_reference.is_empty() {
+            facts
+                .conflicting_parties
+                .extend(opposite_parties(&r.incident_reference, &r.incident_role));
+        }
+    }
+    Ok(Some(facts))
+}
+
+/// The facts of a report that has no case yet: its referrer and the commission it went to.
+pub(crate) fn referral_facts(r: &Referral) -> CaseFacts {
+    CaseFacts {
+        id: r.help_request_message_id.clone(),
+        district: r.district_id.clone(),
+        commission: r.commission_agency_id.clone(),
+        referrers: vec![r.referring_agency_id.clone()],
+        excluded_agencies: r.excluded(),
+        conflicting_parties: if r.incident_reference.is_empty() {
+            Vec::new()
+        } else {
+            opposite_parties(&r.incident_reference, &r.incident_role)
+        },
+        ..CaseFacts::default()
+    }
+}
+
+/// "incident|role" of every open case the user is curator of.
+async fn incident_parties(
+    conn: &mut sqlx::AnyConnection,
+    commission: &str,
+    user_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT r.incident_reference, r.incident_role FROM access_cases c \
+         JOIN referrals r ON r.case_reference = c.case_reference \
+         WHERE c.commission_agency_id = $1 AND c.curator_user_id = $2 AND c.is_open = 1 \
+         AND r.incident_reference <> ''",
+    )
+    .bind(commission)
+    .bind(user_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let incident: String = r.try_get("incident_reference")?;
+            let role: String = r.try_get("incident_role")?;
+            Ok(format!("{incident}|{role}"))
+        })
+        .collect()
+}
+
+/// An agency as a whole (its inbox receiving a message).
+pub(crate) fn agency_principal(agency: &AgencyEntry) -> Principal {
+    Principal {
+        agency_id: agency.id.clone(),
+        kind: agency.kind(),
+        district: agency.district.clone(),
+        user: None,
+    }
+}
+
+/// A user of the calling agency. The acting user must belong to the caller and hold a role
+/// that exists in an agency of its kind.
+pub(crate) fn user_principal(caller: &AgencyEntry, acting: &ActingUser) -> ServiceResult<Principal> {
+    let mut v = FieldViolations::new();
+    if acting.user_id.trim().is_empty() || acting.user_id.chars().count() > 200 {
+        v.add("acting_user.user_id", "required, at most 200 characters");
+    }
+    if role_of(acting) == Role::Unspecified {
+        v.add("acting_user.role", "required: a known role");
+    }
+    v.into_result()?;
+    if acting.agency_id != caller.id {
+        return Err(ServiceError::PermissionDenied(
+            "the calling agency cannot act for a user of another agency".into(),
+        ));
+    }
+    if !role_fits_kind(role_of(acting), caller.kind()) {
+        return Err(ServiceError::PermissionDenied(
+            "the acting role does not exist in the calling agency".into(),
+        ));
+    }
+    Ok(Principal {
+        agency_id: caller.id.clone(),
+        kind: caller.kind(),
+        district: caller.district.clone(),
+        user: Some(PrincipalUser {
+            user_id: acting.user_id.clone(),
+            role: role_of(acting),
+            incident_parties: Vec::new(),
+        }),
+    })
+}
+
+/// An audit entry of the ledger (a read, a denial, a grant).
+pub(crate) struct Audit<'a> {
+    pub event: &'a str,
+    pub agency_id: &'a str,
+    pub acting: Option<&'a ActingUser>,
+    pub purpose: PurposeOfUse,
+    pub case_reference: &'a str,
+    pub message_id: &'a str,
+    pub recipient_agency_id: &'a str,
+    pub form_kind: &'a str,
+    pub sections: Sections,
+    pub outcome: &'a str,
+    /// Digest of what the entry stands for (a reason, a grant), never the text itself.
+    pub digest: String,
+}
+
+impl Audit<'_> {
+    fn fields(&self) -> EntryFields {
+        EntryFields {
+            event: self.event.to_owned(),
+            message_id: self.message_id.to_owned(),
+            sender_agency_id: self.agency_id.to_owned(),
+            recipient_agency_id: self.recipient_agency_id.to_owned(),
+            acting_user_id: self.acting.map(|a| a.user_id.clone()).unwrap_or_default(),
+            acting_role: self
+                .acting
+                .map(|a| role_of(a))
+                .filter(|r| *r != Role::Unspecified)
+                .map(role_name)
+                .unwrap_or_default(),
+            purpose_of_use: self.purpose.as_str_name().to_owned(),
+            form_kind: self.form_kind.to_owned(),
+            case_reference: self.case_reference.to_owned(),
+            confidentiality: ConfidentialityLabel::Restricted.as_str_name().to_owned(),
+            payload_sha256: self.digest.clone(),
+            sections: self.sections.names(),
+            outcome: self.outcome.to_owned(),
+        }
+    }
+}
+
+pub(crate) async fn append_audit(
+    tx: &mut Transaction<'static, Any>,
+    now_us: i64,
+    audit: &Audit<'_>,
+) -> Result<i64, sqlx::Error> {
+    ledger::append(tx, now_us, &audit.fields()).await
+}
+
+/// Records a denial in its own transaction (the refused change itself stored nothing).
+pub(crate) async fn record_denial(shared: &Shared, audit: Audit<'_>) -> ServiceResult<()> {
+    let now_us = time::to_micros(shared.clock.now());
+    let mut tx = shared.db.begin().await?;
+    append_audit(&mut tx, now_us, &audit).await?;
+    tx.commit().await?;
+    shared.ledger_appended();
+    tracing::info!(
+        event = audit.event,
+        agency = %audit.agency_id,
+        case = %audit.case_reference,
+        "access denied and recorded"
+    );
+    Ok(())
+}
+
+/// What `Send` learned about a message's case, for the checks and the view.
+pub(crate) struct SendAccess {
+    /// The recipient's view of the message.
+    pub sections: Sections,
+    /// Other messages to store with this one (a report bypassing an implicated director goes to
+    /// the district's police too).
+    pub copies: Vec<Envelope>,
+    /// The message is kept from its recipient (stored and recorded, never delivered).
+    pub withheld: bool,
+}
+
+fn denied(why: &str) -> ServiceError {
+    ServiceError::PermissionDenied(why.to_owned())
+}
+
+impl Shared {
+    pub(crate) fn pseudonym(&self, iin: &str) -> Option<String> {
+        child_pseudonym(&self.child_link_secret, iin)
+    }
+
+    /// The need-to-know checks of a message at `Send`, inside its transaction (before it is
+    /// stored): the policy's word on the sender and on the recipient, what the gateway must
+    /// remember of the case, and the recipient's view. A refusal returns the denial to record.
+    pub(crate) async fn check_send(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        caller: &AgencyEntry,
+        recipient: &AgencyEntry,
+        env: &mut Envelope,
+        now_us: i64,
+    ) -> ServiceResult<SendAccess> {
+        let form = env.payload.as_ref().and_then(|p| p.form.clone());
+        let acting = env.acting_user.clone().unwrap_or_default();
+        let situation = Situation {
+            purpose: purpose_of(env.purpose_of_use),
+            reason_given: false,
+        };
+        let all = SendAccess {
+            sections: Sections::all(),
+            copies: Vec::new(),
+            withheld: false,
+        };
+        match form {
+            Some(payload::Form::HelpRequest(k)) => {
+                self.accept_referral(tx, caller, recipient, env, &k, now_us)
+                    .await
+            }
+            Some(payload::Form::HelpRequestDecision(d)) => {
+                let referral = referral_by_message(&mut **tx, &env.in_reply_to)
+                    .await?
+                    .ok_or_else(|| denied("no such help request"))?;
+                if let Some(referral_proto::v1::help_request_decision::Outcome::CaseOpened(opened)) =
+                    &d.outcome
+                {
+                    self.open_case(tx, caller, &referral, opened, now_us).await?;
+                    if env.case_reference.is_empty() {
+                        env.case_reference = opened.case_reference.clone();
+                    }
+                }
+                let facts = referral_facts(&referral);
+                let sections =
+                    self.recipient_view(recipient, &facts, situation)?;
+                Ok(SendAccess {
+                    withheld: sections.is_empty(),
+                    sections,
+                    copies: Vec::new(),
+                })
+            }
+            Some(
+                payload::Form::InformationRequest(_)
+                | payload::Form::ActionAssignment(_)
+                | payload::Form::ReviewMinutes(_),
+            ) => {
+                let relation = match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
+                    Some(payload::Form::InformationRequest(_)) => INFORMANT,
+                    Some(payload::Form::ActionAssignment(_)) => ASSIGNEE,
+                    _ => PARTICIPANT,
+                };
+                let mut facts = case_facts(&mut **tx, &env.case_reference, now_us)
+                    .await?
+                    .ok_or_else(|| denied("the gateway knows no such case"))?;
+                if facts.commission != caller.id {
+                    return Err(denied("the case belongs to another commission"));
+                }
+                let sender = user_principal(caller, &acting)?;
+                if !self.policy.decide(&sender, Action::SendCaseMessage, &facts, situation)? {
+                    return Err(denied(
+                        "only the case team, the secretary or the chair send this case's messages",
+                    ));
+                }
+                // The recipient's relation first, so that its view follows from it.
+                match relation {
+                    INFORMANT => facts.informants.push(recipient.id.clone()),
+                    ASSIGNEE => facts.assignees.push(recipient.id.clone()),
+                    _ => facts.participants.push(recipient.id.clone()),
+                }
+                let sections = self.recipient_view(recipient, &facts, situation)?;
+                if sections.is_empty() {
+                    return Err(denied("nothing of this case may reach that agency"));
+                }
+                sqlx::query(
+                    "INSERT INTO case_relations (case_reference, agency_id, relation, since) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (case_reference, agency_id, relation) \
+                     DO NOTHING",
+                )
+                .bind(&env.case_reference)
+                .bind(&recipient.id)
+                .bind(relation)
+                .bind(now_us)
+                .execute(&mut **tx)
+                .await?;
+                Ok(SendAccess {
+                    sections,
+                    copies: Vec::new(),
+                    withheld: false,
+                })
+            }
+            Some(payload::Form::InformationResponse(_) | payload::Form::ActionProgress(_)) => {
+                let facts = case_facts(&mut **tx, &env.case_reference, now_us)
+                    .await?
+                    .ok_or_else(|| denied("the gateway knows no such case"))?;
+                let sender = user_principal(caller, &acting)?;
+                if !self.policy.decide(&sender, Action::SendCaseMessage, &facts, situation)? {
+                    return Err(denied("this agency does not work on that case"));
+                }
+                Ok(all)
+            }
+            Some(payload::Form::Consultation(_) | payload::Form::ConsultationAnswer(_)) => {
+                if !env.case_reference.is_empty() {
+                    return Err(ServiceError::invalid_field(
+                        "envelope.case_reference",
+                        "must be empty: a consultation names no case",
+                    ));
+                }
+                Ok(all)
+            }
+            Some(payload::Form::IncidentSummary(_)) => {
+                if !env.case_reference.is_empty() {
+                    return Err(ServiceError::invalid_field(
+                        "envelope.case_reference",
+                        "must be empty: an aggregate report names no case",
+                    ));
+                }
+                Ok(all)
+            }
+            _ => Ok(all),
+        }
+    }
+
+    /// The agencies a report (a help request, or the decision on one) must never reach.
+    pub(crate) async fn excluded_from_report(
+        &self,
+        row: &crate::store::MessageRow,
+    ) -> ServiceResult<Vec<String>> {
+        let report = if row.form_kind == FormKind::HelpRequest.as_str_name() {
+            Some(row.message_id.as_str())
+        } else if row.form_kind == FormKind::HelpRequestDecision.as_str_name() {
+            row.in_reply_to.as_deref()
+        } else {
+            None
+        };
+        Ok(match report {
+            Some(id) => referral_by_message(self.db.pool(), id)
+                .await?
+                .map(|r| r.excluded())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        })
+    }
+
+    /// The sections the recipient agency may receive of a case.
+    fn recipient_view(
+        &self,
+        recipient: &AgencyEntry,
+        facts: &CaseFacts,
+        situation: Situation,
+    ) -> ServiceResult<Sections> {
+        Ok(self
+            .policy
+            .readable_sections(&agency_principal(recipient), facts, situation)?)
+    }
+
+    /// A help request: its circumstances checked against the directory, the referral
+    /// remembered (with the child's keyed hash), earlier referrals of the same child linked for
+    /// the commission, and a copy to the district's police when it implicates a director.
+    async fn accept_referral(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        caller: &AgencyEntry,
+        recipient: &AgencyEntry,
+        env: &mut Envelope,
+        k: &HelpRequest,
+        now_us: i64,
+    ) -> ServiceResult<SendAccess> {
+        let directory = self.directory();
+        let circumstances = k.circumstances.clone().unwrap_or_default();
+        let prefix = "envelope.payload.help_request.circumstances";
+        let mut v = FieldViolations::new();
+        let residence = circumstances.child_residence_agency_id.trim();
+        if !residence.is_empty() {
+            match directory.agency(residence) {
+                Some(a) if a.kind() == AgencyKind::Residential && a.district == caller.district => {
+                    if a.id == caller.id {
+                        v.add(
+                            format!("{prefix}.child_residence_agency_id"),
+                            "cannot be the referring agency itself",
+                        );
+                    }
+                }
+                _ => v.add(
+                    format!("{prefix}.child_residence_agency_id"),
+                    "must be a residential institution of the district",
+                ),
+            }
+        }
+        let implicated = circumstances.implicated_director_agency_id.trim();
+        if !implicated.is_empty() {
+            match directory.agency(implicated) {
+                Some(a)
+                    if matches!(a.kind(), AgencyKind::Residential | AgencyKind::School)
+                        && a.district == caller.district => {}
+                _ => v.add(
+                    format!("{prefix}.implicated_director_agency_id"),
+                    "must be a school or residential institution of the district",
+                ),
+            }
+        }
+        v.into_result()?;
+        let pseudonym = k
+            .child
+            .as_ref()
+            .and_then(|c| self.pseudonym(&c.iin));
+        // Earlier referrals of the same child: only the commission is told.
+        if let Some(p) = &pseudonym {
+            let earlier = sqlx::query(
+                "SELECT help_request_message_id, referring_agency_id, referred_at, case_reference \
+                 FROM referrals WHERE child_pseudonym = $1 AND commission_agency_id = $2 \
+                 ORDER BY referred_at",
+            )
+            .bind(p)
+            .bind(&recipient.id)
+            .fetch_all(&mut **tx)
+            .await?;
+            env.linked_referrals = earlier
+                .iter()
+                .map(|r| -> Result<_, sqlx::Error> {
+                    Ok(LinkedReferral {
+                        help_request_message_id: r.try_get("help_request_message_id")?,
+                        referring_agency_id: r.try_get("referring_agency_id")?,
+                        referred_at: Some(time::micros_to_proto(r.try_get("referred_at")?)),
+                        case_reference: r
+                            .try_get::<Option<String>, _>("case_reference")?
+                            .unwrap_or_default(),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        sqlx::query(
+            "INSERT INTO referrals (help_request_message_id, district_id, referring_agency_id, \
+             commission_agency_id, child_pseudonym, residence_agency_id, implicated_agency_id, \
+             incident_reference, incident_role, case_reference, referred_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10)",
+        )
+        .bind(&env.message_id)
+        .bind(&caller.district)
+        .bind(&caller.id)
+        .bind(&recipient.id)
+        .bind(&pseudonym)
+        .bind(residence)
+        .bind(implicated)
+        .bind(circumstances.incident_reference.trim())
+        .bind(incident_role_name(circumstances.incident_role))
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await?;
+        // A report implicating a director reaches the outside bodies directly: the district's
+        // police receive it as well as the commission (M:2876-2882).
+        let mut copies = Vec::new();
+        if !implicated.is_empty() {
+            for police in directory
+                .agencies
+                .iter()
+                .filter(|a| a.kind() == AgencyKind::Police && a.district == caller.district)
+            {
+                let mut copy = env.clone();
+                copy.message_id = uuid::Uuid::now_v7().to_string();
+                copy.idempotency_key = format!("{}#direct:{}", env.idempotency_key, police.id);
+                copy.recipient_agency_id = police.id.clone();
+                copy.linked_referrals.clear();
+                copies.push(copy);
+            }
+        }
+        Ok(SendAccess {
+            sections: Sections::all(),
+            copies,
+            withheld: false,
+        })
+    }
+
+    /// A decision opening a case: the curator must be allowed to hold it (never both sides of
+    /// one incident); the case and its referrer are remembered.
+    async fn open_case(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        caller: &AgencyEntry,
+        referral: &Referral,
+        opened: &referral_proto::v1::CaseOpened,
+        now_us: i64,
+    ) -> ServiceResult<()> {
+        let mut facts = referral_facts(referral);
+        facts.id = opened.case_reference.clone();
+        let curator = Principal {
+            agency_id: caller.id.clone(),
+            kind: caller.kind(),
+            district: caller.district.clone(),
+            user: Some(PrincipalUser {
+                user_id: opened.curator_user_id.clone(),
+                role: Role::CommissionCurator,
+                incident_parties: incident_parties(&mut **tx, &caller.id, &opened.curator_user_id)
+                    .await?,
+            }),
+        };
+        let situation = Situation {
+            purpose: PurposeOfUse::CareManagement,
+            reason_given: false,
+        };
+        if !self.policy.decide(&curator, Action::HoldCase, &facts, situation)? {
+            return Err(denied(
+                "this curator holds the case of the other side of the same incident: appoint \
+                 another curator",
+            ));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO access_cases (case_reference, district_id, commission_agency_id, \
+             help_request_message_id, curator_user_id, is_open, opened_at) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT (case_reference) DO NOTHING",
+        )
+        .bind(&opened.case_reference)
+        .bind(&caller.district)
+        .bind(&caller.id)
+        .bind(&referral.help_request_message_id)
+        .bind(&opened.curator_user_id)
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(ServiceError::invalid_field(
+                "envelope.payload.help_request_decision.case_opened.case_reference",
+                "a case with this reference exists",
+            ));
+        }
+        sqlx::query(
+            "UPDATE referrals SET case_reference = $1 WHERE help_request_message_id = $2",
+        )
+        .bind(&opened.case_reference)
+        .bind(&referral.help_request_message_id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO case_relations (case_reference, agency_id, relation, since) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (case_reference, agency_id, relation) DO NOTHING",
+        )
+        .bind(&opened.case_reference)
+        .bind(&referral.referring_agency_id)
+        .bind(REFERRER)
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Reads of another agency's staff: the commission's case file, filtered.
+    pub(crate) async fn read_case(
+        &self,
+        caller: &AgencyEntry,
+        req: ReadCaseRequest,
+    ) -> ServiceResult<CaseView> {
+        let acting = req.acting_user.clone().unwrap_or_default();
+        check_read_request(&req.case_reference, req.purpose_of_use, &req.reason)?;
+        let principal = user_principal(caller, &acting)?;
+        let situation = Situation {
+            purpose: purpose_of(req.purpose_of_use),
+            reason_given: !req.reason.trim().is_empty(),
+        };
+        let now_us = time::to_micros(self.clock.now());
+        let mut conn = self.db.pool().acquire().await?;
+        let facts = case_facts(&mut conn, &req.case_reference, now_us).await?;
+        drop(conn);
+        let sections = match &facts {
+            Some(f) => self.policy.readable_sections(&principal, f, situation)?,
+            None => Sections::NONE,
+        };
+        if sections.is_empty() {
+            self.deny_read(caller, &acting, &req.case_reference, situation).await?;
+            return Err(denied("no access to that case"));
+        }
+        let Some(facts) = facts else {
+            return Err(denied("no access to that case"));
+        };
+        let file = self.export_case(&facts).await?;
+        self.disclose(caller, &acting, &facts, file, sections, situation, &req.reason)
+            .await
+    }
+
+    /// Reads of the commission's own staff: the file the commission holds, filtered.
+    pub(crate) async fn filter_case_read(
+        &self,
+        caller: &AgencyEntry,
+        req: FilterCaseReadRequest,
+    ) -> ServiceResult<CaseView> {
+        let acting = req.acting_user.clone().unwrap_or_default();
+        let file = req.case_file.unwrap_or_default();
+        let case_reference = file
+            .summary
+            .as_ref()
+            .map(|s| s.case_reference.clone())
+            .unwrap_or_default();
+        let purpose = if req.purpose_of_use == 0 {
+            PurposeOfUse::CareManagement as i32
+        } else {
+            req.purpose_of_use
+        };
+        check_read_request(&case_reference, purpose, &req.reason)?;
+        let principal = user_principal(caller, &acting)?;
+        let situation = Situation {
+            purpose: purpose_of(purpose),
+            reason_given: !req.reason.trim().is_empty(),
+        };
+        let now_us = time::to_micros(self.clock.now());
+        let mut conn = self.db.pool().acquire().await?;
+        let facts = case_facts(&mut conn, &case_reference, now_us)
+            .await?
+            .filter(|f| f.commission == caller.id);
+        drop(conn);
+        let sections = match &facts {
+            Some(f) => self.policy.readable_sections(&principal, f, situation)?,
+            None => Sections::NONE,
+        };
+        let Some(facts) = facts.filter(|_| !sections.is_empty()) else {
+            self.deny_read(caller, &acting, &case_reference, situation).await?;
+            return Err(denied("no access to that case"));
+        };
+        self.disclose(caller, &acting, &facts, file, sections, situation, &req.reason)
+            .await
+    }
+
+    async fn deny_read(
+        &self,
+        caller: &AgencyEntry,
+        acting: &ActingUser,
+        case_reference: &str,
+        situation: Situation,
+    ) -> ServiceResult<()> {
+        record_denial(
+            self,
+            Audit {
+                event: EVENT_DENIED,
+                agency_id: &caller.id,
+                acting: Some(acting),
+                purpose: situation.purpose,
+                case_reference,
+                message_id: "",
+                recipient_agency_id: "",
+                form_kind: "CASE_FILE",
+                sections: Sections::NONE,
+                outcome: OUTCOME_DENIED,
+                digest: String::new(),
+            },
+        )
+        .await
+    }
+
+    /// Filters the file to `sections`, records the read (and alerts the curator when the glass
+    /// was broken), and answers the view.
+    #[allow(clippy::too_many_arguments)]
+    async fn disclose(
+        &self,
+        caller: &AgencyEntry,
+        acting: &ActingUser,
+        facts: &CaseFacts,
+        file: CaseFile,
+        sections: Sections,
+        situation: Situation,
+        reason: &str,
+    ) -> ServiceResult<CaseView> {
+        let mut shown = self
+            .views
+            .filter(&file, "referral.v1.CaseFile", sections, &caller.id)
+            .map_err(ServiceError::internal)?;
+        let now = self.clock.now();
+        let now_us = time::to_micros(now);
+        if sections.contains(Sensitivity::CaseStatus)
+            && let Some(summary) = shown.summary.as_mut()
+        {
+            let next: Option<String> = sqlx::query_scalar(
+                "SELECT due_on FROM deadlines WHERE case_reference = $1 AND kind = $2 \
+                 AND state NOT IN ('met', 'cancelled') ORDER BY due_at LIMIT 1",
+            )
+            .bind(&facts.id)
+            .bind("DEADLINE_KIND_PLAN_REVIEW")
+            .fetch_optional(self.db.pool())
+            .await?;
+            if let Some(date) = next.and_then(|d| d.parse::<jiff::civil::Date>().ok()) {
+                summary.next_review_on = Some(referral_proto::v1::CalendarDate {
+                    year: i32::from(date.year()),
+                    month: i32::from(date.month()),
+                    day: i32::from(date.day()),
+                });
+            }
+        }
+        let in_team = facts.team.contains(&acting.user_id) && caller.id == facts.commission;
+        let broke_glass = situation.purpose == PurposeOfUse::BreakTheGlass && !in_team;
+        let mut tx = self.db.begin().await?;
+        let seq = append_audit(
+            &mut tx,
+            now_us,
+            &Audit {
+                event: EVENT_READ,
+                agency_id: &caller.id,
+                acting: Some(acting),
+                purpose: situation.purpose,
+                case_reference: &facts.id,
+                message_id: "",
+                recipient_agency_id: "",
+                form_kind: "CASE_FILE",
+                sections,
+                outcome: OUTCOME_ALLOWED,
+                digest: if reason.is_empty() {
+                    String::new()
+                } else {
+                    ledger::payload_sha256(reason.as_bytes())
+                },
+            },
+        )
+        .await?;
+        if broke_glass {
+            for curator in &facts.team {
+                let alert = DisclosureAlert {
+                    case_reference: facts.id.clone(),
+                    addressed_to_user_id: curator.clone(),
+                    opened_by_user_id: acting.user_id.clone(),
+                    opened_by_role: acting.role,
+                    opened_by_agency_id: caller.id.clone(),
+                    purpose_of_use: situation.purpose as i32,
+                    reason: reason.to_owned(),
+                    opened_at: Some(time::to_proto(now)),
+                    ledger_seq: seq,
+                };
+                let env = Envelope {
+                    message_id: uuid::Uuid::now_v7().to_string(),
+                    idempotency_key: format!("disclosure-alert:{seq}:{curator}"),
+                    sender_agency_id: crate::deadlines::sweep::ENGINE_SENDER.to_owned(),
+                    recipient_agency_id: facts.commission.clone(),
+                    acting_user: Some(ActingUser {
+                        user_id: "gateway".into(),
+                        agency_id: crate::deadlines::sweep::ENGINE_SENDER.to_owned(),
+                        role: Role::Unspecified as i32,
+                        display_name: "Gateway".into(),
+                    }),
+                    purpose_of_use: PurposeOfUse::CareManagement as i32,
+                    case_reference: facts.id.clone(),
+                    form_kind: FormKind::DisclosureAlert as i32,
+                    confidentiality: ConfidentialityLabel::Restricted as i32,
+                    created_at: Some(time::to_proto(now)),
+                    in_reply_to: String::new(),
+                    payload: Some(Payload {
+                        form: Some(payload::Form::DisclosureAlert(alert)),
+                    }),
+                    linked_referrals: Vec::new(),
+                    view_sections: Vec::new(),
+                };
+                let bytes = env
+                    .payload
+                    .as_ref()
+                    .map(|p| p.encode_to_vec())
+                    .unwrap_or_default();
+                crate::store::enqueue_message(
+                    &mut tx,
+                    &self.sealer,
+                    &env,
+                    &ledger::payload_sha256(&bytes),
+                    now_us,
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        self.ledger_appended();
+        tracing::info!(
+            case = %facts.id,
+            agency = %caller.id,
+            sections = %sections.names(),
+            break_the_glass = broke_glass,
+            "case read through the hub"
+        );
+        Ok(CaseView {
+            case_file: Some(shown),
+            sections_shown: sections.iter().map(|s| s as i32).collect(),
+            sections_withheld: sections.complement().iter().map(|s| s as i32).collect(),
+            ledger_seq: seq,
+            break_the_glass: broke_glass,
+        })
+    }
+
+    /// Asks the commission for the case file, with the gateway's own certificate.
+    async fn export_case(&self, facts: &CaseFacts) -> ServiceResult<CaseFile> {
+        let directory = self.directory();
+        let commission = directory
+            .agency(&facts.commission)
+            .ok_or_else(|| ServiceError::Unavailable("the case's commission is not listed".into()))?;
+        let identity = referral_core::pki::ComponentIdentity::Agency(commission.id.clone());
+        let channel = tonic::transport::Endpoint::from_shared(commission.endpoint.clone())
+            .map_err(ServiceError::internal)?
+            .tls_config(referral_core::tls::client_tls(&self.tls, &identity))
+            .map_err(ServiceError::internal)?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(self.attempt_timeout())
+            .connect_lazy();
+        let mut client = CaseSourceClient::new(channel);
+        client
+            .export_case(ExportCaseRequest {
+                case_reference: facts.id.clone(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| {
+                tracing::warn!(case = %facts.id, code = ?status.code(), "the commission did not export the case");
+                ServiceError::Unavailable(
+                    "the commission holding the case cannot be reached; try again".into(),
+                )
+            })
+    }
+
+    /// The facts of a case for a commission's management calls (grants, history), with the
+    /// policy's word on the acting user.
+    async fn managed_case(
+        &self,
+        caller: &AgencyEntry,
+        acting: &ActingUser,
+        case_reference: &str,
+        action: Action,
+    ) -> ServiceResult<(CaseFacts, Principal)> {
+        let principal = user_principal(caller, acting)?;
+        let mut v = FieldViolations::new();
+        if case_reference.trim().is_empty() || case_reference.chars().count() > 100 {
+            v.add("case_reference", "required, at most 100 characters");
+        }
+        v.into_result()?;
+        let now_us = time::to_micros(self.clock.now());
+        let mut conn = self.db.pool().acquire().await?;
+        let facts = case_facts(&mut conn, case_reference, now_us).await?;
+        drop(conn);
+        let situation = Situation {
+            purpose: PurposeOfUse::CareManagement,
+            reason_given: false,
+        };
+        match facts {
+            Some(f) if self.policy.decide(&principal, action, &f, situation)? => Ok((f, principal)),
+            _ => {
+                self.deny_read(caller, acting, case_reference, situation).await?;
+                Err(denied("no access to that case"))
+            }
+        }
+    }
+
+    pub(crate) async fn grant_disclosure(
+        &self,
+        caller: &AgencyEntry,
+        req: GrantDisclosureRequest,
+    ) -> ServiceResult<DisclosureGrant> {
+        let acting = req.acting_user.clone().unwrap_or_default();
+        let now = self.clock.now();
+        let now_us = time::to_micros(now);
+        let mut v = FieldViolations::new();
+        let directory = self.directory();
+        let grantee = directory.agency(&req.grantee_agency_id).cloned();
+        match &grantee {
+            Some(g) if g.district == caller.district => {}
+            _ => v.add("grantee_agency_id", "must be an agency of the district"),
+        }
+        if req.grantee_user_id.chars().count() > 200 {
+            v.add("grantee_user_id", "at most 200 characters");
+        }
+        let section = Sensitivity::try_from(req.section).unwrap_or(Sensitivity::Unspecified);
+        if section == Sensitivity::Unspecified {
+            v.add("section", "required: a known section");
+        }
+        let expires_us = req
+            .expires_at
+            .as_ref()
+            .and_then(time::from_proto)
+            .map(time::to_micros);
+        match expires_us {
+            Some(e) if e > now_us && e - now_us <= MAX_GRANT_MICROS => {}
+            _ => v.add("expires_at", "required: in the future, at most one year ahead"),
+        }
+        validate::text(
+            &mut v,
+            "reason",
+            &req.reason,
+            validate::Text::required(3, 2000).multiline(),
+        );
+        v.into_result()?;
+        let (facts, _) = self
+            .managed_case(caller, &acting, &req.case_reference, Action::ManageGrants)
+            .await?;
+        let grant_id = uuid::Uuid::now_v7().to_string();
+        let expires_us = expires_us.unwrap_or(now_us);
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO disclosure_grants (grant_id, case_reference, grantee_agency_id, \
+             grantee_user_id, section, reason, granted_by_user_id, granted_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&grant_id)
+        .bind(&facts.id)
+        .bind(&req.grantee_agency_id)
+        .bind(req.grantee_user_id.trim())
+        .bind(section_name(section))
+        .bind(&req.reason)
+        .bind(&acting.user_id)
+        .bind(now_us)
+        .bind(expires_us)
+        .execute(&mut *tx)
+        .await?;
+        append_audit(
+            &mut tx,
+            now_us,
+            &Audit {
+                event: EVENT_GRANTED,
+                agency_id: &caller.id,
+                acting: Some(&acting),
+                purpose: PurposeOfUse::CareManagement,
+                case_reference: &facts.id,
+                message_id: &grant_id,
+                recipient_agency_id: &req.grantee_agency_id,
+                form_kind: "",
+                sections: [section].into_iter().collect(),
+                outcome: OUTCOME_ALLOWED,
+                digest: ledger::payload_sha256(req.reason.as_bytes()),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.ledger_appended();
+        self.grant_by_id(&grant_id).await
+    }
+
+    pub(crate) async fn revoke_disclosure(
+        &self,
+        caller: &AgencyEntry,
+        req: RevokeDisclosureRequest,
+    ) -> ServiceResult<DisclosureGrant> {
+        let acting = req.acting_user.clone().unwrap_or_default();
+        if req.grant_id.trim().is_empty() || req.grant_id.len() > 100 {
+            return Err(ServiceError::invalid_field(
+                "grant_id",
+                "required, at most 100 characters",
+            ));
+        }
+        let case_reference: Option<String> =
+            sqlx::query_scalar("SELECT case_reference FROM disclosure_grants WHERE grant_id = $1")
+                .bind(&req.grant_id)
+                .fetch_optional(self.db.pool())
+                .await?;
+        let Some(case_reference) = case_reference else {
+            return Err(ServiceError::NotFound("no such grant".into()));
+        };
+        let (facts, _) = self
+            .managed_case(caller, &acting, &case_reference, Action::ManageGrants)
+            .await?;
+        let now_us = time::to_micros(self.clock.now());
+        let mut tx = self.db.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE disclosure_grants SET revoked_at = $1, revoked_by_user_id = $2 \
+             WHERE grant_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now_us)
+        .bind(&acting.user_id)
+        .bind(&req.grant_id)
+        .execute(&mut *tx)
+        .await?;
+        if changed.rows_affected() == 1 {
+            let grantee: String = sqlx::query_scalar(
+                "SELECT grantee_agency_id FROM disclosure_grants WHERE grant_id = $1",
+            )
+            .bind(&req.grant_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            append_audit(
+                &mut tx,
+                now_us,
+                &Audit {
+                    event: EVENT_REVOKED,
+                    agency_id: &caller.id,
+                    acting: Some(&acting),
+                    purpose: PurposeOfUse::CareManagement,
+                    case_reference: &facts.id,
+                    message_id: &req.grant_id,
+                    recipient_agency_id: &grantee,
+                    form_kind: "",
+                    sections: Sections::NONE,
+                    outcome: OUTCOME_ALLOWED,
+                    digest: String::new(),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.ledger_appended();
+        self.grant_by_id(&req.grant_id).await
+    }
+
+    pub(crate) async fn list_grants(
+        &self,
+        caller: &AgencyEntry,
+        req: ListDisclosureGrantsRequest,
+    ) -> ServiceResult<ListDisclosureGrantsResponse> {
+        let acting = req.acting_user.clone().unwrap_or_default();
+        let (facts, _) = self
+            .managed_case(caller, &acting, &req.case_reference, Action::ManageGrants)
+            .await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT grant_id FROM disclosure_grants WHERE case_reference = $1 ORDER BY granted_at",
+        )
+        .bind(&facts.id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut grants = Vec::with_capacity(ids.len());
+        for id in ids {
+            grants.push(self.grant_by_id(&id).await?);
+        }
+        Ok(ListDisclosureGrantsResponse { grants })
+    }
+
+    async fn grant_by_id(&self, grant_id: &str) -> ServiceResult<DisclosureGrant> {
+        let now_us = time::to_micros(self.clock.now());
+        let r = sqlx::query(
+            "SELECT grant_id, case_reference, grantee_agency_id, grantee_user_id, section, \
+             reason, granted_by_user_id, granted_at, expires_at, revoked_at, revoked_by_user_id \
+             FROM disclosure_grants WHERE grant_id = $1",
+        )
+        .bind(grant_id)
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or_else(|| ServiceError::NotFound("no such grant".into()))?;
+        let expires_at: i64 = r.try_get("expires_at")?;
+        let revoked_at: Option<i64> = r.try_get("revoked_at")?;
+        let section: String = r.try_get("section")?;
+        Ok(DisclosureGrant {
+            grant_id: r.try_get("grant_id")?,
+            case_reference: r.try_get("case_reference")?,
+            grantee_agency_id: r.try_get("grantee_agency_id")?,
+            grantee_user_id: r.try_get("grantee_user_id")?,
+            section: crate::policy::section_from_name(&section).unwrap_or_default() as i32,
+            granted_at: Some(time::micros_to_proto(r.try_get("granted_at")?)),
+            granted_by_user_id: r.try_get("granted_by_user_id")?,
+            expires_at: Some(time::micros_to_proto(expires_at)),
+            reason: r.try_get("reason")?,
+            revoked_at: revoked_at.map(time::micros_to_proto),
+            revoked_by_user_id: r
+                .try_get::<Option<String>, _>("revoked_by_user_id")?
+                .unwrap_or_default(),
+            active: revoked_at.is_none() && expires_at > now_us,
+        })
+    }
+
+    /// The child's disclosure history: the ledger entries of every case and referral of the
+    /// child of this case (linked by the keyed hash of the IIN).
+    pub(crate) async fn list_disclosures(
+        &self,
+        caller: &AgencyEntry,
+        req: ListDisclosuresRequest,
+    ) -> ServiceResult<ListDisclosuresResponse> {
+        let acting = req.acting_user.clone().unwrap_or_default();
+        let (facts, _) = self
+            .managed_case(caller, &acting, &req.case_reference, Action::ListDisclosures)
+            .await?;
+        let mut conn = self.db.pool().acquire().await?;
+        let referral = referral_by_case(&mut conn, &facts.id).await?;
+        let mut referrals = Vec::new();
+        if let Some(r) = &referral {
+            match &r.child_pseudonym {
+                Some(p) => {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE child_pseudonym = $1 \
+                         AND commission_agency_id = $2"
+                    )))
+                    .bind(p)
+                    .bind(&caller.id)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    for row in &rows {
+                        referrals.push(referral_row(row)?);
+                    }
+                }
+                None => referrals.push(r.clone()),
+            }
+        }
+        let mut cases: Vec<String> = referrals
+            .iter()
+            .filter_map(|r| r.case_reference.clone())
+            .collect();
+        if !cases.contains(&facts.id) {
+            cases.push(facts.id.clone());
+        }
+        let messages: Vec<String> = referrals
+            .iter()
+            .map(|r| r.help_request_message_id.clone())
+            .collect();
+        let page = match req.page_size {
+            0 => 100,
+            n => n.min(1000),
+        } as i64;
+        // $1 after, $2 limit, then the cases, then the help request message ids.
+        let case_params: Vec<String> = (0..cases.len()).map(|i| format!("${}", i + 3)).collect();
+        let message_params: Vec<String> = (0..messages.len())
+            .map(|i| format!("${}", i + 3 + cases.len()))
+            .collect();
+        let mut filter = format!("case_reference IN ({})", case_params.join(", "));
+        if !messages.is_empty() {
+            filter.push_str(&format!(" OR message_id IN ({})", message_params.join(", ")));
+        }
+        let sql = format!(
+            "SELECT seq, recorded_at, event, message_id, sender_agency_id, recipient_agency_id, \
+             acting_user_id, acting_role, purpose_of_use, form_kind, case_reference, sections, \
+             outcome FROM ledger WHERE seq > $1 AND ({filter}) ORDER BY seq LIMIT $2"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(req.after_seq)
+            .bind(page);
+        for c in &cases {
+            query = query.bind(c.clone());
+        }
+        for m in &messages {
+            query = query.bind(m.clone());
+        }
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let event: String = r.try_get("event")?;
+            let sections: String = r.try_get("sections")?;
+            let outcome: String = r.try_get("outcome")?;
+            // Deliveries and acknowledgements are disclosures that were allowed.
+            let outcome = if outcome.is_empty() {
+                OUTCOME_ALLOWED.to_owned()
+            } else {
+                outcome
+            };
+            let delivered = event == ledger::LedgerEvent::Delivered.as_str();
+            records.push(DisclosureRecord {
+                seq: r.try_get("seq")?,
+                recorded_at: Some(time::micros_to_proto(r.try_get("recorded_at")?)),
+                // For a delivery, the agency that received.
+                agency_id: if delivered {
+                    r.try_get("recipient_agency_id")?
+                } else {
+                    r.try_get("sender_agency_id")?
+                },
+                user_id: r.try_get("acting_user_id")?,
+                role: r.try_get("acting_role")?,
+                purpose_of_use: r.try_get("purpose_of_use")?,
+                case_reference: r.try_get("case_reference")?,
+                form_kind: r.try_get("form_kind")?,
+                sections: sections
+                    .split(',')
+                    .filter_map(crate::policy::section_from_name)
+                    .map(|s| s as i32)
+                    .collect(),
+                outcome,
+                message_id: r.try_get("message_id")?,
+                recipient_agency_id: r.try_get("recipient_agency_id")?,
+                event,
+            });
+        }
+        let next_after_seq = if records.len() as i64 == page {
+            records.last().map(|r| r.seq).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(ListDisclosuresResponse {
+            records,
+            next_after_seq,
+        })
+    }
+}
+
+/// The checks of a read request's own fields.
+fn check_read_request(case_reference: &str, purpose: i32, reason: &str) -> ServiceResult<()> {
+    let mut v = FieldViolations::new();
+    if case_reference.trim().is_empty() || case_reference.chars().count() > 100 {
+        v.add("case_reference", "required, at most 100 characters");
+    }
+    let purpose = purpose_of(purpose);
+    if purpose == PurposeOfUse::Unspecified {
+        v.add("purpose_of_use", "required: a known purpose of use");
+    }
+    if purpose == PurposeOfUse::BreakTheGlass {
+        validate::text(
+            &mut v,
+            "reason",
+            reason,
+            validate::Text::required(10, 2000).multiline(),
+        );
+    } else {
+        validate::text(&mut v, "reason", reason, validate::Text::optional(2000).multiline());
+    }
+    v.into_result()
+}
+
+/// A case event changes who holds the case and whether it is open.
+pub(crate) async fn on_case_event(
+    tx: &mut Transaction<'static, Any>,
+    event: &CaseEvent,
+    commission: &str,
+) -> Result<(), sqlx::Error> {
+    let kind = CaseEventKind::try_from(event.kind).unwrap_or(CaseEventKind::Unspecified);
+    let open = match kind {
+        CaseEventKind::CaseClosed => Some(0_i64),
+        CaseEventKind::CaseReopened | CaseEventKind::CaseOpened => Some(1),
+        _ => None,
+    };
+    if let Some(open) = open {
+        sqlx::query(
+            "UPDATE access_cases SET is_open = $1 WHERE case_reference = $2 \
+             AND commission_agency_id = $3",
+        )
+        .bind(open)
+        .bind(&event.case_reference)
+        .bind(commission)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !event.curator_user_id.trim().is_empty() {
+        sqlx::query(
+            "UPDATE access_cases SET curator_user_id = $1 WHERE case_reference = $2 \
+             AND commission_agency_id = $3",
+        )
+        .bind(&event.curator_user_id)
+        .bind(&event.case_reference)
+        .bind(commission)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pseudonym_is_keyed_and_stable() {
+        let a = child_pseudonym(b"secret-a", "120315600123").unwrap();
+        assert_eq!(a, child_pseudonym(b"secret-a", " 120315600123 ").unwrap());
+        assert_ne!(a, child_pseudonym(b"secret-b", "120315600123").unwrap());
+        assert!(!a.contains("120315600123"));
+        assert!(child_pseudonym(b"secret-a", "").is_none());
+    }
+
+    #[test]
+    fn opposite_sides_of_an_incident() {
+        assert_eq!(
+            opposite_parties("I-1", "VICTIM"),
+            vec!["I-1|PERPETRATOR".to_owned(), "I-1|BOTH".to_owned()]
+        );
+        assert!(opposite_parties("I-1", "WITNESS").is_empty());
+    }
+}

@@ -1,0 +1,628 @@
+//! The need-to-know policy engine (issue 4): Cedar policies and schema from `gateway/policy/`,
+//! validated against the schema when the gateway starts (an invalid policy stops it), and one
+//! decision per principal, action and case.
+//!
+//! The gateway builds the entities of every decision from its own store (see `access`): who is
+//! asking (from the certificate, the acting user and the directory), the case (its team, the
+//! agencies related to it, the grants active now, the agencies it must never reach) and the
+//! situation (purpose of use, whether a reason was written, the section read). The policy
+//! text, not this module, says what is allowed.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    str::FromStr,
+};
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use referral_core::directory::role_name;
+use referral_proto::v1::{AgencyKind, PurposeOfUse, Role, Sensitivity};
+
+/// The schema and policies shipped with the gateway.
+pub const BUILTIN_SCHEMA: &str = include_str!("../policy/need_to_know.cedarschema");
+pub const BUILTIN_POLICIES: &str = include_str!("../policy/need_to_know.cedar");
+const SCHEMA_FILE: &str = "need_to_know.cedarschema";
+const POLICY_FILE: &str = "need_to_know.cedar";
+
+/// Every section a case can be read in, in a fixed order.
+pub const SECTIONS: [Sensitivity; 12] = [
+    Sensitivity::CaseStatus,
+    Sensitivity::Contact,
+    Sensitivity::ChildBasic,
+    Sensitivity::ChildIdentity,
+    Sensitivity::Family,
+    Sensitivity::Concern,
+    Sensitivity::Incident,
+    Sensitivity::Health,
+    Sensitivity::Assessment,
+    Sensitivity::Plan,
+    Sensitivity::AssignedWork,
+    Sensitivity::CaseRecord,
+];
+
+/// A set of sections, as a bit set indexed by the protobuf enum value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Sections(u32);
+
+impl Sections {
+    pub const NONE: Sections = Sections(0);
+
+    pub fn all() -> Self {
+        SECTIONS.iter().copied().collect()
+    }
+    pub fn insert(&mut self, s: Sensitivity) {
+        self.0 |= 1 << (s as i32);
+    }
+    pub fn contains(self, s: Sensitivity) -> bool {
+        self.0 & (1 << (s as i32)) != 0
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn iter(self) -> impl Iterator<Item = Sensitivity> {
+        SECTIONS.into_iter().filter(move |s| self.contains(*s))
+    }
+    /// The sections of `SECTIONS` not in this set.
+    pub fn complement(self) -> Self {
+        SECTIONS.iter().copied().filter(|s| !self.contains(*s)).collect()
+    }
+    /// Comma-separated names, for the ledger.
+    pub fn names(self) -> String {
+        self.iter().map(section_name).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl FromIterator<Sensitivity> for Sections {
+    fn from_iter<I: IntoIterator<Item = Sensitivity>>(iter: I) -> Self {
+        let mut s = Sections::NONE;
+        for x in iter {
+            s.insert(x);
+        }
+        s
+    }
+}
+
+/// A section's name as the policy and the ledger spell it (the enum name without its prefix).
+pub fn section_name(s: Sensitivity) -> &'static str {
+    s.as_str_name()
+        .strip_prefix("SENSITIVITY_")
+        .unwrap_or("UNSPECIFIED")
+}
+
+/// A section from its ledger name.
+pub fn section_from_name(name: &str) -> Option<Sensitivity> {
+    Sensitivity::from_str_name(&format!("SENSITIVITY_{name}")).filter(|s| SECTIONS.contains(s))
+}
+
+fn purpose_name(p: PurposeOfUse) -> &'static str {
+    p.as_str_name()
+        .strip_prefix("PURPOSE_OF_USE_")
+        .unwrap_or("UNSPECIFIED")
+}
+
+fn read_action(s: Sensitivity) -> &'static str {
+    match s {
+        Sensitivity::CaseStatus => "readCaseStatus",
+        Sensitivity::Contact => "readContact",
+        Sensitivity::ChildBasic => "readChildBasic",
+        Sensitivity::ChildIdentity => "readChildIdentity",
+        Sensitivity::Family => "readFamily",
+        Sensitivity::Concern => "readConcern",
+        Sensitivity::Incident => "readIncident",
+        Sensitivity::Health => "readHealth",
+        Sensitivity::Assessment => "readAssessment",
+        Sensitivity::Plan => "readPlan",
+        Sensitivity::AssignedWork => "readAssignedWork",
+        Sensitivity::CaseRecord | Sensitivity::Unspecified => "readCaseRecord",
+    }
+}
+
+/// What is being done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Reading or receiving one section of a case.
+    Read(Sensitivity),
+    /// Sending a message that belongs to a case.
+    SendCaseMessage,
+    /// Being appointed curator of the case.
+    HoldCase,
+    /// Granting, revoking and listing grants.
+    ManageGrants,
+    /// Listing the child's disclosure history.
+    ListDisclosures,
+}
+
+impl Action {
+    pub fn cedar_name(self) -> &'static str {
+        match self {
+            Action::Read(s) => read_action(s),
+            Action::SendCaseMessage => "sendCaseMessage",
+            Action::HoldCase => "holdCase",
+            Action::ManageGrants => "manageGrants",
+            Action::ListDisclosures => "listDisclosures",
+        }
+    }
+
+    /// Every action, for the authorization matrix.
+    pub fn all() -> Vec<Action> {
+        let mut all: Vec<Action> = SECTIONS.iter().map(|s| Action::Read(*s)).collect();
+        all.extend([
+            Action::SendCaseMessage,
+            Action::HoldCase,
+            Action::ManageGrants,
+            Action::ListDisclosures,
+        ]);
+        all
+    }
+}
+
+/// Who is asking: an agency as a whole (its inbox receiving a message) or one of its users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub agency_id: String,
+    pub kind: AgencyKind,
+    pub district: String,
+    /// `None` for the agency as a whole.
+    pub user: Option<PrincipalUser>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalUser {
+    pub user_id: String,
+    pub role: Role,
+    /// "incident|role" of the open cases this user is curator of.
+    pub incident_parties: Vec<String>,
+}
+
+/// What the gateway knows of a case (or of a report before it becomes one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaseFacts {
+    /// The case reference, or the help request's message id for a report without a case yet.
+    pub id: String,
+    pub district: String,
+    pub commission: String,
+    pub team: Vec<String>,
+    pub referrers: Vec<String>,
+    pub assignees: Vec<String>,
+    pub informants: Vec<String>,
+    pub participants: Vec<String>,
+    /// (agency, section) grants active now.
+    pub agency_grants: Vec<(String, Sensitivity)>,
+    /// (agency, user, section) grants active now.
+    pub user_grants: Vec<(String, String, Sensitivity)>,
+    pub excluded_agencies: Vec<String>,
+    pub conflicting_parties: Vec<String>,
+}
+
+/// Why the information is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Situation {
+    pub purpose: PurposeOfUse,
+    pub reason_given: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read the policy file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("the policy schema {file} is invalid: {error}")]
+    Schema { file: String, error: String },
+    #[error("the policy file {file} does not parse: {error}")]
+    Parse { file: String, error: String },
+    #[error("the policy file {file} does not validate against the schema: {errors}")]
+    Invalid { file: String, errors: String },
+    #[error("cannot build the entities of a decision: {0}")]
+    Entities(String),
+}
+
+impl From<PolicyError> for referral_core::ServiceError {
+    fn from(e: PolicyError) -> Self {
+        referral_core::ServiceError::internal(e)
+    }
+}
+
+/// The loaded, validated policy.
+pub struct PolicyEngine {
+    schema: Schema,
+    policies: PolicySet,
+    authorizer: Authorizer,
+    actions: HashMap<&'static str, EntityUid>,
+    types: EntityTypes,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("policies", &self.policies.policies().count())
+            .finish()
+    }
+}
+
+struct EntityTypes {
+    agency: EntityTypeName,
+    user: EntityTypeName,
+    case: EntityTypeName,
+}
+
+/// The entities of one principal and one case, built once and reused for every action asked.
+pub struct Prepared {
+    principal: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
+}
+
+impl PolicyEngine {
+    /// The policy shipped with the gateway.
+    pub fn builtin() -> Result<Self, PolicyError> {
+        Self::from_sources(BUILTIN_SCHEMA, SCHEMA_FILE, BUILTIN_POLICIES, POLICY_FILE)
+    }
+
+    /// The policy in `dir` (`need_to_know.cedarschema` and `need_to_know.cedar`), or the built-in
+    /// one when `dir` is `None`.
+    pub fn load(dir: Option<&Path>) -> Result<Self, PolicyError> {
+        let Some(dir) = dir else {
+            return Self::builtin();
+        };
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|error| PolicyError::Read {
+                path: path.display().to_string(),
+                error,
+            })
+        };
+        let schema_path = dir.join(SCHEMA_FILE).display().to_string();
+        let policy_path = dir.join(POLICY_FILE).display().to_string();
+        Self::from_sources(
+            &read(SCHEMA_FILE)?,
+            &schema_path,
+            &read(POLICY_FILE)?,
+            &policy_path,
+        )
+    }
+
+    /// Parses and validates (strict mode); any error names the file.
+    pub fn from_sources(
+        schema_src: &str,
+        schema_file: &str,
+        policy_src: &str,
+        policy_file: &str,
+    ) -> Result<Self, PolicyError> {
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(schema_src).map_err(|e| PolicyError::Schema {
+                file: schema_file.to_owned(),
+                error: format!("{e:?}"),
+            })?;
+        let policies = PolicySet::from_str(policy_src).map_err(|e| PolicyError::Parse {
+            file: policy_file.to_owned(),
+            error: format!("{e}"),
+        })?;
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let errors = result
+                .validation_errors()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(PolicyError::Invalid {
+                file: policy_file.to_owned(),
+                errors,
+            });
+        }
+        let name = |n: &str| {
+            EntityTypeName::from_str(n).map_err(|e| PolicyError::Schema {
+                file: schema_file.to_owned(),
+                error: e.to_string(),
+            })
+        };
+        let action_type = name("Referral::Action")?;
+        let mut actions = HashMap::new();
+        for action in Action::all()
+            .into_iter()
+            .map(Action::cedar_name)
+            .chain(["readCase"])
+        {
+            actions.insert(
+                action,
+                EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(action)),
+            );
+        }
+        Ok(Self {
+            types: EntityTypes {
+                agency: name("Referral::Agency")?,
+                user: name("Referral::User")?,
+                case: name("Referral::Case")?,
+            },
+            schema,
+            policies,
+            authorizer: Authorizer::new(),
+            actions,
+        })
+    }
+
+    /// Builds the entities of a principal and a case once.
+    pub fn prepare(&self, who: &Principal, case: &CaseFacts) -> Result<Prepared, PolicyError> {
+        let agency_uid = EntityUid::from_type_name_and_id(
+            self.types.agency.clone(),
+            EntityId::new(&who.agency_id),
+        );
+        let kind = who.kind.as_str_name().strip_prefix("AGENCY_KIND_").unwrap_or("");
+        let common = |user_id: &str, role: &str, parties: &[String]| {
+            HashMap::from([
+                ("agencyId".to_owned(), string(&who.agency_id)),
+                ("kind".to_owned(), string(&kind.to_ascii_lowercase())),
+                ("district".to_owned(), string(&who.district)),
+                ("userId".to_owned(), string(user_id)),
+                ("role".to_owned(), string(role)),
+                ("incidentParties".to_owned(), strings(parties)),
+            ])
+        };
+        let err = |e: &dyn std::fmt::Display| PolicyError::Entities(e.to_string());
+        let mut entities = Vec::with_capacity(3);
+        let principal = match &who.user {
+            None => {
+                entities.push(
+                    Entity::new(agency_uid.clone(), common("", "", &[]), HashSet::new())
+                        .map_err(|e| err(&e))?,
+                );
+                agency_uid
+            }
+            Some(user) => {
+                entities.push(
+                    Entity::new(agency_uid.clone(), common("", "", &[]), HashSet::new())
+                        .map_err(|e| err(&e))?,
+                );
+                let uid = EntityUid::from_type_name_and_id(
+                    self.types.user.clone(),
+                    EntityId::new(format!("{}/{}", who.agency_id, user.user_id)),
+                );
+                entities.push(
+                    Entity::new(
+                        uid.clone(),
+                        common(&user.user_id, &role_name(user.role), &user.incident_parties),
+                        HashSet::from([agency_uid]),
+                    )
+                    .map_err(|e| err(&e))?,
+                );
+                uid
+            }
+        };
+        let resource =
+            EntityUid::from_type_name_and_id(self.types.case.clone(), EntityId::new(&case.id));
+        let agency_grants = case
+            .agency_grants
+            .iter()
+            .map(|(agency, section)| {
+                RestrictedExpression::new_record([
+                    ("agency".to_owned(), string(agency)),
+                    ("section".to_owned(), string(section_name(*section))),
+                ])
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(&e))?;
+        let user_grants = case
+            .user_grants
+            .iter()
+            .map(|(agency, user, section)| {
+                RestrictedExpression::new_record([
+                    ("agency".to_owned(), string(agency)),
+                    ("user".to_owned(), string(user)),
+                    ("section".to_owned(), string(section_name(*section))),
+                ])
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(&e))?;
+        let attrs = HashMap::from([
+            ("district".to_owned(), string(&case.district)),
+            ("commission".to_owned(), string(&case.commission)),
+            ("team".to_owned(), strings(&case.team)),
+            ("referrers".to_owned(), strings(&case.referrers)),
+            ("assignees".to_owned(), strings(&case.assignees)),
+            ("informants".to_owned(), strings(&case.informants)),
+            ("participants".to_owned(), strings(&case.participants)),
+            (
+                "agencyGrants".to_owned(),
+                RestrictedExpression::new_set(agency_grants),
+            ),
+            (
+                "userGrants".to_owned(),
+                RestrictedExpression::new_set(user_grants),
+            ),
+            (
+                "excludedAgencies".to_owned(),
+                strings(&case.excluded_agencies),
+            ),
+            (
+                "conflictingParties".to_owned(),
+                strings(&case.conflicting_parties),
+            ),
+        ]);
+        entities.push(Entity::new(resource.clone(), attrs, HashSet::new()).map_err(|e| err(&e))?);
+        let entities =
+            Entities::from_entities(entities, Some(&self.schema)).map_err(|e| err(&e))?;
+        Ok(Prepared {
+            principal,
+            resource,
+            entities,
+        })
+    }
+
+    /// One decision. An error building the request (which a valid schema makes impossible) is a
+    /// denial.
+    pub fn is_allowed(&self, prepared: &Prepared, action: Action, situation: Situation) -> bool {
+        let section = match action {
+            Action::Read(s) => section_name(s),
+            _ => "",
+        };
+        let Some(action_uid) = self.actions.get(action.cedar_name()) else {
+            return false;
+        };
+        let context = Context::from_pairs([
+            (
+                "purpose".to_owned(),
+                string(purpose_name(situation.purpose)),
+            ),
+            (
+                "reasonGiven".to_owned(),
+                RestrictedExpression::new_bool(situation.reason_given),
+            ),
+            ("section".to_owned(), string(section)),
+        ]);
+        let Ok(context) = context else {
+            return false;
+        };
+        let Ok(request) = Request::new(
+            prepared.principal.clone(),
+            action_uid.clone(),
+            prepared.resource.clone(),
+            context,
+            Some(&self.schema),
+        ) else {
+            return false;
+        };
+        self.authorizer
+            .is_authorized(&request, &self.policies, &prepared.entities)
+            .decision()
+            == Decision::Allow
+    }
+
+    /// One decision, building the entities for it.
+    pub fn decide(
+        &self,
+        who: &Principal,
+        action: Action,
+        case: &CaseFacts,
+        situation: Situation,
+    ) -> Result<bool, PolicyError> {
+        let prepared = self.prepare(who, case)?;
+        Ok(self.is_allowed(&prepared, action, situation))
+    }
+
+    /// The sections this principal may read of the case in this situation.
+    pub fn readable_sections(
+        &self,
+        who: &Principal,
+        case: &CaseFacts,
+        situation: Situation,
+    ) -> Result<Sections, PolicyError> {
+        let prepared = self.prepare(who, case)?;
+        Ok(SECTIONS
+            .iter()
+            .copied()
+            .filter(|s| self.is_allowed(&prepared, Action::Read(*s), situation))
+            .collect())
+    }
+}
+
+fn string(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_owned())
+}
+
+fn strings(values: &[String]) -> RestrictedExpression {
+    RestrictedExpression::new_set(values.iter().map(|v| string(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn situation(purpose: PurposeOfUse) -> Situation {
+        Situation {
+            purpose,
+            reason_given: false,
+        }
+    }
+
+    fn case() -> CaseFacts {
+        CaseFacts {
+            id: "C-1".into(),
+            district: "d1".into(),
+            commission: "commission-1".into(),
+            team: vec!["curator-1".into()],
+            referrers: vec!["school-1".into()],
+            assignees: vec!["ngo-1".into()],
+            ..CaseFacts::default()
+        }
+    }
+
+    fn user(agency: &str, kind: AgencyKind, id: &str, role: Role) -> Principal {
+        Principal {
+            agency_id: agency.into(),
+            kind,
+            district: "d1".into(),
+            user: Some(PrincipalUser {
+                user_id: id.into(),
+                role,
+                incident_parties: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn the_builtin_policy_validates_and_the_curator_reads_everything() {
+        let engine = PolicyEngine::builtin().unwrap();
+        let curator = user(
+            "commission-1",
+            AgencyKind::Commission,
+            "curator-1",
+            Role::CommissionCurator,
+        );
+        let sections = engine
+            .readable_sections(
+                &curator,
+                &case(),
+                situation(PurposeOfUse::CareManagement),
+            )
+            .unwrap();
+        assert_eq!(sections, Sections::all());
+        let school = user(
+            "school-1",
+            AgencyKind::School,
+            "director",
+            Role::SchoolDirector,
+        );
+        let sections = engine
+            .readable_sections(
+                &school,
+                &case(),
+                situation(PurposeOfUse::CoordinationOfCare),
+            )
+            .unwrap();
+        assert_eq!(
+            sections,
+            [Sensitivity::CaseStatus, Sensitivity::Contact]
+                .into_iter()
+                .collect()
+        );
+    }
+
+    #[test]
+    fn an_invalid_policy_is_refused_with_the_file_named() {
+        let bad = "permit (principal, action, resource) when { resource.nosuch == \"x\" };";
+        let err = PolicyEngine::from_sources(BUILTIN_SCHEMA, "s.cedarschema", bad, "p.cedar")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("p.cedar"), "{text}");
+        assert!(matches!(err, PolicyError::Invalid { .. }), "{text}");
+        let err = PolicyEngine::from_sources(BUILTIN_SCHEMA, "s", "permit (", "p.cedar")
+            .unwrap_err();
+        assert!(matches!(err, PolicyError::Parse { .. }));
+    }
+
+    #[test]
+    fn an_excluded_agency_is_refused_whatever_else_allows_it() {
+        let engine = PolicyEngine::builtin().unwrap();
+        let mut facts = case();
+        facts.excluded_agencies.push("ngo-1".into());
+        facts
+            .agency_grants
+            .push(("ngo-1".into(), Sensitivity::Assessment));
+        let ngo = user("ngo-1", AgencyKind::Ngo, "m", Role::NgoCaseManager);
+        let sections = engine
+            .readable_sections(&ngo, &facts, situation(PurposeOfUse::CoordinationOfCare))
+            .unwrap();
+        assert!(sections.is_empty());
+    }
+}

@@ -1,0 +1,138 @@
+//! Need to know at the commission (issue 4). The commission holds the case files, but what a
+//! person sees of one is the gateway's decision: every read of a case file goes through the
+//! gateway's `FilterCaseRead` (recorded in its ledger; the chair's break-the-glass alerts the
+//! curator), the gateway reads files for other agencies through `CaseSource` (gateway only), and
+//! grants and the disclosure history are the gateway's, asked for as the calling user.
+
+use referral_agency::AgencyHost;
+use referral_core::{ServiceError, ServiceResult};
+use referral_proto::v1::{
+    ActingUser, CaseFile, DisclosureGrant, ExportCaseRequest, FilterCaseReadRequest,
+    GetCaseRequest, GrantDisclosureRequest, ListDisclosureGrantsRequest,
+    ListDisclosureGrantsResponse, ListDisclosuresRequest, ListDisclosuresResponse,
+    RevokeDisclosureRequest, case_source_server::CaseSource,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{case, read};
+
+/// The gateway's status, as the caller's answer (its refusals are the caller's to see; an
+/// unreachable gateway is `UNAVAILABLE`).
+fn from_gateway(status: Status) -> ServiceError {
+    match status.code() {
+        tonic::Code::InvalidArgument
+        | tonic::Code::PermissionDenied
+        | tonic::Code::NotFound
+        | tonic::Code::FailedPrecondition => ServiceError::Refused(status),
+        code => {
+            tracing::warn!(?code, "the gateway did not answer a case-file call");
+            ServiceError::Unavailable("the gateway cannot be reached: try again".into())
+        }
+    }
+}
+
+/// The case file as the policy lets `user` see it.
+pub(crate) async fn filter_read(
+    host: &AgencyHost,
+    user: &ActingUser,
+    request: &GetCaseRequest,
+    file: CaseFile,
+) -> ServiceResult<CaseFile> {
+    let view = host
+        .gateway()
+        .filter_case_read(FilterCaseReadRequest {
+            acting_user: Some(user.clone()),
+            purpose_of_use: request.purpose_of_use,
+            reason: request.reason.clone(),
+            case_file: Some(file),
+        })
+        .await
+        .map_err(from_gateway)?
+        .into_inner();
+    Ok(view.case_file.unwrap_or_default())
+}
+
+pub(crate) async fn grant(
+    host: &AgencyHost,
+    user: ActingUser,
+    mut request: GrantDisclosureRequest,
+) -> ServiceResult<DisclosureGrant> {
+    request.acting_user = Some(user);
+    Ok(host
+        .gateway()
+        .grant_disclosure(request)
+        .await
+        .map_err(from_gateway)?
+        .into_inner())
+}
+
+pub(crate) async fn revoke(
+    host: &AgencyHost,
+    user: ActingUser,
+    mut request: RevokeDisclosureRequest,
+) -> ServiceResult<DisclosureGrant> {
+    request.acting_user = Some(user);
+    Ok(host
+        .gateway()
+        .revoke_disclosure(request)
+        .await
+        .map_err(from_gateway)?
+        .into_inner())
+}
+
+pub(crate) async fn list_grants(
+    host: &AgencyHost,
+    user: ActingUser,
+    mut request: ListDisclosureGrantsRequest,
+) -> ServiceResult<ListDisclosureGrantsResponse> {
+    request.acting_user = Some(user);
+    Ok(host
+        .gateway()
+        .list_disclosure_grants(request)
+        .await
+        .map_err(from_gateway)?
+        .into_inner())
+}
+
+pub(crate) async fn list_disclosures(
+    host: &AgencyHost,
+    user: ActingUser,
+    mut request: ListDisclosuresRequest,
+) -> ServiceResult<ListDisclosuresResponse> {
+    request.acting_user = Some(user);
+    Ok(host
+        .gateway()
+        .list_disclosures(request)
+        .await
+        .map_err(from_gateway)?
+        .into_inner())
+}
+
+/// Called by the gateway only: the whole file, which the gateway filters before anyone sees it.
+pub struct CaseSourceApi {
+    pub(crate) host: AgencyHost,
+}
+
+#[tonic::async_trait]
+impl CaseSource for CaseSourceApi {
+    async fn export_case(
+        &self,
+        request: Request<ExportCaseRequest>,
+    ) -> Result<Response<CaseFile>, Status> {
+        let reference = request.into_inner().case_reference;
+        let mut conn = self
+            .host
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| Status::from(ServiceError::from(e)))?;
+        let row = case::load(&mut conn, &reference)
+            .await
+            .map_err(|e| Status::from(ServiceError::from(e)))?
+            .ok_or_else(|| Status::not_found("no such case"))?;
+        let file = read::case_file(&mut conn, &row, self.host.directory(), self.host.agency_id())
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(file))
+    }
+}
