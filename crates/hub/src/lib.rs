@@ -1,5 +1,5 @@
 //! `referral-hub`, the one binary of the hub: `up` runs every component in one process, `gateway`
-//! and `agency --id` run one component each, `ledger verify` checks the ledger offline, and the
+//! and `agency --id` run one component each, `audit verify` checks the ledger offline, and the
 //! remaining subcommands are the people's CLI (log in, submit form K, read the inbox, decide,
 //! follow what was sent; work a case file at the commission; answer information requests and
 //! report progress at the other agencies; follow deadlines).
@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod case_cli;
 pub mod case_view;
 pub mod cli;
@@ -79,10 +80,11 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
     },
-    /// The gateway's ledger.
-    Ledger {
+    /// Audit the gateway's hash-chained ledger ('ledger verify' is an older name of 'audit verify').
+    #[command(visible_alias = "ledger")]
+    Audit {
         #[command(subcommand)]
-        command: LedgerCommand,
+        command: AuditCommand,
     },
     /// Log in as a member of staff (mints a development token; or stores --token).
     Login {
@@ -194,8 +196,9 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum LedgerCommand {
-    /// Verify the hash chain of the gateway's ledger (offline).
+pub enum AuditCommand {
+    /// Verify the hash chain of the gateway's ledger offline, from the gateway's store; exits
+    /// non-zero and names the first changed, missing or cut-off entry when it does not hold.
     Verify,
 }
 
@@ -305,11 +308,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             no_as("agency")?;
             launcher::agency(&settings, &id, listen).await
         }
-        Command::Ledger {
-            command: LedgerCommand::Verify,
+        Command::Audit {
+            command: AuditCommand::Verify,
         } => {
-            no_as("ledger verify")?;
-            launcher::verify_ledger(&settings, format).await
+            no_as("audit verify")?;
+            audit::run(&settings.config.storage(), format).await
         }
         Command::Login {
             agency,
