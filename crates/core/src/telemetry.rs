@@ -6,10 +6,15 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{SdkTracer, SdkTracerProvider},
+};
 use serde::Deserialize;
+use tracing::Subscriber;
 use tracing_subscriber::{
-    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    EnvFilter, Layer as _, fmt::MakeWriter, layer::SubscriberExt as _, registry::LookupSpan,
+    util::SubscriberInitExt as _,
 };
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -65,18 +70,8 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .map_err(|e| anyhow::anyhow!("invalid log filter: {e}"))?;
-    let fmt = match config.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .boxed(),
-    };
     let mut guard = TelemetryGuard::default();
-    let otel = match &config.otlp_endpoint {
+    let tracer = match &config.otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -92,17 +87,47 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
                 .build();
             let tracer = provider.tracer(service_name.to_owned());
             guard.provider = Some(provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            Some(tracer)
         }
         None => None,
     };
+    subscriber(filter, config, std::io::stderr, tracer)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))?;
+    Ok(guard)
+}
+
+/// The subscriber every component logs through: `filter`, log lines in the format of `config`
+/// written to `writer`, and, given a `tracer`, every span exported through OpenTelemetry.
+///
+/// [`init`] installs it with stderr and the OTLP exporter. The no-personal-data test
+/// (`tests/tests/no_personal_data.rs`) installs the same subscriber with an in-memory writer and
+/// exporter, so that it checks exactly what production emits. There is no redaction layer here
+/// on purpose: personal data must not reach a span or an event in the first place.
+pub fn subscriber<W>(
+    filter: EnvFilter,
+    config: &TelemetryConfig,
+    writer: W,
+    tracer: Option<SdkTracer>,
+) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = match config.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_target(false)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .boxed(),
+    };
+    let otel = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(otel)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))?;
-    Ok(guard)
 }
 
 /// Logging for tests: quiet unless `TEST_LOG=1`. Safe to call from every test.
