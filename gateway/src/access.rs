@@ -818,9 +818,18 @@ impl Shared {
         let Some(facts) = facts else {
             return Err(denied("no access to that case"));
         };
+        let broke_glass = self.broke_glass(&principal, &facts, situation, sections)?;
         let file = self.export_case(&facts).await?;
-        self.disclose(caller, &acting, &facts, file, sections, situation, &req.reason)
-            .await
+        self.disclose(
+            caller,
+            &acting,
+            &facts,
+            file,
+            (sections, broke_glass),
+            situation,
+            &req.reason,
+        )
+        .await
     }
 
     /// Reads of the commission's own staff: the file the commission holds, filtered.
@@ -861,8 +870,40 @@ impl Shared {
             self.deny_read(caller, &acting, &case_reference, situation).await?;
             return Err(denied("no access to that case"));
         };
-        self.disclose(caller, &acting, &facts, file, sections, situation, &req.reason)
-            .await
+        let broke_glass = self.broke_glass(&principal, &facts, situation, sections)?;
+        self.disclose(
+            caller,
+            &acting,
+            &facts,
+            file,
+            (sections, broke_glass),
+            situation,
+            &req.reason,
+        )
+        .await
+    }
+
+    /// Whether a read with purpose BREAK_THE_GLASS showed more than the same person sees
+    /// without it: only then was the glass broken (and the curator is alerted).
+    fn broke_glass(
+        &self,
+        principal: &Principal,
+        facts: &CaseFacts,
+        situation: Situation,
+        sections: Sections,
+    ) -> ServiceResult<bool> {
+        if situation.purpose != PurposeOfUse::BreakTheGlass {
+            return Ok(false);
+        }
+        let ordinary = self.policy.readable_sections(
+            principal,
+            facts,
+            Situation {
+                purpose: PurposeOfUse::CareManagement,
+                reason_given: false,
+            },
+        )?;
+        Ok(sections != ordinary)
     }
 
     async fn deny_read(
@@ -900,7 +941,7 @@ impl Shared {
         acting: &ActingUser,
         facts: &CaseFacts,
         file: CaseFile,
-        sections: Sections,
+        (sections, broke_glass): (Sections, bool),
         situation: Situation,
         reason: &str,
     ) -> ServiceResult<CaseView> {
@@ -929,8 +970,6 @@ impl Shared {
                 });
             }
         }
-        let in_team = facts.team.contains(&acting.user_id) && caller.id == facts.commission;
-        let broke_glass = situation.purpose == PurposeOfUse::BreakTheGlass && !in_team;
         let mut tx = self.db.begin().await?;
         let seq = append_audit(
             &mut tx,

@@ -242,6 +242,7 @@ async fn a_review_from_31_august_is_due_on_the_last_day_of_february(backend: Bac
             .case_files()
             .get_case(curator.req(GetCaseRequest {
                 case_reference: case.clone(),
+                ..Default::default()
             }))
             .await
             .unwrap()

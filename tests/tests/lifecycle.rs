@@ -30,6 +30,7 @@ async fn get_case(curator: &StaffClient, case: &str) -> CaseFile {
         .case_files()
         .get_case(curator.req(GetCaseRequest {
             case_reference: case.into(),
+            ..Default::default()
         }))
         .await
         .expect("the case file reads")

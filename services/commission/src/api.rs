@@ -365,7 +365,14 @@ impl CaseFilesApi {
         validation::base_version(&mut v, request.base_version);
         validation::information_request(&mut v, &request, &self.district(today));
         v.into_result()?;
-        self.workable(user, &request.case_reference).await?;
+        let row = self.workable(user, &request.case_reference).await?;
+        crate::disclosure::check_may_reach(
+            &self.host,
+            &row,
+            [request.recipient_agency_id.as_str()],
+            "recipient_agency_id",
+        )
+        .await?;
         let sha = sha_of(&request);
         if let Some(done) = self
             .replay(&request.case_reference, &request.idempotency_key, &sha)
@@ -495,7 +502,18 @@ impl CaseFilesApi {
         validation::base_version(&mut v, request.base_version);
         validation::support_plan(&mut v, &request, &self.district(today), now);
         v.into_result()?;
-        self.workable(user, &request.case_reference).await?;
+        let row = self.workable(user, &request.case_reference).await?;
+        crate::disclosure::check_may_reach(
+            &self.host,
+            &row,
+            request
+                .plan
+                .iter()
+                .flat_map(|p| p.actions.iter())
+                .map(|a| a.responsible_agency_id.as_str()),
+            "plan.actions.responsible_agency_id",
+        )
+        .await?;
         let sha = sha_of(&request);
         if let Some(done) = self
             .replay(&request.case_reference, &request.idempotency_key, &sha)
@@ -581,7 +599,17 @@ impl CaseFilesApi {
         if review.decision == ReviewDecision::RecommendPlacementOrSeparation as i32 {
             access::check_placement(user)?;
         }
-        self.workable(user, &request.case_reference).await?;
+        let row = self.workable(user, &request.case_reference).await?;
+        crate::disclosure::check_may_reach(
+            &self.host,
+            &row,
+            review
+                .revised_actions
+                .iter()
+                .map(|a| a.responsible_agency_id.as_str()),
+            "review.revised_actions.responsible_agency_id",
+        )
+        .await?;
         let sha = sha_of(&request);
         if let Some(done) = self
             .replay(&request.case_reference, &request.idempotency_key, &sha)

@@ -31,6 +31,43 @@ fn from_gateway(status: Status) -> ServiceError {
     }
 }
 
+/// Refuses, before anything is stored, to address an agency the case's report must never
+/// reach (the residential institution a child disclosed about, the institution whose director
+/// the report implicates). The gateway refuses such a message too; checking here tells the
+/// curator at once instead of leaving a message that can never be delivered.
+pub(crate) async fn check_may_reach<'a>(
+    host: &AgencyHost,
+    row: &case::CaseRow,
+    agencies: impl IntoIterator<Item = &'a str>,
+    field: &str,
+) -> ServiceResult<()> {
+    let mut conn = host.pool().acquire().await?;
+    let Some(k) = read::help_request(&mut conn, &row.help_request_message_id).await? else {
+        return Ok(());
+    };
+    let excluded: Vec<String> = match k.payload.and_then(|p| p.form) {
+        Some(referral_proto::v1::payload::Form::HelpRequest(k)) => k
+            .circumstances
+            .map(|c| {
+                [c.child_residence_agency_id, c.implicated_director_agency_id]
+                    .into_iter()
+                    .filter(|a| !a.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if agencies
+        .into_iter()
+        .any(|a| excluded.iter().any(|e| e == a))
+    {
+        return Err(ServiceError::PermissionDenied(format!(
+            "{field}: nothing of this case may reach that agency (the report concerns it)"
+        )));
+    }
+    Ok(())
+}
+
 /// The case file as the policy lets `user` see it.
 pub(crate) async fn filter_read(
     host: &AgencyHost,
