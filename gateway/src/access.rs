@@ -568,6 +568,48 @@ impl Shared {
         }
     }
 
+    /// A case event's action rows must not name an agency the case must never reach.
+    pub(crate) async fn check_event_reach(
+        &self,
+        caller: &AgencyEntry,
+        acting: &ActingUser,
+        event: &CaseEvent,
+    ) -> ServiceResult<()> {
+        let now_us = time::to_micros(self.clock.now());
+        let mut conn = self.db.pool().acquire().await?;
+        let Some(facts) = case_facts(&mut conn, &event.case_reference, now_us).await? else {
+            return Ok(());
+        };
+        drop(conn);
+        let reaches_excluded = event
+            .actions
+            .iter()
+            .any(|a| facts.excluded_agencies.contains(&a.responsible_agency_id));
+        if !reaches_excluded {
+            return Ok(());
+        }
+        record_denial(
+            self,
+            Audit {
+                event: EVENT_DENIED,
+                agency_id: &caller.id,
+                acting: Some(acting),
+                purpose: PurposeOfUse::CareManagement,
+                case_reference: &event.case_reference,
+                message_id: "",
+                recipient_agency_id: "",
+                form_kind: "CASE_EVENT",
+                sections: Sections::NONE,
+                outcome: OUTCOME_DENIED,
+                digest: String::new(),
+            },
+        )
+        .await?;
+        Err(denied(
+            "event.actions: a row may not be assigned to an agency this case must never reach",
+        ))
+    }
+
     /// The agencies a report (a help request, or the decision on one) must never reach.
     pub(crate) async fn excluded_from_report(
         &self,

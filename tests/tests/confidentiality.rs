@@ -13,7 +13,7 @@ use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
 use referral_core::iin::Iin;
 use referral_proto::v1::{
     ActingUser, AnswerConsultationRequest, CaseFile, CaseView, ConfidentialityLabel,
-    ConsultRequest, Consultation, DeliveryState, Envelope, FileAssessmentRequest,
+    ConsultRequest, Consultation, DeliveryState, FileAssessmentRequest,
     FileSupportPlanRequest, FormKind, GetCaseRequest, GetMessageRequest, GetSentMessageRequest,
     GrantDisclosureRequest, HelpRequest, IncidentRole, IncidentSummary, ListDisclosuresRequest,
     OpenCase, Payload, PurposeOfUse, ReadSharedCaseRequest, ReportCircumstances,
@@ -245,6 +245,36 @@ async fn nothing_flows_back_to_the_institution_a_child_disclosed_about(backend: 
         .clone()
         .send(SendRequest {
             envelope: Some(request),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // Nor may a case event give it a row (its deadline alerts would tell it of the case).
+    let refused = commission
+        .clone()
+        .record_case_event(referral_proto::v1::RecordCaseEventRequest {
+            idempotency_key: "backflow-event".into(),
+            acting_user: Some(ActingUser {
+                user_id: "curator-1".into(),
+                agency_id: "commission".into(),
+                role: Role::CommissionCurator as i32,
+                display_name: String::new(),
+            }),
+            event: Some(referral_proto::v1::CaseEvent {
+                case_reference: case.clone(),
+                kind: referral_proto::v1::CaseEventKind::SupportPlanFiled as i32,
+                occurred_at: Some(referral_core::time::to_proto(hub.clock.now())),
+                risk_level: RiskLevel::Medium as i32,
+                curator_user_id: "curator-1".into(),
+                actions: vec![referral_proto::v1::ActionDeadline {
+                    number: 1,
+                    due_on: Some(cd(today(&hub) + 10.days())),
+                    responsible_agency_id: "residential-1".into(),
+                    responsible_person: String::new(),
+                }],
+                cycle: 1,
+                ..Default::default()
+            }),
         })
         .await
         .unwrap_err();
@@ -1029,8 +1059,6 @@ async fn referrals_of_one_child_are_linked_for_the_commission_only(backend: Back
     assert_eq!(pseudonyms[0], pseudonyms[1]);
     assert_ne!(pseudonyms[0], pseudonyms[2]);
     assert!(pseudonyms.iter().flatten().all(|p| !p.contains(&iin)));
-    let _ = ActingUser::default();
-    let _ = Envelope::default();
     hub.shutdown().await;
 }
 
