@@ -114,7 +114,6 @@ impl GatewayLink {
             .clone()
             .get_delivery_status(GetDeliveryStatusRequest {
                 message_id: message_id.to_owned(),
-                acting_user: None,
             })
             .await
             .map(tonic::Response::into_inner)
