@@ -25,7 +25,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use jiff::{ToSpan as _, civil::Date, tz::TimeZone};
+use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     metrics::{
@@ -40,12 +40,15 @@ use referral_core::{
     validate,
 };
 use referral_proto::v1::{
-    ActionProgressState, AnswerInformationRequestRequest, Assessment, CaseFile, CloseCaseRequest,
-    ClosureCriterion, Contact, ContactMethod, FileAssessmentRequest, FileSupportPlanRequest,
-    FormKind, GetCaseRequest, HelpRequest, OpenCase, PlanAction, PlanReview, RecordContactRequest,
-    RecordReviewRequest, ReportActionProgressRequest, RequestInformationRequest, ReviewDecision,
-    RiskLevel, Role, SendRequest, Sex, SupportPlan, decide_help_request_request,
-    help_request_decision,
+    ActionProgressState, AnswerConsultationRequest, AnswerInformationRequestRequest, Assessment,
+    CaseFile, CaseView, CloseCaseRequest, ClosureCriterion, ConsultRequest, Consultation, Contact,
+    ContactMethod, Envelope, FileAssessmentRequest, FileSupportPlanRequest, FormKind,
+    GetCaseRequest, GetMessageRequest, GetSentMessageRequest, GrantDisclosureRequest, HelpRequest,
+    ListDisclosuresRequest, OpenCase, Payload, PlanAction, PlanReview, PurposeOfUse,
+    ReadSharedCaseRequest, RecordContactRequest, RecordReviewRequest, ReportActionProgressRequest,
+    ReportCircumstances, RequestInformationRequest, ReviewDecision, RevokeDisclosureRequest,
+    RiskLevel, Role, SendRequest, Sensitivity, Sex, SupportPlan, decide_help_request_request,
+    help_request_decision, payload,
 };
 use referral_tests::{
     Backend, StaffClient, TestHub, envelope,
@@ -324,15 +327,9 @@ fn today(hub: &TestHub) -> Date {
 }
 
 async fn get_case(curator: &StaffClient, case: &str) -> CaseFile {
-    curator
-        .case_files()
-        .get_case(curator.req(GetCaseRequest {
-            case_reference: case.into(),
-            ..Default::default()
-        }))
+    read_case(curator, case, PurposeOfUse::CareManagement, "")
         .await
         .expect("the case file reads")
-        .into_inner()
 }
 
 async fn version(curator: &StaffClient, case: &str) -> u64 {
@@ -343,12 +340,100 @@ async fn version(curator: &StaffClient, case: &str) -> u64 {
         .version
 }
 
-/// Everything done with the child's data: a K, the commission's decision, a case worked from
-/// contact to closure with other agencies taking part, and refusals that concern her. Add each
-/// new feature that touches a child's record here.
+/// The commission's own staff reading its case file (`GetCase`), or the refusal.
+async fn read_case(
+    staff: &StaffClient,
+    case: &str,
+    purpose: PurposeOfUse,
+    reason: &str,
+) -> Result<CaseFile, Status> {
+    staff
+        .case_files()
+        .get_case(staff.req(GetCaseRequest {
+            case_reference: case.into(),
+            purpose_of_use: purpose as i32,
+            reason: reason.into(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Another agency's staff reading the case through the hub (`ReadSharedCase`), or the refusal.
+async fn read_shared(
+    staff: &StaffClient,
+    case: &str,
+    purpose: PurposeOfUse,
+) -> Result<CaseView, Status> {
+    staff
+        .client
+        .clone()
+        .read_shared_case(staff.req(ReadSharedCaseRequest {
+            case_reference: case.into(),
+            purpose_of_use: purpose as i32,
+            reason: String::new(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn has_assessment(file: &CaseFile) -> bool {
+    file.cycles.iter().any(|c| c.assessment.is_some())
+}
+
+/// A received message, as its agency's staff open it.
+async fn received(staff: &StaffClient, message_id: &str) -> Envelope {
+    staff
+        .client
+        .clone()
+        .get_message(staff.req(GetMessageRequest {
+            message_id: message_id.into(),
+        }))
+        .await
+        .expect("the message opens")
+        .into_inner()
+        .envelope
+        .expect("an envelope")
+}
+
+/// The commission's secretary opens a case on the K `k_id` with `curator`: the case reference
+/// and the decision's message id (not waited for: a decision may be withheld).
+async fn open_case(hub: &TestHub, k_id: &str, key: &str, curator: &str) -> (String, String) {
+    let secretary = hub.staff("commission", "secretary").await;
+    let decision = secretary
+        .decide(
+            k_id,
+            key,
+            decide_help_request_request::Outcome::OpenCase(OpenCase {
+                curator_user_id: curator.into(),
+            }),
+        )
+        .await
+        .expect("the commission opens a case");
+    match decision.decision.and_then(|d| d.outcome) {
+        Some(help_request_decision::Outcome::CaseOpened(c)) => {
+            (c.case_reference, decision.decision_message_id)
+        }
+        other => panic!("expected a case, got {other:?}"),
+    }
+}
+
+/// Everything done with the child's data: a K, the commission's decision, a second K about her
+/// from another agency (linked by her IIN's keyed hash), a case worked from contact to closure
+/// with other agencies taking part, reads of it through the hub, a disclosure grant, the glass
+/// broken, her disclosure history; reports about her that concern a residential institution,
+/// consultations, and refusals that concern her. Add each new feature that touches a child's
+/// record here.
 async fn scenario(hub: &TestHub, child: &Child, refusals: &mut Refusals) {
     let case = referral_and_case_opened(hub, child).await;
-    case_worked_to_closure(hub, child, &case, refusals).await;
+    same_child_referred_again(hub, child, &case).await;
+    case_worked(hub, child, &case, refusals).await;
+    case_read_through_the_hub(hub, &case, refusals).await;
+    assessment_granted_to_the_ngo(hub, child, &case).await;
+    glass_broken_by_the_chair(hub, child, &case, refusals).await;
+    case_reviewed_and_closed(hub, child, &case, refusals).await;
+    disclosure_history_listed(hub, &case).await;
+    reports_about_her_institution(hub, child, refusals).await;
+    consultations(hub, child, refusals).await;
     refused_requests(hub, child, refusals).await;
     hub.gateway()
         .settle()
@@ -364,28 +449,34 @@ async fn referral_and_case_opened(hub: &TestHub, child: &Child) -> String {
         .await
         .expect("the school refers the child");
     hub.delivered(&k_id).await;
-    let secretary = hub.staff("commission", "secretary").await;
-    let decision = secretary
-        .decide(
-            &k_id,
-            "npd-decision",
-            decide_help_request_request::Outcome::OpenCase(OpenCase {
-                curator_user_id: "curator-1".into(),
-            }),
-        )
-        .await
-        .expect("the commission opens a case");
-    hub.delivered(&decision.decision_message_id).await;
-    match decision.decision.and_then(|d| d.outcome) {
-        Some(help_request_decision::Outcome::CaseOpened(c)) => c.case_reference,
-        other => panic!("expected a case, got {other:?}"),
-    }
+    let (case, decision) = open_case(hub, &k_id, "npd-decision", "curator-1").await;
+    hub.delivered(&decision).await;
+    case
 }
 
-/// The case from the first contact to closure: a contact, an information request the hospital
-/// answers, L, M with rows for the NGO and the school, progress reported on a row, a review with
-/// minutes to both, closure; and a stale change refused on the way.
-async fn case_worked_to_closure(hub: &TestHub, child: &Child, case: &str, refusals: &mut Refusals) {
+/// Health 1 refers her too, with the same IIN: the commission's copy names the school's
+/// referral and its case (the gateway links them by the IIN's keyed hash); left undecided.
+async fn same_child_referred_again(hub: &TestHub, child: &Child, case: &str) {
+    let doctor = hub.staff("health-1", "doctor").await;
+    let k_id = doctor
+        .submit_k(
+            "npd-help-request-health",
+            "",
+            child.help_request(today(hub)),
+        )
+        .await
+        .expect("the hospital refers the same child");
+    hub.delivered(&k_id).await;
+    let secretary = hub.staff("commission", "secretary").await;
+    let linked = received(&secretary, &k_id).await.linked_referrals;
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert_eq!(linked[0].referring_agency_id, "school-1");
+    assert_eq!(linked[0].case_reference, case);
+}
+
+/// The case worked: a contact, an information request the hospital answers, L, M with rows for
+/// the NGO and the school, progress reported on a row; and a stale change refused on the way.
+async fn case_worked(hub: &TestHub, child: &Child, case: &str, refusals: &mut Refusals) {
     let t = today(hub);
     let curator = hub.staff("commission", "curator-1").await;
     let files = curator.case_files();
@@ -497,7 +588,19 @@ async fn case_worked_to_closure(hub: &TestHub, child: &Child, case: &str, refusa
         .expect("the NGO reports its row completed")
         .into_inner();
     hub.delivered(&progress.progress_message_id).await;
+}
 
+/// A review with minutes to the NGO and the school, closure, and an L for the closed case
+/// refused.
+async fn case_reviewed_and_closed(
+    hub: &TestHub,
+    child: &Child,
+    case: &str,
+    refusals: &mut Refusals,
+) {
+    let t = today(hub);
+    let curator = hub.staff("commission", "curator-1").await;
+    let files = curator.case_files();
     files
         .clone()
         .record_review(curator.req(RecordReviewRequest {
@@ -540,6 +643,307 @@ async fn case_worked_to_closure(hub: &TestHub, child: &Child, case: &str, refusa
         }))
         .await;
     refusals.record("an L for the closed case", Code::FailedPrecondition, closed);
+}
+
+/// Reads through the hub: the referring school and the NGO carrying a row see their views, the
+/// police (with no part in the case) are refused, and an aggregate read shows the status only.
+async fn case_read_through_the_hub(hub: &TestHub, case: &str, refusals: &mut Refusals) {
+    let school = hub.staff("school-1", "director").await;
+    let view = read_shared(&school, case, PurposeOfUse::CoordinationOfCare)
+        .await
+        .expect("the referring school reads the case's status");
+    assert!(!has_assessment(view.case_file.as_ref().expect("a file")));
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    let view = read_shared(&ngo, case, PurposeOfUse::CoordinationOfCare)
+        .await
+        .expect("the NGO reads its work");
+    assert!(!has_assessment(view.case_file.as_ref().expect("a file")));
+    let police = hub.staff("police-1", "inspector").await;
+    let result = read_shared(&police, case, PurposeOfUse::LawEnforcement).await;
+    refusals.record(
+        "the police reading a case they have no part in",
+        Code::PermissionDenied,
+        result,
+    );
+    let view = read_shared(&ngo, case, PurposeOfUse::AggregateReporting)
+        .await
+        .expect("an aggregate read");
+    assert_eq!(view.sections_shown, vec![Sensitivity::CaseStatus as i32]);
+}
+
+/// The curator grants the NGO her assessment for an hour, with a reason naming her (kept in the
+/// gateway's grants table); the NGO reads L; an hour and a minute later it no longer can; the
+/// grant is revoked.
+async fn assessment_granted_to_the_ngo(hub: &TestHub, child: &Child, case: &str) {
+    let curator = hub.staff("commission", "curator-1").await;
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    let grant = curator
+        .case_files()
+        .grant_disclosure(curator.req(GrantDisclosureRequest {
+            case_reference: case.into(),
+            grantee_agency_id: "ngo-1".into(),
+            section: Sensitivity::Assessment as i32,
+            expires_at: Some(referral_core::time::to_proto(
+                hub.clock.now() + SignedDuration::from_hours(1),
+            )),
+            reason: format!("Психолог {} бағалауын көруі керек", child.first_name()),
+            ..Default::default()
+        }))
+        .await
+        .expect("L granted to the NGO")
+        .into_inner();
+    let shared = |what: &'static str| {
+        let ngo = &ngo;
+        async move {
+            read_shared(ngo, case, PurposeOfUse::CoordinationOfCare)
+                .await
+                .expect(what)
+                .case_file
+                .expect("a file")
+        }
+    };
+    assert!(has_assessment(&shared("the NGO reads L, granted").await));
+    hub.clock.advance(SignedDuration::from_mins(61));
+    assert!(!has_assessment(&shared("the NGO reads the case").await));
+    curator
+        .case_files()
+        .revoke_disclosure(curator.req(RevokeDisclosureRequest {
+            grant_id: grant.grant_id,
+            ..Default::default()
+        }))
+        .await
+        .expect("the grant revoked");
+}
+
+/// The chair breaks the glass: without a reason refused; with a reason naming her, the whole
+/// file, and the curator alerted with the reason (a message meant for them).
+async fn glass_broken_by_the_chair(
+    hub: &TestHub,
+    child: &Child,
+    case: &str,
+    refusals: &mut Refusals,
+) {
+    let chair = hub.staff("commission", "chair").await;
+    let result = read_case(&chair, case, PurposeOfUse::BreakTheGlass, "").await;
+    refusals.record(
+        "break-the-glass without a reason",
+        Code::InvalidArgument,
+        result,
+    );
+    let reason = format!(
+        "{} түнде жоғалып кетті, куратор байланыста жоқ",
+        child.full_name
+    );
+    let file = read_case(&chair, case, PurposeOfUse::BreakTheGlass, &reason)
+        .await
+        .expect("the chair breaks the glass");
+    assert!(has_assessment(&file));
+    hub.deliver_everything().await;
+    let curator = hub.staff("commission", "curator-1").await;
+    let alert = curator
+        .inbox_of(FormKind::DisclosureAlert)
+        .await
+        .pop()
+        .expect("the curator is alerted");
+    match received(&curator, &alert.message_id)
+        .await
+        .payload
+        .and_then(|p| p.form)
+    {
+        Some(payload::Form::DisclosureAlert(a)) => assert!(a.reason == reason),
+        _ => panic!("expected a disclosure alert"),
+    }
+}
+
+/// The curator lists the case's disclosure history.
+async fn disclosure_history_listed(hub: &TestHub, case: &str) {
+    let curator = hub.staff("commission", "curator-1").await;
+    let records = curator
+        .case_files()
+        .list_disclosures(curator.req(ListDisclosuresRequest {
+            case_reference: case.into(),
+            page_size: 1000,
+            ..Default::default()
+        }))
+        .await
+        .expect("the history lists")
+        .into_inner()
+        .records;
+    let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
+    for expected in [
+        "case.read",
+        "access.denied",
+        "grant.created",
+        "grant.revoked",
+    ] {
+        assert!(
+            events.contains(&expected),
+            "{expected} missing in {events:?}"
+        );
+    }
+}
+
+/// Two more reports about her that concern residential-1. The school reports that she lives
+/// there: the curator's information request to it is refused, as is its reading of the case. A
+/// member of its staff reports its director: the police receive the report directly, the
+/// decision is withheld from the institution, and its director cannot see the report.
+async fn reports_about_her_institution(hub: &TestHub, child: &Child, refusals: &mut Refusals) {
+    let t = today(hub);
+    let lead = hub.staff("school-1", "safeguarding-lead").await;
+    let mut k = child.help_request(t);
+    k.circumstances = Some(ReportCircumstances {
+        child_residence_agency_id: "residential-1".into(),
+        ..Default::default()
+    });
+    let k_id = lead
+        .submit_k("npd-residence", "", k)
+        .await
+        .expect("the school reports a child of the institution");
+    hub.delivered(&k_id).await;
+    let (case, decision) = open_case(hub, &k_id, "npd-residence-decision", "curator-1").await;
+    hub.delivered(&decision).await;
+    let curator = hub.staff("commission", "curator-1").await;
+    let result = curator
+        .case_files()
+        .request_information(curator.req(RequestInformationRequest {
+            case_reference: case.clone(),
+            base_version: version(&curator, &case).await,
+            idempotency_key: "npd-residence-info".into(),
+            recipient_agency_id: "residential-1".into(),
+            questions: format!("{} ({}) туралы не білесіз?", child.full_name, child.iin),
+            answer_by: Some(cd(t + 7.days())),
+        }))
+        .await;
+    refusals.record(
+        "an information request to the institution she lives in",
+        Code::PermissionDenied,
+        result,
+    );
+    let director = hub.staff("residential-1", "director").await;
+    let result = read_shared(&director, &case, PurposeOfUse::CoordinationOfCare).await;
+    refusals.record(
+        "her institution reading the case",
+        Code::PermissionDenied,
+        result,
+    );
+
+    let staff = hub.staff("residential-1", "staff").await;
+    let mut k = child.help_request(t);
+    k.circumstances = Some(ReportCircumstances {
+        implicated_director_agency_id: "residential-1".into(),
+        ..Default::default()
+    });
+    let k_id = staff
+        .submit_k("npd-director", "", k)
+        .await
+        .expect("the staff report their director");
+    hub.deliver_everything().await;
+    let inspector = hub.staff("police-1", "inspector").await;
+    let copy = inspector
+        .inbox_of(FormKind::HelpRequest)
+        .await
+        .pop()
+        .expect("the police receive the report directly");
+    received(&inspector, &copy.message_id).await;
+    let (_, decision) = open_case(hub, &k_id, "npd-director-decision", "curator-2").await;
+    assert_eq!(
+        hub.gateway_state(&decision).await.as_deref(),
+        Some("withheld")
+    );
+    hub.deliver_everything().await;
+    let result = director
+        .client
+        .clone()
+        .get_sent_message(director.req(GetSentMessageRequest { message_id: k_id }))
+        .await;
+    refusals.record(
+        "the implicated director asking for the report",
+        Code::NotFound,
+        result,
+    );
+}
+
+/// The school consults the commission: with her IIN in the concern refused, at its service and
+/// at the gateway; without identity delivered and answered.
+async fn consultations(hub: &TestHub, child: &Child, refusals: &mut Refusals) {
+    let lead = hub.staff("school-1", "safeguarding-lead").await;
+    let consultation = |concern: String| Consultation {
+        concern,
+        question: "Не істеу керек?".into(),
+        child_age_years: 11,
+        consulted_by: String::new(),
+    };
+    let with_iin = consultation(format!(
+        "Оқушы {} жиі сабаққа келмейді, үйде жанжал бар",
+        child.iin
+    ));
+    let result = lead
+        .client
+        .clone()
+        .consult(lead.req(ConsultRequest {
+            idempotency_key: "npd-consult-iin".into(),
+            consultation: Some(with_iin.clone()),
+        }))
+        .await;
+    refusals.record("a consultation with her IIN", Code::InvalidArgument, result);
+    let mut direct = envelope(
+        "school-1",
+        "safeguarding-lead",
+        Role::SafeguardingLead,
+        "commission",
+        "npd-consult-iin-direct",
+        HelpRequest::default(),
+    );
+    direct.form_kind = FormKind::Consultation as i32;
+    direct.payload = Some(Payload {
+        form: Some(payload::Form::Consultation(Consultation {
+            consulted_by: "Safeguarding lead".into(),
+            ..with_iin
+        })),
+    });
+    let result = hub
+        .gateway_client_as("school-1")
+        .await
+        .send(SendRequest {
+            envelope: Some(direct),
+        })
+        .await;
+    refusals.record(
+        "a consultation with her IIN, at the gateway",
+        Code::InvalidArgument,
+        result,
+    );
+
+    let consulted = lead
+        .client
+        .clone()
+        .consult(lead.req(ConsultRequest {
+            idempotency_key: "npd-consult".into(),
+            consultation: Some(consultation(
+                "5-сыныптағы оқушы жиі кешігеді, қолында көгерген іздер бар".into(),
+            )),
+        }))
+        .await
+        .expect("a consultation without identity")
+        .into_inner();
+    hub.delivered(&consulted.message_id).await;
+    let secretary = hub.staff("commission", "secretary").await;
+    let question = secretary
+        .inbox_of(FormKind::Consultation)
+        .await
+        .pop()
+        .expect("the commission receives the consultation");
+    let answer = secretary
+        .client
+        .clone()
+        .answer_consultation(secretary.req(AnswerConsultationRequest {
+            message_id: question.message_id,
+            advice: "Қауіп белгілері болса, K жіберіңіз.".into(),
+        }))
+        .await
+        .expect("the commission answers")
+        .into_inner();
+    hub.delivered(&answer.answer_message_id).await;
 }
 
 /// Invalid input about her and a forbidden flow, at the agency services and at the gateway.
