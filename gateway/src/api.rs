@@ -145,8 +145,15 @@ fn payload_case_reference(form: &payload::Form) -> Option<&str> {
 }
 
 /// A reply that must agree with the message it answers: an information response carries the
-/// request's case, a progress report the assignment's case and row number.
-fn check_against_original(form: Option<&payload::Form>, original: &Envelope) -> ServiceResult<()> {
+/// request's case, a progress report the assignment's case and row number. Checked against the
+/// original's metadata (`original` is its stored envelope, without payload, and
+/// `original_action_number` the assigned row's number kept beside it), so that replies are
+/// checked the same after the original's payload has been removed.
+fn check_against_original(
+    form: Option<&payload::Form>,
+    original: &Envelope,
+    original_action_number: Option<i64>,
+) -> ServiceResult<()> {
     let original_form = original.payload.as_ref().and_then(|p| p.form.as_ref());
     let mut v = FieldViolations::new();
     match form {
@@ -165,10 +172,13 @@ fn check_against_original(form: Option<&payload::Form>, original: &Envelope) -> 
                     "must be the case of the assignment",
                 );
             }
-            let number = match original_form {
-                Some(payload::Form::ActionAssignment(a)) => a.action.as_ref().map(|a| a.number),
-                _ => None,
-            };
+            // Rows stored before payloads were sealed may still hold the number in the payload.
+            let number = original_action_number
+                .and_then(|n| u32::try_from(n).ok())
+                .or(match original_form {
+                    Some(payload::Form::ActionAssignment(a)) => a.action.as_ref().map(|a| a.number),
+                    _ => None,
+                });
             if number != Some(p.action_number) {
                 v.add(
                     "envelope.payload.action_progress.action_number",
@@ -444,10 +454,11 @@ impl Shared {
                 ));
             }
             let original_env =
-                Envelope::decode(original.envelope.as_slice()).map_err(ServiceError::internal)?;
+                store::metadata_envelope(&original).map_err(ServiceError::internal)?;
             check_against_original(
                 env.payload.as_ref().and_then(|p| p.form.as_ref()),
                 &original_env,
+                original.action_number,
             )?;
         }
         let message_id = uuid::Uuid::now_v7().to_string();
@@ -455,7 +466,7 @@ impl Shared {
         env.sender_agency_id = caller.id.clone();
         env.created_at = Some(time::to_proto(now));
         let now_us = time::to_micros(now);
-        store::enqueue_message(&mut tx, &env, &payload_hash, now_us).await?;
+        store::enqueue_message(&mut tx, &self.sealer, &env, &payload_hash, now_us).await?;
         // A single answer closes the message it answers; progress reports leave it open.
         if matches!(rule.reply, Reply::To { single: true, .. }) {
             sqlx::query(
@@ -497,10 +508,11 @@ impl Shared {
             .await?
             .filter(|m| m.sender_agency_id == caller || m.recipient_agency_id == caller)
             .ok_or_else(not_found)?;
+        // Without payload once the answer's payload has been removed after delivery.
         let answer = match &row.answer_message_id {
             Some(id) => store::message_by_id(self.db.pool(), id)
                 .await?
-                .map(|a| Envelope::decode(a.envelope.as_slice()))
+                .map(|a| store::open_envelope(&self.sealer, &a))
                 .transpose()
                 .map_err(ServiceError::internal)?,
             None => None,

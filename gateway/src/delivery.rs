@@ -2,13 +2,19 @@
 //! mTLS with the gateway's own certificate, retrying with exponential back-off and jitter while
 //! the recipient is down. Delivery is at least once; recipients de-duplicate by message id, so
 //! every acknowledged message takes effect exactly once.
+//!
+//! The worker also removes delivered payloads: once a message has been delivered, its retention
+//! (`payload_retention`, by the injected clock) has passed and the deadline engine has applied
+//! its `message.accepted` ledger entry, the sealed payload is dropped and only the metadata stays.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jiff::{SignedDuration, Timestamp};
 use prost::Message as _;
 use referral_core::{pki::ComponentIdentity, time, tls};
-use referral_proto::v1::{DeliverRequest, Envelope, agency_inbox_client::AgencyInboxClient};
+use referral_proto::v1::{
+    DeliverRequest, Envelope, agency_inbox_client::AgencyInboxClient, payload,
+};
 use sqlx::Row as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::{
     Shared,
     ledger::{self, EntryFields, LedgerEvent},
-    store::{STATE_DELIVERED, STATE_QUEUED},
+    store::{self, STATE_DELIVERED, STATE_QUEUED},
 };
 
 /// What happened to one delivery attempt; tests and operators can subscribe to these.
@@ -32,10 +38,13 @@ const PARALLEL_DELIVERIES: usize = 16;
 /// How often the worker looks for work it was not told about (rows another replica wrote).
 const POLL_INTERVAL: SignedDuration = SignedDuration::from_secs(2);
 
+/// How many payloads one purge statement removes.
+const PURGE_BATCH: i64 = 256;
+
 struct Due {
     message_id: String,
     recipient: String,
-    envelope: Vec<u8>,
+    payload_sha256: String,
     attempts: i64,
 }
 
@@ -74,10 +83,19 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         // Reap finished attempts so the set does not grow.
         while tasks.try_join_next().is_some() {}
+        if let Err(e) = purge_payloads(&shared).await {
+            tracing::error!(error = %e, "cannot remove delivered payloads");
+        }
         let next = match next_due(&shared).await {
             Ok(Some(t)) if t <= shared.clock.now() && tasks.is_empty() => continue,
             Ok(Some(t)) => t.min(shared.clock.now() + POLL_INTERVAL),
             _ => shared.clock.now() + POLL_INTERVAL,
+        };
+        // Wake when the next held payload's retention ends (one the deadline engine has not read
+        // yet waits for the poll).
+        let next = match next_purge(&shared).await {
+            Ok(Some(t)) if t > shared.clock.now() => next.min(t),
+            _ => next,
         };
         tokio::select! {
             _ = shared.wake.notified() => {}
@@ -94,7 +112,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Error> {
     let now_us = time::to_micros(now);
     let rows = sqlx::query(
-        "SELECT o.message_id, m.recipient_agency_id, m.envelope, m.delivery_attempts \
+        "SELECT o.message_id, m.recipient_agency_id, m.payload_sha256, m.delivery_attempts \
          FROM outbox o JOIN messages m ON m.message_id = o.message_id \
          WHERE o.next_attempt_at <= $1 AND (o.lease_until IS NULL OR o.lease_until <= $1) \
          ORDER BY o.next_attempt_at LIMIT 32",
@@ -121,7 +139,7 @@ async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Er
             claimed.push(Due {
                 message_id,
                 recipient: row.try_get("recipient_agency_id")?,
-                envelope: row.try_get("envelope")?,
+                payload_sha256: row.try_get("payload_sha256")?,
                 attempts: row.try_get("delivery_attempts")?,
             });
         }
@@ -161,12 +179,32 @@ fn channel_for(
     Some(channel)
 }
 
-async fn deliver(shared: &Shared, channel: Channel, due: Due) {
-    let envelope = match Envelope::decode(due.envelope.as_slice()) {
-        Ok(e) => e,
+/// The message's envelope with its payload opened. A payload that cannot be opened counts as a
+/// failed attempt (retried with back-off: a missing key can be added back); the cause is logged
+/// with the message id and key id only.
+async fn due_envelope(shared: &Shared, due: &Due) -> Result<Envelope, &'static str> {
+    let row = match store::message_by_id(shared.db.pool(), &due.message_id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return Err("MISSING"),
         Err(e) => {
-            tracing::error!(message_id = %due.message_id, error = %e, "stored envelope does not decode");
-            let _ = record_failure(shared, &due, "UNDECODABLE").await;
+            tracing::error!(message_id = %due.message_id, error = %e, "cannot read a message to deliver");
+            return Err("STORE");
+        }
+    };
+    store::open_envelope(&shared.sealer, &row).map_err(|e| {
+        if e.is_missing_key() {
+            "PAYLOAD_KEY_MISSING"
+        } else {
+            "UNREADABLE"
+        }
+    })
+}
+
+async fn deliver(shared: &Shared, channel: Channel, due: Due) {
+    let envelope = match due_envelope(shared, &due).await {
+        Ok(e) => e,
+        Err(code) => {
+            let _ = record_failure(shared, &due, code).await;
             return;
         }
     };
@@ -224,15 +262,11 @@ async fn record_delivery(
     .bind(&due.message_id)
     .execute(&mut *tx)
     .await?;
-    let payload_hash = envelope
-        .payload
-        .as_ref()
-        .map(|p| ledger::payload_sha256(&p.encode_to_vec()))
-        .unwrap_or_default();
+    // The digest of the plaintext payload, as computed when the message was accepted.
     ledger::append(
         &mut tx,
         now_us,
-        &EntryFields::for_envelope(LedgerEvent::Delivered, envelope, &payload_hash),
+        &EntryFields::for_envelope(LedgerEvent::Delivered, envelope, &due.payload_sha256),
     )
     .await?;
     tx.commit().await?;
@@ -252,18 +286,109 @@ pub(crate) async fn record_delivery_for_test(
     shared: &Shared,
     message_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let row = crate::store::message_by_id(shared.db.pool(), message_id)
+    let row = store::message_by_id(shared.db.pool(), message_id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
     let envelope =
-        Envelope::decode(row.envelope.as_slice()).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        store::open_envelope(&shared.sealer, &row).map_err(|e| sqlx::Error::Decode(e.into()))?;
     let due = Due {
         message_id: row.message_id,
         recipient: row.recipient_agency_id,
-        envelope: row.envelope,
+        payload_sha256: row.payload_sha256,
         attempts: row.delivery_attempts,
     };
     record_delivery(shared, &due, &envelope).await
+}
+
+/// Removes the payloads of delivered messages whose retention has passed (by the injected
+/// clock) and whose `message.accepted` entry the deadline engine has applied, keeping the
+/// metadata. Safe beside other replicas: a payload is removed once. Returns how many were.
+pub(crate) async fn purge_payloads(shared: &Shared) -> Result<u64, sqlx::Error> {
+    let now = shared.clock.now();
+    let now_us = time::to_micros(now);
+    let cutoff_us = time::to_micros(now - shared.payload_retention);
+    let pool = shared.db.pool();
+    let mut purged = 0;
+    // Sealed payloads: dropped, in batches.
+    loop {
+        let removed = sqlx::query(
+            "UPDATE messages SET sealed_payload = NULL, payload_purged_at = $1 \
+             WHERE message_id IN (SELECT message_id FROM messages \
+             WHERE payload_purged_at IS NULL AND delivered_at <= $2 \
+             AND payload_key_id IS NOT NULL \
+             AND accepted_seq <= (SELECT last_seq FROM deadline_cursor WHERE id = 1) \
+             ORDER BY delivered_at LIMIT $3) \
+             AND payload_purged_at IS NULL",
+        )
+        .bind(now_us)
+        .bind(cutoff_us)
+        .bind(PURGE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        purged += removed;
+        if removed < u64::try_from(PURGE_BATCH).unwrap_or(u64::MAX) {
+            break;
+        }
+    }
+    // Rows written before payloads were sealed hold the payload inside the envelope: the
+    // envelope is rewritten without it (keeping an assigned row's number for later replies).
+    let legacy = sqlx::query(
+        "SELECT message_id, envelope FROM messages \
+         WHERE payload_purged_at IS NULL AND delivered_at <= $1 AND payload_key_id IS NULL \
+         AND accepted_seq <= (SELECT last_seq FROM deadline_cursor WHERE id = 1) \
+         ORDER BY delivered_at LIMIT $2",
+    )
+    .bind(cutoff_us)
+    .bind(PURGE_BATCH)
+    .fetch_all(pool)
+    .await?;
+    for row in legacy {
+        let message_id: String = row.try_get("message_id")?;
+        let bytes: Vec<u8> = row.try_get("envelope")?;
+        let (metadata, action_number) = match Envelope::decode(bytes.as_slice()) {
+            Ok(mut env) => {
+                let number = match env.payload.take().and_then(|p| p.form) {
+                    Some(payload::Form::ActionAssignment(a)) => {
+                        a.action.map(|a| i64::from(a.number))
+                    }
+                    _ => None,
+                };
+                (env.encode_to_vec(), number)
+            }
+            Err(_) => {
+                // Unreadable, and possibly holding a payload: nothing of it is kept.
+                tracing::error!(message_id = %message_id, "an old stored envelope does not decode; its bytes are removed");
+                (Vec::new(), None)
+            }
+        };
+        purged += sqlx::query(
+            "UPDATE messages SET envelope = $1, action_number = COALESCE(action_number, $2), \
+             payload_purged_at = $3 WHERE message_id = $4 AND payload_purged_at IS NULL",
+        )
+        .bind(metadata)
+        .bind(action_number)
+        .bind(now_us)
+        .bind(&message_id)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    }
+    if purged > 0 {
+        tracing::info!(payloads = purged, "delivered payloads removed");
+    }
+    Ok(purged)
+}
+
+/// When the retention of the oldest payload still held after delivery ends.
+async fn next_purge(shared: &Shared) -> Result<Option<Timestamp>, sqlx::Error> {
+    let oldest: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(delivered_at) FROM messages \
+         WHERE payload_purged_at IS NULL AND delivered_at IS NOT NULL",
+    )
+    .fetch_one(shared.db.pool())
+    .await?;
+    Ok(oldest.map(|t| time::from_micros(t) + shared.payload_retention))
 }
 
 /// Schedules the next attempt: the delay doubles with each failure up to the maximum, and is
@@ -309,7 +434,300 @@ pub(crate) fn backoff(initial_ms: u64, max_ms: u64, attempts: i64) -> SignedDura
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use jiff::SignedDuration;
+    use prost::Message as _;
+    use referral_core::{
+        Clock,
+        config::DeliverySettings,
+        db::StorageConfig,
+        directory::Directory,
+        pki::{CertificateAuthority, ComponentIdentity, TlsMaterial},
+        time,
+    };
+    use referral_proto::v1::{
+        ActingUser, ActionAssignment, ConfidentialityLabel, Envelope, FormKind, Payload,
+        PlanAction, PurposeOfUse, Role, payload,
+    };
+
+    use super::{backoff, purge_payloads, record_delivery_for_test};
+    use crate::{Gateway, GatewayConfig, PayloadSealer, ledger, store};
+
+    const RETENTION: SignedDuration = SignedDuration::from_hours(24);
+
+    struct Hub {
+        _dir: tempfile::TempDir,
+        gateway: Gateway,
+        clock: Clock,
+        config: GatewayConfig,
+    }
+
+    async fn hub() -> Hub {
+        hub_with(PayloadSealer::ephemeral()).await
+    }
+
+    async fn hub_with(sealer: PayloadSealer) -> Hub {
+        let dir = tempfile::tempdir().unwrap();
+        let directory = Directory::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo-district.toml"),
+        )
+        .unwrap();
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        let clock = Clock::manual("2026-11-20T04:30:00Z".parse().unwrap());
+        let mut config = GatewayConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            TlsMaterial::new(&ca, &ComponentIdentity::Gateway).unwrap(),
+            StorageConfig {
+                data_dir: dir.path().to_owned(),
+                database_url: None,
+            },
+            directory,
+            DeliverySettings::default(),
+            clock.clone(),
+        );
+        config.run_delivery_worker = false;
+        config.run_deadline_engine = false;
+        config.payload_retention = RETENTION;
+        config.payload_sealer = sealer;
+        let gateway = Gateway::build(config.clone()).await.unwrap();
+        Hub {
+            _dir: dir,
+            gateway,
+            clock,
+            config,
+        }
+    }
+
+    fn envelope(form: payload::Form, kind: FormKind, from: &str, to: &str) -> Envelope {
+        Envelope {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            idempotency_key: uuid::Uuid::new_v4().to_string(),
+            sender_agency_id: from.into(),
+            recipient_agency_id: to.into(),
+            acting_user: Some(ActingUser {
+                user_id: "someone".into(),
+                agency_id: from.into(),
+                role: Role::SchoolDirector as i32,
+                display_name: String::new(),
+            }),
+            purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+            case_reference: "KZ-2026-1".into(),
+            form_kind: kind as i32,
+            confidentiality: ConfidentialityLabel::Restricted as i32,
+            payload: Some(Payload { form: Some(form) }),
+            ..Default::default()
+        }
+    }
+
+    fn help_request() -> Envelope {
+        let k = referral_core::validate::sample_help_request(jiff::civil::date(2026, 11, 20));
+        envelope(
+            payload::Form::HelpRequest(k),
+            FormKind::HelpRequest,
+            "school-1",
+            "commission",
+        )
+    }
+
+    impl Hub {
+        fn shared(&self) -> &crate::Shared {
+            &self.gateway.shared
+        }
+
+        async fn enqueue(&self, env: &Envelope) {
+            let hash = ledger::payload_sha256(&env.payload.as_ref().unwrap().encode_to_vec());
+            let mut tx = self.shared().db.begin().await.unwrap();
+            let now_us = time::to_micros(self.clock.now());
+            store::enqueue_message(&mut tx, &self.shared().sealer, env, &hash, now_us)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+
+        async fn row(&self, id: &str) -> store::MessageRow {
+            store::message_by_id(self.shared().db.pool(), id)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+
+        async fn purge(&self) -> u64 {
+            purge_payloads(self.shared()).await.unwrap()
+        }
+
+        async fn settle(&self) {
+            crate::deadlines::settle(self.shared()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payload_is_removed_only_after_delivery_retention_and_the_engine() {
+        let hub = hub().await;
+        let env = help_request();
+        hub.enqueue(&env).await;
+        let row = hub.row(&env.message_id).await;
+        assert_eq!(
+            row.payload_key_id.as_deref(),
+            Some(hub.shared().sealer.active_key_id())
+        );
+        assert_eq!(
+            store::open_envelope(&hub.shared().sealer, &row).unwrap(),
+            env,
+            "stored sealed, read back whole"
+        );
+        let metadata = store::metadata_envelope(&row).unwrap();
+        assert!(
+            metadata.payload.is_none(),
+            "the envelope is stored without payload"
+        );
+        assert_eq!(metadata.case_reference, "KZ-2026-1");
+
+        // Not while it waits for delivery, however long.
+        hub.settle().await;
+        hub.clock.advance(RETENTION * 3);
+        assert_eq!(hub.purge().await, 0);
+        record_delivery_for_test(hub.shared(), &env.message_id)
+            .await
+            .unwrap();
+        // Not before the retention after delivery.
+        hub.settle().await;
+        hub.clock.advance(RETENTION - SignedDuration::from_secs(1));
+        assert_eq!(hub.purge().await, 0);
+        hub.clock.advance(SignedDuration::from_secs(1));
+
+        // A second message, delivered at the same time, that the engine has not read yet.
+        let unread = help_request();
+        hub.enqueue(&unread).await;
+        record_delivery_for_test(hub.shared(), &unread.message_id)
+            .await
+            .unwrap();
+        hub.clock.advance(RETENTION);
+        assert_eq!(hub.purge().await, 1, "only the message the engine has read");
+        assert!(
+            hub.row(&unread.message_id)
+                .await
+                .payload_purged_at
+                .is_none()
+        );
+        hub.settle().await;
+        assert_eq!(hub.purge().await, 1);
+        assert_eq!(hub.purge().await, 0, "a payload is removed once");
+
+        for id in [&env.message_id, &unread.message_id] {
+            let row = hub.row(id).await;
+            assert_eq!(
+                row.payload_purged_at,
+                Some(time::to_micros(hub.clock.now()))
+            );
+            let kept = store::open_envelope(&hub.shared().sealer, &row).unwrap();
+            assert!(kept.payload.is_none(), "the payload is gone");
+            assert_eq!(kept.message_id, *id, "the metadata stays");
+        }
+        let sealed: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT sealed_payload FROM messages WHERE message_id = $1")
+                .bind(&env.message_id)
+                .fetch_one(hub.shared().db.pool())
+                .await
+                .unwrap();
+        assert_eq!(sealed, None);
+        hub.shared().db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_row_stored_before_sealing_is_read_then_stripped_keeping_its_row_number() {
+        let hub = hub().await;
+        let assignment = envelope(
+            payload::Form::ActionAssignment(ActionAssignment {
+                case_reference: "KZ-2026-1".into(),
+                action: Some(PlanAction {
+                    number: 3,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            FormKind::ActionAssignment,
+            "commission",
+            "ngo-1",
+        );
+        // As the gateway stored it before payloads were sealed: the whole envelope, no key id.
+        let now_us = time::to_micros(hub.clock.now());
+        let pool = hub.shared().db.pool();
+        let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM ledger_head WHERE id = 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO messages (message_id, sender_agency_id, idempotency_key,              recipient_agency_id, form_kind, envelope, payload_sha256, created_at, state,              delivered_at, accepted_seq)              VALUES ($1, 'commission', 'k', 'ngo-1', 'FORM_KIND_ACTION_ASSIGNMENT', $2, 'x', $3,              'delivered', $3, $4)",
+        )
+        .bind(&assignment.message_id)
+        .bind(assignment.encode_to_vec())
+        .bind(now_us)
+        .bind(seq)
+        .execute(pool)
+        .await
+        .unwrap();
+        let row = hub.row(&assignment.message_id).await;
+        assert_eq!(row.payload_key_id, None);
+        assert_eq!(
+            store::open_envelope(&hub.shared().sealer, &row).unwrap(),
+            assignment,
+            "an old row stays readable"
+        );
+        hub.clock.advance(RETENTION);
+        assert_eq!(hub.purge().await, 1);
+        let row = hub.row(&assignment.message_id).await;
+        assert_eq!(row.action_number, Some(3), "kept for the replies");
+        let kept = store::open_envelope(&hub.shared().sealer, &row).unwrap();
+        assert!(kept.payload.is_none(), "its payload is stripped");
+        assert_eq!(kept.case_reference, "KZ-2026-1");
+        hub.shared().db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_gateway_needs_the_keys_of_its_stored_payloads_and_rotates_to_a_new_one() {
+        let old = ("2026-old".to_owned(), [1_u8; 32]);
+        let new = ("2026-new".to_owned(), [2_u8; 32]);
+        let hub = hub_with(PayloadSealer::from_keys([old.clone()], None).unwrap()).await;
+        let env = help_request();
+        hub.enqueue(&env).await;
+        hub.shared().db.close().await;
+
+        // Only the new key: the stored payload could not be read, so it does not start.
+        let mut config = hub.config.clone();
+        config.payload_sealer = PayloadSealer::from_keys([new.clone()], None).unwrap();
+        let refused = format!("{:#}", Gateway::build(config.clone()).await.err().unwrap());
+        assert!(refused.contains("payload key 2026-old"), "{refused}");
+
+        // The old key kept beside the new active one: old payloads open, new ones use the new key.
+        config.payload_sealer = PayloadSealer::from_keys([old, new], Some("2026-new")).unwrap();
+        let rotated = Hub {
+            gateway: Gateway::build(config.clone()).await.unwrap(),
+            ..hub
+        };
+        let handle = rotated.gateway.handle();
+        assert_eq!(
+            handle.stored_envelope(&env.message_id).await.unwrap(),
+            Some(env.clone())
+        );
+        let later = help_request();
+        rotated.enqueue(&later).await;
+        assert_eq!(
+            rotated
+                .row(&later.message_id)
+                .await
+                .payload_key_id
+                .as_deref(),
+            Some("2026-new")
+        );
+        assert_eq!(
+            rotated.row(&env.message_id).await.payload_key_id.as_deref(),
+            Some("2026-old")
+        );
+        assert_eq!(
+            handle.stored_envelope(&later.message_id).await.unwrap(),
+            Some(later)
+        );
+        rotated.shared().db.close().await;
+    }
 
     #[test]
     fn backoff_doubles_within_jitter_and_stops_at_the_maximum() {

@@ -11,6 +11,7 @@ pub mod delivery;
 mod forms;
 pub mod ledger;
 pub mod routing;
+pub mod sealing;
 pub mod store;
 
 use std::{
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 pub use deadlines::{EngineError, SettleReport};
 pub use delivery::DeliveryEvent;
 pub use referral_deadlines::{CalendarError, DeadlineSettings, HolidayCalendar};
+pub use sealing::{KeyError, KeySources, PayloadSealer, SealError};
 
 /// The holiday calendar the settings name. The shipped default (`deploy/holidays-kz.toml`) is
 /// also compiled in, so a gateway started outside the repository still has Kazakhstan's
@@ -76,11 +78,22 @@ pub struct GatewayConfig {
     pub run_deadline_engine: bool,
     /// Run the delivery worker (a simulation may leave the outbox undelivered).
     pub run_delivery_worker: bool,
+    /// The keyring payloads are sealed with at rest. Every replica over one store needs the same
+    /// keys.
+    pub payload_sealer: PayloadSealer,
+    /// How long a delivered message's payload is kept before the worker removes it (zero: as
+    /// soon as it is delivered and the deadline engine has read it).
+    pub payload_retention: SignedDuration,
 }
+
+/// The default time a delivered payload is kept: 7 days.
+pub const DEFAULT_PAYLOAD_RETENTION: SignedDuration = SignedDuration::from_hours(7 * 24);
 
 impl GatewayConfig {
     /// A configuration with the default deadline periods, Kazakhstan's embedded holiday
-    /// calendar, and both background tasks running.
+    /// calendar, both background tasks running, the default payload retention and an
+    /// [ephemeral](PayloadSealer::ephemeral) payload key: a deployment sets `payload_sealer` to
+    /// the keys it loads, or what it stores cannot be read after a restart.
     pub fn new(
         listen: SocketAddr,
         tls: TlsMaterial,
@@ -100,6 +113,8 @@ impl GatewayConfig {
             holidays: Arc::new(HolidayCalendar::embedded_kazakhstan()),
             run_deadline_engine: true,
             run_delivery_worker: true,
+            payload_sealer: PayloadSealer::ephemeral(),
+            payload_retention: DEFAULT_PAYLOAD_RETENTION,
         }
     }
 }
@@ -121,6 +136,10 @@ pub(crate) struct Shared {
     pub(crate) engine_wake: Notify,
     /// Deadline alerts as they are raised, for `WatchDeadlines`.
     pub(crate) alerts: broadcast::Sender<DeadlineAlert>,
+    /// Seals payloads at rest and opens them.
+    pub(crate) sealer: PayloadSealer,
+    /// How long delivered payloads are kept.
+    pub(crate) payload_retention: SignedDuration,
 }
 
 impl Shared {
@@ -204,6 +223,7 @@ impl Gateway {
         let directory = store::load_directory(db.pool())
             .await
             .context("cannot read the agency directory")?;
+        store::check_payload_keys(db.pool(), &config.payload_sealer).await?;
         let listener = server::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -228,6 +248,8 @@ impl Gateway {
             calendars,
             engine_wake: Notify::new(),
             alerts,
+            sealer: config.payload_sealer,
+            payload_retention: config.payload_retention,
         });
         Ok(Self {
             listener,
@@ -363,6 +385,41 @@ impl GatewayHandle {
             .agency(agency_id)
             .cloned()
             .ok_or_else(|| tonic::Status::unauthenticated("no such agency"))
+    }
+
+    /// The envelope the gateway holds for a message, its payload opened (without payload once
+    /// removed after delivery). `None` for an unknown message.
+    pub async fn stored_envelope(
+        &self,
+        message_id: &str,
+    ) -> anyhow::Result<Option<referral_proto::v1::Envelope>> {
+        let Some(row) = store::message_by_id(self.shared.db.pool(), message_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(store::open_envelope(&self.shared.sealer, &row)?))
+    }
+
+    /// The envelopes of every message of one form kind the gateway holds, payloads opened,
+    /// oldest first.
+    pub async fn stored_envelopes_of_kind(
+        &self,
+        form_kind: referral_proto::v1::FormKind,
+    ) -> anyhow::Result<Vec<referral_proto::v1::Envelope>> {
+        let rows = store::messages_of_kind(self.shared.db.pool(), form_kind).await?;
+        rows.iter()
+            .map(|row| Ok(store::open_envelope(&self.shared.sealer, row)?))
+            .collect()
+    }
+
+    /// The keyring this gateway seals and opens payloads with.
+    pub fn payload_sealer(&self) -> &PayloadSealer {
+        &self.shared.sealer
+    }
+
+    /// Removes, now, the payloads whose retention after delivery has passed and that the
+    /// deadline engine has read (the step the delivery worker runs); returns how many.
+    pub async fn purge_payloads(&self) -> anyhow::Result<u64> {
+        Ok(delivery::purge_payloads(&self.shared).await?)
     }
 
     /// Verifies the ledger's hash chain.

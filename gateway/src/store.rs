@@ -1,14 +1,21 @@
 //! The gateway's tables: migrations, the directory kept in the store, and message rows.
+//!
+//! A message row keeps its envelope without payload (metadata) in `envelope`, and the payload
+//! sealed apart (`sealed_payload`, see [`crate::sealing`]) until it is removed after delivery.
+//! [`open_envelope`] is the one way to get a stored message's envelope with its payload.
 
 use prost::Message as _;
 use referral_core::{
     db::EmbeddedMigration,
     directory::{AgencyEntry, Directory, District},
 };
-use referral_proto::v1::{Envelope, FormKind};
+use referral_proto::v1::{Envelope, FormKind, Payload, payload};
 use sqlx::{Any, AnyPool, Row as _, Transaction};
 
-use crate::ledger::{self, EntryFields, LedgerEvent};
+use crate::{
+    ledger::{self, EntryFields, LedgerEvent},
+    sealing::{PayloadSealer, SealError},
+};
 
 /// Numbered, commented migrations; never edited once landed.
 pub const MIGRATIONS: &[EmbeddedMigration] = &[
@@ -21,6 +28,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         2,
         "case events, deadline engine cursor, case clocks, deadlines and alerts",
         include_str!("../migrations/0002_deadlines.sql"),
+    ),
+    (
+        4,
+        "payloads sealed at rest and removed after delivery",
+        include_str!("../migrations/0004_sealed_payloads.sql"),
     ),
 ];
 
@@ -116,22 +128,42 @@ pub async fn load_directory(pool: &AnyPool) -> Result<Directory, sqlx::Error> {
     })
 }
 
-/// Stores an acknowledged message inside the caller's transaction: the message row, its outbox
-/// row (due at once) and its `message.accepted` ledger entry. The envelope must be complete
-/// (message id, sender and creation time set). Send and the deadline engine's alerts both store
-/// their messages here, so an alert is delivered, de-duplicated and chained exactly like a form.
-/// Returns the ledger entry's sequence number.
+/// Stores an acknowledged message inside the caller's transaction: the message row (its
+/// envelope without payload, and the payload sealed with the active key), its outbox row (due at
+/// once) and its `message.accepted` ledger entry. The envelope must be complete (message id,
+/// sender and creation time set); `payload_sha256` is the digest of its encoded payload. Send and
+/// the deadline engine's alerts both store their messages here, so an alert is delivered,
+/// de-duplicated and chained exactly like a form. Returns the ledger entry's sequence number.
 pub(crate) async fn enqueue_message(
     tx: &mut Transaction<'static, Any>,
+    sealer: &PayloadSealer,
     env: &Envelope,
     payload_sha256: &str,
     now_us: i64,
 ) -> Result<i64, sqlx::Error> {
     let form_kind = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
+    let mut metadata = env.clone();
+    let payload = metadata.payload.take();
+    let sealed = payload
+        .as_ref()
+        .map(|p| sealer.seal(&env.message_id, &p.encode_to_vec()))
+        .transpose()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let action_number = match payload.as_ref().and_then(|p| p.form.as_ref()) {
+        Some(payload::Form::ActionAssignment(a)) => a.action.as_ref().map(|a| i64::from(a.number)),
+        _ => None,
+    };
+    let seq = ledger::append(
+        tx,
+        now_us,
+        &EntryFields::for_envelope(LedgerEvent::Accepted, env, payload_sha256),
+    )
+    .await?;
     sqlx::query(
         "INSERT INTO messages (message_id, sender_agency_id, idempotency_key, \
-         recipient_agency_id, form_kind, in_reply_to, envelope, payload_sha256, created_at, state) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         recipient_agency_id, form_kind, in_reply_to, envelope, payload_sha256, created_at, state, \
+         sealed_payload, payload_key_id, action_number, accepted_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(&env.message_id)
     .bind(&env.sender_agency_id)
@@ -139,10 +171,14 @@ pub(crate) async fn enqueue_message(
     .bind(&env.recipient_agency_id)
     .bind(form_kind.as_str_name())
     .bind((!env.in_reply_to.is_empty()).then(|| env.in_reply_to.clone()))
-    .bind(env.encode_to_vec())
+    .bind(metadata.encode_to_vec())
     .bind(payload_sha256)
     .bind(now_us)
     .bind(STATE_QUEUED)
+    .bind(sealed.as_ref().map(|s| s.bytes.clone()))
+    .bind(sealed.map(|s| s.key_id))
+    .bind(action_number)
+    .bind(seq)
     .execute(&mut **tx)
     .await?;
     sqlx::query("INSERT INTO outbox (message_id, next_attempt_at) VALUES ($1, $2)")
@@ -150,23 +186,27 @@ pub(crate) async fn enqueue_message(
         .bind(now_us)
         .execute(&mut **tx)
         .await?;
-    ledger::append(
-        tx,
-        now_us,
-        &EntryFields::for_envelope(LedgerEvent::Accepted, env, payload_sha256),
-    )
-    .await
+    Ok(seq)
 }
 
-/// A stored message as the API and the worker need it.
-#[derive(Debug, Clone)]
+/// A stored message as the API and the worker need it. Its envelope is read with
+/// [`open_envelope`] (with the payload) or [`metadata_envelope`] (without opening it).
+#[derive(Clone)]
 pub struct MessageRow {
     pub message_id: String,
     pub sender_agency_id: String,
     pub recipient_agency_id: String,
     pub form_kind: String,
     pub in_reply_to: Option<String>,
-    pub envelope: Vec<u8>,
+    /// The envelope as stored: without payload, or whole on a row written before payloads were
+    /// sealed (`payload_key_id` is `None` then).
+    stored_envelope: Vec<u8>,
+    /// The sealed payload; `None` once removed after delivery (and on rows written before).
+    sealed_payload: Option<Vec<u8>>,
+    pub payload_key_id: Option<String>,
+    pub payload_purged_at: Option<i64>,
+    /// The assigned row's number of an ACTION_ASSIGNMENT.
+    pub action_number: Option<i64>,
     pub payload_sha256: String,
     pub created_at: i64,
     pub state: String,
@@ -176,8 +216,22 @@ pub struct MessageRow {
     pub answer_message_id: Option<String>,
 }
 
+impl std::fmt::Debug for MessageRow {
+    /// Ids and states only: the stored envelope of an old row may hold a payload.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageRow")
+            .field("message_id", &self.message_id)
+            .field("form_kind", &self.form_kind)
+            .field("state", &self.state)
+            .field("payload_key_id", &self.payload_key_id)
+            .field("payload_purged_at", &self.payload_purged_at)
+            .finish_non_exhaustive()
+    }
+}
+
 const MESSAGE_COLUMNS: &str = "message_id, sender_agency_id, recipient_agency_id, form_kind, \
-    in_reply_to, envelope, payload_sha256, created_at, state, delivery_attempts, delivered_at, answered_at, \
+    in_reply_to, envelope, sealed_payload, payload_key_id, payload_purged_at, action_number, \
+    payload_sha256, created_at, state, delivery_attempts, delivered_at, answered_at, \
     answer_message_id";
 
 fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, sqlx::Error> {
@@ -187,7 +241,11 @@ fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, sqlx::Error> {
         recipient_agency_id: r.try_get("recipient_agency_id")?,
         form_kind: r.try_get("form_kind")?,
         in_reply_to: r.try_get("in_reply_to")?,
-        envelope: r.try_get("envelope")?,
+        stored_envelope: r.try_get("envelope")?,
+        sealed_payload: r.try_get("sealed_payload")?,
+        payload_key_id: r.try_get("payload_key_id")?,
+        payload_purged_at: r.try_get("payload_purged_at")?,
+        action_number: r.try_get("action_number")?,
         payload_sha256: r.try_get("payload_sha256")?,
         created_at: r.try_get("created_at")?,
         state: r.try_get("state")?,
@@ -234,6 +292,118 @@ where
     .as_ref()
     .map(message_row)
     .transpose()
+}
+
+/// Why a stored message's envelope could not be read. Names the message and the key id, never
+/// what the payload holds.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("the payload of message {message_id} cannot be opened: {source}")]
+    Seal {
+        message_id: String,
+        #[source]
+        source: SealError,
+    },
+    #[error("the stored envelope of message {message_id} does not decode")]
+    Decode { message_id: String },
+}
+
+impl PayloadError {
+    /// An operator's error (a key missing from the keyring) rather than a damaged row: it goes
+    /// away once the key is added back.
+    pub fn is_missing_key(&self) -> bool {
+        matches!(
+            self,
+            Self::Seal {
+                source: SealError::UnknownKey { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// The stored envelope without opening its payload: metadata only, or, on a row written before
+/// payloads were sealed, the whole envelope.
+pub fn metadata_envelope(row: &MessageRow) -> Result<Envelope, PayloadError> {
+    Envelope::decode(row.stored_envelope.as_slice()).map_err(|_| {
+        tracing::error!(message_id = %row.message_id, "a stored envelope does not decode");
+        PayloadError::Decode {
+            message_id: row.message_id.clone(),
+        }
+    })
+}
+
+/// The envelope of a stored message with its payload opened: the one way consumers read a
+/// message's payload. Once the payload has been removed after delivery, the envelope comes
+/// without payload. A failure is logged with the message id and key id only.
+pub fn open_envelope(sealer: &PayloadSealer, row: &MessageRow) -> Result<Envelope, PayloadError> {
+    let mut env = metadata_envelope(row)?;
+    let Some(sealed) = &row.sealed_payload else {
+        return Ok(env);
+    };
+    let plaintext = sealer.open(&row.message_id, sealed).map_err(|source| {
+        tracing::error!(
+            message_id = %row.message_id,
+            key_id = row.payload_key_id.as_deref().unwrap_or_default(),
+            error = %source,
+            "a stored payload cannot be opened"
+        );
+        PayloadError::Seal {
+            message_id: row.message_id.clone(),
+            source,
+        }
+    })?;
+    let payload = Payload::decode(plaintext.as_slice()).map_err(|_| {
+        tracing::error!(message_id = %row.message_id, "an opened payload does not decode");
+        PayloadError::Decode {
+            message_id: row.message_id.clone(),
+        }
+    })?;
+    env.payload = Some(payload);
+    Ok(env)
+}
+
+/// Every message of one form kind, oldest first.
+pub async fn messages_of_kind(
+    pool: &AnyPool,
+    form_kind: FormKind,
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE form_kind = $1 ORDER BY created_at, message_id"
+    )))
+    .bind(form_kind.as_str_name())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(message_row)
+    .collect()
+}
+
+/// Refuses to start with a keyring that lacks a key some stored payload is sealed with: those
+/// messages could be neither delivered nor read.
+pub async fn check_payload_keys(pool: &AnyPool, sealer: &PayloadSealer) -> anyhow::Result<()> {
+    let held: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT payload_key_id, COUNT(*) FROM messages WHERE sealed_payload IS NOT NULL \
+         GROUP BY payload_key_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (key_id, count) in held {
+        let key_id = key_id.unwrap_or_default();
+        if !sealer.has_key(&key_id) {
+            anyhow::bail!(
+                "{count} stored message payload(s) are sealed with payload key {key_id}, which the \
+                 keyring does not hold: add that key back to the payload key file (keep a key \
+                 until no payload sealed with it is stored)"
+            );
+        }
+    }
+    tracing::info!(
+        active_key = sealer.active_key_id(),
+        keys = sealer.key_ids().count(),
+        "payload keys loaded"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ use referral_core::{
     pki::{CertificateAuthority, ComponentIdentity, TlsMaterial},
     tls,
 };
-use referral_gateway::{DeliveryEvent, Gateway, GatewayConfig, GatewayHandle};
+use referral_gateway::{
+    DeliveryEvent, Gateway, GatewayConfig, GatewayHandle, KeySources, PayloadSealer, sealing,
+};
 use referral_proto::v1::{
     AgencyKind, agency_inbox_client::AgencyInboxClient, agency_staff_client::AgencyStaffClient,
     gateway_client::GatewayClient,
@@ -106,6 +108,10 @@ pub struct TestHub {
     pub storage: StorageConfig,
     gateway: Mutex<GatewayHandle>,
     pub gateway_port: u16,
+    /// The payload keyring of this hub's gateways, loaded from a fresh key file in the hub's
+    /// directory (`payload_key_file`): restarts and replicas share it, as they share the store.
+    pub payload_sealer: PayloadSealer,
+    pub payload_key_file: std::path::PathBuf,
     issuer: DevIssuer,
     data_dir: tempfile::TempDir,
     gateway_run: Mutex<Option<Running>>,
@@ -203,9 +209,24 @@ impl TestHub {
         let ids: Vec<&str> = directory.agencies.iter().map(|a| a.id.as_str()).collect();
         let issuer = DevIssuer::ensure(&data_dir.path().join("issuer"), &ids)?;
         let clock = Clock::manual(start_instant());
+        // A fresh payload key for this hub, through the key file path a deployment uses.
+        let payload_key_file = data_dir.path().join("payload-keys");
+        sealing::generate_key_file(&payload_key_file, "test-1")?;
+        let payload_sealer = PayloadSealer::load(KeySources {
+            file: Some(&payload_key_file),
+            ..KeySources::default()
+        })?;
         let gateway_port = free_port();
-        let (gateway, gateway_run) =
-            launch_gateway(&ca, &storage, &directory, &clock, gateway_port, options).await?;
+        let (gateway, gateway_run) = launch_gateway(
+            &ca,
+            &storage,
+            &directory,
+            &clock,
+            &payload_sealer,
+            gateway_port,
+            options,
+        )
+        .await?;
         let hub = Self {
             backend,
             clock,
@@ -214,6 +235,8 @@ impl TestHub {
             storage,
             gateway: Mutex::new(gateway),
             gateway_port,
+            payload_sealer,
+            payload_key_file,
             issuer,
             data_dir,
             gateway_run: Mutex::new(Some(gateway_run)),
@@ -273,6 +296,7 @@ impl TestHub {
             &self.storage,
             &self.directory,
             &self.clock,
+            &self.payload_sealer,
             self.gateway_port,
             self.options,
         )
@@ -290,6 +314,7 @@ impl TestHub {
             &self.storage,
             &self.directory,
             &self.clock,
+            &self.payload_sealer,
             free_port(),
             self.options,
         )
@@ -595,15 +620,13 @@ impl TestHub {
             .unwrap()
     }
 
-    /// The envelope the gateway stored (and delivers) for a message.
+    /// The envelope the gateway stored (and delivers) for a message, its sealed payload opened
+    /// (without payload once removed after delivery).
     pub async fn gateway_envelope(&self, message_id: &str) -> Option<referral_proto::v1::Envelope> {
-        let bytes: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT envelope FROM messages WHERE message_id = $1")
-                .bind(message_id)
-                .fetch_optional(self.gateway().database().pool())
-                .await
-                .unwrap();
-        bytes.map(|b| prost::Message::decode(b.as_slice()).expect("a stored envelope decodes"))
+        self.gateway()
+            .stored_envelope(message_id)
+            .await
+            .expect("a stored envelope opens")
     }
 
     /// Every message the gateway holds for an agency, oldest first.
@@ -688,6 +711,7 @@ async fn launch_gateway(
     storage: &StorageConfig,
     directory: &Directory,
     clock: &Clock,
+    payload_sealer: &PayloadSealer,
     port: u16,
     options: HubOptions,
 ) -> anyhow::Result<(GatewayHandle, Running)> {
@@ -705,6 +729,11 @@ async fn launch_gateway(
     );
     config.run_delivery_worker = options.run_delivery_worker;
     config.run_deadline_engine = options.run_deadline_engine;
+    config.payload_sealer = payload_sealer.clone();
+    // One children's-pseudonym secret per hub (its store), the same for restarts and replicas.
+    config.child_link_secret =
+        <sha2::Sha256 as sha2::Digest>::digest(format!("child-link:{:?}", storage.data_dir))
+            .to_vec();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();

@@ -388,17 +388,15 @@ async fn ten_thousand_cases_raise_exactly_the_expected_alerts(backend: Backend) 
         }
     }
     // Every alert went out as messages: at least one per alert, never twice to the same person.
-    let envelopes: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT envelope FROM messages WHERE form_kind = 'FORM_KIND_DEADLINE_ALERT'",
-    )
-    .fetch_all(gateway.database().pool())
-    .await
-    .expect("the alert messages read");
+    // Read through the gateway's store, which opens the sealed payloads.
+    let envelopes = gateway
+        .stored_envelopes_of_kind(FormKind::DeadlineAlert)
+        .await
+        .expect("the alert messages read");
     let mut sent_to = std::collections::HashSet::new();
     let mut alerts_sent = std::collections::HashSet::new();
     let mut repeated_messages = 0;
-    for bytes in envelopes {
-        let envelope: Envelope = prost::Message::decode(bytes.as_slice()).expect("an envelope");
+    for envelope in envelopes {
         let Some(payload::Form::DeadlineAlert(alert)) = envelope.payload.and_then(|p| p.form)
         else {
             panic!("an alert message carries another form");

@@ -1,6 +1,6 @@
 //! Typed settings of the hub: an optional TOML file, then environment variables
 //! `REFERRAL_HUB__SECTION__KEY` (e.g. `REFERRAL_HUB__GATEWAY__LISTEN=0.0.0.0:7400`).
-//! Secrets (the database URL) are held in a type that never prints.
+//! Secrets (the database URL, inline payload keys) are held in a type that never prints.
 
 use std::{
     net::SocketAddr,
@@ -11,7 +11,7 @@ use figment::{
     Figment,
     providers::{Env, Format as _, Toml},
 };
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 use crate::{db::StorageConfig, telemetry::TelemetryConfig};
@@ -63,6 +63,29 @@ pub struct GatewaySection {
     /// How agency services reach the gateway.
     #[serde(default = "default_gateway_endpoint")]
     pub endpoint: String,
+    /// The file of keys that seal message payloads at rest: one key per line,
+    /// `<key id> <base64 of 32 random bytes>`, readable only by its owner (mode 0600). In
+    /// development mode it defaults to `<pki_dir>/payload-keys`, generated on first start; in
+    /// production it (or `payload_keys`) must be set.
+    #[serde(default)]
+    pub payload_key_file: Option<PathBuf>,
+    /// Payload keys given as a secret (`REFERRAL_HUB__GATEWAY__PAYLOAD_KEYS`): the key file's
+    /// lines, separated by newlines or `;`. May be given beside the file.
+    #[serde(default)]
+    pub payload_keys: Option<SecretString>,
+    /// The id of the key new payloads are sealed with; may be left out when there is one key.
+    #[serde(default)]
+    pub payload_active_key: Option<String>,
+    /// Days a delivered message's payload is kept before it is removed (0: at delivery).
+    #[serde(default = "default_payload_retention_days")]
+    pub payload_retention_days: u32,
+}
+
+impl GatewaySection {
+    /// The inline payload keys, exposed to be loaded into the gateway's keyring.
+    pub fn inline_payload_keys(&self) -> Option<&str> {
+        self.payload_keys.as_ref().map(|k| k.expose_secret())
+    }
 }
 
 impl Default for GatewaySection {
@@ -70,6 +93,10 @@ impl Default for GatewaySection {
         Self {
             listen: default_gateway_listen(),
             endpoint: default_gateway_endpoint(),
+            payload_key_file: None,
+            payload_keys: None,
+            payload_active_key: None,
+            payload_retention_days: default_payload_retention_days(),
         }
     }
 }
@@ -128,6 +155,9 @@ fn default_gateway_listen() -> SocketAddr {
 }
 fn default_gateway_endpoint() -> String {
     "https://127.0.0.1:7400".into()
+}
+fn default_payload_retention_days() -> u32 {
+    7
 }
 fn default_issuer() -> String {
     crate::auth::DEV_ISSUER.into()

@@ -3,8 +3,9 @@
 //! and `ledger verify` checks the gateway's ledger offline. All of them build components with the
 //! components' own `build` functions, so the two modes cannot drift apart.
 //!
-//! In development mode the first start creates the development PKI and the token issuer's keys
-//! under the data directory; in production mode nothing is generated and the files must exist.
+//! In development mode the first start creates the development PKI, the token issuer's keys and
+//! the gateway's payload key file under the data directory; in production mode nothing is
+//! generated and the files must exist (payload keys must be configured).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -22,7 +23,7 @@ use referral_core::{
     telemetry,
     tls::install_crypto_provider,
 };
-use referral_gateway::{Gateway, GatewayConfig};
+use referral_gateway::{Gateway, GatewayConfig, KeySources, PayloadSealer, sealing};
 use referral_proto::v1::AgencyKind;
 use serde_json::json;
 use tokio::{
@@ -222,9 +223,15 @@ fn identities(directory: &Directory) -> anyhow::Result<Vec<ComponentIdentity>> {
     Ok(ids)
 }
 
-/// In development mode: makes sure the development PKI and the issuer keys exist for every
-/// component (creating what is missing) and says whether anything was created. In production mode
-/// this does nothing; the components then load their files and fail clearly if one is missing.
+/// The gateway's payload key file when none is configured (development mode only).
+fn dev_payload_key_file(settings: &Settings) -> std::path::PathBuf {
+    settings.config.pki_dir().join("payload-keys")
+}
+
+/// In development mode: makes sure the development PKI, the issuer keys and the gateway's
+/// payload key file (unless keys are configured) exist, creating what is missing, and says
+/// whether anything was created. In production mode this does nothing; the components then load
+/// their files and fail clearly if one is missing.
 fn prepare_credentials(settings: &Settings, directory: &Directory) -> anyhow::Result<bool> {
     if !settings.development() {
         return Ok(false);
@@ -247,10 +254,48 @@ fn prepare_credentials(settings: &Settings, directory: &Directory) -> anyhow::Re
             jwks_dir.display()
         )
     })?;
-    if !report.is_empty() || missing_keys {
+    let gateway = &settings.config.gateway;
+    let payload_keys = dev_payload_key_file(settings);
+    let missing_payload_key = gateway.payload_key_file.is_none()
+        && gateway.payload_keys.is_none()
+        && !payload_keys.exists();
+    if missing_payload_key {
+        sealing::generate_key_file(&payload_keys, "dev-1").with_context(|| {
+            format!(
+                "cannot create the development payload key file {}",
+                payload_keys.display()
+            )
+        })?;
+    }
+    let created = !report.is_empty() || missing_keys || missing_payload_key;
+    if created {
         tracing::info!(pki = %pki_dir.display(), issuer = %jwks_dir.display(), "development credentials created");
     }
-    Ok(!report.is_empty() || missing_keys)
+    Ok(created)
+}
+
+/// The gateway's payload keyring: the configured key file and/or inline keys; in development
+/// mode with neither configured, the generated `<pki_dir>/payload-keys`. Production mode never
+/// generates keys and refuses to start without them.
+fn payload_sealer(settings: &Settings) -> anyhow::Result<PayloadSealer> {
+    let gateway = &settings.config.gateway;
+    let inline = gateway.inline_payload_keys();
+    let file = match (&gateway.payload_key_file, inline) {
+        (Some(file), _) => Some(file.clone()),
+        (None, Some(_)) => None,
+        (None, None) if settings.development() => Some(dev_payload_key_file(settings)),
+        (None, None) => bail!(
+            "production mode needs payload keys: set gateway.payload_key_file \
+             (REFERRAL_HUB__GATEWAY__PAYLOAD_KEY_FILE) or REFERRAL_HUB__GATEWAY__PAYLOAD_KEYS; \
+             they are never generated in production (README: Payload keys)"
+        ),
+    };
+    PayloadSealer::load(KeySources {
+        file: file.as_deref(),
+        inline,
+        active: gateway.payload_active_key.as_deref(),
+    })
+    .context("cannot load the gateway's payload keys")
 }
 
 /// A component's certificate, key and CA from the PKI directory.
@@ -279,6 +324,10 @@ async fn build_gateway(
     let config = GatewayConfig {
         deadlines: settings.config.deadlines.clone(),
         holidays: std::sync::Arc::new(holidays),
+        payload_sealer: payload_sealer(settings)?,
+        payload_retention: jiff::SignedDuration::from_hours(
+            24 * i64::from(settings.config.gateway.payload_retention_days),
+        ),
         ..GatewayConfig::new(
             listen,
             tls_material(settings, &ComponentIdentity::Gateway)?,
@@ -493,7 +542,7 @@ fn print_banner(
     ));
     if generated {
         out.push_str(&format!(
-            "Created the development PKI and token issuer keys in {}\n",
+            "Created the development PKI, token issuer keys and payload key in {}\n",
             config.pki_dir().display()
         ));
     }
@@ -564,6 +613,47 @@ mod tests {
             "[::1]:7404".parse().unwrap()
         );
         assert!(listen_address("https://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn development_creates_a_private_payload_key_once_and_production_needs_one() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::load(crate::settings::Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            ..Default::default()
+        })
+        .unwrap();
+        settings.config.mode = referral_core::config::Mode::Development;
+        let (directory, _) = settings.directory().unwrap();
+        assert!(prepare_credentials(&settings, &directory).unwrap());
+        let file = dev_payload_key_file(&settings);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let first = payload_sealer(&settings).unwrap();
+        assert_eq!(first.active_key_id(), "dev-1");
+        let sealed = first.seal("m-1", b"form").unwrap();
+        // A second start keeps the key it created.
+        assert!(!prepare_credentials(&settings, &directory).unwrap());
+        let again = payload_sealer(&settings).unwrap();
+        assert_eq!(again.open("m-1", &sealed.bytes).unwrap(), b"form");
+
+        settings.config.mode = referral_core::config::Mode::Production;
+        let refused = format!("{:#}", payload_sealer(&settings).unwrap_err());
+        assert!(
+            refused.contains("REFERRAL_HUB__GATEWAY__PAYLOAD_KEY_FILE"),
+            "{refused}"
+        );
+        settings.config.gateway.payload_key_file = Some(file);
+        assert_eq!(
+            payload_sealer(&settings)
+                .unwrap()
+                .open("m-1", &sealed.bytes)
+                .unwrap(),
+            b"form"
+        );
     }
 
     #[test]

@@ -295,14 +295,24 @@ impl Apply<'_> {
 
     // ---- action rows ----------------------------------------------------------------------
 
-    /// The envelope of this entry's message.
+    /// The envelope of this entry's message, its payload opened (payloads are removed only
+    /// after the engine has applied the message's `message.accepted` entry). A key missing from
+    /// the keyring stops the engine until it is added back (skipping would lose deadlines); a
+    /// payload that does not open or decode is skipped like any unreadable row.
     async fn envelope(&mut self) -> Result<(Envelope, store::MessageRow), EngineError> {
         let Some(message) = store::message_by_id(&mut **self.tx, &self.entry.message_id).await?
         else {
             return Err(EngineError::Corrupt("an accepted message's row is missing"));
         };
-        let envelope = Envelope::decode(message.envelope.as_slice())
-            .map_err(|_| EngineError::Corrupt("a stored envelope does not decode"))?;
+        let envelope = match store::open_envelope(&self.shared.sealer, &message) {
+            Ok(envelope) => envelope,
+            Err(e) if e.is_missing_key() => return Err(EngineError::PayloadKey(e)),
+            Err(_) => {
+                return Err(EngineError::Corrupt(
+                    "a stored envelope or payload cannot be read",
+                ));
+            }
+        };
         Ok((envelope, message))
     }
 

@@ -228,16 +228,12 @@ impl Hub {
 
     /// The DEADLINE_ALERT messages queued, as (recipient, state, addressed role).
     async fn alert_messages(&self) -> Vec<(String, DeadlineState, Role)> {
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT envelope FROM messages WHERE form_kind = 'FORM_KIND_DEADLINE_ALERT' \
-             ORDER BY created_at, message_id",
-        )
-        .fetch_all(self.shared.db.pool())
-        .await
-        .unwrap();
+        let rows = crate::store::messages_of_kind(self.shared.db.pool(), FormKind::DeadlineAlert)
+            .await
+            .unwrap();
         rows.iter()
-            .map(|bytes| {
-                let env = Envelope::decode(bytes.as_slice()).unwrap();
+            .map(|row| {
+                let env = crate::store::open_envelope(&self.shared.sealer, row).unwrap();
                 assert_eq!(env.sender_agency_id, "gateway");
                 let Some(payload::Form::DeadlineAlert(alert)) = env.payload.unwrap().form else {
                     panic!("an alert message carries an alert");
