@@ -11,7 +11,10 @@ use referral_core::{
     time, tls, validate,
 };
 use referral_proto::v1::{
-    AgencyKind, ConfidentialityLabel, DeliveryState, DeliveryStatus, Envelope, FormKind,
+    AgencyKind, CaseView, ConfidentialityLabel, DeliveryState, DeliveryStatus, DisclosureGrant,
+    Envelope, FilterCaseReadRequest, FormKind, GrantDisclosureRequest, ListDisclosureGrantsRequest,
+    ListDisclosureGrantsResponse, ListDisclosuresRequest, ListDisclosuresResponse, ReadCaseRequest,
+    RevokeDisclosureRequest,
     GetDeliveryStatusRequest, HelpRequestDecision, ListAgenciesRequest, ListAgenciesResponse,
     PurposeOfUse, RecordCaseEventRequest, RecordCaseEventResponse, Role, SendRequest, SendResponse,
     gateway_server, help_request_decision, payload,
@@ -19,7 +22,8 @@ use referral_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Shared, forms, ledger,
+    Shared, access, forms, ledger,
+    policy::Sections,
     routing::{self, Reply},
     store::{self, STATE_ANSWERED, STATE_DELIVERED, STATE_QUEUED},
 };
@@ -111,6 +115,57 @@ impl gateway_server::Gateway for GatewayApi {
             .await?;
         Ok(Response::new(recorded))
     }
+
+    async fn read_case(&self, req: Request<ReadCaseRequest>) -> Result<Response<CaseView>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let view = self.shared.read_case(&caller, req.into_inner()).await?;
+        Ok(Response::new(view))
+    }
+
+    async fn filter_case_read(
+        &self,
+        req: Request<FilterCaseReadRequest>,
+    ) -> Result<Response<CaseView>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let view = self.shared.filter_case_read(&caller, req.into_inner()).await?;
+        Ok(Response::new(view))
+    }
+
+    async fn grant_disclosure(
+        &self,
+        req: Request<GrantDisclosureRequest>,
+    ) -> Result<Response<DisclosureGrant>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let grant = self.shared.grant_disclosure(&caller, req.into_inner()).await?;
+        Ok(Response::new(grant))
+    }
+
+    async fn revoke_disclosure(
+        &self,
+        req: Request<RevokeDisclosureRequest>,
+    ) -> Result<Response<DisclosureGrant>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let grant = self.shared.revoke_disclosure(&caller, req.into_inner()).await?;
+        Ok(Response::new(grant))
+    }
+
+    async fn list_disclosure_grants(
+        &self,
+        req: Request<ListDisclosureGrantsRequest>,
+    ) -> Result<Response<ListDisclosureGrantsResponse>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let grants = self.shared.list_grants(&caller, req.into_inner()).await?;
+        Ok(Response::new(grants))
+    }
+
+    async fn list_disclosures(
+        &self,
+        req: Request<ListDisclosuresRequest>,
+    ) -> Result<Response<ListDisclosuresResponse>, Status> {
+        let Caller(caller) = caller(&req)?;
+        let history = self.shared.list_disclosures(&caller, req.into_inner()).await?;
+        Ok(Response::new(history))
+    }
 }
 
 /// The form kind a payload carries.
@@ -129,6 +184,9 @@ fn payload_kind(form: &payload::Form) -> FormKind {
         payload::Form::ActionProgress(_) => FormKind::ActionProgress,
         payload::Form::ReviewMinutes(_) => FormKind::ReviewMinutes,
         payload::Form::DeadlineAlert(_) => FormKind::DeadlineAlert,
+        payload::Form::Consultation(_) => FormKind::Consultation,
+        payload::Form::ConsultationAnswer(_) => FormKind::ConsultationAnswer,
+        payload::Form::DisclosureAlert(_) => FormKind::DisclosureAlert,
     }
 }
 
@@ -249,6 +307,53 @@ impl Shared {
     /// Validates, routes and stores a message with its ledger entry and outbox row in one
     /// transaction, then wakes the delivery worker. Nothing is stored when any check fails.
     pub(crate) async fn accept(
+        &self,
+        caller: &AgencyEntry,
+        env: Envelope,
+    ) -> ServiceResult<SendResponse> {
+        let mut asked = Envelope {
+            payload: None,
+            ..env.clone()
+        };
+        if asked.case_reference.is_empty()
+            && let Some(case) = env
+                .payload
+                .as_ref()
+                .and_then(|p| p.form.as_ref())
+                .and_then(payload_case_reference)
+        {
+            asked.case_reference = case.to_owned();
+        }
+        let result = self.accept_checked(caller, env).await;
+        // Every refusal by the rules (who may act, routing, need to know) is an audit event;
+        // the refused message itself stored nothing.
+        if let Err(ServiceError::PermissionDenied(_)) = &result {
+            let acting = asked.acting_user.clone();
+            access::record_denial(
+                self,
+                access::Audit {
+                    event: access::EVENT_DENIED,
+                    agency_id: &caller.id,
+                    acting: acting.as_ref(),
+                    purpose: PurposeOfUse::try_from(asked.purpose_of_use)
+                        .unwrap_or(PurposeOfUse::Unspecified),
+                    case_reference: &asked.case_reference,
+                    message_id: "",
+                    recipient_agency_id: &asked.recipient_agency_id,
+                    form_kind: FormKind::try_from(asked.form_kind)
+                        .unwrap_or(FormKind::Unspecified)
+                        .as_str_name(),
+                    sections: Sections::NONE,
+                    outcome: access::OUTCOME_DENIED,
+                    digest: String::new(),
+                },
+            )
+            .await?;
+        }
+        result
+    }
+
+    async fn accept_checked(
         &self,
         caller: &AgencyEntry,
         mut env: Envelope,
@@ -395,6 +500,26 @@ impl Shared {
             Some(payload::Form::ReviewMinutes(m)) => {
                 forms::review_minutes(m, &mut v, "envelope.payload.review_minutes")
             }
+            Some(payload::Form::Consultation(c)) => {
+                validate::consultation(c, &mut v, "envelope.payload.consultation")
+            }
+            Some(payload::Form::ConsultationAnswer(a)) => forms::consultation_answer(
+                a,
+                &env.in_reply_to,
+                &mut v,
+                "envelope.payload.consultation_answer",
+            ),
+            Some(payload::Form::IncidentSummary(e)) => {
+                forms::incident_summary(e, &mut v, "envelope.payload.incident_summary");
+                if PurposeOfUse::try_from(env.purpose_of_use).ok()
+                    != Some(PurposeOfUse::AggregateReporting)
+                {
+                    v.add(
+                        "envelope.purpose_of_use",
+                        "an incident summary is aggregate reporting",
+                    );
+                }
+            }
             // No rule routes the other forms; they are refused above.
             _ => {}
         }
@@ -466,7 +591,36 @@ impl Shared {
         env.sender_agency_id = caller.id.clone();
         env.created_at = Some(time::to_proto(now));
         let now_us = time::to_micros(now);
+        // 6. Need to know: the policy's word on sender and recipient, what the gateway must
+        // remember of the case, and the recipient's view of the message.
+        let access = match self
+            .check_send(&mut tx, caller, &recipient, &mut env, now_us)
+            .await
+        {
+            Ok(access) => access,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
+        if access.sections != Sections::all()
+            && let Some(payload) = env.payload.as_ref()
+        {
+            env.payload = Some(
+                self.views
+                    .filter(payload, "referral.v1.Payload", access.sections, &recipient.id)
+                    .map_err(ServiceError::internal)?,
+            );
+        }
+        env.view_sections = access.sections.iter().map(|s| s as i32).collect();
         store::enqueue_message(&mut tx, &self.sealer, &env, &payload_hash, now_us).await?;
+        for mut copy in access.copies {
+            copy.view_sections = env.view_sections.clone();
+            store::enqueue_message(&mut tx, &self.sealer, &copy, &payload_hash, now_us).await?;
+        }
+        if access.withheld {
+            access::withhold(&mut tx, &env, now_us).await?;
+        }
         // A single answer closes the message it answers; progress reports leave it open.
         if matches!(rule.reply, Reply::To { single: true, .. }) {
             sqlx::query(
@@ -508,6 +662,24 @@ impl Shared {
             .await?
             .filter(|m| m.sender_agency_id == caller || m.recipient_agency_id == caller)
             .ok_or_else(not_found)?;
+        // A report kept from an institution (its director implicated, or a child's disclosure
+        // about it) tells that institution no more than that it was delivered.
+        if self.excluded_from_report(&row).await?.iter().any(|a| a == caller) {
+            let delivered = row.delivered_at.is_some() || row.state != store::STATE_QUEUED;
+            return Ok(DeliveryStatus {
+                message_id: row.message_id,
+                state: if delivered {
+                    DeliveryState::Delivered
+                } else {
+                    DeliveryState::Queued
+                } as i32,
+                queued_at: Some(time::micros_to_proto(row.created_at)),
+                delivered_at: row.delivered_at.map(time::micros_to_proto),
+                answered_at: None,
+                delivery_attempts: u32::try_from(row.delivery_attempts).unwrap_or(u32::MAX),
+                answer: None,
+            });
+        }
         // Without payload once the answer's payload has been removed after delivery.
         let answer = match &row.answer_message_id {
             Some(id) => store::message_by_id(self.db.pool(), id)
@@ -558,6 +730,7 @@ pub(crate) fn state_to_proto(state: &str) -> DeliveryState {
         STATE_QUEUED => DeliveryState::Queued,
         STATE_DELIVERED => DeliveryState::Delivered,
         STATE_ANSWERED => DeliveryState::Answered,
+        access::STATE_WITHHELD => DeliveryState::Withheld,
         _ => DeliveryState::Unspecified,
     }
 }

@@ -313,7 +313,23 @@ async fn ngo_k_to_police_is_refused_and_nothing_is_stored(backend: Backend) {
     assert_eq!(refused.code(), Code::PermissionDenied);
     assert_eq!(hub.gateway_count("messages").await, 0);
     assert_eq!(hub.gateway_count("outbox").await, 0);
-    assert_eq!(hub.gateway_count("ledger").await, 0);
+    // The ledger records the refusal itself (issue 4: every denial is an audit event), and only
+    // that: metadata, no payload digest.
+    let entries: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT event, outcome, recipient_agency_id, payload_sha256 FROM ledger ORDER BY seq",
+    )
+    .fetch_all(hub.gateway().database().pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        entries,
+        vec![(
+            "access.denied".to_owned(),
+            "denied".to_owned(),
+            "police-1".to_owned(),
+            String::new()
+        )]
+    );
     assert!(ngo.sent().await.is_empty(), "nothing kept by the NGO");
     assert_eq!(hub.agency_count("ngo-1", "sent_messages").await, 0);
     assert_eq!(hub.agency_count("police-1", "received_messages").await, 0);
