@@ -5,14 +5,17 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 pub mod api;
 pub mod deadlines;
 pub mod delivery;
 mod forms;
 pub mod ledger;
+pub mod policy;
 pub mod routing;
 pub mod sealing;
 pub mod store;
+pub mod views;
 
 use std::{
     collections::HashMap,
@@ -84,6 +87,13 @@ pub struct GatewayConfig {
     /// How long a delivered message's payload is kept before the worker removes it (zero: as
     /// soon as it is delivered and the deadline engine has read it).
     pub payload_retention: SignedDuration,
+    /// Where the need-to-know policy is read from (`need_to_know.cedarschema` and
+    /// `need_to_know.cedar`); `None` uses the policy built into the gateway. An invalid policy
+    /// stops the gateway at start.
+    pub policy_dir: Option<std::path::PathBuf>,
+    /// The deployment's secret for the children's pseudonyms (HMAC-SHA-256 of the IIN). Every
+    /// replica needs the same one, and it must outlive restarts, or referrals stop linking.
+    pub child_link_secret: Vec<u8>,
 }
 
 /// The default time a delivered payload is kept: 7 days.
@@ -115,6 +125,13 @@ impl GatewayConfig {
             run_delivery_worker: true,
             payload_sealer: PayloadSealer::ephemeral(),
             payload_retention: DEFAULT_PAYLOAD_RETENTION,
+            policy_dir: None,
+            // Two random (OS-generated) v4 UUIDs: 244 random bits, for a gateway that is given
+            // no secret (a test); a deployment configures its own.
+            child_link_secret: [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+                .iter()
+                .flat_map(|u| *u.as_bytes())
+                .collect(),
         }
     }
 }
@@ -140,6 +157,12 @@ pub(crate) struct Shared {
     pub(crate) sealer: PayloadSealer,
     /// How long delivered payloads are kept.
     pub(crate) payload_retention: SignedDuration,
+    /// The need-to-know policy.
+    pub(crate) policy: policy::PolicyEngine,
+    /// The sensitivity class of every field.
+    pub(crate) views: views::ViewFilter,
+    /// The key of the children's pseudonyms (HMAC of the IIN).
+    pub(crate) child_link_secret: Vec<u8>,
 }
 
 impl Shared {
@@ -250,6 +273,10 @@ impl Gateway {
             alerts,
             sealer: config.payload_sealer,
             payload_retention: config.payload_retention,
+            policy: policy::PolicyEngine::load(config.policy_dir.as_deref())
+                .context("the need-to-know policy does not load")?,
+            views: views::ViewFilter::new().context("the field classes do not load")?,
+            child_link_secret: config.child_link_secret,
         });
         Ok(Self {
             listener,

@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         include_str!("../migrations/0002_deadlines.sql"),
     ),
     (
+        3,
+        "need to know: referrals, cases, relations, disclosure grants, audit columns",
+        include_str!("../migrations/0003_confidentiality.sql"),
+    ),
+    (
         4,
         "payloads sealed at rest and removed after delivery",
         include_str!("../migrations/0004_sealed_payloads.sql"),
