@@ -1514,9 +1514,39 @@ fn check_read_request(case_reference: &str, purpose: i32, reason: &str) -> Servi
 pub(crate) async fn on_case_event(
     tx: &mut Transaction<'static, Any>,
     event: &CaseEvent,
-    commission: &str,
+    commission: &AgencyEntry,
+    now_us: i64,
 ) -> Result<(), sqlx::Error> {
     let kind = CaseEventKind::try_from(event.kind).unwrap_or(CaseEventKind::Unspecified);
+    // A case the gateway has not seen opened by a decision (one opened before the gateway knew
+    // cases, or recorded by the commission alone) becomes known from its opening event.
+    if kind == CaseEventKind::CaseOpened {
+        sqlx::query(
+            "INSERT INTO access_cases (case_reference, district_id, commission_agency_id, \
+             help_request_message_id, curator_user_id, is_open, opened_at) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT (case_reference) DO NOTHING",
+        )
+        .bind(&event.case_reference)
+        .bind(&commission.district)
+        .bind(&commission.id)
+        .bind(&event.help_request_message_id)
+        .bind(&event.curator_user_id)
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await?;
+        if !event.help_request_message_id.is_empty() {
+            sqlx::query(
+                "UPDATE referrals SET case_reference = $1 WHERE help_request_message_id = $2 \
+                 AND commission_agency_id = $3 AND case_reference IS NULL",
+            )
+            .bind(&event.case_reference)
+            .bind(&event.help_request_message_id)
+            .bind(&commission.id)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    let commission = commission.id.as_str();
     let open = match kind {
         CaseEventKind::CaseClosed => Some(0_i64),
         CaseEventKind::CaseReopened | CaseEventKind::CaseOpened => Some(1),

@@ -223,6 +223,36 @@ fn read_key_file(path: &Path) -> Result<String, KeyError> {
 
 /// Creates a key file holding one new random key `key_id`, readable only by its owner (mode
 /// 0600). Refuses to overwrite an existing file.
+/// Writes a new secret (base64 of 32 random bytes, one line) to a new file readable only by its
+/// owner: the development child-link secret.
+pub fn generate_secret_file(path: &Path) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    let secret = base64::engine::general_purpose::STANDARD.encode(<[u8; 32]>::generate());
+    writeln!(file, "{secret}")?;
+    file.sync_all()
+}
+
+/// A secret given as base64: at least 32 bytes.
+pub fn decode_secret(text: &str) -> Result<Vec<u8>, String> {
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| "not base64".to_owned())?;
+    if secret.len() < 32 {
+        return Err("shorter than 32 bytes".to_owned());
+    }
+    Ok(secret)
+}
+
 pub fn generate_key_file(path: &Path, key_id: &str) -> Result<(), KeyError> {
     let write_err = |source| KeyError::Write {
         path: path.to_owned(),

@@ -79,9 +79,28 @@ pub struct GatewaySection {
     /// Days a delivered message's payload is kept before it is removed (0: at delivery).
     #[serde(default = "default_payload_retention_days")]
     pub payload_retention_days: u32,
+    /// The file holding the secret the children's pseudonyms are keyed with (HMAC-SHA-256 of the
+    /// IIN): base64 of at least 32 random bytes, readable only by its owner. Every replica needs
+    /// the same secret, and it must outlive restarts. In development mode it defaults to
+    /// `<pki_dir>/child-link-secret`, generated on first start; in production it (or
+    /// `child_link_secret`) must be set.
+    #[serde(default)]
+    pub child_link_secret_file: Option<PathBuf>,
+    /// The same secret given directly (`REFERRAL_HUB__GATEWAY__CHILD_LINK_SECRET`, base64).
+    #[serde(default)]
+    pub child_link_secret: Option<SecretString>,
+    /// A directory with the need-to-know policy (`need_to_know.cedarschema`,
+    /// `need_to_know.cedar`) to use instead of the one built into the gateway.
+    #[serde(default)]
+    pub policy_dir: Option<PathBuf>,
 }
 
 impl GatewaySection {
+    /// The inline child-link secret, exposed to be decoded by the gateway's launcher.
+    pub fn inline_child_link_secret(&self) -> Option<&str> {
+        self.child_link_secret.as_ref().map(|k| k.expose_secret())
+    }
+
     /// The inline payload keys, exposed to be loaded into the gateway's keyring.
     pub fn inline_payload_keys(&self) -> Option<&str> {
         self.payload_keys.as_ref().map(|k| k.expose_secret())
@@ -97,6 +116,9 @@ impl Default for GatewaySection {
             payload_keys: None,
             payload_active_key: None,
             payload_retention_days: default_payload_retention_days(),
+            child_link_secret_file: None,
+            child_link_secret: None,
+            policy_dir: None,
         }
     }
 }

@@ -223,6 +223,52 @@ fn identities(directory: &Directory) -> anyhow::Result<Vec<ComponentIdentity>> {
     Ok(ids)
 }
 
+/// The gateway's child-link secret file when none is configured (development mode only).
+fn dev_child_link_file(settings: &Settings) -> std::path::PathBuf {
+    settings.config.pki_dir().join("child-link-secret")
+}
+
+/// The secret the children's pseudonyms are keyed with: the configured one (inline or file), or
+/// in development mode the generated `<pki_dir>/child-link-secret`. Production mode never
+/// generates one. Like a private key, the file must be readable by its owner only.
+fn child_link_secret(settings: &Settings) -> anyhow::Result<Vec<u8>> {
+    let gateway = &settings.config.gateway;
+    let (text, source) = match (gateway.inline_child_link_secret(), &gateway.child_link_secret_file)
+    {
+        (Some(inline), _) => (inline.to_owned(), "gateway.child_link_secret".to_owned()),
+        (None, file) => {
+            let path = match file {
+                Some(path) => path.clone(),
+                None if settings.development() => dev_child_link_file(settings),
+                None => anyhow::bail!(
+                    "production mode needs the children's pseudonym secret: set \
+                     gateway.child_link_secret_file or REFERRAL_HUB__GATEWAY__CHILD_LINK_SECRET \
+                     (README: Need to know)"
+                ),
+            };
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                    .permissions()
+                    .mode();
+                anyhow::ensure!(
+                    mode & 0o077 == 0,
+                    "{} is readable by others (mode {:o}): chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            (text, path.display().to_string())
+        }
+    };
+    sealing::decode_secret(&text)
+        .map_err(|why| anyhow::anyhow!("the child-link secret in {source} is {why}"))
+}
+
 /// The gateway's payload key file when none is configured (development mode only).
 fn dev_payload_key_file(settings: &Settings) -> std::path::PathBuf {
     settings.config.pki_dir().join("payload-keys")
@@ -267,7 +313,19 @@ fn prepare_credentials(settings: &Settings, directory: &Directory) -> anyhow::Re
             )
         })?;
     }
-    let created = !report.is_empty() || missing_keys || missing_payload_key;
+    let child_link = dev_child_link_file(settings);
+    let missing_child_link = gateway.child_link_secret_file.is_none()
+        && gateway.child_link_secret.is_none()
+        && !child_link.exists();
+    if missing_child_link {
+        sealing::generate_secret_file(&child_link).with_context(|| {
+            format!(
+                "cannot create the development child-link secret {}",
+                child_link.display()
+            )
+        })?;
+    }
+    let created = !report.is_empty() || missing_keys || missing_payload_key || missing_child_link;
     if created {
         tracing::info!(pki = %pki_dir.display(), issuer = %jwks_dir.display(), "development credentials created");
     }
@@ -325,6 +383,8 @@ async fn build_gateway(
         deadlines: settings.config.deadlines.clone(),
         holidays: std::sync::Arc::new(holidays),
         payload_sealer: payload_sealer(settings)?,
+        child_link_secret: child_link_secret(settings)?,
+        policy_dir: settings.config.gateway.policy_dir.clone(),
         payload_retention: jiff::SignedDuration::from_hours(
             24 * i64::from(settings.config.gateway.payload_retention_days),
         ),

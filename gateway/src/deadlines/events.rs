@@ -174,7 +174,7 @@ impl Shared {
         .bind(seq)
         .execute(&mut *tx)
         .await?;
-        crate::access::on_case_event(&mut tx, &event, &caller.id).await?;
+        crate::access::on_case_event(&mut tx, event, caller, now_us).await?;
         tx.commit().await?;
         tracing::info!(
             event_id = %event_id,

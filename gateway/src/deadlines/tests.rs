@@ -127,7 +127,12 @@ impl Hub {
             idempotency_key: uuid::Uuid::new_v4().to_string(),
             recipient_agency_id: to.into(),
             acting_user: Some(ActingUser {
-                user_id: format!("{from}-user"),
+                // The commission's case messages come from the case's curator (the team).
+                user_id: if from == "commission" {
+                    "curator-1".to_owned()
+                } else {
+                    format!("{from}-user")
+                },
                 agency_id: from.into(),
                 role: role as i32,
                 display_name: "Staff".into(),
@@ -904,6 +909,10 @@ async fn record_case_event_checks_who_what_and_idempotency() {
 async fn case_messages_follow_their_reply_rules() {
     use jiff::civil::date;
     let hub = hub(FRIDAY_BEFORE_HOLIDAY).await;
+    // The gateway sends case messages only for a case it knows.
+    hub.record(CaseEventKind::CaseOpened, 1, |_| {})
+        .await
+        .unwrap();
     let request = hub
         .send(
             "commission",
