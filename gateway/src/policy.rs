@@ -227,6 +227,9 @@ impl From<PolicyError> for referral_core::ServiceError {
 /// The loaded, validated policy.
 pub struct PolicyEngine {
     schema: Schema,
+    /// The schema's action entities (the `readCase` group), built once; every decision's
+    /// entities start from a copy.
+    actions_only: Entities,
     policies: PolicySet,
     authorizer: Authorizer,
     actions: HashMap<&'static str, EntityUid>,
@@ -329,7 +332,12 @@ impl PolicyEngine {
                 EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(action)),
             );
         }
+        let actions_only = schema.action_entities().map_err(|e| PolicyError::Schema {
+            file: schema_file.to_owned(),
+            error: e.to_string(),
+        })?;
         Ok(Self {
+            actions_only,
             types: EntityTypes {
                 agency: name("Referral::Agency")?,
                 user: name("Referral::User")?,
@@ -360,7 +368,7 @@ impl PolicyEngine {
             ])
         };
         let err = |e: &dyn std::fmt::Display| PolicyError::Entities(e.to_string());
-        let mut entities = Vec::with_capacity(3);
+        let mut entities = Vec::with_capacity(2);
         let principal = match &who.user {
             None => {
                 entities.push(
@@ -370,10 +378,8 @@ impl PolicyEngine {
                 agency_uid
             }
             Some(user) => {
-                entities.push(
-                    Entity::new(agency_uid.clone(), common("", "", &[]), HashSet::new())
-                        .map_err(|e| err(&e))?,
-                );
+                // The policy reads the principal's attributes only, never its membership in the
+                // agency entity, so that entity is left out of a user's decision.
                 let uid = EntityUid::from_type_name_and_id(
                     self.types.user.clone(),
                     EntityId::new(format!("{}/{}", who.agency_id, user.user_id)),
@@ -382,7 +388,7 @@ impl PolicyEngine {
                     Entity::new(
                         uid.clone(),
                         common(&user.user_id, &role_name(user.role), &user.incident_parties),
-                        HashSet::from([agency_uid]),
+                        HashSet::new(),
                     )
                     .map_err(|e| err(&e))?,
                 );
@@ -440,8 +446,14 @@ impl PolicyEngine {
             ),
         ]);
         entities.push(Entity::new(resource.clone(), attrs, HashSet::new()).map_err(|e| err(&e))?);
-        let entities =
-            Entities::from_entities(entities, Some(&self.schema)).map_err(|e| err(&e))?;
+        // Not checked against the schema on every decision (that doubles its cost): the entities
+        // are built here only, and `the_entities_conform_to_the_schema` checks them once. A value
+        // of the wrong type would make a policy error, and an error is a denial.
+        let entities = self
+            .actions_only
+            .clone()
+            .add_entities(entities, None)
+            .map_err(|e| err(&e))?;
         Ok(Prepared {
             principal,
             resource,
@@ -478,7 +490,7 @@ impl PolicyEngine {
             action_uid.clone(),
             prepared.resource.clone(),
             context,
-            Some(&self.schema),
+            None,
         ) else {
             return false;
         };
@@ -596,6 +608,51 @@ mod tests {
                 .into_iter()
                 .collect()
         );
+    }
+
+    #[test]
+    fn the_entities_conform_to_the_schema() {
+        let engine = PolicyEngine::builtin().unwrap();
+        let mut facts = case();
+        facts.agency_grants.push(("ngo-1".into(), Sensitivity::Assessment));
+        facts
+            .user_grants
+            .push(("ngo-1".into(), "m".into(), Sensitivity::Plan));
+        facts.conflicting_parties.push("I-1|VICTIM".into());
+        for who in [
+            user("ngo-1", AgencyKind::Ngo, "m", Role::NgoCaseManager),
+            Principal {
+                user: None,
+                ..user("ngo-1", AgencyKind::Ngo, "m", Role::NgoCaseManager)
+            },
+        ] {
+            let prepared = engine.prepare(&who, &facts).unwrap();
+            let entities: Vec<Entity> = prepared
+                .entities
+                .into_iter()
+                .filter(|e| e.uid().type_name().basename() != "Action")
+                .collect();
+            Entities::from_entities(entities, Some(&engine.schema))
+                .expect("the entities a decision builds conform to the schema");
+            for action in Action::all() {
+                let context = Context::from_pairs([
+                    ("purpose".to_owned(), string("COORDINATION_OF_CARE")),
+                    ("reasonGiven".to_owned(), RestrictedExpression::new_bool(false)),
+                    ("section".to_owned(), string("")),
+                ])
+                .unwrap();
+                let principal = prepared.principal.clone();
+                let applies = who.user.is_some() || matches!(action, Action::Read(_));
+                let request = Request::new(
+                    principal,
+                    engine.actions[action.cedar_name()].clone(),
+                    prepared.resource.clone(),
+                    context,
+                    Some(&engine.schema),
+                );
+                assert_eq!(request.is_ok(), applies, "{action:?}");
+            }
+        }
     }
 
     #[test]
