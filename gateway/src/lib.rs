@@ -455,10 +455,3 @@ impl GatewayHandle {
     }
 }
 
-/// Verifies the ledger of a gateway store offline (the `referral-hub ledger verify` command).
-pub async fn verify_ledger(storage: &StorageConfig) -> anyhow::Result<ledger::Verified> {
-    let db = Database::open(storage, "gateway", store::MIGRATIONS).await?;
-    let verified = ledger::verify(db.pool()).await;
-    db.close().await;
-    Ok(verified?)
-}

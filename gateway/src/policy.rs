@@ -226,7 +226,6 @@ impl From<PolicyError> for referral_core::ServiceError {
 
 /// The loaded, validated policy.
 pub struct PolicyEngine {
-    schema: Schema,
     /// The schema's action entities (the `readCase` group), built once; every decision's
     /// entities start from a copy.
     actions_only: Entities,
@@ -343,7 +342,6 @@ impl PolicyEngine {
                 user: name("Referral::User")?,
                 case: name("Referral::Case")?,
             },
-            schema,
             policies,
             authorizer: Authorizer::new(),
             actions,
@@ -632,7 +630,8 @@ mod tests {
                 .into_iter()
                 .filter(|e| e.uid().type_name().basename() != "Action")
                 .collect();
-            Entities::from_entities(entities, Some(&engine.schema))
+            let (schema, _) = Schema::from_cedarschema_str(BUILTIN_SCHEMA).unwrap();
+            Entities::from_entities(entities, Some(&schema))
                 .expect("the entities a decision builds conform to the schema");
             for action in Action::all() {
                 let context = Context::from_pairs([
@@ -648,7 +647,7 @@ mod tests {
                     engine.actions[action.cedar_name()].clone(),
                     prepared.resource.clone(),
                     context,
-                    Some(&engine.schema),
+                    Some(&schema),
                 );
                 assert_eq!(request.is_ok(), applies, "{action:?}");
             }

@@ -1,6 +1,6 @@
 //! The launcher: `referral-hub up` runs every component of the hub in one process (the
 //! "monolithic mode" of Loki and Tempo), `gateway` and `agency --id <id>` run one component alone,
-//! and `ledger verify` checks the gateway's ledger offline. All of them build components with the
+//! and `audit verify` checks the gateway's ledger offline. All of them build components with the
 //! components' own `build` functions, so the two modes cannot drift apart.
 //!
 //! In development mode the first start creates the development PKI, the token issuer's keys and
@@ -17,7 +17,6 @@ use referral_agency::{AgencyConfig, AgencyService};
 use referral_core::{
     Clock,
     auth::{DevIssuer, TokenVerifier},
-    db::store_name,
     directory::{AgencyEntry, Directory, role_name},
     pki::{ComponentIdentity, TlsFiles, TlsMaterial, ensure_dev_pki},
     telemetry,
@@ -177,43 +176,6 @@ pub async fn agency(
     run_all(vec![built], &mut signals).await
 }
 
-/// `referral-hub ledger verify`: exit 0 when the chain holds, an error naming the first broken
-/// entry otherwise.
-pub async fn verify_ledger(settings: &Settings, format: Format) -> anyhow::Result<()> {
-    let storage = settings.config.storage();
-    if storage.database_url.is_none() {
-        let file = storage
-            .data_dir
-            .join(format!("{}.db", store_name("gateway")));
-        if !file.exists() {
-            bail!(
-                "no gateway store at {} — has the gateway run with this data directory?",
-                file.display()
-            );
-        }
-    }
-    let verified = referral_gateway::verify_ledger(&storage)
-        .await
-        .context("the ledger does not verify")?;
-    match format {
-        Format::Json => print_json(&json!({
-            "verified": true,
-            "entries": verified.entries,
-            "head_hash": verified.head_hash,
-        })),
-        Format::Human => println!(
-            "ledger verified: {} entries, head {}",
-            verified.entries,
-            if verified.head_hash.is_empty() {
-                "(empty)"
-            } else {
-                &verified.head_hash
-            }
-        ),
-    }
-    Ok(())
-}
-
 /// Every component's identity: the gateway and each agency of the directory.
 fn identities(directory: &Directory) -> anyhow::Result<Vec<ComponentIdentity>> {
     let mut ids = vec![ComponentIdentity::Gateway];
@@ -243,7 +205,7 @@ fn child_link_secret(settings: &Settings) -> anyhow::Result<Vec<u8>> {
                 None => anyhow::bail!(
                     "production mode needs the children's pseudonym secret: set \
                      gateway.child_link_secret_file or REFERRAL_HUB__GATEWAY__CHILD_LINK_SECRET \
-                     (README: Need to know)"
+                     (README: Need-to-know policy)"
                 ),
             };
             #[cfg(unix)]
@@ -639,7 +601,7 @@ fn print_banner(
             format!("{hub} show <message-id>"),
             format!("{hub} decide <message-id> --open-case --curator curator-1"),
             format!("{hub} sent-status <message-id> --as school-1/director"),
-            format!("{hub} ledger verify"),
+            format!("{hub} audit verify"),
         ] {
             out.push_str(&format!("  {line}\n"));
         }
