@@ -20,7 +20,7 @@ use referral_core::validate::to_calendar_date;
 use referral_proto::v1::{
     AnswerInformationRequestRequest, CaseChange, CloseCaseRequest, Contact,
     DownloadDocumentRequest, FileAssessmentRequest, FileSupportPlanRequest, GetCaseRequest,
-    ListCasesRequest, RecordContactRequest, RecordReviewRequest, ReopenCaseRequest,
+    ListCasesRequest, PurposeOfUse, RecordContactRequest, RecordReviewRequest, ReopenCaseRequest,
     ReportActionProgressRequest, RequestInformationRequest, UploadDocumentChunk,
     UploadDocumentMetadata, upload_document_chunk::Part,
 };
@@ -63,7 +63,7 @@ pub struct KeyArg {
 
 impl KeyArg {
     /// The key, and whether it was made up here (and must be printed).
-    fn key(&self) -> (String, bool) {
+    pub(crate) fn key(&self) -> (String, bool) {
         match &self.idempotency_key {
             Some(key) => (key.clone(), false),
             None => (uuid::Uuid::new_v4().to_string(), true),
@@ -247,7 +247,12 @@ impl Staff {
 
     /// One line for a refused change of case `case_reference`: a stale base version says what
     /// is current and how to go on.
-    fn fail_case(&self, status: Status, what: &str, case_reference: &str) -> anyhow::Error {
+    pub(crate) fn fail_case(
+        &self,
+        status: Status,
+        what: &str,
+        case_reference: &str,
+    ) -> anyhow::Error {
         match status.code() {
             Code::Aborted => match current_version(status.message()) {
                 Some(current) => anyhow!(
@@ -363,20 +368,51 @@ impl Staff {
         Ok(())
     }
 
-    /// `case <ref>`.
-    pub async fn case(mut self, case_reference: String) -> anyhow::Result<()> {
+    /// `case <ref> [--break-the-glass <reason>]`. The commission's file as the gateway's policy
+    /// lets the caller see it: the whole file for the curator, the register for the secretary
+    /// and the chair, the whole file for the chair breaking the glass.
+    pub async fn case(
+        mut self,
+        case_reference: String,
+        break_the_glass: Option<String>,
+    ) -> anyhow::Result<()> {
+        let (purpose, reason) = match &break_the_glass {
+            Some(reason) => (PurposeOfUse::BreakTheGlass, reason.clone()),
+            None => (PurposeOfUse::Unspecified, String::new()),
+        };
         let file = self
             .case_files
             .get_case(self.request(GetCaseRequest {
                 case_reference: case_reference.clone(),
-                ..GetCaseRequest::default()
+                purpose_of_use: purpose as i32,
+                reason,
             }))
             .await
-            .map_err(|s| self.fail_case(s, "case reference", &case_reference))?
+            .map_err(|s| {
+                let what = if break_the_glass.is_some() {
+                    "break-the-glass read"
+                } else {
+                    "case reference"
+                };
+                self.fail_case(s, what, &case_reference)
+            })?
             .into_inner();
         match self.format {
-            Format::Json => print_json(&case_view::case_json(&file)),
-            Format::Human => print!("{}", case_view::case_text(&file, &self.tz(), &self.hint)),
+            Format::Json => {
+                let mut value = case_view::case_json(&file);
+                value["break_the_glass"] = json!(break_the_glass.is_some());
+                print_json(&value);
+            }
+            Format::Human => {
+                if break_the_glass.is_some() {
+                    println!(
+                        "Break the glass: this read is recorded in the gateway's ledger with your \
+                         reason; when it shows you more than you see otherwise, the case's \
+                         curator is alerted.\n"
+                    );
+                }
+                print!("{}", case_view::case_text(&file, &self.tz(), &self.hint));
+            }
         }
         Ok(())
     }
@@ -772,7 +808,7 @@ impl Staff {
     }
 }
 
-fn print_key_hint(key: &str) {
+pub(crate) fn print_key_hint(key: &str) {
     println!(
         "idempotency key {key}: to retry safely, repeat the command with --idempotency-key {key}"
     );

@@ -10,10 +10,11 @@
 use jiff::{SignedDuration, Timestamp, civil::Date, tz::TimeZone};
 use referral_commission::labels::{self, Label};
 use referral_proto::v1::{
-    ActionAssignment, ActionProgress, ActionProgressState, ActionStatus, CaseFile, CaseStage,
-    ClosureCriterion, ClosureRecord, ContactMethod, Deadline, DeadlineAlert, DeadlineKind,
-    DeadlineState, DocumentInfo, InformationExchange, InformationRequest, InformationResponse,
-    PlanAction, PlanReview, ReviewDecision, ReviewMinutes, RiskLevel,
+    ActionAssignment, ActionProgress, ActionProgressState, ActionStatus, CaseCycle, CaseFile,
+    CaseStage, CaseView, ClosureCriterion, ClosureRecord, ContactMethod, Deadline, DeadlineAlert,
+    DeadlineKind, DeadlineState, DocumentInfo, InformationExchange, InformationRequest,
+    InformationResponse, PlanAction, PlanReview, ReviewDecision, ReviewMinutes, RiskLevel,
+    Sensitivity, payload::Form,
 };
 use serde_json::{Value, json};
 
@@ -190,6 +191,74 @@ pub fn deadline_state_text(state: i32) -> String {
     bilingual(&deadline_state_name(state), deadline_state_label(state))
 }
 
+/// A section (sensitivity class) of a form or case file in both languages.
+pub fn section_label(section: i32) -> Label {
+    let (kk, ru) = match Sensitivity::try_from(section).unwrap_or(Sensitivity::Unspecified) {
+        Sensitivity::CaseStatus => ("Істің жағдайы", "Состояние дела"),
+        Sensitivity::Contact => ("Қызметкерлердің байланысы", "Контакты сотрудников"),
+        Sensitivity::ChildBasic => ("Баланың аты мен жасы", "Имя и возраст ребёнка"),
+        Sensitivity::ChildIdentity => ("Баланың жеке басы", "Личность ребёнка"),
+        Sensitivity::Family => ("Отбасы", "Семья"),
+        Sensitivity::Concern => ("Хабарланған мәселе", "Сообщённая проблема"),
+        Sensitivity::Incident => ("Оқиға", "Инцидент"),
+        Sensitivity::Health => ("Денсаулық", "Здоровье"),
+        Sensitivity::Assessment => ("Кешенді бағалау (L)", "Комплексная оценка (L)"),
+        Sensitivity::Plan => (
+            "Жеке қолдау жоспары (M)",
+            "Индивидуальный план поддержки (M)",
+        ),
+        Sensitivity::AssignedWork => ("Тапсырылған жұмыс", "Порученная работа"),
+        Sensitivity::CaseRecord => ("Іс материалдары", "Материалы дела"),
+        Sensitivity::Unspecified => ("Көрсетілмеген", "Не указано"),
+    };
+    Label { kk, ru }
+}
+
+/// `assessment`, the name `grant --section` takes.
+pub fn section_name(section: i32) -> String {
+    Sensitivity::try_from(section)
+        .map(|s| enum_name(s.as_str_name(), "SENSITIVITY_"))
+        .unwrap_or_else(|_| format!("unknown ({section})"))
+}
+
+/// `assessment — Кешенді бағалау (L) / Комплексная оценка (L)`.
+pub fn section_text(section: i32) -> String {
+    bilingual(&section_name(section), section_label(section))
+}
+
+/// The sections of a received message the gateway let through, for `show`.
+pub fn sections_let_through(sections: &[i32]) -> String {
+    if sections_short(sections) == "all" {
+        "every section (nothing was removed)".to_owned()
+    } else {
+        format!(
+            "{} (fields of other sections were removed before delivery)",
+            section_names(sections)
+        )
+    }
+}
+
+/// Section names for a listing: `all`, or comma separated (`case_status, contact`).
+pub fn sections_short(sections: &[i32]) -> String {
+    let every = (1..)
+        .map_while(|i| Sensitivity::try_from(i).ok())
+        .all(|s| sections.contains(&(s as i32)));
+    if every {
+        "all".to_owned()
+    } else {
+        section_names(sections)
+    }
+}
+
+/// Section names, comma separated: `case_status, contact`.
+pub fn section_names(sections: &[i32]) -> String {
+    sections
+        .iter()
+        .map(|s| section_name(*s))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Small pieces.
 // ---------------------------------------------------------------------------------------------
@@ -343,107 +412,183 @@ fn review_line(r: &PlanReview) -> String {
 // The case file.
 // ---------------------------------------------------------------------------------------------
 
-/// The case file for people: summary, every cycle with its L, M, reviews, rows and closure, then
-/// contacts, documents and information exchanges. `hint` starts suggested commands.
-pub fn case_text(file: &CaseFile, tz: &TimeZone, hint: &str) -> String {
+/// What of a cycle exists but was not shown to the reader. Best effort: a filtered case file
+/// does not list what was removed, so a form counts as withheld when the cycle says it was filed
+/// (its filing time, which is case status and shown to whoever sees the cycle at all) and the
+/// form itself is absent. (The case's stage says the same for the current cycle only, and a
+/// stage without a filing time is inconsistent data rather than a withheld form.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CycleWithheld {
+    pub assessment: bool,
+    pub support_plan: bool,
+}
+
+impl CycleWithheld {
+    pub fn of(cycle: &CaseCycle) -> Self {
+        Self {
+            assessment: cycle.assessment_filed_at.is_some() && cycle.assessment.is_none(),
+            support_plan: cycle.support_plan_filed_at.is_some() && cycle.support_plan.is_none(),
+        }
+    }
+}
+
+/// The withheld parts of every cycle, oldest first.
+pub fn withheld_of(file: &CaseFile) -> Vec<CycleWithheld> {
+    file.cycles.iter().map(CycleWithheld::of).collect()
+}
+
+/// One line saying which forms the commission's policy kept from the reader, if any.
+pub fn withheld_note(file: &CaseFile) -> Option<String> {
+    let withheld = withheld_of(file);
+    let several = file.cycles.len() > 1;
+    let mut parts = Vec::new();
+    for (form, pick) in [
+        (
+            "the assessment L",
+            (|w: &CycleWithheld| w.assessment) as fn(&CycleWithheld) -> bool,
+        ),
+        ("the support plan M", |w: &CycleWithheld| w.support_plan),
+    ] {
+        let cycles: Vec<String> = file
+            .cycles
+            .iter()
+            .zip(&withheld)
+            .filter(|(_, w)| pick(w))
+            .map(|(c, _)| c.cycle.to_string())
+            .collect();
+        if cycles.is_empty() {
+            continue;
+        }
+        parts.push(if several {
+            format!("{form} (cycle {})", cycles.join(", "))
+        } else {
+            form.to_owned()
+        });
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "Need to know: the commission's policy withheld {} from you (filed, not shown); what is \
+         missing of the contact log, documents and answers below may be withheld too.",
+        parts.join(" and ")
+    ))
+}
+
+/// The summary of a case: reference, child, stage, curator and their contact, next review.
+fn summary_fields(file: &CaseFile, tz: &TimeZone) -> Fields {
     let s = file.summary.clone().unwrap_or_default();
-    // The commission that keeps the case: the help request's recipient.
-    let commission = file
-        .help_request
-        .as_ref()
-        .map_or("", |k| k.recipient_agency_id.as_str());
-    let mut out = String::new();
     let mut fields = Fields::new();
-    fields
-        .add("Case", &s.case_reference)
-        .add("Child", &s.child_full_name)
-        .add("Stage", stage_text(s.stage))
-        .add(
-            "Version",
-            format!(
-                "{} (the next change takes --base-version {})",
-                s.version, s.version
-            ),
-        )
-        .add("Cycle", s.cycle.to_string())
-        .add(
-            "Curator",
-            format!("{} ({})", s.curator_name, s.curator_user_id),
-        )
-        .add("Opened", local_time(s.opened_at.as_ref(), tz));
+    fields.add("Case", &s.case_reference);
+    if !s.child_full_name.is_empty() {
+        fields.add("Child", &s.child_full_name);
+    }
+    fields.add("Stage", stage_text(s.stage));
+    if !s.curator_user_id.is_empty() || !s.curator_name.is_empty() {
+        let mut curator = format!("{} ({})", s.curator_name, s.curator_user_id);
+        if !s.curator_contact.is_empty() {
+            curator.push_str(&format!(", {}", s.curator_contact));
+        }
+        fields.add("Curator", curator);
+    }
+    let next_review = date_text(s.next_review_on.as_ref());
+    if !next_review.is_empty() {
+        fields.add("Next review", next_review);
+    }
+    fields.add("Opened", local_time(s.opened_at.as_ref(), tz));
     if s.risk_level != RiskLevel::Unspecified as i32 {
         fields.add("Risk", risk_text(s.risk_level));
     }
-    if let Some(k) = &file.help_request {
-        fields.add(
-            "Help request K",
+    fields
+}
+
+/// One cycle: its L, M, reviews, closure and the action rows in force.
+fn cycle_text(
+    cycle: &CaseCycle,
+    withheld: CycleWithheld,
+    commission: &str,
+    tz: &TimeZone,
+) -> String {
+    let mut out = format!(
+        "\nCycle {}, opened {}\n",
+        cycle.cycle,
+        local_time(cycle.opened_at.as_ref(), tz)
+    );
+    let filed_withheld = |at: Option<&prost_types::Timestamp>| {
+        let at = local_time(at, tz);
+        if at.is_empty() {
+            "filed; withheld from you (need to know)".to_owned()
+        } else {
+            format!("filed {at}; withheld from you (need to know)")
+        }
+    };
+    let mut fields = Fields::new();
+    if !cycle.reopen_reason.is_empty() {
+        fields.add("Reopened because", &cycle.reopen_reason);
+    }
+    match &cycle.assessment {
+        Some(l) => fields.add(
+            "Assessment L",
             format!(
-                "{} from {} (read it with: {hint} show {})",
-                k.message_id, k.sender_agency_id, k.message_id
+                "filed {}, risk {}; assessed on {} by {}",
+                local_time(cycle.assessment_filed_at.as_ref(), tz),
+                risk_text(cycle.risk_level),
+                date_text(l.assessed_on.as_ref()),
+                l.responsible_person
             ),
-        );
-    }
-    out.push_str(&fields.render(0));
-
-    for cycle in &file.cycles {
-        out.push_str(&format!(
-            "\nCycle {}, opened {}\n",
-            cycle.cycle,
-            local_time(cycle.opened_at.as_ref(), tz)
-        ));
-        let mut fields = Fields::new();
-        if !cycle.reopen_reason.is_empty() {
-            fields.add("Reopened because", &cycle.reopen_reason);
-        }
-        match &cycle.assessment {
-            Some(l) => fields.add(
-                "Assessment L",
+        ),
+        None if withheld.assessment => fields.add(
+            "Assessment L",
+            filed_withheld(cycle.assessment_filed_at.as_ref()),
+        ),
+        None => fields.add("Assessment L", "not filed yet"),
+    };
+    match &cycle.support_plan {
+        Some(m) => {
+            fields.add(
+                "Support plan M",
                 format!(
-                    "filed {}, risk {}; assessed on {} by {}",
-                    local_time(cycle.assessment_filed_at.as_ref(), tz),
-                    risk_text(cycle.risk_level),
-                    date_text(l.assessed_on.as_ref()),
-                    l.responsible_person
+                    "filed {}, {} needs, {} action rows",
+                    local_time(cycle.support_plan_filed_at.as_ref(), tz),
+                    m.needs.len(),
+                    m.actions.len()
                 ),
-            ),
-            None => fields.add("Assessment L", "not filed yet"),
-        };
-        match &cycle.support_plan {
-            Some(m) => {
-                fields.add(
-                    "Support plan M",
-                    format!(
-                        "filed {}, {} needs, {} action rows",
-                        local_time(cycle.support_plan_filed_at.as_ref(), tz),
-                        m.needs.len(),
-                        m.actions.len()
-                    ),
-                );
-                if !m.reviews.is_empty() {
-                    let reviews: Vec<String> = m.reviews.iter().map(review_line).collect();
-                    fields.add("Reviews", reviews.join("\n"));
-                }
-            }
-            None => {
-                fields.add("Support plan M", "not filed yet");
+            );
+            if !m.reviews.is_empty() {
+                let reviews: Vec<String> = m.reviews.iter().map(review_line).collect();
+                fields.add("Reviews", reviews.join("\n"));
             }
         }
-        match &cycle.closure {
-            Some(c) => add_closure(&mut fields, c, tz),
-            None => {
-                fields.add("Closed", "no");
-            }
+        None if withheld.support_plan => {
+            fields.add(
+                "Support plan M",
+                filed_withheld(cycle.support_plan_filed_at.as_ref()),
+            );
         }
-        out.push_str(&fields.render(2));
-        if !cycle.actions.is_empty() {
-            out.push_str("  Action rows in force:\n");
-            out.push_str(&indent(&actions_table(&cycle.actions, commission, tz), 4));
+        None => {
+            fields.add("Support plan M", "not filed yet");
         }
     }
+    match &cycle.closure {
+        Some(c) => add_closure(&mut fields, c, tz),
+        None => {
+            fields.add("Closed", "no");
+        }
+    }
+    out.push_str(&fields.render(2));
+    if !cycle.actions.is_empty() {
+        out.push_str("  Action rows in force:\n");
+        out.push_str(&indent(&actions_table(&cycle.actions, commission, tz), 4));
+    }
+    out
+}
 
+/// Contacts, documents and information exchanges; `empty` says what an empty list means.
+fn record_text(file: &CaseFile, tz: &TimeZone, empty: &str) -> String {
+    let mut out = String::new();
     out.push_str("\nContacts\n");
     if file.contacts.is_empty() {
-        out.push_str("  none recorded\n");
+        out.push_str(&format!("  {empty}\n"));
     } else {
         let mut table = Table::new(["DATE", "BY", "WITH", "HOW", "SUMMARY"]);
         for c in &file.contacts {
@@ -460,19 +605,167 @@ pub fn case_text(file: &CaseFile, tz: &TimeZone, hint: &str) -> String {
 
     out.push_str("\nDocuments\n");
     if file.documents.is_empty() {
-        out.push_str("  none\n");
+        out.push_str(&format!("  {empty}\n"));
     } else {
         out.push_str(&indent(&documents_table(&file.documents, tz), 2));
     }
 
     out.push_str("\nInformation exchanges\n");
     if file.information.is_empty() {
-        out.push_str("  none\n");
+        out.push_str(&format!("  {empty}\n"));
     }
     for x in &file.information {
         out.push_str(&indent(&exchange_text(x, tz), 2));
     }
     out
+}
+
+/// The commission that keeps the case: the help request's recipient.
+fn commission_of(file: &CaseFile) -> &str {
+    file.help_request
+        .as_ref()
+        .map_or("", |k| k.recipient_agency_id.as_str())
+}
+
+/// The case file for people: summary, every cycle with its L, M, reviews, rows and closure, then
+/// contacts, documents and information exchanges. `hint` starts suggested commands. When the
+/// commission's policy withheld L or M from the reader (a secretary, the chair), a line says so.
+pub fn case_text(file: &CaseFile, tz: &TimeZone, hint: &str) -> String {
+    let s = file.summary.clone().unwrap_or_default();
+    let commission = commission_of(file);
+    let mut out = String::new();
+    let mut fields = summary_fields(file, tz);
+    fields
+        .add(
+            "Version",
+            format!(
+                "{} (the next change takes --base-version {})",
+                s.version, s.version
+            ),
+        )
+        .add("Cycle", s.cycle.to_string());
+    if let Some(k) = &file.help_request {
+        fields.add(
+            "Help request K",
+            format!(
+                "{} from {} (read it with: {hint} show {})",
+                k.message_id, k.sender_agency_id, k.message_id
+            ),
+        );
+    }
+    out.push_str(&fields.render(0));
+    let note = withheld_note(file);
+    if let Some(note) = &note {
+        out.push('\n');
+        out.push_str(note);
+        out.push('\n');
+        out.push_str(&format!(
+            "The case's curator sees them; the chair may open the whole file with '{hint} case {} \
+             --break-the-glass \"<reason>\"', which is recorded and alerts the curator.\n",
+            s.case_reference
+        ));
+    }
+
+    for (cycle, withheld) in file.cycles.iter().zip(withheld_of(file)) {
+        out.push_str(&cycle_text(cycle, withheld, commission, tz));
+    }
+    let empty = if note.is_some() {
+        "none shown to you"
+    } else {
+        "none recorded"
+    };
+    out.push_str(&record_text(file, tz, empty));
+    out
+}
+
+/// A case read through the hub (`read-case`): what the gateway's policy let the reader see, the
+/// sections shown and withheld, and the ledger entry that records the read.
+pub fn shared_case_text(view: &CaseView, tz: &TimeZone) -> String {
+    let file = view.case_file.clone().unwrap_or_default();
+    let shown = |s: Sensitivity| view.sections_shown.contains(&(s as i32));
+    let mut out = String::new();
+    let mut fields = summary_fields(&file, tz);
+    if let Some(k) = &file.help_request {
+        fields.add(
+            "Help request K",
+            format!(
+                "{} from {}, {}",
+                k.message_id,
+                k.sender_agency_id,
+                local_time(k.created_at.as_ref(), tz)
+            ),
+        );
+    }
+    let mut recorded = format!("ledger entry {}", view.ledger_seq);
+    if view.break_the_glass {
+        recorded.push_str(
+            "; a break-the-glass read: it showed more than you see otherwise, and the \
+             curator is alerted",
+        );
+    }
+    fields.add("Read recorded", recorded);
+    out.push_str(&fields.render(0));
+
+    out.push_str("\nБөлімдер / Разделы (sections)\n");
+    let mut table = Table::new(["SECTION", "БӨЛІМ / РАЗДЕЛ", "YOU"]);
+    let mut all: Vec<(i32, &str)> = view
+        .sections_shown
+        .iter()
+        .map(|s| (*s, "shown"))
+        .chain(view.sections_withheld.iter().map(|s| (*s, "withheld")))
+        .collect();
+    all.sort_by_key(|(s, _)| *s);
+    for (section, state) in all {
+        let label = section_label(section);
+        table.row([
+            section_name(section),
+            format!("{} / {}", label.kk, label.ru),
+            state.to_owned(),
+        ]);
+    }
+    out.push_str(&indent(&table.render(), 2));
+
+    let commission = commission_of(&file);
+    for (cycle, withheld) in file.cycles.iter().zip(withheld_of(&file)) {
+        out.push_str(&cycle_text(cycle, withheld, commission, tz));
+    }
+    if [
+        Sensitivity::ChildIdentity,
+        Sensitivity::Family,
+        Sensitivity::Concern,
+    ]
+    .into_iter()
+    .any(shown)
+        && let Some(Form::HelpRequest(k)) = file
+            .help_request
+            .as_ref()
+            .and_then(|e| e.payload.as_ref())
+            .and_then(|p| p.form.as_ref())
+    {
+        out.push_str("\nКӨМЕК СҰРАУ ҮЛГІСІ / ЗАПРОС О ПОМОЩИ (K), as shown to you\n");
+        out.push_str(&view::help_request_text(k, tz));
+    }
+    if shown(Sensitivity::CaseRecord) {
+        out.push_str(&record_text(&file, tz, "none recorded"));
+    }
+    out
+}
+
+/// A case read through the hub as JSON.
+pub fn shared_case_json(view: &CaseView) -> Value {
+    let names = |sections: &[i32]| {
+        sections
+            .iter()
+            .map(|s| section_name(*s))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "case": case_json(&view.case_file.clone().unwrap_or_default()),
+        "sections_shown": names(&view.sections_shown),
+        "sections_withheld": names(&view.sections_withheld),
+        "ledger_seq": view.ledger_seq,
+        "break_the_glass": view.break_the_glass,
+    })
 }
 
 fn documents_table(documents: &[DocumentInfo], tz: &TimeZone) -> String {
@@ -533,7 +826,8 @@ pub fn case_json(file: &CaseFile) -> Value {
     let cycles: Vec<Value> = file
         .cycles
         .iter()
-        .map(|c| {
+        .zip(withheld_of(file))
+        .map(|(c, withheld)| {
             json!({
                 "cycle": c.cycle,
                 "opened_at": json_time(c.opened_at.as_ref()),
@@ -549,6 +843,8 @@ pub fn case_json(file: &CaseFile) -> Value {
                 }),
                 "actions": c.actions.iter().map(action_status_json).collect::<Vec<_>>(),
                 "closure": c.closure.as_ref().map(closure_json),
+                "assessment_withheld": withheld.assessment,
+                "support_plan_withheld": withheld.support_plan,
             })
         })
         .collect();
@@ -559,6 +855,8 @@ pub fn case_json(file: &CaseFile) -> Value {
         "cycle": s.cycle,
         "curator_user_id": s.curator_user_id,
         "curator_name": s.curator_name,
+        "curator_contact": s.curator_contact,
+        "next_review_on": date_json(s.next_review_on.as_ref()),
         "opened_at": json_time(s.opened_at.as_ref()),
         "risk_level": risk_name(s.risk_level),
         "child_full_name": s.child_full_name,
@@ -897,7 +1195,7 @@ pub fn alert_text(a: &DeadlineAlert, tz: &TimeZone) -> String {
 
 #[cfg(test)]
 mod tests {
-    use referral_proto::v1::{CaseCycle, CaseSummary, Contact, Envelope, SupportPlan};
+    use referral_proto::v1::{CaseSummary, Contact, Envelope, SupportPlan};
 
     use super::*;
 
@@ -946,6 +1244,151 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(deadline_subject(&decision), "K k-1");
+    }
+
+    #[test]
+    fn sections_read_in_both_languages() {
+        assert_eq!(
+            section_text(Sensitivity::Assessment as i32),
+            "assessment — Кешенді бағалау (L) / Комплексная оценка (L)"
+        );
+        assert_eq!(section_name(Sensitivity::CaseRecord as i32), "case_record");
+        assert_eq!(
+            section_names(&[Sensitivity::CaseStatus as i32, Sensitivity::Contact as i32]),
+            "case_status, contact"
+        );
+        assert_eq!(section_name(99), "unknown (99)");
+        let every: Vec<i32> = (1..=12).collect();
+        assert_eq!(sections_short(&every), "all");
+        assert_eq!(sections_short(&every[..11]), section_names(&every[..11]));
+        assert_eq!(
+            sections_let_through(&every),
+            "every section (nothing was removed)"
+        );
+        assert_eq!(
+            sections_let_through(&[1, 2]),
+            "case_status, contact (fields of other sections were removed before delivery)"
+        );
+    }
+
+    /// A case as the secretary sees it: L and M filed, neither shown, no case record.
+    fn register_view() -> CaseFile {
+        CaseFile {
+            summary: Some(CaseSummary {
+                case_reference: "KTIZhK-2026-000001".into(),
+                stage: CaseStage::Support as i32,
+                curator_user_id: "curator-1".into(),
+                curator_name: "Дана Омарова".into(),
+                curator_contact: "+7 701 000 0002".into(),
+                next_review_on: Some(referral_proto::v1::CalendarDate {
+                    year: 2026,
+                    month: 9,
+                    day: 1,
+                }),
+                opened_at: ts("2026-03-02T04:00:00Z"),
+                version: 4,
+                cycle: 1,
+                ..CaseSummary::default()
+            }),
+            cycles: vec![CaseCycle {
+                cycle: 1,
+                opened_at: ts("2026-03-02T04:00:00Z"),
+                assessment_filed_at: ts("2026-03-10T04:00:00Z"),
+                support_plan_filed_at: ts("2026-03-20T04:00:00Z"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_case_says_which_forms_the_policy_withheld() {
+        let file = register_view();
+        let note = withheld_note(&file).unwrap();
+        assert!(
+            note.contains("withheld the assessment L and the support plan M from you"),
+            "{note}"
+        );
+        let text = case_text(&file, &almaty(), "hub");
+        for part in [
+            "Дана Омарова (curator-1), +7 701 000 0002",
+            "Next review:  2026-09-01",
+            "Assessment L:    filed 2026-03-10 09:00 +05:00; withheld from you (need to know)",
+            "Support plan M:  filed 2026-03-20 09:00 +05:00; withheld from you (need to know)",
+            "hub case KTIZhK-2026-000001 --break-the-glass",
+            "none shown to you",
+        ] {
+            assert!(text.contains(part), "{part} missing in\n{text}");
+        }
+        assert!(!text.contains("not filed yet") && !text.contains("none recorded"));
+        let json = case_json(&file);
+        assert_eq!(json["cycles"][0]["assessment_withheld"], true);
+        assert_eq!(json["next_review_on"], "2026-09-01");
+
+        // The curator's file has both forms: nothing is said to be withheld.
+        let mut full = file.clone();
+        full.cycles[0].assessment = Some(Default::default());
+        full.cycles[0].support_plan = Some(Default::default());
+        assert_eq!(withheld_note(&full), None);
+        // A later cycle's forms are named with their cycle.
+        let mut two = full.clone();
+        two.cycles.push(CaseCycle {
+            cycle: 2,
+            assessment_filed_at: ts("2026-05-10T04:00:00Z"),
+            ..Default::default()
+        });
+        assert!(
+            withheld_note(&two)
+                .unwrap()
+                .contains("withheld the assessment L (cycle 2) from you")
+        );
+    }
+
+    #[test]
+    fn a_shared_case_lists_the_sections_shown_and_withheld() {
+        let view = CaseView {
+            case_file: Some(register_view()),
+            sections_shown: vec![Sensitivity::CaseStatus as i32, Sensitivity::Contact as i32],
+            sections_withheld: vec![
+                Sensitivity::Assessment as i32,
+                Sensitivity::ChildIdentity as i32,
+            ],
+            ledger_seq: 42,
+            break_the_glass: false,
+        };
+        let text = shared_case_text(&view, &almaty());
+        for part in [
+            "Дана Омарова (curator-1), +7 701 000 0002",
+            "Next review:    2026-09-01",
+            "Read recorded:  ledger entry 42",
+            "withheld from you (need to know)",
+        ] {
+            assert!(text.contains(part), "{part} missing in\n{text}");
+        }
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            row("case_status"),
+            "case_status Істің жағдайы / Состояние дела shown"
+        );
+        assert_eq!(
+            row("assessment"),
+            "assessment Кешенді бағалау (L) / Комплексная оценка (L) withheld"
+        );
+        assert!(row("child_identity").ends_with("withheld"), "{text}");
+        assert!(!text.contains("Contacts"), "no case record shown:\n{text}");
+        assert!(!text.contains(" \n"), "no trailing spaces:\n{text}");
+        let json = shared_case_json(&view);
+        assert_eq!(
+            json["sections_withheld"],
+            json!(["assessment", "child_identity"])
+        );
+        assert_eq!(json["ledger_seq"], 42);
+        assert_eq!(json["case"]["curator_contact"], "+7 701 000 0002");
     }
 
     #[test]

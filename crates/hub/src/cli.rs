@@ -18,10 +18,10 @@ use referral_core::{
     validate::sample_help_request,
 };
 use referral_proto::v1::{
-    DecideHelpRequestRequest, FormKind, GetMessageRequest, GetSentMessageRequest, ListInboxRequest,
-    ListSentRequest, ListStaffRequest, NoFurtherAction, OpenCase, Role, SubmitHelpRequestRequest,
-    WhoAmIRequest, agency_staff_client::AgencyStaffClient, case_files_client::CaseFilesClient,
-    decide_help_request_request::Outcome,
+    DecideHelpRequestRequest, DeliveryState, FormKind, GetMessageRequest, GetSentMessageRequest,
+    ListInboxRequest, ListSentRequest, ListStaffRequest, NoFurtherAction, OpenCase, Role,
+    SubmitHelpRequestRequest, WhoAmIRequest, agency_staff_client::AgencyStaffClient,
+    case_files_client::CaseFilesClient, decide_help_request_request::Outcome,
 };
 use serde_json::json;
 use tonic::{
@@ -475,6 +475,22 @@ impl Staff {
         } else {
             args.k.to_file().to_proto(today, now)
         };
+        let mut help_request = help_request;
+        args.circumstances.apply(&mut help_request);
+        let kept_from: Vec<String> = help_request
+            .circumstances
+            .as_ref()
+            .map(|c| {
+                [
+                    &c.child_residence_agency_id,
+                    &c.implicated_director_agency_id,
+                ]
+                .into_iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect()
+            })
+            .unwrap_or_default();
         let (key, generated) = match args.idempotency_key {
             Some(key) => (key, false),
             None => (uuid::Uuid::new_v4().to_string(), true),
@@ -502,6 +518,13 @@ impl Staff {
                     "help request submitted to {to}: message {} ({state})",
                     reply.message_id
                 );
+                if !kept_from.is_empty() {
+                    println!(
+                        "need to know: nothing of this report will reach {}, and nobody there can \
+                         read its case",
+                        kept_from.join(" or ")
+                    );
+                }
                 if generated {
                     println!(
                         "idempotency key {key}: to retry safely, repeat the command with --idempotency-key {key}"
@@ -579,6 +602,12 @@ impl Staff {
                         self.hint
                     );
                 }
+                if has(FormKind::Consultation) {
+                    println!(
+                        "answer a consultation with: {} answer-consultation <message-id> --advice \"…\"",
+                        self.hint
+                    );
+                }
             }
         }
         Ok(())
@@ -631,7 +660,20 @@ impl Staff {
                 if !envelope.case_reference.is_empty() {
                     fields.add("Case", &envelope.case_reference);
                 }
+                if !envelope.view_sections.is_empty() {
+                    fields.add(
+                        "Sections let through",
+                        case_view::sections_let_through(&envelope.view_sections),
+                    );
+                }
                 out.push_str(&fields.render(0));
+                if !envelope.linked_referrals.is_empty() {
+                    out.push('\n');
+                    out.push_str(&view::linked_referrals_text(
+                        &envelope.linked_referrals,
+                        &tz,
+                    ));
+                }
                 match envelope.payload.as_ref().and_then(|p| p.form.as_ref()) {
                     Some(referral_proto::v1::payload::Form::HelpRequest(k)) => {
                         out.push_str("\nКӨМЕК СҰРАУ ҮЛГІСІ / ЗАПРОС О ПОМОЩИ (K)\n");
@@ -672,6 +714,28 @@ impl Staff {
                     Some(referral_proto::v1::payload::Form::DeadlineAlert(a)) => {
                         out.push_str("\nМЕРЗІМ ТУРАЛЫ ЕСКЕРТУ / УВЕДОМЛЕНИЕ О СРОКЕ\n");
                         out.push_str(&case_view::alert_text(a, &tz));
+                    }
+                    Some(referral_proto::v1::payload::Form::Consultation(c)) => {
+                        out.push_str("\nКЕҢЕС СҰРАУ / КОНСУЛЬТАЦИЯ (no names)\n");
+                        out.push_str(&view::consultation_text(c));
+                        out.push_str(&format!(
+                            "\nAnswer it with: {} answer-consultation {} --advice \"…\"\n",
+                            self.hint, envelope.message_id
+                        ));
+                    }
+                    Some(referral_proto::v1::payload::Form::ConsultationAnswer(a)) => {
+                        out.push_str("\nКОМИССИЯНЫҢ КЕҢЕСІ / СОВЕТ КОМИССИИ\n");
+                        out.push_str(&view::consultation_answer_text(a));
+                    }
+                    Some(referral_proto::v1::payload::Form::DisclosureAlert(a)) => {
+                        out.push_str(
+                            "\nІСТІ АШУ ТУРАЛЫ ЕСКЕРТУ / УВЕДОМЛЕНИЕ О ДОСТУПЕ К ДЕЛУ (break the glass)\n",
+                        );
+                        out.push_str(&view::disclosure_alert_text(a, &tz));
+                        out.push_str(&format!(
+                            "\nEvery disclosure of the child: {} disclosures {}\n",
+                            self.hint, a.case_reference
+                        ));
                     }
                     _ => out.push_str("\n(this version of the CLI does not show this form)\n"),
                 }
@@ -785,7 +849,7 @@ impl Staff {
                         local_time(i.sent_at.as_ref(), &tz),
                         i.recipient_agency_id.clone(),
                         view::form_title(i.form_kind),
-                        view::state_name(i.state),
+                        view::state_text(i.state),
                         view::status_name(i.status),
                     ]);
                 }
@@ -806,6 +870,15 @@ impl Staff {
             .into_inner();
         let envelope = reply.envelope.unwrap_or_default();
         let decision = reply.answer.as_ref().and_then(view::carried_decision);
+        let advice = match reply
+            .answer
+            .as_ref()
+            .and_then(|a| a.payload.as_ref())
+            .and_then(|p| p.form.as_ref())
+        {
+            Some(referral_proto::v1::payload::Form::ConsultationAnswer(a)) => Some(a),
+            _ => None,
+        };
         match self.format {
             Format::Json => print_json(&json!({
                 "message_id": envelope.message_id,
@@ -816,6 +889,7 @@ impl Staff {
                 "status": view::status_name(reply.status),
                 "answer_message_id": reply.answer.as_ref().map(|a| a.message_id.clone()),
                 "decision": decision.map(view::decision_json),
+                "consultation_answer": advice.map(view::consultation_answer_json),
             })),
             Format::Human => {
                 let tz = self.tz();
@@ -825,16 +899,21 @@ impl Staff {
                     .add("Form", view::form_title(envelope.form_kind))
                     .add("To", self.agency_label(&envelope.recipient_agency_id))
                     .add("Sent", local_time(envelope.created_at.as_ref(), &tz))
-                    .add("State", view::state_name(reply.state))
+                    .add("State", view::state_text(reply.state))
                     .add("Status", view::status_name(reply.status));
                 print!("{}", fields.render(0));
-                match decision {
-                    Some(d) => {
+                match (decision, advice) {
+                    (Some(d), _) => {
                         println!("\nШешім / Решение");
                         print!("{}", view::decision_text(d, &tz));
                     }
-                    None if reply.answer.is_some() => println!("\n(answered)"),
-                    None => println!("\nno answer yet"),
+                    (None, Some(a)) => {
+                        println!("\nКомиссияның кеңесі / Совет комиссии");
+                        print!("{}", view::consultation_answer_text(a));
+                    }
+                    (None, None) if reply.answer.is_some() => println!("\n(answered)"),
+                    (None, None) if reply.state == DeliveryState::Withheld as i32 => {}
+                    (None, None) => println!("\nno answer yet"),
                 }
             }
         }

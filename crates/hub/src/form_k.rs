@@ -4,6 +4,10 @@
 //!
 //! Nothing is validated here beyond the shape (dates, enum names): the service checks every field
 //! and answers with one field violation per bad field, which the CLI lists.
+//!
+//! The report's circumstances (who must never learn of it, the incident it belongs to) come from
+//! the file's `[circumstances]` table or from [`CircumstanceFlags`], which also apply to
+//! `--demo` and `--file` and override the file field by field.
 
 use std::path::Path;
 
@@ -12,7 +16,8 @@ use clap::{Args, ValueEnum};
 use jiff::{Timestamp, civil::Date};
 use referral_core::validate::{age_years, calendar_date, to_calendar_date};
 use referral_proto::v1::{
-    ChildReferred, HelpRequest, ParentInfo, ReferralDestination, ReferringPerson, Sex, Signature,
+    ChildReferred, HelpRequest, IncidentRole, ParentInfo, ReferralDestination, ReferringPerson,
+    ReportCircumstances, Sex, Signature,
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +40,41 @@ pub enum DestinationArg {
     SocialServices,
     PsychologicalServices,
     Other,
+}
+
+/// The child's part in the incident a report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentRoleArg {
+    /// The child was harmed.
+    Victim,
+    /// The child harmed another.
+    Perpetrator,
+    /// Both harmed and harmed another.
+    Both,
+    /// The child saw it.
+    Witness,
+}
+
+impl IncidentRoleArg {
+    pub fn to_proto(self) -> IncidentRole {
+        match self {
+            Self::Victim => IncidentRole::Victim,
+            Self::Perpetrator => IncidentRole::Perpetrator,
+            Self::Both => IncidentRole::Both,
+            Self::Witness => IncidentRole::Witness,
+        }
+    }
+
+    pub fn from_proto(role: i32) -> Option<Self> {
+        Some(match IncidentRole::try_from(role).ok()? {
+            IncidentRole::Victim => Self::Victim,
+            IncidentRole::Perpetrator => Self::Perpetrator,
+            IncidentRole::Both => Self::Both,
+            IncidentRole::Witness => Self::Witness,
+            IncidentRole::Unspecified => return None,
+        })
+    }
 }
 
 impl SexArg {
@@ -98,6 +138,122 @@ pub struct HelpRequestFile {
     pub measures_plan: String,
     pub prevention_effect: String,
     pub signature: SignatureFile,
+    /// Who must never learn of the report, and the incident it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circumstances: Option<CircumstancesFile>,
+}
+
+/// The report's circumstances (`[circumstances]` in a file), named as in the protobuf
+/// `ReportCircumstances`. Agency ids are the directory's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircumstancesFile {
+    /// The residential institution the child lives in: nothing of the report reaches it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub child_residence_agency_id: String,
+    /// The institution whose director the report implicates: the report never reaches it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub implicated_director_agency_id: String,
+    /// The referring agency's reference of the incident the report is about.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub incident_reference: String,
+    /// The child's part in that incident (required with `incident_reference`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident_role: Option<IncidentRoleArg>,
+}
+
+impl CircumstancesFile {
+    pub fn to_proto(&self) -> ReportCircumstances {
+        ReportCircumstances {
+            child_residence_agency_id: self.child_residence_agency_id.clone(),
+            implicated_director_agency_id: self.implicated_director_agency_id.clone(),
+            incident_reference: self.incident_reference.clone(),
+            incident_role: self
+                .incident_role
+                .map_or(IncidentRole::Unspecified, IncidentRoleArg::to_proto)
+                as i32,
+        }
+    }
+
+    pub fn from_proto(c: &ReportCircumstances) -> Self {
+        Self {
+            child_residence_agency_id: c.child_residence_agency_id.clone(),
+            implicated_director_agency_id: c.implicated_director_agency_id.clone(),
+            incident_reference: c.incident_reference.clone(),
+            incident_role: IncidentRoleArg::from_proto(c.incident_role),
+        }
+    }
+}
+
+/// The flags of `submit-k` for the report's circumstances. Unlike the form's other flags they
+/// also go with `--demo` and `--file` (and win over the file's `[circumstances]`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct CircumstanceFlags {
+    /// The residential institution the child lives in (an agency id, e.g. residential-1): the
+    /// gateway never lets anything of this report reach it, nor anyone there read the case.
+    #[arg(
+        long,
+        value_name = "AGENCY",
+        help_heading = "Form K: who must never learn of it, and the incident"
+    )]
+    pub child_lives_in: Option<String>,
+    /// The institution whose director the report implicates (an agency id, e.g. school-2): the
+    /// report goes to the commission and never reaches that institution.
+    #[arg(
+        long,
+        value_name = "AGENCY",
+        help_heading = "Form K: who must never learn of it, and the incident"
+    )]
+    pub implicates_director_of: Option<String>,
+    /// Your reference of the incident the report is about (with --incident-role): the cases of
+    /// the two sides of one incident never share a curator.
+    #[arg(
+        long,
+        value_name = "REFERENCE",
+        requires = "incident_role",
+        help_heading = "Form K: who must never learn of it, and the incident"
+    )]
+    pub incident: Option<String>,
+    /// The child's part in that incident.
+    #[arg(
+        long,
+        value_enum,
+        requires = "incident",
+        help_heading = "Form K: who must never learn of it, and the incident"
+    )]
+    pub incident_role: Option<IncidentRoleArg>,
+}
+
+impl CircumstanceFlags {
+    pub fn is_empty(&self) -> bool {
+        self.child_lives_in.is_none()
+            && self.implicates_director_of.is_none()
+            && self.incident.is_none()
+            && self.incident_role.is_none()
+    }
+
+    /// Writes the given flags into the form's circumstances, keeping what the form had for the
+    /// others.
+    pub fn apply(&self, k: &mut HelpRequest) {
+        if self.is_empty() {
+            return;
+        }
+        let c = k
+            .circumstances
+            .get_or_insert_with(ReportCircumstances::default);
+        if let Some(a) = &self.child_lives_in {
+            c.child_residence_agency_id = a.clone();
+        }
+        if let Some(a) = &self.implicates_director_of {
+            c.implicated_director_agency_id = a.clone();
+        }
+        if let Some(r) = &self.incident {
+            c.incident_reference = r.clone();
+        }
+        if let Some(role) = self.incident_role {
+            c.incident_role = role.to_proto() as i32;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,6 +464,7 @@ impl KFlags {
                 signer_name: text(&self.signer),
                 signed_at: None,
             },
+            circumstances: None,
         }
     }
 }
@@ -355,7 +512,7 @@ impl HelpRequestFile {
         };
         let signed_at = self.signature.signed_at.unwrap_or(now);
         HelpRequest {
-            circumstances: None,
+            circumstances: self.circumstances.as_ref().map(CircumstancesFile::to_proto),
             child: Some(ChildReferred {
                 full_name: c.full_name.clone(),
                 registered_address: c.registered_address.clone(),
@@ -443,6 +600,7 @@ impl HelpRequestFile {
                     .as_ref()
                     .and_then(|t| Timestamp::new(t.seconds, t.nanos).ok()),
             },
+            circumstances: k.circumstances.as_ref().map(CircumstancesFile::from_proto),
         }
     }
 }
@@ -461,6 +619,13 @@ mod tests {
     struct Cmd {
         #[command(flatten)]
         k: KFlags,
+        #[command(flatten)]
+        circumstances: CircumstanceFlags,
+    }
+
+    fn circumstance_flags(args: &[&str]) -> Result<CircumstanceFlags, clap::Error> {
+        Cmd::try_parse_from(std::iter::once("submit-k").chain(args.iter().copied()))
+            .map(|c| c.circumstances)
     }
 
     fn flags(args: &[&str]) -> KFlags {
@@ -659,6 +824,109 @@ mod tests {
         assert!(file.mother.is_some() && file.father.is_some());
         let k = file.to_proto(today(), now());
         assert_eq!(k.child.unwrap().age_years, 12);
+    }
+
+    #[test]
+    fn incident_roles_are_parsed_by_name() {
+        for (name, role) in [
+            ("victim", IncidentRole::Victim),
+            ("perpetrator", IncidentRole::Perpetrator),
+            ("both", IncidentRole::Both),
+            ("witness", IncidentRole::Witness),
+        ] {
+            let arg = IncidentRoleArg::from_str(name, false).unwrap();
+            assert_eq!(arg.to_proto(), role);
+            assert_eq!(IncidentRoleArg::from_proto(role as i32), Some(arg));
+        }
+        assert!(IncidentRoleArg::from_str("bystander", false).is_err());
+        assert_eq!(
+            IncidentRoleArg::from_proto(IncidentRole::Unspecified as i32),
+            None
+        );
+        assert_eq!(IncidentRoleArg::from_proto(99), None);
+    }
+
+    #[test]
+    fn circumstance_flags_fill_the_circumstances_of_any_form() {
+        let flags = circumstance_flags(&[
+            "--child-lives-in",
+            "residential-1",
+            "--implicates-director-of",
+            "school-2",
+            "--incident",
+            "INC-7",
+            "--incident-role",
+            "victim",
+        ])
+        .unwrap();
+        let mut k = sample_help_request(today());
+        assert!(k.circumstances.is_none());
+        flags.apply(&mut k);
+        assert_eq!(
+            k.circumstances,
+            Some(ReportCircumstances {
+                child_residence_agency_id: "residential-1".into(),
+                implicated_director_agency_id: "school-2".into(),
+                incident_reference: "INC-7".into(),
+                incident_role: IncidentRole::Victim as i32,
+            })
+        );
+
+        // A flag overrides its field of the file and keeps the others.
+        let mut k = HelpRequestFile::parse(
+            "[circumstances]\nincident_reference = \"INC-1\"\nincident_role = \"witness\"\n",
+            Path::new("k.toml"),
+        )
+        .unwrap()
+        .to_proto(today(), now());
+        circumstance_flags(&["--child-lives-in", "residential-1"])
+            .unwrap()
+            .apply(&mut k);
+        let c = k.circumstances.unwrap();
+        assert_eq!(c.child_residence_agency_id, "residential-1");
+        assert_eq!(c.incident_reference, "INC-1");
+        assert_eq!(c.incident_role, IncidentRole::Witness as i32);
+
+        // No flag, no circumstances.
+        let mut k = sample_help_request(today());
+        circumstance_flags(&[]).unwrap().apply(&mut k);
+        assert!(k.circumstances.is_none());
+    }
+
+    #[test]
+    fn an_incident_needs_its_role_and_a_role_its_incident() {
+        for bad in [
+            &["--incident", "INC-7"][..],
+            &["--incident-role", "victim"],
+            &["--incident", "INC-7", "--incident-role", "bystander"],
+        ] {
+            assert_eq!(
+                circumstance_flags(bad).unwrap_err().exit_code(),
+                2,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn circumstances_survive_the_file_form_both_ways() {
+        let mut sample = sample_help_request(today());
+        sample.circumstances = Some(ReportCircumstances {
+            child_residence_agency_id: "residential-1".into(),
+            implicated_director_agency_id: String::new(),
+            incident_reference: "INC-7".into(),
+            incident_role: IncidentRole::Both as i32,
+        });
+        let file = HelpRequestFile::from_proto(&sample);
+        assert_eq!(file.to_proto(today(), now()), sample);
+        let toml = toml::to_string(&file).unwrap();
+        assert!(toml.contains("[circumstances]"), "{toml}");
+        assert!(
+            !toml.contains("implicated_director_agency_id"),
+            "empty fields stay out"
+        );
+        let back = HelpRequestFile::parse(&toml, &PathBuf::from("k.toml")).unwrap();
+        assert_eq!(back, file);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod case_view;
 pub mod cli;
 pub mod dates;
 pub mod deadline_cli;
+pub mod disclosure_cli;
 pub mod form_case;
 pub mod form_k;
 pub mod launcher;
@@ -33,8 +34,11 @@ use crate::{
         AnswerInfoArgs, CloseArgs, ContactArgs, DownloadArgs, FileLArgs, FileMArgs, ProgressArgs,
         ReopenArgs, RequestInfoArgs, ReviewArgs, UploadArgs,
     },
+    disclosure_cli::{
+        AnswerConsultationArgs, ConsultArgs, DisclosuresArgs, GrantArgs, ReadCaseArgs,
+    },
     form_case::DeadlineStateArg,
-    form_k::KFlags,
+    form_k::{CircumstanceFlags, KFlags},
     output::Format,
     settings::{Overrides, Settings},
 };
@@ -140,10 +144,15 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Commission: one case file, with its version, stage, cycles, rows, contacts and documents.
+    /// Commission: one case file, with its version, stage, cycles, rows, contacts and documents
+    /// (as much of it as the need-to-know policy lets you see).
     Case {
         /// The case reference, e.g. KTIZhK-2026-000001.
         case_reference: String,
+        /// Chair: open the whole file outside the case team in an emergency, saying why (at
+        /// least 10 characters). Recorded in the gateway's ledger; the curator is alerted.
+        #[arg(long, value_name = "REASON")]
+        break_the_glass: Option<String>,
     },
     /// Commission: record a contact with the child, the family or a partner.
     Contact(ContactArgs),
@@ -171,6 +180,30 @@ pub enum Command {
     AnswerInfo(AnswerInfoArgs),
     /// Report progress or completion of an action row assigned to your agency.
     Progress(ProgressArgs),
+    /// Read a case through the hub (any agency): you see what the gateway's need-to-know policy
+    /// allows for your part in the case and your purpose; every read is recorded.
+    #[command(name = "read-case")]
+    ReadCase(ReadCaseArgs),
+    /// Commission: let an agency (or one of its staff) see a section of a case for a while.
+    Grant(GrantArgs),
+    /// Commission: end a disclosure grant now.
+    Revoke {
+        /// The grant's id (from 'grant' or 'grants').
+        grant_id: String,
+    },
+    /// Commission: the disclosure grants of a case, active, expired and revoked.
+    Grants {
+        /// The case reference.
+        case_reference: String,
+    },
+    /// Commission: who saw or received what of the child, from the gateway's ledger.
+    Disclosures(DisclosuresArgs),
+    /// School or residential institution: ask the commission about a concern without naming the
+    /// child or the family.
+    Consult(ConsultArgs),
+    /// Commission: answer a consultation (once).
+    #[command(name = "answer-consultation")]
+    AnswerConsultation(AnswerConsultationArgs),
     /// Open deadlines of your agency (a commission: its district's), or yours with --mine.
     Deadlines {
         /// Only the deadlines you are responsible for.
@@ -218,6 +251,8 @@ pub struct SubmitKArgs {
     pub idempotency_key: Option<String>,
     #[command(flatten)]
     pub k: KFlags,
+    #[command(flatten)]
+    pub circumstances: CircumstanceFlags,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -335,7 +370,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Sent { form } => staff().await?.sent(form).await,
         Command::SentStatus { message_id } => staff().await?.sent_status(message_id).await,
         Command::Cases { mine, all } => staff().await?.cases(mine, all).await,
-        Command::Case { case_reference } => staff().await?.case(case_reference).await,
+        Command::Case {
+            case_reference,
+            break_the_glass,
+        } => staff().await?.case(case_reference, break_the_glass).await,
         Command::Contact(args) => staff().await?.contact(args).await,
         Command::Upload(args) => staff().await?.upload(args).await,
         Command::Download(args) => staff().await?.download(args).await,
@@ -347,6 +385,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Reopen(args) => staff().await?.reopen(args).await,
         Command::AnswerInfo(args) => staff().await?.answer_info(args).await,
         Command::Progress(args) => staff().await?.progress(args).await,
+        Command::ReadCase(args) => staff().await?.read_case(args).await,
+        Command::Grant(args) => staff().await?.grant(args).await,
+        Command::Revoke { grant_id } => staff().await?.revoke(grant_id).await,
+        Command::Grants { case_reference } => staff().await?.grants(case_reference).await,
+        Command::Disclosures(args) => staff().await?.disclosures(args).await,
+        Command::Consult(args) => staff().await?.consult(args).await,
+        Command::AnswerConsultation(args) => staff().await?.answer_consultation(args).await,
         Command::Deadlines {
             mine,
             case_reference,
