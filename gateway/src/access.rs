@@ -380,7 +380,7 @@ impl Audit<'_> {
             acting_user_id: self.acting.map(|a| a.user_id.clone()).unwrap_or_default(),
             acting_role: self
                 .acting
-                .map(|a| role_of(a))
+                .map(role_of)
                 .filter(|r| *r != Role::Unspecified)
                 .map(role_name)
                 .unwrap_or_default(),
@@ -497,7 +497,7 @@ impl Shared {
                     Some(payload::Form::ActionAssignment(_)) => ASSIGNEE,
                     _ => PARTICIPANT,
                 };
-                let mut facts = case_facts(&mut **tx, &env.case_reference, now_us)
+                let mut facts = case_facts(tx, &env.case_reference, now_us)
                     .await?
                     .ok_or_else(|| denied("the gateway knows no such case"))?;
                 if facts.commission != caller.id {
@@ -537,7 +537,7 @@ impl Shared {
                 })
             }
             Some(payload::Form::InformationResponse(_) | payload::Form::ActionProgress(_)) => {
-                let facts = case_facts(&mut **tx, &env.case_reference, now_us)
+                let facts = case_facts(tx, &env.case_reference, now_us)
                     .await?
                     .ok_or_else(|| denied("the gateway knows no such case"))?;
                 let sender = user_principal(caller, &acting)?;
@@ -779,7 +779,7 @@ impl Shared {
             user: Some(PrincipalUser {
                 user_id: opened.curator_user_id.clone(),
                 role: Role::CommissionCurator,
-                incident_parties: incident_parties(&mut **tx, &caller.id, &opened.curator_user_id)
+                incident_parties: incident_parties(tx, &caller.id, &opened.curator_user_id)
                     .await?,
             }),
         };

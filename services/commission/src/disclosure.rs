@@ -165,7 +165,7 @@ impl CaseSource for CaseSourceApi {
             .map_err(|e| Status::from(ServiceError::from(e)))?;
         let row = case::load(&mut conn, &reference)
             .await
-            .map_err(|e| Status::from(ServiceError::from(e)))?
+            .map_err(Status::from)?
             .ok_or_else(|| Status::not_found("no such case"))?;
         let file = read::case_file(&mut conn, &row, self.host.directory(), self.host.agency_id())
             .await
