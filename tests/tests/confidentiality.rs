@@ -678,13 +678,45 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
         .await
         .unwrap();
     assert!(has_assessment(&file) && has_plan(&file));
-    // The secretary keeps the register, without L or M.
+    // The secretary keeps the register, without L or M, or the case record's documents.
     let secretary = hub.staff("commission", "secretary").await;
     let file = get_case(&secretary, &case, PurposeOfUse::CareManagement, "")
         .await
         .unwrap();
     assert!(!has_assessment(&file) && !has_plan(&file));
     assert!(!file.summary.as_ref().unwrap().child_full_name.is_empty());
+    let document = curator
+        .case_files()
+        .upload_document(curator.req(tokio_stream::iter(vec![
+            referral_proto::v1::UploadDocumentChunk {
+                part: Some(referral_proto::v1::upload_document_chunk::Part::Metadata(
+                    referral_proto::v1::UploadDocumentMetadata {
+                        case_reference: case.clone(),
+                        title: "Бұйрық".into(),
+                        file_name: "order.pdf".into(),
+                    },
+                )),
+            },
+            referral_proto::v1::UploadDocumentChunk {
+                part: Some(referral_proto::v1::upload_document_chunk::Part::Data(
+                    b"%PDF-1.4\n% order\n".to_vec(),
+                )),
+            },
+        ])))
+        .await
+        .unwrap()
+        .into_inner();
+    let download = |staff: &StaffClient| {
+        let request = staff.req(referral_proto::v1::DownloadDocumentRequest {
+            case_reference: case.clone(),
+            document_id: document.document_id.clone(),
+        });
+        let mut files = staff.case_files();
+        async move { files.download_document(request).await.map(|_| ()) }
+    };
+    download(&curator).await.expect("the curator reads the record");
+    let status = download(&secretary).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
     // The NGO carrying a row: its own row, the curator's contact; never L or M.
     let ngo = hub.staff("ngo-1", "case-manager").await;
     let view = read_shared(&ngo, &case, PurposeOfUse::CoordinationOfCare)

@@ -923,6 +923,14 @@ impl CaseFilesApi {
         referral_agency::checks::message_id(&mut v, "document_id", &request.document_id);
         v.into_result()?;
         let row = self.workable(user, &request.case_reference).await?;
+        // A document is part of the case record: the gateway's policy decides, and records it.
+        crate::disclosure::check_section(
+            &self.host,
+            user,
+            &row.case_reference,
+            referral_proto::v1::Sensitivity::CaseRecord,
+        )
+        .await?;
         let mut conn = self.host.pool().acquire().await?;
         let (info, content) = documents::load(&mut conn, &row.case_reference, &request.document_id)
             .await?

@@ -89,6 +89,40 @@ pub(crate) async fn filter_read(
     Ok(view.case_file.unwrap_or_default())
 }
 
+/// Asks the gateway whether `user` may see one section of a case (recorded as a read of the
+/// case's summary with that section); `PERMISSION_DENIED` when not.
+pub(crate) async fn check_section(
+    host: &AgencyHost,
+    user: &ActingUser,
+    case_reference: &str,
+    section: referral_proto::v1::Sensitivity,
+) -> ServiceResult<()> {
+    let view = host
+        .gateway()
+        .filter_case_read(FilterCaseReadRequest {
+            acting_user: Some(user.clone()),
+            purpose_of_use: referral_proto::v1::PurposeOfUse::CareManagement as i32,
+            reason: String::new(),
+            case_file: Some(CaseFile {
+                summary: Some(referral_proto::v1::CaseSummary {
+                    case_reference: case_reference.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(from_gateway)?
+        .into_inner();
+    if view.sections_shown.contains(&(section as i32)) {
+        Ok(())
+    } else {
+        Err(ServiceError::PermissionDenied(
+            "the case record is for the case team and explicit grants".into(),
+        ))
+    }
+}
+
 pub(crate) async fn grant(
     host: &AgencyHost,
     user: ActingUser,
