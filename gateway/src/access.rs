@@ -109,7 +109,11 @@ fn incident_role_name(role: i32) -> String {
     IncidentRole::try_from(role)
         .ok()
         .filter(|r| *r != IncidentRole::Unspecified)
-        .map(|r| r.as_str_name().trim_start_matches("INCIDENT_ROLE_").to_owned())
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("INCIDENT_ROLE_")
+                .to_owned()
+        })
         .unwrap_or_default()
 }
 
@@ -323,7 +327,10 @@ pub(crate) fn agency_principal(agency: &AgencyEntry) -> Principal {
 
 /// A user of the calling agency. The acting user must belong to the caller and hold a role
 /// that exists in an agency of its kind.
-pub(crate) fn user_principal(caller: &AgencyEntry, acting: &ActingUser) -> ServiceResult<Principal> {
+pub(crate) fn user_principal(
+    caller: &AgencyEntry,
+    acting: &ActingUser,
+) -> ServiceResult<Principal> {
     let mut v = FieldViolations::new();
     if acting.user_id.trim().is_empty() || acting.user_id.chars().count() > 200 {
         v.add("acting_user.user_id", "required, at most 200 characters");
@@ -470,17 +477,18 @@ impl Shared {
                 let referral = referral_by_message(&mut **tx, &env.in_reply_to)
                     .await?
                     .ok_or_else(|| denied("no such help request"))?;
-                if let Some(referral_proto::v1::help_request_decision::Outcome::CaseOpened(opened)) =
-                    &d.outcome
+                if let Some(referral_proto::v1::help_request_decision::Outcome::CaseOpened(
+                    opened,
+                )) = &d.outcome
                 {
-                    self.open_case(tx, caller, &referral, opened, now_us).await?;
+                    self.open_case(tx, caller, &referral, opened, now_us)
+                        .await?;
                     if env.case_reference.is_empty() {
                         env.case_reference = opened.case_reference.clone();
                     }
                 }
                 let facts = referral_facts(&referral);
-                let sections =
-                    self.recipient_view(recipient, &facts, situation)?;
+                let sections = self.recipient_view(recipient, &facts, situation)?;
                 Ok(SendAccess {
                     withheld: sections.is_empty(),
                     sections,
@@ -504,7 +512,10 @@ impl Shared {
                     return Err(denied("the case belongs to another commission"));
                 }
                 let sender = user_principal(caller, &acting)?;
-                if !self.policy.decide(&sender, Action::SendCaseMessage, &facts, situation)? {
+                if !self
+                    .policy
+                    .decide(&sender, Action::SendCaseMessage, &facts, situation)?
+                {
                     return Err(denied(
                         "only the case team, the secretary or the chair send this case's messages",
                     ));
@@ -541,7 +552,10 @@ impl Shared {
                     .await?
                     .ok_or_else(|| denied("the gateway knows no such case"))?;
                 let sender = user_principal(caller, &acting)?;
-                if !self.policy.decide(&sender, Action::SendCaseMessage, &facts, situation)? {
+                if !self
+                    .policy
+                    .decide(&sender, Action::SendCaseMessage, &facts, situation)?
+                {
                     return Err(denied("this agency does not work on that case"));
                 }
                 Ok(all)
@@ -689,10 +703,7 @@ impl Shared {
             }
         }
         v.into_result()?;
-        let pseudonym = k
-            .child
-            .as_ref()
-            .and_then(|c| self.pseudonym(&c.iin));
+        let pseudonym = k.child.as_ref().and_then(|c| self.pseudonym(&c.iin));
         // Earlier referrals of the same child: only the commission is told.
         if let Some(p) = &pseudonym {
             let earlier = sqlx::query(
@@ -779,15 +790,17 @@ impl Shared {
             user: Some(PrincipalUser {
                 user_id: opened.curator_user_id.clone(),
                 role: Role::CommissionCurator,
-                incident_parties: incident_parties(tx, &caller.id, &opened.curator_user_id)
-                    .await?,
+                incident_parties: incident_parties(tx, &caller.id, &opened.curator_user_id).await?,
             }),
         };
         let situation = Situation {
             purpose: PurposeOfUse::CareManagement,
             reason_given: false,
         };
-        if !self.policy.decide(&curator, Action::HoldCase, &facts, situation)? {
+        if !self
+            .policy
+            .decide(&curator, Action::HoldCase, &facts, situation)?
+        {
             return Err(denied(
                 "this curator holds the case of the other side of the same incident: appoint \
                  another curator",
@@ -812,13 +825,11 @@ impl Shared {
                 "a case with this reference exists",
             ));
         }
-        sqlx::query(
-            "UPDATE referrals SET case_reference = $1 WHERE help_request_message_id = $2",
-        )
-        .bind(&opened.case_reference)
-        .bind(&referral.help_request_message_id)
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query("UPDATE referrals SET case_reference = $1 WHERE help_request_message_id = $2")
+            .bind(&opened.case_reference)
+            .bind(&referral.help_request_message_id)
+            .execute(&mut **tx)
+            .await?;
         sqlx::query(
             "INSERT INTO case_relations (case_reference, agency_id, relation, since) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (case_reference, agency_id, relation) DO NOTHING",
@@ -854,7 +865,8 @@ impl Shared {
             None => Sections::NONE,
         };
         if sections.is_empty() {
-            self.deny_read(caller, &acting, &req.case_reference, situation).await?;
+            self.deny_read(caller, &acting, &req.case_reference, situation)
+                .await?;
             return Err(denied("no access to that case"));
         }
         let Some(facts) = facts else {
@@ -909,7 +921,8 @@ impl Shared {
             None => Sections::NONE,
         };
         let Some(facts) = facts.filter(|_| !sections.is_empty()) else {
-            self.deny_read(caller, &acting, &case_reference, situation).await?;
+            self.deny_read(caller, &acting, &case_reference, situation)
+                .await?;
             return Err(denied("no access to that case"));
         };
         let broke_glass = self.broke_glass(&principal, &facts, situation, sections)?;
@@ -1107,9 +1120,9 @@ impl Shared {
     /// Asks the commission for the case file, with the gateway's own certificate.
     async fn export_case(&self, facts: &CaseFacts) -> ServiceResult<CaseFile> {
         let directory = self.directory();
-        let commission = directory
-            .agency(&facts.commission)
-            .ok_or_else(|| ServiceError::Unavailable("the case's commission is not listed".into()))?;
+        let commission = directory.agency(&facts.commission).ok_or_else(|| {
+            ServiceError::Unavailable("the case's commission is not listed".into())
+        })?;
         let identity = referral_core::pki::ComponentIdentity::Agency(commission.id.clone());
         let channel = tonic::transport::Endpoint::from_shared(commission.endpoint.clone())
             .map_err(ServiceError::internal)?
@@ -1159,7 +1172,8 @@ impl Shared {
         match facts {
             Some(f) if self.policy.decide(&principal, action, &f, situation)? => Ok((f, principal)),
             _ => {
-                self.deny_read(caller, acting, case_reference, situation).await?;
+                self.deny_read(caller, acting, case_reference, situation)
+                    .await?;
                 Err(denied("no access to that case"))
             }
         }
@@ -1194,7 +1208,10 @@ impl Shared {
             .map(time::to_micros);
         match expires_us {
             Some(e) if e > now_us && e - now_us <= MAX_GRANT_MICROS => {}
-            _ => v.add("expires_at", "required: in the future, at most one year ahead"),
+            _ => v.add(
+                "expires_at",
+                "required: in the future, at most one year ahead",
+            ),
         }
         validate::text(
             &mut v,
@@ -1376,7 +1393,12 @@ impl Shared {
     ) -> ServiceResult<ListDisclosuresResponse> {
         let acting = req.acting_user.clone().unwrap_or_default();
         let (facts, _) = self
-            .managed_case(caller, &acting, &req.case_reference, Action::ListDisclosures)
+            .managed_case(
+                caller,
+                &acting,
+                &req.case_reference,
+                Action::ListDisclosures,
+            )
             .await?;
         let mut conn = self.db.pool().acquire().await?;
         let referral = referral_by_case(&mut conn, &facts.id).await?;
@@ -1421,7 +1443,10 @@ impl Shared {
             .collect();
         let mut filter = format!("case_reference IN ({})", case_params.join(", "));
         if !messages.is_empty() {
-            filter.push_str(&format!(" OR message_id IN ({})", message_params.join(", ")));
+            filter.push_str(&format!(
+                " OR message_id IN ({})",
+                message_params.join(", ")
+            ));
         }
         let sql = format!(
             "SELECT seq, recorded_at, event, message_id, sender_agency_id, recipient_agency_id, \
@@ -1505,7 +1530,12 @@ fn check_read_request(case_reference: &str, purpose: i32, reason: &str) -> Servi
             validate::Text::required(10, 2000).multiline(),
         );
     } else {
-        validate::text(&mut v, "reason", reason, validate::Text::optional(2000).multiline());
+        validate::text(
+            &mut v,
+            "reason",
+            reason,
+            validate::Text::optional(2000).multiline(),
+        );
     }
     v.into_result()
 }

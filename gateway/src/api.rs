@@ -12,12 +12,11 @@ use referral_core::{
 };
 use referral_proto::v1::{
     AgencyKind, CaseView, ConfidentialityLabel, DeliveryState, DeliveryStatus, DisclosureGrant,
-    Envelope, FilterCaseReadRequest, FormKind, GrantDisclosureRequest, ListDisclosureGrantsRequest,
-    ListDisclosureGrantsResponse, ListDisclosuresRequest, ListDisclosuresResponse, ReadCaseRequest,
-    RevokeDisclosureRequest,
-    GetDeliveryStatusRequest, HelpRequestDecision, ListAgenciesRequest, ListAgenciesResponse,
-    PurposeOfUse, RecordCaseEventRequest, RecordCaseEventResponse, Role, SendRequest, SendResponse,
-    gateway_server, help_request_decision, payload,
+    Envelope, FilterCaseReadRequest, FormKind, GetDeliveryStatusRequest, GrantDisclosureRequest,
+    HelpRequestDecision, ListAgenciesRequest, ListAgenciesResponse, ListDisclosureGrantsRequest,
+    ListDisclosureGrantsResponse, ListDisclosuresRequest, ListDisclosuresResponse, PurposeOfUse,
+    ReadCaseRequest, RecordCaseEventRequest, RecordCaseEventResponse, RevokeDisclosureRequest,
+    Role, SendRequest, SendResponse, gateway_server, help_request_decision, payload,
 };
 use tonic::{Request, Response, Status};
 
@@ -127,7 +126,10 @@ impl gateway_server::Gateway for GatewayApi {
         req: Request<FilterCaseReadRequest>,
     ) -> Result<Response<CaseView>, Status> {
         let Caller(caller) = caller(&req)?;
-        let view = self.shared.filter_case_read(&caller, req.into_inner()).await?;
+        let view = self
+            .shared
+            .filter_case_read(&caller, req.into_inner())
+            .await?;
         Ok(Response::new(view))
     }
 
@@ -136,7 +138,10 @@ impl gateway_server::Gateway for GatewayApi {
         req: Request<GrantDisclosureRequest>,
     ) -> Result<Response<DisclosureGrant>, Status> {
         let Caller(caller) = caller(&req)?;
-        let grant = self.shared.grant_disclosure(&caller, req.into_inner()).await?;
+        let grant = self
+            .shared
+            .grant_disclosure(&caller, req.into_inner())
+            .await?;
         Ok(Response::new(grant))
     }
 
@@ -145,7 +150,10 @@ impl gateway_server::Gateway for GatewayApi {
         req: Request<RevokeDisclosureRequest>,
     ) -> Result<Response<DisclosureGrant>, Status> {
         let Caller(caller) = caller(&req)?;
-        let grant = self.shared.revoke_disclosure(&caller, req.into_inner()).await?;
+        let grant = self
+            .shared
+            .revoke_disclosure(&caller, req.into_inner())
+            .await?;
         Ok(Response::new(grant))
     }
 
@@ -163,7 +171,10 @@ impl gateway_server::Gateway for GatewayApi {
         req: Request<ListDisclosuresRequest>,
     ) -> Result<Response<ListDisclosuresResponse>, Status> {
         let Caller(caller) = caller(&req)?;
-        let history = self.shared.list_disclosures(&caller, req.into_inner()).await?;
+        let history = self
+            .shared
+            .list_disclosures(&caller, req.into_inner())
+            .await?;
         Ok(Response::new(history))
     }
 }
@@ -608,7 +619,12 @@ impl Shared {
         {
             env.payload = Some(
                 self.views
-                    .filter(payload, "referral.v1.Payload", access.sections, &recipient.id)
+                    .filter(
+                        payload,
+                        "referral.v1.Payload",
+                        access.sections,
+                        &recipient.id,
+                    )
                     .map_err(ServiceError::internal)?,
             );
         }
@@ -664,7 +680,12 @@ impl Shared {
             .ok_or_else(not_found)?;
         // A report kept from an institution (its director implicated, or a child's disclosure
         // about it) tells that institution no more than that it was delivered.
-        if self.excluded_from_report(&row).await?.iter().any(|a| a == caller) {
+        if self
+            .excluded_from_report(&row)
+            .await?
+            .iter()
+            .any(|a| a == caller)
+        {
             let delivered = row.delivered_at.is_some() || row.state != store::STATE_QUEUED;
             return Ok(DeliveryStatus {
                 message_id: row.message_id,

@@ -454,4 +454,3 @@ impl GatewayHandle {
         ledger::verify(self.shared.db.pool()).await
     }
 }
-

@@ -67,7 +67,11 @@ impl Sections {
     }
     /// The sections of `SECTIONS` not in this set.
     pub fn complement(self) -> Self {
-        SECTIONS.iter().copied().filter(|s| !self.contains(*s)).collect()
+        SECTIONS
+            .iter()
+            .copied()
+            .filter(|s| !self.contains(*s))
+            .collect()
     }
     /// Comma-separated names, for the ledger.
     pub fn names(self) -> String {
@@ -354,7 +358,11 @@ impl PolicyEngine {
             self.types.agency.clone(),
             EntityId::new(&who.agency_id),
         );
-        let kind = who.kind.as_str_name().strip_prefix("AGENCY_KIND_").unwrap_or("");
+        let kind = who
+            .kind
+            .as_str_name()
+            .strip_prefix("AGENCY_KIND_")
+            .unwrap_or("");
         let common = |user_id: &str, role: &str, parties: &[String]| {
             HashMap::from([
                 ("agencyId".to_owned(), string(&who.agency_id)),
@@ -580,11 +588,7 @@ mod tests {
             Role::CommissionCurator,
         );
         let sections = engine
-            .readable_sections(
-                &curator,
-                &case(),
-                situation(PurposeOfUse::CareManagement),
-            )
+            .readable_sections(&curator, &case(), situation(PurposeOfUse::CareManagement))
             .unwrap();
         assert_eq!(sections, Sections::all());
         let school = user(
@@ -612,7 +616,9 @@ mod tests {
     fn the_entities_conform_to_the_schema() {
         let engine = PolicyEngine::builtin().unwrap();
         let mut facts = case();
-        facts.agency_grants.push(("ngo-1".into(), Sensitivity::Assessment));
+        facts
+            .agency_grants
+            .push(("ngo-1".into(), Sensitivity::Assessment));
         facts
             .user_grants
             .push(("ngo-1".into(), "m".into(), Sensitivity::Plan));
@@ -636,7 +642,10 @@ mod tests {
             for action in Action::all() {
                 let context = Context::from_pairs([
                     ("purpose".to_owned(), string("COORDINATION_OF_CARE")),
-                    ("reasonGiven".to_owned(), RestrictedExpression::new_bool(false)),
+                    (
+                        "reasonGiven".to_owned(),
+                        RestrictedExpression::new_bool(false),
+                    ),
                     ("section".to_owned(), string("")),
                 ])
                 .unwrap();
@@ -662,8 +671,8 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("p.cedar"), "{text}");
         assert!(matches!(err, PolicyError::Invalid { .. }), "{text}");
-        let err = PolicyEngine::from_sources(BUILTIN_SCHEMA, "s", "permit (", "p.cedar")
-            .unwrap_err();
+        let err =
+            PolicyEngine::from_sources(BUILTIN_SCHEMA, "s", "permit (", "p.cedar").unwrap_err();
         assert!(matches!(err, PolicyError::Parse { .. }));
     }
 

@@ -134,7 +134,8 @@ impl ViewFilter {
     /// Whether a plan row may be shown whole.
     fn row_visible(message: &DynamicMessage, allowed: Sections, viewer_agency: &str) -> bool {
         allowed.contains(Sensitivity::Plan)
-            || (allowed.contains(Sensitivity::AssignedWork) && Self::own_row(message, viewer_agency))
+            || (allowed.contains(Sensitivity::AssignedWork)
+                && Self::own_row(message, viewer_agency))
     }
 
     fn walk(&self, message: &mut DynamicMessage, allowed: Sections, viewer_agency: &str) {
@@ -163,8 +164,9 @@ impl ViewFilter {
                         Value::List(items) => {
                             if is_row {
                                 items.retain(|item| {
-                                    item.as_message()
-                                        .is_some_and(|m| Self::row_visible(m, allowed, viewer_agency))
+                                    item.as_message().is_some_and(|m| {
+                                        Self::row_visible(m, allowed, viewer_agency)
+                                    })
                                 });
                             } else {
                                 for item in items.iter_mut() {
@@ -274,10 +276,18 @@ mod tests {
             .into_iter()
             .collect();
         let seen = filter
-            .filter(&minutes, "referral.v1.ReviewMinutes", status_only, "school-1")
+            .filter(
+                &minutes,
+                "referral.v1.ReviewMinutes",
+                status_only,
+                "school-1",
+            )
             .unwrap();
         let review = seen.review.unwrap();
-        assert_eq!(review.next_review_on, minutes.review.as_ref().unwrap().next_review_on);
+        assert_eq!(
+            review.next_review_on,
+            minutes.review.as_ref().unwrap().next_review_on
+        );
         assert!(review.revised_actions.is_empty());
         assert_eq!(seen.curator_contact, "+7 700");
 

@@ -13,12 +13,12 @@ use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
 use referral_core::iin::Iin;
 use referral_proto::v1::{
     ActingUser, AnswerConsultationRequest, CaseFile, CaseView, ConfidentialityLabel,
-    ConsultRequest, Consultation, DeliveryState, FileAssessmentRequest,
-    FileSupportPlanRequest, FormKind, GetCaseRequest, GetMessageRequest, GetSentMessageRequest,
-    GrantDisclosureRequest, HelpRequest, IncidentRole, IncidentSummary, ListDisclosuresRequest,
-    OpenCase, Payload, PurposeOfUse, ReadSharedCaseRequest, ReportCircumstances,
-    RequestInformationRequest, RevokeDisclosureRequest, RiskLevel, Role, SendRequest, Sensitivity,
-    Sex, decide_help_request_request::Outcome, help_request_decision, payload,
+    ConsultRequest, Consultation, DeliveryState, FileAssessmentRequest, FileSupportPlanRequest,
+    FormKind, GetCaseRequest, GetMessageRequest, GetSentMessageRequest, GrantDisclosureRequest,
+    HelpRequest, IncidentRole, IncidentSummary, ListDisclosuresRequest, OpenCase, Payload,
+    PurposeOfUse, ReadSharedCaseRequest, ReportCircumstances, RequestInformationRequest,
+    RevokeDisclosureRequest, RiskLevel, Role, SendRequest, Sensitivity, Sex,
+    decide_help_request_request::Outcome, help_request_decision, payload,
 };
 use referral_tests::{
     Backend, StaffClient, TestHub, both_backends,
@@ -295,7 +295,9 @@ async fn nothing_flows_back_to_the_institution_a_child_disclosed_about(backend: 
     // Every refusal is in the ledger.
     let denied = audit_events(&hub, "access.denied", &case).await;
     assert!(
-        denied.iter().any(|(agency, _, _)| agency == "residential-1"),
+        denied
+            .iter()
+            .any(|(agency, _, _)| agency == "residential-1"),
         "{denied:?}"
     );
     assert!(
@@ -403,7 +405,10 @@ async fn one_curator_never_holds_both_sides_of_an_incident(backend: Backend) {
         incident_role: IncidentRole::Perpetrator as i32,
         ..Default::default()
     });
-    let victim_k = school.submit_k("incident-victim", "", victim).await.unwrap();
+    let victim_k = school
+        .submit_k("incident-victim", "", victim)
+        .await
+        .unwrap();
     let offender_k = school
         .submit_k("incident-offender", "", offender)
         .await
@@ -422,9 +427,14 @@ async fn one_curator_never_holds_both_sides_of_an_incident(backend: Backend) {
         "the refused decision opened nothing"
     );
     // Another curator may take it.
-    let case = open(&hub, &offender_k, "incident-offender-decision-2", "curator-2")
-        .await
-        .unwrap();
+    let case = open(
+        &hub,
+        &offender_k,
+        "incident-offender-decision-2",
+        "curator-2",
+    )
+    .await
+    .unwrap();
     assert!(!case.is_empty());
     hub.shutdown().await;
 }
@@ -458,8 +468,14 @@ async fn a_consultation_carries_no_identity(backend: Backend) {
         .into_iter()
         .map(|v| v.field)
         .collect();
-    assert!(fields.contains(&"consultation.concern".to_owned()), "{fields:?}");
-    assert!(!status.message().contains(&iin), "the error does not repeat the IIN");
+    assert!(
+        fields.contains(&"consultation.concern".to_owned()),
+        "{fields:?}"
+    );
+    assert!(
+        !status.message().contains(&iin),
+        "the error does not repeat the IIN"
+    );
     assert_eq!(hub.gateway_count("messages").await, messages_before);
 
     // Straight to the gateway, bypassing the school's service: refused as well.
@@ -615,7 +631,10 @@ async fn aggregate_reports_carry_no_identity(backend: Backend) {
         .await
         .unwrap_err(),
     );
-    assert_eq!(fields, vec!["envelope.payload.incident_summary.school_name"]);
+    assert_eq!(
+        fields,
+        vec!["envelope.payload.incident_summary.school_name"]
+    );
     let fields = refused_field(
         send(
             "summary-wrong-purpose",
@@ -643,9 +662,16 @@ async fn aggregate_reports_carry_no_identity(backend: Backend) {
         .unwrap();
     let summary = file.summary.clone().unwrap();
     assert_eq!(summary.case_reference, case);
-    assert_eq!(summary.child_full_name, "", "no identity in an aggregate read");
+    assert_eq!(
+        summary.child_full_name, "",
+        "no identity in an aggregate read"
+    );
     assert!(file.help_request.is_none() || !has_identity(&file));
-    assert!(file.cycles.iter().all(|c| c.assessment.is_none() && c.support_plan.is_none()));
+    assert!(
+        file.cycles
+            .iter()
+            .all(|c| c.assessment.is_none() && c.support_plan.is_none())
+    );
     let ngo = hub.staff("ngo-1", "case-manager").await;
     let view = read_shared(&ngo, &case, PurposeOfUse::AggregateReporting)
         .await
@@ -660,7 +686,9 @@ fn has_identity(file: &CaseFile) -> bool {
         .and_then(|e| e.payload.as_ref())
         .and_then(|p| p.form.as_ref())
         .is_some_and(|f| match f {
-            payload::Form::HelpRequest(k) => k.child.as_ref().is_some_and(|c| !c.full_name.is_empty()),
+            payload::Form::HelpRequest(k) => {
+                k.child.as_ref().is_some_and(|c| !c.full_name.is_empty())
+            }
             _ => false,
         })
 }
@@ -714,7 +742,9 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
         let mut files = staff.case_files();
         async move { files.download_document(request).await.map(|_| ()) }
     };
-    download(&curator).await.expect("the curator reads the record");
+    download(&curator)
+        .await
+        .expect("the curator reads the record");
     let status = download(&secretary).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     // The NGO carrying a row: its own row, the curator's contact; never L or M.
@@ -881,13 +911,15 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
         "grant.created",
         "grant.revoked",
     ] {
-        assert!(events.contains(&expected), "{expected} missing in {events:?}");
+        assert!(
+            events.contains(&expected),
+            "{expected} missing in {events:?}"
+        );
     }
     assert!(
-        history
-            .iter()
-            .any(|r| r.event == "case.read" && r.agency_id == "ngo-1"
-                && r.sections.contains(&(Sensitivity::Assessment as i32))),
+        history.iter().any(|r| r.event == "case.read"
+            && r.agency_id == "ngo-1"
+            && r.sections.contains(&(Sensitivity::Assessment as i32))),
         "the NGO's granted read of L is recorded"
     );
     assert!(
@@ -1025,11 +1057,17 @@ async fn referrals_of_one_child_are_linked_for_the_commission_only(backend: Back
     let iin = k.child.as_ref().unwrap().iin.clone();
     let first = school.submit_k("link-school", "", k.clone()).await.unwrap();
     hub.delivered(&first).await;
-    let case = open(&hub, &first, "link-decision", "curator-1").await.unwrap();
+    let case = open(&hub, &first, "link-decision", "curator-1")
+        .await
+        .unwrap();
     let second = doctor.submit_k("link-health", "", k).await.unwrap();
     // A third referral, of another child, links to nothing.
     let other = school
-        .submit_k("link-other", "", k_about(&hub, "Нұржан Болатұлы Әлиев", 555))
+        .submit_k(
+            "link-other",
+            "",
+            k_about(&hub, "Нұржан Болатұлы Әлиев", 555),
+        )
         .await
         .unwrap();
     hub.deliver_everything().await;
@@ -1080,7 +1118,11 @@ async fn referrals_of_one_child_are_linked_for_the_commission_only(backend: Back
     let status = read_shared(&doctor, &case, PurposeOfUse::Treatment)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "health is not on that case");
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "health is not on that case"
+    );
     // The gateway keeps the keyed hash, never the IIN.
     let pseudonyms: Vec<Option<String>> =
         sqlx::query_scalar("SELECT child_pseudonym FROM referrals ORDER BY referred_at")

@@ -50,10 +50,7 @@ pub(crate) async fn consult(
     user: ActingUser,
     request: ConsultRequest,
 ) -> AgencyResult<ConsultResponse> {
-    if !matches!(
-        context.kind,
-        AgencyKind::School | AgencyKind::Residential
-    ) {
+    if !matches!(context.kind, AgencyKind::School | AgencyKind::Residential) {
         return Err(permission_denied(
             "consultations are for schools and residential institutions",
         ));
@@ -88,8 +85,14 @@ pub(crate) async fn consult(
         }),
         ..Envelope::default()
     };
-    let row = send_tracked(context, &user, envelope, &request_sha256, "a different consultation")
-        .await?;
+    let row = send_tracked(
+        context,
+        &user,
+        envelope,
+        &request_sha256,
+        "a different consultation",
+    )
+    .await?;
     Ok(ConsultResponse {
         message_id: row.message_id.unwrap_or_default(),
     })
@@ -102,7 +105,9 @@ pub(crate) async fn answer_consultation(
     request: AnswerConsultationRequest,
 ) -> AgencyResult<AnswerConsultationResponse> {
     if context.kind != AgencyKind::Commission {
-        return Err(permission_denied("only the commission answers consultations"));
+        return Err(permission_denied(
+            "only the commission answers consultations",
+        ));
     }
     let mut v = FieldViolations::new();
     if request.message_id.trim().is_empty() || request.message_id.len() > 100 {

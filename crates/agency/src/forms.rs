@@ -114,9 +114,7 @@ pub(crate) fn delivery_rank(state: DeliveryState) -> u8 {
     match state {
         DeliveryState::Unspecified => 0,
         DeliveryState::Queued => 1,
-        DeliveryState::Delivered
-        | DeliveryState::RefusedByRecipient
-        | DeliveryState::Withheld => 2,
+        DeliveryState::Delivered | DeliveryState::RefusedByRecipient | DeliveryState::Withheld => 2,
         DeliveryState::Answered => 3,
     }
 }

@@ -10,9 +10,9 @@ use referral_core::{
     tls::client_tls,
 };
 use referral_proto::v1::{
-    CaseView, DeliveryStatus, Envelope, GetDeliveryStatusRequest, ReadCaseRequest, RecordCaseEventRequest,
-    RecordCaseEventResponse, SendRequest, SendResponse, deadlines_client::DeadlinesClient,
-    gateway_client::GatewayClient,
+    CaseView, DeliveryStatus, Envelope, GetDeliveryStatusRequest, ReadCaseRequest,
+    RecordCaseEventRequest, RecordCaseEventResponse, SendRequest, SendResponse,
+    deadlines_client::DeadlinesClient, gateway_client::GatewayClient,
 };
 use tonic::{
     Code, Status,

@@ -16,16 +16,16 @@ use referral_core::{
 };
 use referral_proto::v1::{
     ActingUser, AgencyKind, AnswerConsultationRequest, AnswerConsultationResponse,
-    AnswerInformationRequestRequest, AnswerInformationRequestResponse, CaseView, ConsultRequest,
-    ConsultResponse, ReadSharedCaseRequest,
-    ConfidentialityLabel, DeadlineOverviewRequest, DeadlineOverviewResponse,
-    DecideHelpRequestRequest, DecideHelpRequestResponse, Envelope, FormKind, GetMessageRequest,
-    GetSentMessageRequest, InboxItem, ListDeadlinesRequest, ListDeadlinesResponse,
-    ListInboxRequest, ListInboxResponse, ListOverdueRequest, ListSentRequest, ListSentResponse,
-    ListStaffRequest, ListStaffResponse, Payload, PurposeOfUse, ReceivedMessage,
-    ReportActionProgressRequest, ReportActionProgressResponse, Role, SentItem, SentMessage,
-    StaffMember, SubmitHelpRequestRequest, SubmitHelpRequestResponse, WatchDeadlinesRequest,
-    WhoAmIRequest, WhoAmIResponse, agency_staff_server::AgencyStaff, payload::Form,
+    AnswerInformationRequestRequest, AnswerInformationRequestResponse, CaseView,
+    ConfidentialityLabel, ConsultRequest, ConsultResponse, DeadlineOverviewRequest,
+    DeadlineOverviewResponse, DecideHelpRequestRequest, DecideHelpRequestResponse, Envelope,
+    FormKind, GetMessageRequest, GetSentMessageRequest, InboxItem, ListDeadlinesRequest,
+    ListDeadlinesResponse, ListInboxRequest, ListInboxResponse, ListOverdueRequest,
+    ListSentRequest, ListSentResponse, ListStaffRequest, ListStaffResponse, Payload, PurposeOfUse,
+    ReadSharedCaseRequest, ReceivedMessage, ReportActionProgressRequest,
+    ReportActionProgressResponse, Role, SentItem, SentMessage, StaffMember,
+    SubmitHelpRequestRequest, SubmitHelpRequestResponse, WatchDeadlinesRequest, WhoAmIRequest,
+    WhoAmIResponse, agency_staff_server::AgencyStaff, payload::Form,
 };
 use tonic::{Request, Response, Status};
 
@@ -386,7 +386,9 @@ impl AgencyStaff for StaffApi {
         request: Request<ListSentRequest>,
     ) -> Result<Response<ListSentResponse>, Status> {
         let user = acting_user(&request)?;
-        Ok(Response::new(self.list_sent(&user, request.get_ref()).await?))
+        Ok(Response::new(
+            self.list_sent(&user, request.get_ref()).await?,
+        ))
     }
 
     async fn get_sent_message(
@@ -501,8 +503,7 @@ impl AgencyStaff for StaffApi {
 /// that implicates this agency's own director is seen only by the staff member who sent it, so
 /// that the director never sees it here either (M:2876-2882).
 fn kept_from(user: &ActingUser, own_agency: &str, envelope: &Envelope) -> bool {
-    let Some(Form::HelpRequest(k)) = envelope.payload.as_ref().and_then(|p| p.form.as_ref())
-    else {
+    let Some(Form::HelpRequest(k)) = envelope.payload.as_ref().and_then(|p| p.form.as_ref()) else {
         return false;
     };
     let implicates_us = k

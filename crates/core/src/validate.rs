@@ -17,9 +17,9 @@
 
 use jiff::{Span, Timestamp, civil::Date, tz::TimeZone};
 use referral_proto::v1::{
-    CalendarDate, ChildReferred, DecideHelpRequestRequest, HelpRequest, IncidentRole, ParentInfo,
-    ReportCircumstances, Consultation,
-    ReferralDestination, ReferringPerson, Sex, Signature, decide_help_request_request::Outcome,
+    CalendarDate, ChildReferred, Consultation, DecideHelpRequestRequest, HelpRequest, IncidentRole,
+    ParentInfo, ReferralDestination, ReferringPerson, ReportCircumstances, Sex, Signature,
+    decide_help_request_request::Outcome,
 };
 
 use crate::{error::FieldViolations, iin};
@@ -327,9 +327,24 @@ pub fn no_identity(v: &mut FieldViolations, field: &str, value: &str) {
 /// A consultation about a concern, without the child's or family's identity (P:153-157).
 pub fn consultation(c: &Consultation, v: &mut FieldViolations, prefix: &str) {
     let field = |name: &str| join(prefix, name);
-    text(v, &field("concern"), &c.concern, Text::required(10, LONG_TEXT_MAX).multiline());
-    text(v, &field("question"), &c.question, Text::required(3, 2000).multiline());
-    text(v, &field("consulted_by"), &c.consulted_by, Text::required(1, 200));
+    text(
+        v,
+        &field("concern"),
+        &c.concern,
+        Text::required(10, LONG_TEXT_MAX).multiline(),
+    );
+    text(
+        v,
+        &field("question"),
+        &c.question,
+        Text::required(3, 2000).multiline(),
+    );
+    text(
+        v,
+        &field("consulted_by"),
+        &c.consulted_by,
+        Text::required(1, 200),
+    );
     if c.child_age_years > 18 {
         v.add(field("child_age_years"), "at most 18");
     }
@@ -360,10 +375,7 @@ fn circumstances(c: &ReportCircumstances, v: &mut FieldViolations, prefix: &str)
     let role = IncidentRole::try_from(c.incident_role).unwrap_or(IncidentRole::Unspecified);
     if c.incident_reference.trim().is_empty() {
         if c.incident_role != 0 {
-            v.add(
-                field("incident_role"),
-                "only with an incident_reference",
-            );
+            v.add(field("incident_role"), "only with an incident_reference");
         }
     } else if role == IncidentRole::Unspecified {
         v.add(

@@ -195,8 +195,10 @@ fn dev_child_link_file(settings: &Settings) -> std::path::PathBuf {
 /// generates one. Like a private key, the file must be readable by its owner only.
 fn child_link_secret(settings: &Settings) -> anyhow::Result<Vec<u8>> {
     let gateway = &settings.config.gateway;
-    let (text, source) = match (gateway.inline_child_link_secret(), &gateway.child_link_secret_file)
-    {
+    let (text, source) = match (
+        gateway.inline_child_link_secret(),
+        &gateway.child_link_secret_file,
+    ) {
         (Some(inline), _) => (inline.to_owned(), "gateway.child_link_secret".to_owned()),
         (None, file) => {
             let path = match file {

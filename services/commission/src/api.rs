@@ -23,13 +23,13 @@ use referral_core::{
 };
 use referral_proto::v1::{
     ActingUser, ActionAssignment, ActionDeadline, ActionProgressState, CaseChange, CaseEventKind,
-    CaseFile, CaseStage, CloseCaseRequest, DisclosureGrant, GrantDisclosureRequest,
-    ListDisclosureGrantsRequest, ListDisclosureGrantsResponse, ListDisclosuresRequest,
-    ListDisclosuresResponse, RevokeDisclosureRequest, ClosureRecord, ConfidentialityLabel, DocumentChunk,
-    DocumentInfo, DownloadDocumentRequest, Envelope, FileAssessmentRequest, FileSupportPlanRequest,
-    FormKind, GetCaseRequest, InformationRequest, ListCasesRequest, ListCasesResponse, Payload,
-    PlanAction, PurposeOfUse, RecordContactRequest, RecordReviewRequest, ReopenCaseRequest,
-    RequestInformationRequest, ReviewDecision, ReviewMinutes, RiskLevel, UploadDocumentChunk,
+    CaseFile, CaseStage, CloseCaseRequest, ClosureRecord, ConfidentialityLabel, DisclosureGrant,
+    DocumentChunk, DocumentInfo, DownloadDocumentRequest, Envelope, FileAssessmentRequest,
+    FileSupportPlanRequest, FormKind, GetCaseRequest, GrantDisclosureRequest, InformationRequest,
+    ListCasesRequest, ListCasesResponse, ListDisclosureGrantsRequest, ListDisclosureGrantsResponse,
+    ListDisclosuresRequest, ListDisclosuresResponse, Payload, PlanAction, PurposeOfUse,
+    RecordContactRequest, RecordReviewRequest, ReopenCaseRequest, RequestInformationRequest,
+    ReviewDecision, ReviewMinutes, RevokeDisclosureRequest, RiskLevel, UploadDocumentChunk,
     case_files_server::CaseFiles, payload::Form, upload_document_chunk::Part,
 };
 use sqlx::AnyConnection;

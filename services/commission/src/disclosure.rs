@@ -201,9 +201,14 @@ impl CaseSource for CaseSourceApi {
             .await
             .map_err(Status::from)?
             .ok_or_else(|| Status::not_found("no such case"))?;
-        let file = read::case_file(&mut conn, &row, self.host.directory(), self.host.agency_id())
-            .await
-            .map_err(Status::from)?;
+        let file = read::case_file(
+            &mut conn,
+            &row,
+            self.host.directory(),
+            self.host.agency_id(),
+        )
+        .await
+        .map_err(Status::from)?;
         Ok(Response::new(file))
     }
 }
