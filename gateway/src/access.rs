@@ -273,6 +273,52 @@ pub(crate) async fn case_facts(
     Ok(Some(facts))
 }
 
+/// Remembers a case; false when one with this reference exists already.
+async fn insert_case(
+    tx: &mut Transaction<'static, Any>,
+    case_reference: &str,
+    commission: &AgencyEntry,
+    help_request_message_id: &str,
+    curator_user_id: &str,
+    now_us: i64,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO access_cases (case_reference, district_id, commission_agency_id, \
+         help_request_message_id, curator_user_id, is_open, opened_at) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT (case_reference) DO NOTHING",
+    )
+    .bind(case_reference)
+    .bind(&commission.district)
+    .bind(&commission.id)
+    .bind(help_request_message_id)
+    .bind(curator_user_id)
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Records how an agency relates to a case (once).
+async fn add_relation(
+    tx: &mut Transaction<'static, Any>,
+    case_reference: &str,
+    agency_id: &str,
+    relation: &str,
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO case_relations (case_reference, agency_id, relation, since) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (case_reference, agency_id, relation) DO NOTHING",
+    )
+    .bind(case_reference)
+    .bind(agency_id)
+    .bind(relation)
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// The facts of a report that has no case yet: its referrer and the commission it went to.
 pub(crate) fn referral_facts(r: &Referral) -> CaseFacts {
     CaseFacts {
@@ -530,17 +576,7 @@ impl Shared {
                 if sections.is_empty() {
                     return Err(denied("nothing of this case may reach that agency"));
                 }
-                sqlx::query(
-                    "INSERT INTO case_relations (case_reference, agency_id, relation, since) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (case_reference, agency_id, relation) \
-                     DO NOTHING",
-                )
-                .bind(&env.case_reference)
-                .bind(&recipient.id)
-                .bind(relation)
-                .bind(now_us)
-                .execute(&mut **tx)
-                .await?;
+                add_relation(tx, &env.case_reference, &recipient.id, relation, now_us).await?;
                 Ok(SendAccess {
                     sections,
                     copies: Vec::new(),
@@ -806,20 +842,16 @@ impl Shared {
                  another curator",
             ));
         }
-        let inserted = sqlx::query(
-            "INSERT INTO access_cases (case_reference, district_id, commission_agency_id, \
-             help_request_message_id, curator_user_id, is_open, opened_at) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT (case_reference) DO NOTHING",
+        let inserted = insert_case(
+            tx,
+            &opened.case_reference,
+            caller,
+            &referral.help_request_message_id,
+            &opened.curator_user_id,
+            now_us,
         )
-        .bind(&opened.case_reference)
-        .bind(&caller.district)
-        .bind(&caller.id)
-        .bind(&referral.help_request_message_id)
-        .bind(&opened.curator_user_id)
-        .bind(now_us)
-        .execute(&mut **tx)
         .await?;
-        if inserted.rows_affected() == 0 {
+        if !inserted {
             return Err(ServiceError::invalid_field(
                 "envelope.payload.help_request_decision.case_opened.case_reference",
                 "a case with this reference exists",
@@ -830,15 +862,13 @@ impl Shared {
             .bind(&referral.help_request_message_id)
             .execute(&mut **tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO case_relations (case_reference, agency_id, relation, since) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (case_reference, agency_id, relation) DO NOTHING",
+        add_relation(
+            tx,
+            &opened.case_reference,
+            &referral.referring_agency_id,
+            REFERRER,
+            now_us,
         )
-        .bind(&opened.case_reference)
-        .bind(&referral.referring_agency_id)
-        .bind(REFERRER)
-        .bind(now_us)
-        .execute(&mut **tx)
         .await?;
         Ok(())
     }
@@ -1551,18 +1581,14 @@ pub(crate) async fn on_case_event(
     // A case the gateway has not seen opened by a decision (one opened before the gateway knew
     // cases, or recorded by the commission alone) becomes known from its opening event.
     if kind == CaseEventKind::CaseOpened {
-        sqlx::query(
-            "INSERT INTO access_cases (case_reference, district_id, commission_agency_id, \
-             help_request_message_id, curator_user_id, is_open, opened_at) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT (case_reference) DO NOTHING",
+        insert_case(
+            tx,
+            &event.case_reference,
+            commission,
+            &event.help_request_message_id,
+            &event.curator_user_id,
+            now_us,
         )
-        .bind(&event.case_reference)
-        .bind(&commission.district)
-        .bind(&commission.id)
-        .bind(&event.help_request_message_id)
-        .bind(&event.curator_user_id)
-        .bind(now_us)
-        .execute(&mut **tx)
         .await?;
         if !event.help_request_message_id.is_empty() {
             sqlx::query(
