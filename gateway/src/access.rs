@@ -880,40 +880,18 @@ impl Shared {
         req: ReadCaseRequest,
     ) -> ServiceResult<CaseView> {
         let acting = req.acting_user.clone().unwrap_or_default();
-        check_read_request(&req.case_reference, req.purpose_of_use, &req.reason)?;
-        let principal = user_principal(caller, &acting)?;
-        let situation = Situation {
-            purpose: purpose_of(req.purpose_of_use),
-            reason_given: !req.reason.trim().is_empty(),
-        };
-        let now_us = time::to_micros(self.clock.now());
-        let mut conn = self.db.pool().acquire().await?;
-        let facts = case_facts(&mut conn, &req.case_reference, now_us).await?;
-        drop(conn);
-        let sections = match &facts {
-            Some(f) => self.policy.readable_sections(&principal, f, situation)?,
-            None => Sections::NONE,
-        };
-        if sections.is_empty() {
-            self.deny_read(caller, &acting, &req.case_reference, situation)
-                .await?;
-            return Err(denied("no access to that case"));
-        }
-        let Some(facts) = facts else {
-            return Err(denied("no access to that case"));
-        };
-        let broke_glass = self.broke_glass(&principal, &facts, situation, sections)?;
-        let file = self.export_case(&facts).await?;
-        self.disclose(
-            caller,
-            &acting,
-            &facts,
-            file,
-            (sections, broke_glass),
-            situation,
-            &req.reason,
-        )
-        .await
+        let read = self
+            .authorize_read(
+                caller,
+                &acting,
+                &req.case_reference,
+                req.purpose_of_use,
+                &req.reason,
+            )
+            .await?;
+        let file = self.export_case(&read.facts).await?;
+        self.disclose(caller, &acting, read, file, &req.reason)
+            .await
     }
 
     /// Reads of the commission's own staff: the file the commission holds, filtered.
@@ -934,38 +912,55 @@ impl Shared {
         } else {
             req.purpose_of_use
         };
-        check_read_request(&case_reference, purpose, &req.reason)?;
-        let principal = user_principal(caller, &acting)?;
+        let read = self
+            .authorize_read(caller, &acting, &case_reference, purpose, &req.reason)
+            .await?;
+        if read.facts.commission != caller.id {
+            self.deny_read(caller, &acting, &case_reference, read.situation)
+                .await?;
+            return Err(denied("no access to that case"));
+        }
+        self.disclose(caller, &acting, read, file, &req.reason)
+            .await
+    }
+
+    /// The policy's word on a read: the case's facts and the sections this person may see, or
+    /// (recorded) `PERMISSION_DENIED` when there are none, or no such case (the same answer, so
+    /// that a refusal does not tell whether the case exists).
+    async fn authorize_read(
+        &self,
+        caller: &AgencyEntry,
+        acting: &ActingUser,
+        case_reference: &str,
+        purpose: i32,
+        reason: &str,
+    ) -> ServiceResult<AuthorizedRead> {
+        check_read_request(case_reference, purpose, reason)?;
+        let principal = user_principal(caller, acting)?;
         let situation = Situation {
             purpose: purpose_of(purpose),
-            reason_given: !req.reason.trim().is_empty(),
+            reason_given: !reason.trim().is_empty(),
         };
         let now_us = time::to_micros(self.clock.now());
         let mut conn = self.db.pool().acquire().await?;
-        let facts = case_facts(&mut conn, &case_reference, now_us)
-            .await?
-            .filter(|f| f.commission == caller.id);
+        let facts = case_facts(&mut conn, case_reference, now_us).await?;
         drop(conn);
         let sections = match &facts {
             Some(f) => self.policy.readable_sections(&principal, f, situation)?,
             None => Sections::NONE,
         };
         let Some(facts) = facts.filter(|_| !sections.is_empty()) else {
-            self.deny_read(caller, &acting, &case_reference, situation)
+            self.deny_read(caller, acting, case_reference, situation)
                 .await?;
             return Err(denied("no access to that case"));
         };
         let broke_glass = self.broke_glass(&principal, &facts, situation, sections)?;
-        self.disclose(
-            caller,
-            &acting,
-            &facts,
-            file,
-            (sections, broke_glass),
+        Ok(AuthorizedRead {
+            facts,
+            sections,
+            broke_glass,
             situation,
-            &req.reason,
-        )
-        .await
+        })
     }
 
     /// Whether a read with purpose BREAK_THE_GLASS showed more than the same person sees
@@ -1017,19 +1012,23 @@ impl Shared {
         .await
     }
 
-    /// Filters the file to `sections`, records the read (and alerts the curator when the glass
-    /// was broken), and answers the view.
-    #[allow(clippy::too_many_arguments)]
+    /// Filters the file to the sections allowed, records the read (and alerts the curator when
+    /// the glass was broken), and answers the view.
     async fn disclose(
         &self,
         caller: &AgencyEntry,
         acting: &ActingUser,
-        facts: &CaseFacts,
+        read: AuthorizedRead,
         file: CaseFile,
-        (sections, broke_glass): (Sections, bool),
-        situation: Situation,
         reason: &str,
     ) -> ServiceResult<CaseView> {
+        let AuthorizedRead {
+            facts,
+            sections,
+            broke_glass,
+            situation,
+        } = read;
+        let facts = &facts;
         let mut shown = self
             .views
             .filter(&file, "referral.v1.CaseFile", sections, &caller.id)
@@ -1540,6 +1539,14 @@ impl Shared {
             next_after_seq,
         })
     }
+}
+
+/// A read the policy allows: what it may show.
+struct AuthorizedRead {
+    facts: CaseFacts,
+    sections: Sections,
+    broke_glass: bool,
+    situation: Situation,
 }
 
 /// The checks of a read request's own fields.
