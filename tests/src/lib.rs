@@ -866,6 +866,61 @@ impl StaffClient {
             .items
     }
 
+    /// Reads a case through the hub (`ReadSharedCase`), or the refusal.
+    pub async fn read_shared(
+        &self,
+        case: &str,
+        purpose: referral_proto::v1::PurposeOfUse,
+    ) -> Result<referral_proto::v1::CaseView, tonic::Status> {
+        self.client
+            .clone()
+            .read_shared_case(self.req(referral_proto::v1::ReadSharedCaseRequest {
+                case_reference: case.into(),
+                purpose_of_use: purpose as i32,
+                reason: String::new(),
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The commission grants `agency` one section of a case until `expires` (commission staff).
+    pub async fn grant(
+        &self,
+        case: &str,
+        agency: &str,
+        section: referral_proto::v1::Sensitivity,
+        expires: jiff::Timestamp,
+        reason: &str,
+    ) -> Result<referral_proto::v1::DisclosureGrant, tonic::Status> {
+        self.case_files()
+            .grant_disclosure(self.req(referral_proto::v1::GrantDisclosureRequest {
+                case_reference: case.into(),
+                grantee_agency_id: agency.into(),
+                section: section as i32,
+                expires_at: Some(referral_core::time::to_proto(expires)),
+                reason: reason.into(),
+                ..Default::default()
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The first thousand entries of the disclosure history of a case's child (commission
+    /// staff), or the refusal.
+    pub async fn disclosures(
+        &self,
+        case: &str,
+    ) -> Result<Vec<referral_proto::v1::DisclosureRecord>, tonic::Status> {
+        self.case_files()
+            .list_disclosures(self.req(referral_proto::v1::ListDisclosuresRequest {
+                case_reference: case.into(),
+                page_size: 1000,
+                ..Default::default()
+            }))
+            .await
+            .map(|r| r.into_inner().records)
+    }
+
     /// The same connection, calling with another bearer token.
     pub fn with_token(&self, token: impl Into<String>) -> StaffClient {
         StaffClient {

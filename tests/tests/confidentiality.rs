@@ -12,13 +12,13 @@
 use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
 use referral_core::iin::Iin;
 use referral_proto::v1::{
-    ActingUser, AnswerConsultationRequest, CaseFile, CaseView, ConfidentialityLabel,
-    ConsultRequest, Consultation, DeliveryState, FileAssessmentRequest, FileSupportPlanRequest,
-    FormKind, GetCaseRequest, GetMessageRequest, GetSentMessageRequest, GrantDisclosureRequest,
-    HelpRequest, IncidentRole, IncidentSummary, ListDisclosuresRequest, OpenCase, Payload,
-    PurposeOfUse, ReadSharedCaseRequest, ReportCircumstances, RequestInformationRequest,
-    RevokeDisclosureRequest, RiskLevel, Role, SendRequest, Sensitivity, Sex,
-    decide_help_request_request::Outcome, help_request_decision, payload,
+    ActingUser, AnswerConsultationRequest, CaseFile, ConfidentialityLabel, ConsultRequest,
+    Consultation, DeliveryState, FileAssessmentRequest, FileSupportPlanRequest, FormKind,
+    GetCaseRequest, GetMessageRequest, GetSentMessageRequest, GrantDisclosureRequest, HelpRequest,
+    IncidentRole, IncidentSummary, OpenCase, Payload, PurposeOfUse, ReadSharedCaseRequest,
+    ReportCircumstances, RequestInformationRequest, RevokeDisclosureRequest, RiskLevel, Role,
+    SendRequest, Sensitivity, Sex, decide_help_request_request::Outcome, help_request_decision,
+    payload,
 };
 use referral_tests::{
     Backend, StaffClient, TestHub, both_backends,
@@ -74,23 +74,6 @@ async fn open(
         Some(help_request_decision::Outcome::CaseOpened(c)) => Ok(c.case_reference),
         other => panic!("expected a case, got {other:?}"),
     }
-}
-
-async fn read_shared(
-    staff: &StaffClient,
-    case: &str,
-    purpose: PurposeOfUse,
-) -> Result<CaseView, tonic::Status> {
-    staff
-        .client
-        .clone()
-        .read_shared_case(staff.req(ReadSharedCaseRequest {
-            case_reference: case.into(),
-            purpose_of_use: purpose as i32,
-            reason: String::new(),
-        }))
-        .await
-        .map(|r| r.into_inner())
 }
 
 async fn get_case(
@@ -289,7 +272,7 @@ async fn nothing_flows_back_to_the_institution_a_child_disclosed_about(backend: 
         PurposeOfUse::CoordinationOfCare,
         PurposeOfUse::AggregateReporting,
     ] {
-        let status = read_shared(&director, &case, purpose).await.unwrap_err();
+        let status = director.read_shared(&case, purpose).await.unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied);
     }
     // Every refusal is in the ledger.
@@ -379,7 +362,8 @@ async fn a_report_implicating_the_director_bypasses_and_never_reaches_them(backe
     // And reading the case through the hub is refused to everyone there.
     for user in ["director", "staff"] {
         let someone = hub.staff("residential-1", user).await;
-        let status = read_shared(&someone, &case, PurposeOfUse::CoordinationOfCare)
+        let status = someone
+            .read_shared(&case, PurposeOfUse::CoordinationOfCare)
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied);
@@ -673,7 +657,8 @@ async fn aggregate_reports_carry_no_identity(backend: Backend) {
             .all(|c| c.assessment.is_none() && c.support_plan.is_none())
     );
     let ngo = hub.staff("ngo-1", "case-manager").await;
-    let view = read_shared(&ngo, &case, PurposeOfUse::AggregateReporting)
+    let view = ngo
+        .read_shared(&case, PurposeOfUse::AggregateReporting)
         .await
         .unwrap();
     assert_eq!(view.sections_shown, vec![Sensitivity::CaseStatus as i32]);
@@ -749,7 +734,8 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
     assert_eq!(status.code(), Code::PermissionDenied);
     // The NGO carrying a row: its own row, the curator's contact; never L or M.
     let ngo = hub.staff("ngo-1", "case-manager").await;
-    let view = read_shared(&ngo, &case, PurposeOfUse::CoordinationOfCare)
+    let view = ngo
+        .read_shared(&case, PurposeOfUse::CoordinationOfCare)
         .await
         .unwrap();
     let file = view.case_file.unwrap();
@@ -766,7 +752,8 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
     assert!(file.help_request.is_none() || !has_identity(&file));
     // The referring school: the status, the curator's contact and the next review date.
     let school = hub.staff("school-1", "director").await;
-    let view = read_shared(&school, &case, PurposeOfUse::CoordinationOfCare)
+    let view = school
+        .read_shared(&case, PurposeOfUse::CoordinationOfCare)
         .await
         .unwrap();
     let file = view.case_file.unwrap();
@@ -777,7 +764,8 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
     assert!(file.cycles.iter().all(|c| c.actions.is_empty()));
     // An agency with no part in the case: refused.
     let police = hub.staff("police-1", "inspector").await;
-    let status = read_shared(&police, &case, PurposeOfUse::LawEnforcement)
+    let status = police
+        .read_shared(&case, PurposeOfUse::LawEnforcement)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -785,20 +773,18 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
     // A grant of L to the NGO for one hour.
     let expires = hub.clock.now() + SignedDuration::from_hours(1);
     let grant = curator
-        .case_files()
-        .grant_disclosure(curator.req(GrantDisclosureRequest {
-            case_reference: case.clone(),
-            grantee_agency_id: "ngo-1".into(),
-            section: Sensitivity::Assessment as i32,
-            expires_at: Some(referral_core::time::to_proto(expires)),
-            reason: "Психолог баланың бағалауын көруі керек".into(),
-            ..Default::default()
-        }))
+        .grant(
+            &case,
+            "ngo-1",
+            Sensitivity::Assessment,
+            expires,
+            "Психолог баланың бағалауын көруі керек",
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(grant.active);
-    let file = read_shared(&ngo, &case, PurposeOfUse::CoordinationOfCare)
+    let file = ngo
+        .read_shared(&case, PurposeOfUse::CoordinationOfCare)
         .await
         .unwrap()
         .case_file
@@ -808,7 +794,8 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
     // Another NGO gains nothing from it.
     let other = hub.staff("ngo-2", "case-manager").await;
     assert_eq!(
-        read_shared(&other, &case, PurposeOfUse::CoordinationOfCare)
+        other
+            .read_shared(&case, PurposeOfUse::CoordinationOfCare)
             .await
             .unwrap_err()
             .code(),
@@ -816,7 +803,8 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
     );
     // One hour and a minute later, refused again.
     hub.clock.advance(SignedDuration::from_mins(61));
-    let file = read_shared(&ngo, &case, PurposeOfUse::CoordinationOfCare)
+    let file = ngo
+        .read_shared(&case, PurposeOfUse::CoordinationOfCare)
         .await
         .unwrap()
         .case_file
@@ -825,22 +813,17 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
 
     // A revoked grant gives nothing either.
     let grant = curator
-        .case_files()
-        .grant_disclosure(curator.req(GrantDisclosureRequest {
-            case_reference: case.clone(),
-            grantee_agency_id: "ngo-1".into(),
-            section: Sensitivity::Plan as i32,
-            expires_at: Some(referral_core::time::to_proto(
-                hub.clock.now() + SignedDuration::from_hours(24),
-            )),
-            reason: "Жоспарды бірге қарау".into(),
-            ..Default::default()
-        }))
+        .grant(
+            &case,
+            "ngo-1",
+            Sensitivity::Plan,
+            hub.clock.now() + SignedDuration::from_hours(24),
+            "Жоспарды бірге қарау",
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(has_plan(
-        &read_shared(&ngo, &case, PurposeOfUse::CoordinationOfCare)
+        &ngo.read_shared(&case, PurposeOfUse::CoordinationOfCare)
             .await
             .unwrap()
             .case_file
@@ -855,7 +838,7 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
         .await
         .unwrap();
     assert!(!has_plan(
-        &read_shared(&ngo, &case, PurposeOfUse::CoordinationOfCare)
+        &ngo.read_shared(&case, PurposeOfUse::CoordinationOfCare)
             .await
             .unwrap()
             .case_file
@@ -875,33 +858,19 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
     assert_eq!(status.code(), Code::InvalidArgument);
     let other_curator = hub.staff("commission", "curator-2").await;
     let status = other_curator
-        .case_files()
-        .grant_disclosure(other_curator.req(GrantDisclosureRequest {
-            case_reference: case.clone(),
-            grantee_agency_id: "ngo-2".into(),
-            section: Sensitivity::Assessment as i32,
-            expires_at: Some(referral_core::time::to_proto(
-                hub.clock.now() + SignedDuration::from_hours(1),
-            )),
-            reason: "Маған керек".into(),
-            ..Default::default()
-        }))
+        .grant(
+            &case,
+            "ngo-2",
+            Sensitivity::Assessment,
+            hub.clock.now() + SignedDuration::from_hours(1),
+            "Маған керек",
+        )
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 
     // Grants, revocations, reads and denials are all in the child's disclosure history.
-    let history = curator
-        .case_files()
-        .list_disclosures(curator.req(ListDisclosuresRequest {
-            case_reference: case.clone(),
-            page_size: 1000,
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let history = curator.disclosures(&case).await.unwrap();
     let events: Vec<&str> = history.iter().map(|r| r.event.as_str()).collect();
     for expected in [
         "message.accepted",
@@ -928,15 +897,7 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
             .any(|r| r.event == "access.denied" && r.agency_id == "police-1")
     );
     // The NGO may not list the history.
-    let ngo_as_commission = ngo.case_files();
-    let status = ngo_as_commission
-        .clone()
-        .list_disclosures(ngo.req(ListDisclosuresRequest {
-            case_reference: case.clone(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap_err();
+    let status = ngo.disclosures(&case).await.unwrap_err();
     assert!(
         matches!(
             status.code(),
@@ -1024,17 +985,7 @@ async fn breaking_the_glass_is_allowed_recorded_and_alerted(backend: Backend) {
         }
         other => panic!("expected a disclosure alert, got {other:?}"),
     }
-    let history = curator
-        .case_files()
-        .list_disclosures(curator.req(ListDisclosuresRequest {
-            case_reference: case.clone(),
-            page_size: 1000,
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let history = curator.disclosures(&case).await.unwrap();
     let btg: Vec<_> = history
         .iter()
         .filter(|r| r.event == "case.read" && r.purpose_of_use == "PURPOSE_OF_USE_BREAK_THE_GLASS")
@@ -1115,7 +1066,8 @@ async fn referrals_of_one_child_are_linked_for_the_commission_only(backend: Back
         assert!(envelope.linked_referrals.is_empty());
         assert_ne!(envelope.sender_agency_id, "school-1");
     }
-    let status = read_shared(&doctor, &case, PurposeOfUse::Treatment)
+    let status = doctor
+        .read_shared(&case, PurposeOfUse::Treatment)
         .await
         .unwrap_err();
     assert_eq!(

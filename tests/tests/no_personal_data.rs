@@ -41,14 +41,14 @@ use referral_core::{
 };
 use referral_proto::v1::{
     ActionProgressState, AnswerConsultationRequest, AnswerInformationRequestRequest, Assessment,
-    CaseFile, CaseView, CloseCaseRequest, ClosureCriterion, ConsultRequest, Consultation, Contact,
+    CaseFile, CloseCaseRequest, ClosureCriterion, ConsultRequest, Consultation, Contact,
     ContactMethod, Envelope, FileAssessmentRequest, FileSupportPlanRequest, FormKind,
     GetCaseRequest, GetMessageRequest, GetSentMessageRequest, GrantDisclosureRequest, HelpRequest,
-    ListDisclosuresRequest, OpenCase, Payload, PlanAction, PlanReview, PurposeOfUse,
-    ReadSharedCaseRequest, RecordContactRequest, RecordReviewRequest, ReportActionProgressRequest,
-    ReportCircumstances, RequestInformationRequest, ReviewDecision, RevokeDisclosureRequest,
-    RiskLevel, Role, SendRequest, Sensitivity, Sex, SupportPlan, decide_help_request_request,
-    help_request_decision, payload,
+    OpenCase, Payload, PlanAction, PlanReview, PurposeOfUse, RecordContactRequest,
+    RecordReviewRequest, ReportActionProgressRequest, ReportCircumstances,
+    RequestInformationRequest, ReviewDecision, RevokeDisclosureRequest, RiskLevel, Role,
+    SendRequest, Sensitivity, Sex, SupportPlan, decide_help_request_request, help_request_decision,
+    payload,
 };
 use referral_tests::{
     Backend, StaffClient, TestHub, envelope,
@@ -358,24 +358,6 @@ async fn read_case(
         .map(tonic::Response::into_inner)
 }
 
-/// Another agency's staff reading the case through the hub (`ReadSharedCase`), or the refusal.
-async fn read_shared(
-    staff: &StaffClient,
-    case: &str,
-    purpose: PurposeOfUse,
-) -> Result<CaseView, Status> {
-    staff
-        .client
-        .clone()
-        .read_shared_case(staff.req(ReadSharedCaseRequest {
-            case_reference: case.into(),
-            purpose_of_use: purpose as i32,
-            reason: String::new(),
-        }))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 fn has_assessment(file: &CaseFile) -> bool {
     file.cycles.iter().any(|c| c.assessment.is_some())
 }
@@ -649,23 +631,26 @@ async fn case_reviewed_and_closed(
 /// police (with no part in the case) are refused, and an aggregate read shows the status only.
 async fn case_read_through_the_hub(hub: &TestHub, case: &str, refusals: &mut Refusals) {
     let school = hub.staff("school-1", "director").await;
-    let view = read_shared(&school, case, PurposeOfUse::CoordinationOfCare)
+    let view = school
+        .read_shared(case, PurposeOfUse::CoordinationOfCare)
         .await
         .expect("the referring school reads the case's status");
     assert!(!has_assessment(view.case_file.as_ref().expect("a file")));
     let ngo = hub.staff("ngo-1", "case-manager").await;
-    let view = read_shared(&ngo, case, PurposeOfUse::CoordinationOfCare)
+    let view = ngo
+        .read_shared(case, PurposeOfUse::CoordinationOfCare)
         .await
         .expect("the NGO reads its work");
     assert!(!has_assessment(view.case_file.as_ref().expect("a file")));
     let police = hub.staff("police-1", "inspector").await;
-    let result = read_shared(&police, case, PurposeOfUse::LawEnforcement).await;
+    let result = police.read_shared(case, PurposeOfUse::LawEnforcement).await;
     refusals.record(
         "the police reading a case they have no part in",
         Code::PermissionDenied,
         result,
     );
-    let view = read_shared(&ngo, case, PurposeOfUse::AggregateReporting)
+    let view = ngo
+        .read_shared(case, PurposeOfUse::AggregateReporting)
         .await
         .expect("an aggregate read");
     assert_eq!(view.sections_shown, vec![Sensitivity::CaseStatus as i32]);
@@ -695,7 +680,7 @@ async fn assessment_granted_to_the_ngo(hub: &TestHub, child: &Child, case: &str)
     let shared = |what: &'static str| {
         let ngo = &ngo;
         async move {
-            read_shared(ngo, case, PurposeOfUse::CoordinationOfCare)
+            ngo.read_shared(case, PurposeOfUse::CoordinationOfCare)
                 .await
                 .expect(what)
                 .case_file
@@ -758,17 +743,7 @@ async fn glass_broken_by_the_chair(
 /// The curator lists the case's disclosure history.
 async fn disclosure_history_listed(hub: &TestHub, case: &str) {
     let curator = hub.staff("commission", "curator-1").await;
-    let records = curator
-        .case_files()
-        .list_disclosures(curator.req(ListDisclosuresRequest {
-            case_reference: case.into(),
-            page_size: 1000,
-            ..Default::default()
-        }))
-        .await
-        .expect("the history lists")
-        .into_inner()
-        .records;
+    let records = curator.disclosures(case).await.expect("the history lists");
     let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
     for expected in [
         "case.read",
@@ -820,7 +795,9 @@ async fn reports_about_her_institution(hub: &TestHub, child: &Child, refusals: &
         result,
     );
     let director = hub.staff("residential-1", "director").await;
-    let result = read_shared(&director, &case, PurposeOfUse::CoordinationOfCare).await;
+    let result = director
+        .read_shared(&case, PurposeOfUse::CoordinationOfCare)
+        .await;
     refusals.record(
         "her institution reading the case",
         Code::PermissionDenied,
