@@ -26,6 +26,15 @@ CREATE INDEX referrals_by_child ON referrals (child_pseudonym);
 CREATE INDEX referrals_by_case ON referrals (case_reference);
 CREATE INDEX referrals_by_incident ON referrals (incident_reference);
 
+-- Messages that carry or answer a report outside any case: its copies to the police (a report
+-- implicating a director), the decision on it. A child's disclosure history includes them.
+CREATE TABLE report_messages (
+    message_id              TEXT PRIMARY KEY,
+    help_request_message_id TEXT NOT NULL
+);
+
+CREATE INDEX report_messages_by_report ON report_messages (help_request_message_id);
+
 -- One row per case the commission opened through the gateway.
 CREATE TABLE access_cases (
     case_reference          TEXT PRIMARY KEY,

@@ -298,6 +298,24 @@ async fn insert_case(
     Ok(inserted.rows_affected() == 1)
 }
 
+/// Remembers a message that carries (or answers) a report without belonging to a case: a copy
+/// of the report to the police, the decision on it. The child's disclosure history lists them.
+async fn remember_report_message(
+    tx: &mut Transaction<'static, Any>,
+    help_request_message_id: &str,
+    message_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO report_messages (help_request_message_id, message_id) VALUES ($1, $2) \
+         ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(help_request_message_id)
+    .bind(message_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Records how an agency relates to a case (once).
 async fn add_relation(
     tx: &mut Transaction<'static, Any>,
@@ -336,20 +354,22 @@ pub(crate) fn referral_facts(r: &Referral) -> CaseFacts {
     }
 }
 
-/// "incident|role" of every open case the user is curator of.
+/// "incident|role" of every open case, other than `except_case`, the user is curator of.
 async fn incident_parties(
     conn: &mut sqlx::AnyConnection,
     commission: &str,
     user_id: &str,
+    except_case: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT r.incident_reference, r.incident_role FROM access_cases c \
          JOIN referrals r ON r.case_reference = c.case_reference \
          WHERE c.commission_agency_id = $1 AND c.curator_user_id = $2 AND c.is_open = 1 \
-         AND r.incident_reference <> ''",
+         AND r.incident_reference <> '' AND c.case_reference <> $3",
     )
     .bind(commission)
     .bind(user_id)
+    .bind(except_case)
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
@@ -516,6 +536,12 @@ impl Shared {
         };
         match form {
             Some(payload::Form::HelpRequest(k)) => {
+                if !env.case_reference.is_empty() {
+                    return Err(ServiceError::invalid_field(
+                        "envelope.case_reference",
+                        "must be empty: a help request belongs to no case yet",
+                    ));
+                }
                 self.accept_referral(tx, caller, recipient, env, &k, now_us)
                     .await
             }
@@ -527,12 +553,24 @@ impl Shared {
                     opened,
                 )) = &d.outcome
                 {
+                    if !env.case_reference.is_empty() && env.case_reference != opened.case_reference
+                    {
+                        return Err(ServiceError::invalid_field(
+                            "envelope.case_reference",
+                            "must be the case the decision opens",
+                        ));
+                    }
                     self.open_case(tx, caller, &referral, opened, now_us)
                         .await?;
-                    if env.case_reference.is_empty() {
-                        env.case_reference = opened.case_reference.clone();
-                    }
+                    env.case_reference = opened.case_reference.clone();
+                } else if !env.case_reference.is_empty() {
+                    return Err(ServiceError::invalid_field(
+                        "envelope.case_reference",
+                        "must be empty: no case was opened",
+                    ));
                 }
+                remember_report_message(tx, &referral.help_request_message_id, &env.message_id)
+                    .await?;
                 let facts = referral_facts(&referral);
                 let sections = self.recipient_view(recipient, &facts, situation)?;
                 Ok(SendAccess {
@@ -555,7 +593,8 @@ impl Shared {
                     .await?
                     .ok_or_else(|| denied("the gateway knows no such case"))?;
                 if facts.commission != caller.id {
-                    return Err(denied("the case belongs to another commission"));
+                    // The same answer as for no case at all: a refusal tells nothing.
+                    return Err(denied("the gateway knows no such case"));
                 }
                 let sender = user_principal(caller, &acting)?;
                 if !self
@@ -618,8 +657,9 @@ impl Shared {
         }
     }
 
-    /// A case event's action rows must not name an agency the case must never reach.
-    pub(crate) async fn check_event_reach(
+    /// A case event may not put its curator on both sides of an incident, nor give a row to an
+    /// agency the case must never reach.
+    pub(crate) async fn check_event_access(
         &self,
         caller: &AgencyEntry,
         acting: &ActingUser,
@@ -627,15 +667,61 @@ impl Shared {
     ) -> ServiceResult<()> {
         let now_us = time::to_micros(self.clock.now());
         let mut conn = self.db.pool().acquire().await?;
-        let Some(facts) = case_facts(&mut conn, &event.case_reference, now_us).await? else {
+        let facts = match case_facts(&mut conn, &event.case_reference, now_us).await? {
+            Some(facts) => Some(facts),
+            // A case opened by its event alone: the facts of the report it was opened on.
+            None => referral_by_message(&mut *conn, &event.help_request_message_id)
+                .await?
+                .filter(|r| r.commission_agency_id == caller.id)
+                .map(|r| CaseFacts {
+                    id: event.case_reference.clone(),
+                    ..referral_facts(&r)
+                }),
+        };
+        let Some(facts) = facts else {
             return Ok(());
+        };
+        // Whoever the event makes (or keeps) curator must be allowed to hold the case: a case
+        // reopened, opened or handed over never puts one curator on both sides of an incident.
+        let kind = CaseEventKind::try_from(event.kind).unwrap_or(CaseEventKind::Unspecified);
+        let curator = event.curator_user_id.trim();
+        let takes_hold = matches!(
+            kind,
+            CaseEventKind::CaseOpened | CaseEventKind::CaseReopened
+        ) || (!curator.is_empty() && !facts.team.iter().any(|t| t == curator));
+        let holder_refused = if takes_hold && !curator.is_empty() {
+            let holder = Principal {
+                agency_id: caller.id.clone(),
+                kind: caller.kind(),
+                district: caller.district.clone(),
+                user: Some(PrincipalUser {
+                    user_id: curator.to_owned(),
+                    role: Role::CommissionCurator,
+                    incident_parties: incident_parties(
+                        &mut conn,
+                        &caller.id,
+                        curator,
+                        &event.case_reference,
+                    )
+                    .await?,
+                }),
+            };
+            let situation = Situation {
+                purpose: PurposeOfUse::CareManagement,
+                reason_given: false,
+            };
+            !self
+                .policy
+                .decide(&holder, Action::HoldCase, &facts, situation)?
+        } else {
+            false
         };
         drop(conn);
         let reaches_excluded = event
             .actions
             .iter()
             .any(|a| facts.excluded_agencies.contains(&a.responsible_agency_id));
-        if !reaches_excluded {
+        if !reaches_excluded && !holder_refused {
             return Ok(());
         }
         record_denial(
@@ -655,9 +741,12 @@ impl Shared {
             },
         )
         .await?;
-        Err(denied(
-            "event.actions: a row may not be assigned to an agency this case must never reach",
-        ))
+        Err(denied(if holder_refused {
+            "event.curator_user_id: this curator holds the case of the other side of the same \
+             incident"
+        } else {
+            "event.actions: a row may not be assigned to an agency this case must never reach"
+        }))
     }
 
     /// The agencies a report (a help request, or the decision on one) must never reach.
@@ -797,6 +886,7 @@ impl Shared {
                 copy.idempotency_key = format!("{}#direct:{}", env.idempotency_key, police.id);
                 copy.recipient_agency_id = police.id.clone();
                 copy.linked_referrals.clear();
+                remember_report_message(tx, &env.message_id, &copy.message_id).await?;
                 copies.push(copy);
             }
         }
@@ -826,7 +916,13 @@ impl Shared {
             user: Some(PrincipalUser {
                 user_id: opened.curator_user_id.clone(),
                 role: Role::CommissionCurator,
-                incident_parties: incident_parties(tx, &caller.id, &opened.curator_user_id).await?,
+                incident_parties: incident_parties(
+                    tx,
+                    &caller.id,
+                    &opened.curator_user_id,
+                    &opened.case_reference,
+                )
+                .await?,
             }),
         };
         let situation = Situation {
@@ -1252,6 +1348,14 @@ impl Shared {
         let (facts, _) = self
             .managed_case(caller, &acting, &req.case_reference, Action::ManageGrants)
             .await?;
+        if req.grantee_agency_id == facts.commission {
+            // Inside the commission a case is read by its team, or by the chair breaking the
+            // glass (recorded and alerted); a grant would be a quiet way around both.
+            return Err(denied(
+                "grants are for other agencies: the commission's own staff read a case as its \
+                 team, or the chair by breaking the glass",
+            ));
+        }
         let grant_id = uuid::Uuid::now_v7().to_string();
         let expires_us = expires_us.unwrap_or(now_us);
         let mut tx = self.db.begin().await?;
@@ -1457,10 +1561,19 @@ impl Shared {
         if !cases.contains(&facts.id) {
             cases.push(facts.id.clone());
         }
-        let messages: Vec<String> = referrals
+        let mut messages: Vec<String> = referrals
             .iter()
             .map(|r| r.help_request_message_id.clone())
             .collect();
+        for r in &referrals {
+            let carried: Vec<String> = sqlx::query_scalar(
+                "SELECT message_id FROM report_messages WHERE help_request_message_id = $1",
+            )
+            .bind(&r.help_request_message_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            messages.extend(carried);
+        }
         let page = match req.page_size {
             0 => 100,
             n => n.min(1000),

@@ -473,6 +473,10 @@ impl Shared {
             _ => {}
         }
 
+        // What only the gateway sets is never taken from a client.
+        env.linked_referrals.clear();
+        env.view_sections.clear();
+
         // 4. The form itself.
         let now = self.clock.now();
         let mut v = FieldViolations::new();

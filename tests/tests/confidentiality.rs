@@ -368,6 +368,16 @@ async fn a_report_implicating_the_director_bypasses_and_never_reaches_them(backe
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied);
     }
+    // The copy that went to the police, and the withheld decision, are in the child's history.
+    let curator = hub.staff("commission", "curator-1").await;
+    let history = curator.disclosures(&case).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|r| r.event == "message.delivered" && r.agency_id == "police-1"),
+        "{history:?}"
+    );
+    assert!(history.iter().any(|r| r.event == "message.withheld"));
     hub.shutdown().await;
 }
 
@@ -411,7 +421,7 @@ async fn one_curator_never_holds_both_sides_of_an_incident(backend: Backend) {
         "the refused decision opened nothing"
     );
     // Another curator may take it.
-    let case = open(
+    let offender_case = open(
         &hub,
         &offender_k,
         "incident-offender-decision-2",
@@ -419,7 +429,32 @@ async fn one_curator_never_holds_both_sides_of_an_incident(backend: Backend) {
     )
     .await
     .unwrap();
-    assert!(!case.is_empty());
+    // Nor can a case event hand the offender's case to the victim's curator.
+    let commission = hub.gateway_client_as("commission").await;
+    let handover = referral_proto::v1::RecordCaseEventRequest {
+        idempotency_key: "incident-handover".into(),
+        acting_user: Some(ActingUser {
+            user_id: "secretary".into(),
+            agency_id: "commission".into(),
+            role: Role::CommissionSecretary as i32,
+            display_name: String::new(),
+        }),
+        event: Some(referral_proto::v1::CaseEvent {
+            case_reference: offender_case.clone(),
+            kind: referral_proto::v1::CaseEventKind::CaseReopened as i32,
+            occurred_at: Some(referral_core::time::to_proto(hub.clock.now())),
+            curator_user_id: "curator-1".into(),
+            cycle: 2,
+            ..Default::default()
+        }),
+    };
+    let refused = commission
+        .clone()
+        .record_case_event(handover)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("curator_user_id"), "{refused:?}");
     hub.shutdown().await;
 }
 
@@ -732,6 +767,28 @@ async fn the_case_file_is_for_the_team_and_grants_that_expire(backend: Backend) 
         .expect("the curator reads the record");
     let status = download(&secretary).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
+    // The register shows the secretary no risk level (the assessment's finding).
+    let listed = secretary
+        .case_files()
+        .list_cases(secretary.req(referral_proto::v1::ListCasesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .cases;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].risk_level, RiskLevel::Unspecified as i32);
+    // Nor may the secretary grant the commission (or herself) what its team keeps.
+    let status = secretary
+        .grant(
+            &case,
+            "commission",
+            Sensitivity::Assessment,
+            hub.clock.now() + SignedDuration::from_hours(1),
+            "Отырысқа дайындық",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
     // The NGO carrying a row: its own row, the curator's contact; never L or M.
     let ngo = hub.staff("ngo-1", "case-manager").await;
     let view = ngo
@@ -966,6 +1023,20 @@ async fn breaking_the_glass_is_allowed_recorded_and_alerted(backend: Backend) {
     let curator = hub.staff("commission", "curator-1").await;
     let alerts = curator.inbox_of(FormKind::DisclosureAlert).await;
     assert_eq!(alerts.len(), 1, "the curator is alerted once");
+    // The commission's inbox shows a case's messages to its curator only.
+    for other in ["curator-2", "secretary"] {
+        let other = hub.staff("commission", other).await;
+        assert!(other.inbox_of(FormKind::DisclosureAlert).await.is_empty());
+        let status = other
+            .client
+            .clone()
+            .get_message(other.req(GetMessageRequest {
+                message_id: alerts[0].message_id.clone(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
     let alert = curator
         .client
         .clone()
@@ -1045,6 +1116,62 @@ async fn referrals_of_one_child_are_linked_for_the_commission_only(backend: Back
     assert_eq!(linked[0].case_reference, case);
     assert!(received(first.clone()).await.linked_referrals.is_empty());
     assert!(received(other.clone()).await.linked_referrals.is_empty());
+    // A case opened on the second referral: health-1 reading it learns nothing of the first.
+    let second_case = open(&hub, &second, "link-decision-2", "curator-2")
+        .await
+        .unwrap();
+    hub.deliver_everything().await;
+    let view = doctor
+        .read_shared(&second_case, PurposeOfUse::CoordinationOfCare)
+        .await
+        .unwrap();
+    let shown_k = view.case_file.unwrap().help_request.unwrap_or_default();
+    assert!(shown_k.linked_referrals.is_empty(), "{shown_k:?}");
+    // Links only the gateway makes: a client's own are dropped.
+    let gateway = hub.gateway_client_as("school-1").await;
+    let mut forged = referral_tests::envelope(
+        "school-1",
+        "director",
+        Role::SchoolDirector,
+        "commission",
+        "link-forged-k",
+        k_about(&hub, "Айдана Серікқызы Омарова", 556),
+    );
+    forged.linked_referrals = vec![referral_proto::v1::LinkedReferral {
+        help_request_message_id: first.clone(),
+        referring_agency_id: "police-1".into(),
+        case_reference: case.clone(),
+        ..Default::default()
+    }];
+    let forged_id = gateway
+        .clone()
+        .send(SendRequest {
+            envelope: Some(forged),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    hub.delivered(&forged_id).await;
+    assert!(received(forged_id).await.linked_referrals.is_empty());
+    // A help request never carries a case reference.
+    let mut with_case = referral_tests::envelope(
+        "school-1",
+        "director",
+        Role::SchoolDirector,
+        "commission",
+        "link-k-with-case",
+        k_about(&hub, "Айдана Серікқызы Омарова", 557),
+    );
+    with_case.case_reference = case.clone();
+    let status = gateway
+        .clone()
+        .send(SendRequest {
+            envelope: Some(with_case),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
 
     // Neither referring agency learns of the other.
     for (staff, id) in [(&school, &first), (&doctor, &second)] {
@@ -1076,15 +1203,29 @@ async fn referrals_of_one_child_are_linked_for_the_commission_only(backend: Back
         "health is not on that case"
     );
     // The gateway keeps the keyed hash, never the IIN.
-    let pseudonyms: Vec<Option<String>> =
-        sqlx::query_scalar("SELECT child_pseudonym FROM referrals ORDER BY referred_at")
-            .fetch_all(hub.gateway().database().pool())
+    let pseudonym = |id: String| {
+        let hub = &hub;
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT child_pseudonym FROM referrals WHERE help_request_message_id = $1",
+            )
+            .bind(id)
+            .fetch_one(hub.gateway().database().pool())
             .await
-            .unwrap();
-    assert_eq!(pseudonyms.len(), 3);
-    assert_eq!(pseudonyms[0], pseudonyms[1]);
-    assert_ne!(pseudonyms[0], pseudonyms[2]);
-    assert!(pseudonyms.iter().flatten().all(|p| !p.contains(&iin)));
+            .unwrap()
+            .expect("a referral with an IIN has a pseudonym")
+        }
+    };
+    let (of_first, of_second, of_other) = (
+        pseudonym(first.clone()).await,
+        pseudonym(second.clone()).await,
+        pseudonym(other.clone()).await,
+    );
+    assert_eq!(of_first, of_second);
+    assert_ne!(of_first, of_other);
+    for p in [&of_first, &of_other] {
+        assert!(!p.contains(&iin));
+    }
     hub.shutdown().await;
 }
 

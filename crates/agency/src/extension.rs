@@ -110,6 +110,17 @@ pub trait AgencyExtension: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Whether `user` may see one of the agency's messages (received or sent) through the staff
+    /// API. The default lets every member of the agency see every message.
+    async fn may_see(
+        &self,
+        _host: &AgencyHost,
+        _user: &ActingUser,
+        _envelope: &Envelope,
+    ) -> ServiceResult<bool> {
+        Ok(true)
+    }
+
     /// Called after a shared flow committed something the extension may act on (today: a
     /// decision handed to the gateway). Not called from the inbox: a delivery is answered without
     /// calling the gateway back.

@@ -33,6 +33,7 @@ use crate::{
     auth::acting_user,
     commission, consult, deadlines,
     error::{AgencyResult, internal, not_found, permission_denied},
+    extension::AgencyHost,
     forms::{GATEWAY_SENDER_ID, decision_of, summary},
     outbound::{Pushed, failure_error, push},
     replies,
@@ -209,11 +210,35 @@ impl StaffApi {
         })
     }
 
-    async fn list_inbox(&self, request: &ListInboxRequest) -> AgencyResult<ListInboxResponse> {
+    /// Whether this user may see a message of the agency's (the extension decides: at the
+    /// commission, a case's messages are its curator's).
+    async fn visible(&self, user: &ActingUser, envelope: &Envelope) -> AgencyResult<bool> {
+        if kept_from(user, &self.context.agency.id, envelope) {
+            return Ok(false);
+        }
+        match &self.context.extension {
+            Some(extension) => Ok(extension
+                .may_see(&AgencyHost::new(self.context.clone()), user, envelope)
+                .await?),
+            None => Ok(true),
+        }
+    }
+
+    async fn list_inbox(
+        &self,
+        user: &ActingUser,
+        request: &ListInboxRequest,
+    ) -> AgencyResult<ListInboxResponse> {
         let kind = form_kind_filter(request.form_kind)?;
         let page = Page::from_request(request.page_size, &request.page_token)?;
         let (rows, next) = self.context.store.list_inbox(kind, &page).await?;
-        let items = rows
+        let mut shown = Vec::with_capacity(rows.len());
+        for row in rows {
+            if self.visible(user, &row.envelope).await? {
+                shown.push(row);
+            }
+        }
+        let items = shown
             .into_iter()
             .map(|row| {
                 let sender = self.context.directory.agency(&row.sender_agency_id);
@@ -243,13 +268,20 @@ impl StaffApi {
         })
     }
 
-    async fn get_message(&self, request: &GetMessageRequest) -> AgencyResult<ReceivedMessage> {
+    async fn get_message(
+        &self,
+        user: &ActingUser,
+        request: &GetMessageRequest,
+    ) -> AgencyResult<ReceivedMessage> {
         let row = self
             .context
             .store
             .received(&request.message_id)
             .await?
             .ok_or_else(|| not_found("no message with this id in this agency's inbox"))?;
+        if !self.visible(user, &row.envelope).await? {
+            return Err(not_found("no message with this id in this agency's inbox"));
+        }
         let decision = match row.form_kind {
             FormKind::HelpRequest => self
                 .context
@@ -275,9 +307,14 @@ impl StaffApi {
         let kind = form_kind_filter(request.form_kind)?;
         let page = Page::from_request(request.page_size, &request.page_token)?;
         let (rows, next) = self.context.store.list_sent(kind, &page).await?;
-        let items = rows
+        let mut shown = Vec::with_capacity(rows.len());
+        for row in rows {
+            if self.visible(user, &row.envelope).await? {
+                shown.push(row);
+            }
+        }
+        let items = shown
             .into_iter()
-            .filter(|row| !kept_from(user, &self.context.agency.id, &row.envelope))
             .map(|row| SentItem {
                 summary: summary(&row.envelope),
                 message_id: row.message_id.unwrap_or_default(),
@@ -305,10 +342,14 @@ impl StaffApi {
             .store
             .sent_by_message_id(message_id)
             .await?
-            .filter(|row| !kept_from(user, &context.agency.id, &row.envelope))
             .ok_or_else(|| {
                 not_found("no message with this id among this agency's sent messages")
             })?;
+        if !self.visible(user, &row.envelope).await? {
+            return Err(not_found(
+                "no message with this id among this agency's sent messages",
+            ));
+        }
         // Live state from the gateway when it answers; the stored state otherwise.
         match context.gateway.delivery_status(message_id).await {
             Ok(live) => {
@@ -369,16 +410,20 @@ impl AgencyStaff for StaffApi {
         &self,
         request: Request<ListInboxRequest>,
     ) -> Result<Response<ListInboxResponse>, Status> {
-        acting_user(&request)?;
-        Ok(Response::new(self.list_inbox(request.get_ref()).await?))
+        let user = acting_user(&request)?;
+        Ok(Response::new(
+            self.list_inbox(&user, request.get_ref()).await?,
+        ))
     }
 
     async fn get_message(
         &self,
         request: Request<GetMessageRequest>,
     ) -> Result<Response<ReceivedMessage>, Status> {
-        acting_user(&request)?;
-        Ok(Response::new(self.get_message(request.get_ref()).await?))
+        let user = acting_user(&request)?;
+        Ok(Response::new(
+            self.get_message(&user, request.get_ref()).await?,
+        ))
     }
 
     async fn list_sent(
@@ -509,7 +554,7 @@ fn kept_from(user: &ActingUser, own_agency: &str, envelope: &Envelope) -> bool {
     let implicates_us = k
         .circumstances
         .as_ref()
-        .is_some_and(|c| c.implicated_director_agency_id == own_agency);
+        .is_some_and(|c| c.implicated_director_agency_id.trim() == own_agency);
     let author = envelope.acting_user.as_ref().map(|a| a.user_id.as_str());
     implicates_us && author != Some(user.user_id.as_str())
 }

@@ -92,9 +92,9 @@ impl Shared {
         let Some(checked) = checked else {
             return Err(ServiceError::invalid_field("event", "required"));
         };
-        // Rows may not be assigned to an agency the case must never reach (its deadlines and
-        // alerts would tell it of the case).
-        self.check_event_reach(caller, &acting, event).await?;
+        // Need to know: no curator on both sides of an incident, and no row for an agency the
+        // case must never reach (its deadlines and alerts would tell it of the case).
+        self.check_event_access(caller, &acting, event).await?;
         // 3. Store: idempotency, the case's cycles, the event and its ledger entry, together.
         let bytes = event.encode_to_vec();
         let sha = ledger::payload_sha256(&bytes);

@@ -287,12 +287,18 @@ impl CaseFilesApi {
         let cases = rows
             .iter()
             .map(|(row, k)| {
-                read::summary(
+                let mut summary = read::summary(
                     row,
                     self.host.directory(),
                     self.host.agency_id(),
                     k.as_ref(),
-                )
+                );
+                // The risk level is the assessment's finding: the register shows it to the case's
+                // curator only (the gateway's policy keeps L for the team).
+                if row.curator_user_id != user.user_id {
+                    summary.risk_level = RiskLevel::Unspecified as i32;
+                }
+                summary
             })
             .collect();
         Ok(ListCasesResponse { cases })

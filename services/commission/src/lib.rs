@@ -131,6 +131,37 @@ impl AgencyExtension for CommissionExtension {
             .add_service(InterceptedService::new(case_source, host.gateway_only()))
     }
 
+    /// A case's messages (answers, progress, assignments and minutes sent, requests sent, and
+    /// the gateway's break-the-glass alerts) are its curator's: the secretary and the chair keep
+    /// the register (help requests, decisions, deadline alerts, consultations), not the case
+    /// record, which the gateway's policy keeps for the case team.
+    async fn may_see(
+        &self,
+        host: &AgencyHost,
+        user: &referral_proto::v1::ActingUser,
+        envelope: &Envelope,
+    ) -> ServiceResult<bool> {
+        use referral_proto::v1::FormKind;
+        let kind = FormKind::try_from(envelope.form_kind).unwrap_or(FormKind::Unspecified);
+        if envelope.case_reference.is_empty()
+            || matches!(
+                kind,
+                FormKind::HelpRequest
+                    | FormKind::HelpRequestDecision
+                    | FormKind::DeadlineAlert
+                    | FormKind::Consultation
+                    | FormKind::ConsultationAnswer
+                    | FormKind::IncidentSummary
+            )
+        {
+            return Ok(true);
+        }
+        let mut conn = host.pool().acquire().await?;
+        Ok(case::load(&mut conn, &envelope.case_reference)
+            .await?
+            .is_some_and(|row| row.curator_user_id == user.user_id))
+    }
+
     async fn on_received(
         &self,
         _host: &AgencyHost,
