@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "referral/v1/envelope.proto",
     "referral/v1/gateway.proto",
     "referral/v1/agency.proto",
+    "referral/v1/school.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

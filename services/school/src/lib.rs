@@ -4,26 +4,111 @@
 //! members and safeguarding lead and deputy send help requests (form K) to the district's
 //! commission (M:2211-2271, M:2377-2379).
 //!
-//! Everything it does is shared by every agency service and lives in [`referral_agency`]: the
-//! staff API (submit K, inbox, sent messages with the commission's decision; answering the
-//! commission's information requests and reporting progress on the support-plan rows assigned to
-//! it; its deadlines, overdue list and alerts from the gateway's deadline engine), the inbox only
-//! the gateway may call (which also receives action assignments, review minutes and deadline
-//! alerts), and the agency's own store. This crate only names the kind.
+//! What every agency service shares lives in [`referral_agency`]: the staff API (submit K, inbox,
+//! sent messages with the commission's decision; answering the commission's information requests
+//! and reporting progress on the support-plan rows assigned to it; its deadlines, overdue list and
+//! alerts from the gateway's deadline engine), the inbox only the gateway may call (which also
+//! receives action assignments, review minutes and deadline alerts), and the agency's own store.
+//!
+//! The school's own work is [`IncidentsExtension`], an [`AgencyExtension`] that adds the
+//! `referral.v1.SchoolIncidents` service beside the staff API, with the same bearer-token
+//! authentication, and its tables to the agency's store (migrations from 1000):
+//!
+//! * incident reports D (M:3457-3568), every field validated ([`validation`]), recorded
+//!   idempotently, with the investigation clocks of M:1588-1622 ([`clocks`]): start the same day
+//!   when anyone is injured or at risk of injury, otherwise within 2 working days; finish within
+//!   2 working days of the start; a second start, or a finish before the start, is refused;
+//! * the monthly summary E (M:3569-3624) computed from the month's reports ([`summary`]), with no
+//!   child's identity, exported as CSV or XLSX with Kazakh and Russian headings, and sent to the
+//!   district's commission through the gateway (purpose AGGREGATE_REPORTING).
+//!
+//! The residential institution keeps D for every incident too (M:2882-2890) and uses the same
+//! extension (`referral-residential`).
 //!
 //! There is no `main` here: the single `referral-hub` binary runs this service, alone or beside
 //! the others, through [`build`].
 
 #![forbid(unsafe_code)]
 
+mod api;
+pub mod clocks;
+pub mod summary;
+pub mod validation;
+
+use std::sync::{Arc, LazyLock};
+
 pub use referral_agency::{AgencyConfig, AgencyService};
-use referral_proto::v1::AgencyKind;
+use referral_agency::{AgencyExtension, AgencyHost};
+use referral_core::db::EmbeddedMigration;
+use referral_deadlines::{DistrictCalendar, HolidayCalendar};
+use referral_proto::v1::{AgencyKind, school_incidents_server::SchoolIncidentsServer};
+use tonic::{
+    server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
+};
+
+pub use crate::api::SchoolIncidentsApi;
 
 /// The kind of agency this service runs.
 pub const KIND: AgencyKind = AgencyKind::School;
 
+/// The incident tables, numbered from 1000 (after the agency's).
+const OWN_MIGRATIONS: &[EmbeddedMigration] = &[(
+    1001,
+    "incident reports D and summaries E",
+    include_str!("../migrations/1001_incidents.sql"),
+)];
+
+/// The store's whole migration list: the agency's, then the incident tables.
+pub static MIGRATIONS: LazyLock<Vec<EmbeddedMigration>> = LazyLock::new(|| {
+    referral_agency::MIGRATIONS
+        .iter()
+        .chain(OWN_MIGRATIONS)
+        .copied()
+        .collect()
+});
+
 /// Builds the service of the school agency `config.agency_id`: binds its listener and opens its
 /// store. Fails if the directory lists that agency with another kind.
 pub async fn build(config: AgencyConfig) -> anyhow::Result<AgencyService> {
-    AgencyService::build(config, KIND).await
+    AgencyService::build_with(config, KIND, Arc::new(IncidentsExtension::default())).await
+}
+
+/// Incident reports D and the monthly summary E, for a school or a residential institution.
+#[derive(Debug)]
+pub struct IncidentsExtension {
+    holidays: Arc<HolidayCalendar>,
+}
+
+impl Default for IncidentsExtension {
+    /// With the holiday calendar built into `referral-deadlines` (the agency's configuration does
+    /// not carry the deployment's holiday file yet).
+    fn default() -> Self {
+        Self {
+            holidays: Arc::new(HolidayCalendar::embedded_kazakhstan()),
+        }
+    }
+}
+
+type IncidentsService = SchoolIncidentsServer<SchoolIncidentsApi>;
+
+#[tonic::async_trait]
+impl AgencyExtension for IncidentsExtension {
+    fn migrations(&self) -> &'static [EmbeddedMigration] {
+        MIGRATIONS.as_slice()
+    }
+
+    fn service_names(&self) -> Vec<&'static str> {
+        vec![<IncidentsService as NamedService>::NAME]
+    }
+
+    fn add_services(&self, host: &AgencyHost, router: Router) -> Router {
+        let calendar = DistrictCalendar {
+            tz: host.time_zone().clone(),
+            holidays: self.holidays.clone(),
+        };
+        let service = SchoolIncidentsServer::new(SchoolIncidentsApi::new(host.clone(), calendar))
+            .max_decoding_message_size(referral_core::server::MAX_MESSAGE_BYTES);
+        // The staff API's bearer-token check: only this agency's staff.
+        router.add_service(InterceptedService::new(service, host.staff_auth()))
+    }
 }
