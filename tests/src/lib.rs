@@ -935,6 +935,16 @@ impl StaffClient {
         referral_proto::v1::case_files_client::CaseFilesClient::new(self.channel.clone())
     }
 
+    /// The incident reports D and summary E of a school or residential institution on the same
+    /// connection (that agency's staff only).
+    pub fn school_incidents(
+        &self,
+    ) -> referral_proto::v1::school_incidents_client::SchoolIncidentsClient<Channel> {
+        referral_proto::v1::school_incidents_client::SchoolIncidentsClient::new(
+            self.channel.clone(),
+        )
+    }
+
     /// Wraps a message in a request carrying the bearer token.
     pub fn req<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
