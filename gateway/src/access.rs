@@ -622,7 +622,12 @@ impl Shared {
                     withheld: false,
                 })
             }
-            Some(payload::Form::InformationResponse(_) | payload::Form::ActionProgress(_)) => {
+            Some(
+                payload::Form::InformationResponse(_)
+                | payload::Form::ActionProgress(_)
+                | payload::Form::InvestigationUpdate(_)
+                | payload::Form::HealthNotice(_),
+            ) => {
                 let facts = case_facts(tx, &env.case_reference, now_us)
                     .await?
                     .ok_or_else(|| denied("the gateway knows no such case"))?;

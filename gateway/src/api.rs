@@ -198,6 +198,8 @@ fn payload_kind(form: &payload::Form) -> FormKind {
         payload::Form::Consultation(_) => FormKind::Consultation,
         payload::Form::ConsultationAnswer(_) => FormKind::ConsultationAnswer,
         payload::Form::DisclosureAlert(_) => FormKind::DisclosureAlert,
+        payload::Form::InvestigationUpdate(_) => FormKind::InvestigationUpdate,
+        payload::Form::HealthNotice(_) => FormKind::HealthNotice,
     }
 }
 
@@ -209,6 +211,8 @@ fn payload_case_reference(form: &payload::Form) -> Option<&str> {
         payload::Form::ActionAssignment(a) => Some(&a.case_reference),
         payload::Form::ActionProgress(a) => Some(&a.case_reference),
         payload::Form::ReviewMinutes(m) => Some(&m.case_reference),
+        payload::Form::InvestigationUpdate(u) => Some(&u.case_reference),
+        payload::Form::HealthNotice(n) => Some(&n.case_reference),
         _ => None,
     }
 }
@@ -514,6 +518,12 @@ impl Shared {
             ),
             Some(payload::Form::ReviewMinutes(m)) => {
                 forms::review_minutes(m, &mut v, "envelope.payload.review_minutes")
+            }
+            Some(payload::Form::InvestigationUpdate(u)) => {
+                forms::investigation_update(u, &mut v, "envelope.payload.investigation_update")
+            }
+            Some(payload::Form::HealthNotice(n)) => {
+                forms::health_notice(n, &mut v, "envelope.payload.health_notice")
             }
             Some(payload::Form::Consultation(c)) => {
                 validate::consultation(c, &mut v, "envelope.payload.consultation")

@@ -15,8 +15,9 @@ use referral_core::{
 };
 use referral_proto::v1::{
     ActionAssignment, ActionDeadline, ActionProgress, ActionProgressState, CalendarDate, CaseEvent,
-    CaseEventKind, ConsultationAnswer, IncidentSummary, InformationRequest, InformationResponse,
-    PlanAction, PlanReview, ReviewDecision, ReviewMinutes, RiskLevel,
+    CaseEventKind, ConsultationAnswer, HealthNotice, HealthNoticeKind, IncidentSummary,
+    InformationRequest, InformationResponse, InvestigationStatus, InvestigationUpdate, PlanAction,
+    PlanReview, ReviewDecision, ReviewMinutes, RiskLevel,
 };
 
 /// Longest case reference (as the decision that opens a case allows).
@@ -280,6 +281,75 @@ pub(crate) fn action_progress(
         v,
         format!("{p}.reported_by"),
         &a.reported_by,
+        true,
+        SHORT_TEXT_MAX,
+    );
+}
+
+/// A police investigation update: the case, the police's reference, a known status with its
+/// date, the hearing's date when one is scheduled (and only then), a summary, who reports.
+pub(crate) fn investigation_update(u: &InvestigationUpdate, v: &mut FieldViolations, p: &str) {
+    case_reference(v, format!("{p}.case_reference"), &u.case_reference);
+    text(
+        v,
+        format!("{p}.investigation_reference"),
+        &u.investigation_reference,
+        true,
+        SHORT_TEXT_MAX,
+    );
+    let status =
+        InvestigationStatus::try_from(u.status).unwrap_or(InvestigationStatus::Unspecified);
+    if status == InvestigationStatus::Unspecified {
+        v.add(
+            format!("{p}.status"),
+            "required: a known investigation status",
+        );
+    }
+    required_date(v, format!("{p}.status_on"), u.status_on.as_ref());
+    if status == InvestigationStatus::HearingScheduled {
+        required_date(v, format!("{p}.hearing_on"), u.hearing_on.as_ref());
+    } else if optional_date(v, format!("{p}.hearing_on"), u.hearing_on.as_ref()).is_some() {
+        v.add(
+            format!("{p}.hearing_on"),
+            "only when the status is hearing scheduled",
+        );
+    }
+    long_text(v, format!("{p}.summary"), &u.summary, false);
+    text(
+        v,
+        format!("{p}.reported_by"),
+        &u.reported_by,
+        true,
+        SHORT_TEXT_MAX,
+    );
+}
+
+/// A health facility's notice: the case, a known kind with its date, the facility, a note
+/// (required when the referral is declined), who reports.
+pub(crate) fn health_notice(n: &HealthNotice, v: &mut FieldViolations, p: &str) {
+    case_reference(v, format!("{p}.case_reference"), &n.case_reference);
+    let kind = HealthNoticeKind::try_from(n.kind).unwrap_or(HealthNoticeKind::Unspecified);
+    if kind == HealthNoticeKind::Unspecified {
+        v.add(format!("{p}.kind"), "required: a known health notice kind");
+    }
+    required_date(v, format!("{p}.on"), n.on.as_ref());
+    text(
+        v,
+        format!("{p}.facility"),
+        &n.facility,
+        true,
+        SHORT_TEXT_MAX,
+    );
+    long_text(
+        v,
+        format!("{p}.note"),
+        &n.note,
+        kind == HealthNoticeKind::ReferralDeclined,
+    );
+    text(
+        v,
+        format!("{p}.reported_by"),
+        &n.reported_by,
         true,
         SHORT_TEXT_MAX,
     );

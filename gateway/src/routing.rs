@@ -134,6 +134,22 @@ pub const RULES: &[Rule] = &[
         same_district: true,
         reply: Reply::No,
     },
+    // Issue 5: the police's investigation updates (M:3215-3220) and the health facilities'
+    // notices (M:2945-2955) to the commission, on cases they take part in (`access`).
+    Rule {
+        from: &[AgencyKind::Police],
+        form: FormKind::InvestigationUpdate,
+        to: COMMISSION,
+        same_district: true,
+        reply: Reply::No,
+    },
+    Rule {
+        from: &[AgencyKind::Health],
+        form: FormKind::HealthNotice,
+        to: COMMISSION,
+        same_district: true,
+        reply: Reply::No,
+    },
 ];
 
 /// The rule allowing this flow, if any.
@@ -205,6 +221,24 @@ mod tests {
         assert!(find_rule(K::Ngo, F::ActionAssignment, K::School, true).is_none());
         assert!(find_rule(K::Commission, F::ActionAssignment, K::Commission, true).is_none());
         assert!(find_rule(K::School, F::ReviewMinutes, K::Commission, true).is_none());
+    }
+
+    #[test]
+    fn only_the_police_update_investigations_and_only_health_sends_notices() {
+        let up = find_rule(K::Police, F::InvestigationUpdate, K::Commission, true).unwrap();
+        assert_eq!(up.reply, Reply::No);
+        let notice = find_rule(K::Health, F::HealthNotice, K::Commission, true).unwrap();
+        assert_eq!(notice.reply, Reply::No);
+        assert!(find_rule(K::Police, F::InvestigationUpdate, K::Commission, false).is_none());
+        assert!(find_rule(K::Health, F::HealthNotice, K::Commission, false).is_none());
+        for other in [K::School, K::Residential, K::Ngo, K::Commission, K::Health] {
+            assert!(find_rule(other, F::InvestigationUpdate, K::Commission, true).is_none());
+        }
+        for other in [K::School, K::Residential, K::Ngo, K::Commission, K::Police] {
+            assert!(find_rule(other, F::HealthNotice, K::Commission, true).is_none());
+        }
+        assert!(find_rule(K::Police, F::InvestigationUpdate, K::School, true).is_none());
+        assert!(find_rule(K::Health, F::HealthNotice, K::Ngo, true).is_none());
     }
 
     #[test]

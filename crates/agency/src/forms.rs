@@ -32,6 +32,8 @@ pub fn form_kind_of(form: &Form) -> FormKind {
         Form::ConsultationAnswer(_) => FormKind::ConsultationAnswer,
         Form::DisclosureAlert(_) => FormKind::DisclosureAlert,
         Form::DeadlineAlert(_) => FormKind::DeadlineAlert,
+        Form::InvestigationUpdate(_) => FormKind::InvestigationUpdate,
+        Form::HealthNotice(_) => FormKind::HealthNotice,
     }
 }
 
@@ -223,6 +225,26 @@ pub(crate) fn summary(envelope: &Envelope) -> String {
         Some(Form::DisclosureAlert(alert)) => format!(
             "{}: opened outside the case team (break the glass)",
             alert.case_reference
+        ),
+        Some(Form::InvestigationUpdate(update)) => format!(
+            "{}: investigation {}",
+            update.case_reference,
+            short_name(
+                referral_proto::v1::InvestigationStatus::try_from(update.status)
+                    .unwrap_or_default()
+                    .as_str_name(),
+                "INVESTIGATION_STATUS_"
+            )
+        ),
+        Some(Form::HealthNotice(notice)) => format!(
+            "{}: health {}",
+            notice.case_reference,
+            short_name(
+                referral_proto::v1::HealthNoticeKind::try_from(notice.kind)
+                    .unwrap_or_default()
+                    .as_str_name(),
+                "HEALTH_NOTICE_KIND_"
+            )
         ),
         Some(Form::Assessment(_) | Form::IncidentReport(_)) | None => String::new(),
     }

@@ -5,6 +5,10 @@
 //! * an `ACTION_PROGRESS` sets the progress of the action rows carrying the assignment it reports
 //!   on, if it comes from the agency responsible; a completed row stays completed.
 //!
+//! * an `INVESTIGATION_UPDATE` from the police or a `HEALTH_NOTICE` from a health facility is
+//!   kept whole in the case's reports (the gateway admits them only from an agency working on
+//!   the case), once per message.
+//!
 //! A reply to a message whose acknowledgement this service has not stored yet finds nothing here;
 //! it is filed when the acknowledgement is stored ([`crate::outbox`]). Replies that match nothing
 //! are kept in the inbox as received and logged by id.
@@ -30,8 +34,73 @@ pub async fn file(
     match form(envelope) {
         Some(Form::InformationResponse(response)) => answer(conn, envelope, response, at).await,
         Some(Form::ActionProgress(progress)) => report(conn, envelope, progress, at).await,
+        Some(Form::InvestigationUpdate(update)) => {
+            partner_report(
+                conn,
+                envelope,
+                &update.case_reference,
+                update.encode_to_vec(),
+                at,
+            )
+            .await
+        }
+        Some(Form::HealthNotice(notice)) => {
+            partner_report(
+                conn,
+                envelope,
+                &notice.case_reference,
+                notice.encode_to_vec(),
+                at,
+            )
+            .await
+        }
         _ => Ok(()),
     }
+}
+
+/// Files a police investigation update or a health notice in its case, if the case is this
+/// commission's; otherwise it stays in the inbox as received.
+async fn partner_report(
+    conn: &mut AnyConnection,
+    envelope: &Envelope,
+    case_reference: &str,
+    report: Vec<u8>,
+    at: Timestamp,
+) -> ServiceResult<()> {
+    let known = sqlx::query("SELECT 1 FROM case_files WHERE case_reference = $1")
+        .bind(case_reference)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    if !known {
+        tracing::info!(
+            message_id = %envelope.message_id,
+            "a partner's report on no known case; kept in the inbox"
+        );
+        return Ok(());
+    }
+    let kind = FormKind::try_from(envelope.form_kind).unwrap_or(FormKind::Unspecified);
+    let filed = sqlx::query(
+        "INSERT INTO case_partner_reports (message_id, case_reference, form_kind, \
+         sender_agency_id, report, received_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(envelope.message_id.as_str())
+    .bind(case_reference)
+    .bind(kind.as_str_name())
+    .bind(envelope.sender_agency_id.as_str())
+    .bind(report)
+    .bind(time::to_micros(at))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    tracing::info!(
+        message_id = %envelope.message_id,
+        kind = kind.as_str_name(),
+        filed = filed == 1,
+        "partner report received"
+    );
+    Ok(())
 }
 
 /// The key under which this commission queued the message `message_id` of kind `kind`.

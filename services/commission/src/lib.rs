@@ -73,11 +73,18 @@ pub use crate::{
 pub const KIND: AgencyKind = AgencyKind::Commission;
 
 /// The commission's own migrations, numbered from 1000 (after the agency's).
-const OWN_MIGRATIONS: &[EmbeddedMigration] = &[(
-    1001,
-    "commission case files",
-    include_str!("../migrations/1001_case_files.sql"),
-)];
+const OWN_MIGRATIONS: &[EmbeddedMigration] = &[
+    (
+        1001,
+        "commission case files",
+        include_str!("../migrations/1001_case_files.sql"),
+    ),
+    (
+        1002,
+        "police and health reports on cases",
+        include_str!("../migrations/1002_partner_reports.sql"),
+    ),
+];
 
 /// The commission store's whole migration list: the agency's, then the commission's own.
 pub static MIGRATIONS: LazyLock<Vec<EmbeddedMigration>> = LazyLock::new(|| {

@@ -6,7 +6,8 @@ use referral_agency::forms::form;
 use referral_core::{ServiceError, ServiceResult, db::Row as _, directory::Directory, time};
 use referral_proto::v1::{
     ActionProgressState, ActionStatus, CaseCycle, CaseFile, CaseStage, CaseSummary, Contact,
-    Envelope, InformationExchange, PlanAction, RiskLevel, payload::Form,
+    Envelope, FormKind, HealthNotice, InformationExchange, InvestigationUpdate, PlanAction,
+    RiskLevel, payload::Form,
 };
 use sqlx::AnyConnection;
 
@@ -129,6 +130,7 @@ pub async fn case_file(
     .collect::<ServiceResult<Vec<_>>>()?;
     let documents = documents::list(conn, reference).await?;
     let information = information(conn, reference).await?;
+    let (investigation_updates, health_notices) = partner_reports(conn, reference).await?;
     Ok(CaseFile {
         summary: Some(summary(row, directory, agency_id, k.as_ref())),
         help_request: k,
@@ -136,7 +138,34 @@ pub async fn case_file(
         contacts,
         documents,
         information,
+        investigation_updates,
+        health_notices,
     })
+}
+
+/// The police's investigation updates and the health facilities' notices on a case, oldest
+/// first.
+async fn partner_reports(
+    conn: &mut AnyConnection,
+    reference: &str,
+) -> ServiceResult<(Vec<InvestigationUpdate>, Vec<HealthNotice>)> {
+    let rows = sqlx::query(
+        "SELECT form_kind, report FROM case_partner_reports WHERE case_reference = $1 \
+         ORDER BY received_at, message_id",
+    )
+    .bind(reference)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut updates, mut notices) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let report: Vec<u8> = row.try_get(1)?;
+        match FormKind::from_str_name(&row.try_get::<String, _>(0)?) {
+            Some(FormKind::InvestigationUpdate) => updates.push(decode(&report)?),
+            Some(FormKind::HealthNotice) => notices.push(decode(&report)?),
+            _ => {}
+        }
+    }
+    Ok((updates, notices))
 }
 
 async fn cycles(conn: &mut AnyConnection, reference: &str) -> ServiceResult<Vec<CaseCycle>> {
