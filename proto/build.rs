@@ -14,6 +14,8 @@ const PROTOS: &[&str] = &[
     "referral/v1/envelope.proto",
     "referral/v1/gateway.proto",
     "referral/v1/agency.proto",
+    "referral/v1/police.proto",
+    "referral/v1/health.proto",
     "referral/v1/school.proto",
 ];
 

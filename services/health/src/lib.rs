@@ -3,26 +3,107 @@
 //! A health facility: it treats injured children at once and gives psychological support; a health
 //! worker can send a help request (form K) to the district's commission (M:2940-2955).
 //!
-//! Everything it does is shared by every agency service and lives in [`referral_agency`]: the
-//! staff API (submit K, inbox, sent messages with the commission's decision; answering the
-//! commission's information requests and reporting progress on the support-plan rows assigned to
-//! it; its deadlines, overdue list and alerts from the gateway's deadline engine), the inbox only
-//! the gateway may call (which also receives action assignments, review minutes and deadline
-//! alerts), and the agency's own store. This crate only names the kind.
+//! What every agency does is shared and lives in [`referral_agency`]: the staff API (submit K,
+//! inbox, sent messages with the commission's decision; answering the commission's information
+//! requests and reporting progress on the support-plan rows assigned to it; its deadlines), the
+//! inbox only the gateway may call, and the agency's own store.
+//!
+//! The facility's own work is [`HealthExtension`], an [`AgencyExtension`]: a child referred by the
+//! commission (an information request or an action assignment received about a case) becomes a
+//! referral in the same transaction as the receipt; health workers list them and send notices
+//! with the `HealthNotices` service (admitted, treatment, psychological support, rehabilitation,
+//! discharged, referral declined), each a HEALTH_NOTICE to the commission and so to the case's
+//! curator (M:2945-2955, M:3110-3115). No treatment, rehabilitation or discharge before
+//! admission, nothing after a discharge or a declined referral.
 //!
 //! There is no `main` here: the single `referral-hub` binary runs this service, alone or beside
 //! the others, through [`build`].
 
 #![forbid(unsafe_code)]
 
+mod notices;
+
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use jiff::Timestamp;
 pub use referral_agency::{AgencyConfig, AgencyService};
-use referral_proto::v1::AgencyKind;
+use referral_agency::{AgencyExtension, AgencyHost};
+use referral_core::{ServiceResult, db::EmbeddedMigration};
+use referral_proto::v1::{AgencyKind, Envelope, health_notices_server::HealthNoticesServer};
+use sqlx::AnyConnection;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
+};
 
 /// The kind of agency this service runs.
 pub const KIND: AgencyKind = AgencyKind::Health;
 
+/// How often notices the gateway could not take yet are pushed again.
+pub const RETRY_TICK: Duration = Duration::from_secs(10);
+
+/// The facility's own migrations, numbered from 1000 (after the agency's).
+const OWN_MIGRATIONS: &[EmbeddedMigration] = &[(
+    1001,
+    "health referrals and notices",
+    include_str!("../migrations/1001_health_referrals.sql"),
+)];
+
+/// The health store's whole migration list: the agency's, then the facility's own.
+pub static MIGRATIONS: LazyLock<Vec<EmbeddedMigration>> = LazyLock::new(|| {
+    referral_agency::MIGRATIONS
+        .iter()
+        .chain(OWN_MIGRATIONS)
+        .copied()
+        .collect()
+});
+
 /// Builds the service of the health agency `config.agency_id`: binds its listener and opens its
 /// store. Fails if the directory lists that agency with another kind.
 pub async fn build(config: AgencyConfig) -> anyhow::Result<AgencyService> {
-    AgencyService::build(config, KIND).await
+    AgencyService::build_with(config, KIND, Arc::new(HealthExtension)).await
+}
+
+/// What a health facility adds to the shared agency service: the referrals table, the
+/// `HealthNotices` service and the hook that records a referral.
+#[derive(Debug, Default)]
+pub struct HealthExtension;
+
+#[tonic::async_trait]
+impl AgencyExtension for HealthExtension {
+    fn migrations(&self) -> &'static [EmbeddedMigration] {
+        MIGRATIONS.as_slice()
+    }
+
+    fn service_names(&self) -> Vec<&'static str> {
+        vec![<HealthNoticesServer<notices::HealthNoticesApi> as NamedService>::NAME]
+    }
+
+    fn add_services(&self, host: &AgencyHost, router: Router) -> Router {
+        let service = HealthNoticesServer::new(notices::HealthNoticesApi::new(host.clone()));
+        router.add_service(InterceptedService::new(service, host.staff_auth()))
+    }
+
+    async fn on_received(
+        &self,
+        _host: &AgencyHost,
+        conn: &mut AnyConnection,
+        envelope: &Envelope,
+        now: Timestamp,
+    ) -> ServiceResult<()> {
+        notices::on_received(conn, envelope, now).await
+    }
+
+    async fn run(&self, host: AgencyHost, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY_TICK) => {}
+            }
+            notices::push_pending(&host).await;
+        }
+    }
 }

@@ -3,26 +3,109 @@
 //! The police and their juvenile inspectors: they investigate moderate and severe incidents, and a
 //! juvenile inspector can send a help request (form K) to the district's commission (M:2932-2940).
 //!
-//! Everything it does is shared by every agency service and lives in [`referral_agency`]: the
-//! staff API (submit K, inbox, sent messages with the commission's decision; answering the
-//! commission's information requests and reporting progress on the support-plan rows assigned to
-//! it; its deadlines, overdue list and alerts from the gateway's deadline engine), the inbox only
-//! the gateway may call (which also receives action assignments, review minutes and deadline
-//! alerts), and the agency's own store. This crate only names the kind.
+//! What every agency does is shared and lives in [`referral_agency`]: the staff API (submit K,
+//! inbox, sent messages with the commission's decision; answering the commission's information
+//! requests and reporting progress on the support-plan rows assigned to it; its deadlines), the
+//! inbox only the gateway may call, and the agency's own store.
+//!
+//! The police's own work is [`PoliceExtension`], an [`AgencyExtension`]: when the commission asks
+//! the police about a case (an information request or an action assignment received), an
+//! investigation is created, RECEIVED, in the same transaction as the receipt. Inspectors move it
+//! through its lifecycle with the `Investigations` service (RECEIVED → OPENED →
+//! REFERRED_TO_PROSECUTOR → HEARING_SCHEDULED → DECIDED → CLOSED, or OPENED → CLOSED when there
+//! are no grounds); every accepted change is stored and sent to the commission as an
+//! INVESTIGATION_UPDATE through the gateway, because the case's curator must stay informed of the
+//! investigation, the hearings and the sentence (M:3215-3220).
 //!
 //! There is no `main` here: the single `referral-hub` binary runs this service, alone or beside
 //! the others, through [`build`].
 
 #![forbid(unsafe_code)]
 
+mod investigations;
+
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use jiff::Timestamp;
 pub use referral_agency::{AgencyConfig, AgencyService};
-use referral_proto::v1::AgencyKind;
+use referral_agency::{AgencyExtension, AgencyHost};
+use referral_core::{ServiceResult, db::EmbeddedMigration};
+use referral_proto::v1::{AgencyKind, Envelope, investigations_server::InvestigationsServer};
+use sqlx::AnyConnection;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
+};
 
 /// The kind of agency this service runs.
 pub const KIND: AgencyKind = AgencyKind::Police;
 
+/// How often updates the gateway could not take yet are pushed again.
+pub const RETRY_TICK: Duration = Duration::from_secs(10);
+
+/// The police's own migrations, numbered from 1000 (after the agency's).
+const OWN_MIGRATIONS: &[EmbeddedMigration] = &[(
+    1001,
+    "police investigations",
+    include_str!("../migrations/1001_investigations.sql"),
+)];
+
+/// The police store's whole migration list: the agency's, then the police's own.
+pub static MIGRATIONS: LazyLock<Vec<EmbeddedMigration>> = LazyLock::new(|| {
+    referral_agency::MIGRATIONS
+        .iter()
+        .chain(OWN_MIGRATIONS)
+        .copied()
+        .collect()
+});
+
 /// Builds the service of the police agency `config.agency_id`: binds its listener and opens its
 /// store. Fails if the directory lists that agency with another kind.
 pub async fn build(config: AgencyConfig) -> anyhow::Result<AgencyService> {
-    AgencyService::build(config, KIND).await
+    AgencyService::build_with(config, KIND, Arc::new(PoliceExtension)).await
+}
+
+/// What the police add to the shared agency service: the investigations table, the
+/// `Investigations` service and the hook that creates an investigation.
+#[derive(Debug, Default)]
+pub struct PoliceExtension;
+
+#[tonic::async_trait]
+impl AgencyExtension for PoliceExtension {
+    fn migrations(&self) -> &'static [EmbeddedMigration] {
+        MIGRATIONS.as_slice()
+    }
+
+    fn service_names(&self) -> Vec<&'static str> {
+        vec![<InvestigationsServer<investigations::InvestigationsApi> as NamedService>::NAME]
+    }
+
+    fn add_services(&self, host: &AgencyHost, router: Router) -> Router {
+        let service =
+            InvestigationsServer::new(investigations::InvestigationsApi::new(host.clone()));
+        router.add_service(InterceptedService::new(service, host.staff_auth()))
+    }
+
+    async fn on_received(
+        &self,
+        host: &AgencyHost,
+        conn: &mut AnyConnection,
+        envelope: &Envelope,
+        now: Timestamp,
+    ) -> ServiceResult<()> {
+        investigations::on_received(host, conn, envelope, now).await
+    }
+
+    async fn run(&self, host: AgencyHost, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY_TICK) => {}
+            }
+            investigations::push_pending(&host).await;
+        }
+    }
 }
