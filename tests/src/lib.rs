@@ -945,6 +945,20 @@ impl StaffClient {
         )
     }
 
+    /// The police's investigations API on the same connection (police staff only).
+    pub fn investigations(
+        &self,
+    ) -> referral_proto::v1::investigations_client::InvestigationsClient<Channel> {
+        referral_proto::v1::investigations_client::InvestigationsClient::new(self.channel.clone())
+    }
+
+    /// A health facility's notices API on the same connection (health staff only).
+    pub fn health_notices(
+        &self,
+    ) -> referral_proto::v1::health_notices_client::HealthNoticesClient<Channel> {
+        referral_proto::v1::health_notices_client::HealthNoticesClient::new(self.channel.clone())
+    }
+
     /// Wraps a message in a request carrying the bearer token.
     pub fn req<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
