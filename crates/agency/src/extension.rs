@@ -245,6 +245,38 @@ impl AgencyHost {
             .and_then(|row| row.message_id))
     }
 
+    /// Pushes the messages still queued under the keys `pending_keys` selects (one column: the
+    /// idempotency key, oldest first), undoing with `undo` each one the gateway refuses for good;
+    /// an unreachable gateway leaves them for the next round. `what` names them in the logs.
+    pub async fn push_pending<F, Fut>(&self, pending_keys: &'static str, what: &str, undo: F)
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = ServiceResult<()>>,
+    {
+        let keys: Vec<String> = match sqlx::query_scalar(pending_keys)
+            .fetch_all(self.pool())
+            .await
+        {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(%error, what, "cannot read the pending messages");
+                return;
+            }
+        };
+        for key in keys {
+            match self.push_message(&key).await {
+                Ok(PushOutcome::Refused(failure)) => {
+                    tracing::error!(?failure, what, "the gateway refused a message");
+                    if let Err(error) = undo(key).await {
+                        tracing::error!(%error, what, "cannot undo a refused message");
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, what, "cannot push a message"),
+            }
+        }
+    }
+
     /// Hands the message queued under `idempotency_key` to the gateway, unless it was sent
     /// already, and records the acknowledgement. A refused message is removed from the queue.
     pub async fn push_message(&self, idempotency_key: &str) -> AgencyResult<PushOutcome> {

@@ -388,32 +388,14 @@ async fn undo(host: &AgencyHost, key: &str) -> ServiceResult<()> {
 
 /// Pushes the notices the gateway could not take when they were sent.
 pub(crate) async fn push_pending(host: &AgencyHost) {
-    let keys: Vec<String> = match sqlx::query(
+    host.push_pending(
         "SELECT n.message_key FROM health_notices n \
          JOIN sent_messages s ON s.idempotency_key = n.message_key \
          WHERE s.message_id IS NULL ORDER BY n.recorded_at LIMIT 100",
+        "health notice",
+        |key| async move { undo(host, &key).await },
     )
-    .fetch_all(host.pool())
-    .await
-    {
-        Ok(rows) => rows.iter().filter_map(|r| r.try_get(0).ok()).collect(),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the pending health notices");
-            return;
-        }
-    };
-    for key in keys {
-        match host.push_message(&key).await {
-            Ok(PushOutcome::Refused(failure)) => {
-                tracing::error!(?failure, "the gateway refused a health notice");
-                if let Err(error) = undo(host, &key).await {
-                    tracing::error!(%error, "cannot undo a refused health notice");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "cannot push a health notice"),
-        }
-    }
+    .await;
 }
 
 #[tonic::async_trait]

@@ -489,32 +489,14 @@ async fn undo(host: &AgencyHost, key: &str) -> ServiceResult<()> {
 
 /// Pushes the updates the gateway could not take when they were made.
 pub(crate) async fn push_pending(host: &AgencyHost) {
-    let keys: Vec<String> = match sqlx::query(
+    host.push_pending(
         "SELECT c.message_key FROM investigation_changes c \
          JOIN sent_messages s ON s.idempotency_key = c.message_key \
          WHERE s.message_id IS NULL ORDER BY c.recorded_at LIMIT 100",
+        "investigation update",
+        |key| async move { undo(host, &key).await },
     )
-    .fetch_all(host.pool())
-    .await
-    {
-        Ok(rows) => rows.iter().filter_map(|r| r.try_get(0).ok()).collect(),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the pending investigation updates");
-            return;
-        }
-    };
-    for key in keys {
-        match host.push_message(&key).await {
-            Ok(PushOutcome::Refused(failure)) => {
-                tracing::error!(?failure, "the gateway refused an investigation update");
-                if let Err(error) = undo(host, &key).await {
-                    tracing::error!(%error, "cannot undo a refused investigation update");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "cannot push an investigation update"),
-        }
-    }
+    .await;
 }
 
 #[tonic::async_trait]
