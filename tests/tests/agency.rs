@@ -698,8 +698,9 @@ async fn a_service_refuses_to_start_as_another_kind(backend: Backend) {
         "{err}"
     );
 
-    // The same configuration with the right kind starts.
-    let service = AgencyService::build(config(), AgencyKind::School)
+    // The same configuration with the right kind starts (as the school's service, whose own
+    // migrations the store already has).
+    let service = referral_school::build(config())
         .await
         .expect("school-2 is a school");
     assert_eq!(service.kind(), AgencyKind::School);
