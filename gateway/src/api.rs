@@ -326,38 +326,36 @@ impl Shared {
         caller: &AgencyEntry,
         env: Envelope,
     ) -> ServiceResult<SendResponse> {
-        let mut asked = Envelope {
-            payload: None,
-            ..env.clone()
-        };
-        if asked.case_reference.is_empty()
-            && let Some(case) = env
-                .payload
-                .as_ref()
-                .and_then(|p| p.form.as_ref())
-                .and_then(payload_case_reference)
+        // What a refusal's audit entry names, kept aside without cloning the form.
+        let acting = env.acting_user.clone();
+        let purpose =
+            PurposeOfUse::try_from(env.purpose_of_use).unwrap_or(PurposeOfUse::Unspecified);
+        let form_kind = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
+        let recipient = env.recipient_agency_id.clone();
+        let case_reference = match env
+            .payload
+            .as_ref()
+            .and_then(|p| p.form.as_ref())
+            .and_then(payload_case_reference)
         {
-            asked.case_reference = case.to_owned();
-        }
+            Some(case) if env.case_reference.is_empty() => case.to_owned(),
+            _ => env.case_reference.clone(),
+        };
         let result = self.accept_checked(caller, env).await;
         // Every refusal by the rules (who may act, routing, need to know) is an audit event;
         // the refused message itself stored nothing.
         if let Err(ServiceError::PermissionDenied(_)) = &result {
-            let acting = asked.acting_user.clone();
             access::record_denial(
                 self,
                 access::Audit {
                     event: access::EVENT_DENIED,
                     agency_id: &caller.id,
                     acting: acting.as_ref(),
-                    purpose: PurposeOfUse::try_from(asked.purpose_of_use)
-                        .unwrap_or(PurposeOfUse::Unspecified),
-                    case_reference: &asked.case_reference,
+                    purpose,
+                    case_reference: &case_reference,
                     message_id: "",
-                    recipient_agency_id: &asked.recipient_agency_id,
-                    form_kind: FormKind::try_from(asked.form_kind)
-                        .unwrap_or(FormKind::Unspecified)
-                        .as_str_name(),
+                    recipient_agency_id: &recipient,
+                    form_kind: form_kind.as_str_name(),
                     sections: Sections::NONE,
                     outcome: access::OUTCOME_DENIED,
                     digest: String::new(),

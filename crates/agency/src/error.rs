@@ -64,6 +64,17 @@ impl From<sqlx::Error> for AgencyError {
     }
 }
 
+impl From<AgencyError> for ServiceError {
+    /// For extensions whose handlers answer `ServiceError`: a gateway refusal passes on as the
+    /// gateway gave it (code, message and field details).
+    fn from(err: AgencyError) -> Self {
+        match err {
+            AgencyError::Service(err) => err,
+            AgencyError::GatewayRefused(status) => ServiceError::Refused(status),
+        }
+    }
+}
+
 impl From<AgencyError> for Status {
     fn from(err: AgencyError) -> Self {
         match err {

@@ -53,6 +53,23 @@ impl GatewayFailure {
         }
     }
 
+    /// The caller's error for a message the gateway did not take: its refusal passed on as the
+    /// gateway gave it (with field details), `UNAVAILABLE` when it cannot be reached (a queued
+    /// message waits), `INTERNAL` when it does not accept this agency's own credentials.
+    pub fn into_service_error(self) -> referral_core::ServiceError {
+        use referral_core::ServiceError;
+        match self {
+            Self::Refused(status) => ServiceError::Refused(status),
+            Self::Unreachable(_) => {
+                ServiceError::Unavailable("the gateway cannot be reached: try again".into())
+            }
+            Self::Misconfigured(status) => ServiceError::internal(anyhow::anyhow!(
+                "the gateway did not accept this agency's credentials ({:?})",
+                status.code()
+            )),
+        }
+    }
+
     /// The gRPC code the gateway (or the channel) answered with.
     pub fn code(&self) -> Code {
         match self {

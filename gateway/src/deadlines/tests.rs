@@ -148,6 +148,32 @@ impl Hub {
         Ok(accepted.message_id)
     }
 
+    /// Action row `number` of case KZ-2026-1 assigned by its curator to ngo-1.
+    async fn assign_to_ngo(&self, number: u32, action: &str, due: Date) -> String {
+        self.send(
+            "commission",
+            Role::CommissionCurator,
+            "ngo-1",
+            payload::Form::ActionAssignment(ActionAssignment {
+                case_reference: "KZ-2026-1".into(),
+                action: Some(PlanAction {
+                    number,
+                    action: action.into(),
+                    due_on: day(due),
+                    responsible_agency_id: "ngo-1".into(),
+                    ..Default::default()
+                }),
+                child_first_name: "Әлия".into(),
+                child_age_years: 12,
+                curator_name: "Дана Омарова".into(),
+                curator_contact: String::new(),
+            }),
+            "",
+        )
+        .await
+        .unwrap()
+    }
+
     /// A K from school-1 to the commission, delivered now.
     async fn help_request_delivered(&self) -> String {
         let today = self.local_today();
@@ -491,28 +517,8 @@ async fn a_case_runs_its_clocks_from_opening_to_closure_and_again_after_reopenin
 
     // The NGO reports progress, then completion, on its assignment: row 1 met on completion.
     let assignment = hub
-        .send(
-            "commission",
-            Role::CommissionCurator,
-            "ngo-1",
-            payload::Form::ActionAssignment(ActionAssignment {
-                case_reference: "KZ-2026-1".into(),
-                action: Some(PlanAction {
-                    number: 1,
-                    action: "Психологиялық кеңес".into(),
-                    due_on: day(date(2026, 3, 1)),
-                    responsible_agency_id: "ngo-1".into(),
-                    ..Default::default()
-                }),
-                child_first_name: "Әлия".into(),
-                child_age_years: 12,
-                curator_name: "Дана Омарова".into(),
-                curator_contact: String::new(),
-            }),
-            "",
-        )
-        .await
-        .unwrap();
+        .assign_to_ngo(1, "Психологиялық кеңес", date(2026, 3, 1))
+        .await;
     let progress = |state: ActionProgressState| {
         payload::Form::ActionProgress(ActionProgress {
             assignment_message_id: assignment.clone(),
@@ -661,29 +667,7 @@ async fn a_completion_meets_the_row_of_the_cycle_its_assignment_was_sent_in() {
     hub.record(CaseEventKind::SupportPlanFiled, 1, rows)
         .await
         .unwrap();
-    let assignment = hub
-        .send(
-            "commission",
-            Role::CommissionCurator,
-            "ngo-1",
-            payload::Form::ActionAssignment(ActionAssignment {
-                case_reference: "KZ-2026-1".into(),
-                action: Some(PlanAction {
-                    number: 1,
-                    action: "Кеңес".into(),
-                    due_on: day(date(2026, 12, 1)),
-                    responsible_agency_id: "ngo-1".into(),
-                    ..Default::default()
-                }),
-                child_first_name: "Әлия".into(),
-                child_age_years: 12,
-                curator_name: "Дана Омарова".into(),
-                curator_contact: String::new(),
-            }),
-            "",
-        )
-        .await
-        .unwrap();
+    let assignment = hub.assign_to_ngo(1, "Кеңес", date(2026, 12, 1)).await;
     hub.settle().await;
     hub.record(CaseEventKind::CaseClosed, 1, |_| {})
         .await
@@ -997,28 +981,8 @@ async fn case_messages_follow_their_reply_rules() {
     assert!(matches!(forged, ServiceError::PermissionDenied(_)));
     // An assignment names the recipient as the row's agency; progress names the row.
     let assignment = hub
-        .send(
-            "commission",
-            Role::CommissionCurator,
-            "ngo-1",
-            payload::Form::ActionAssignment(ActionAssignment {
-                case_reference: "KZ-2026-1".into(),
-                action: Some(PlanAction {
-                    number: 2,
-                    action: "Отбасымен жұмыс".into(),
-                    due_on: day(date(2026, 4, 1)),
-                    responsible_agency_id: "ngo-1".into(),
-                    ..Default::default()
-                }),
-                child_first_name: "Әлия".into(),
-                child_age_years: 12,
-                curator_name: "Дана Омарова".into(),
-                curator_contact: String::new(),
-            }),
-            "",
-        )
-        .await
-        .unwrap();
+        .assign_to_ngo(2, "Отбасымен жұмыс", date(2026, 4, 1))
+        .await;
     let wrong_row = hub
         .send(
             "ngo-1",

@@ -303,7 +303,12 @@ impl HealthNoticesApi {
     }
 
     async fn push_and_answer(&self, case: &str, key: &str) -> ServiceResult<SendNoticeResponse> {
-        let message_id = match self.host.push_message(key).await.map_err(agency_error)? {
+        let message_id = match self
+            .host
+            .push_message(key)
+            .await
+            .map_err(ServiceError::from)?
+        {
             PushOutcome::Sent(id) => id,
             PushOutcome::NotNow(failure) => {
                 tracing::warn!(?failure, "a health notice waits for the gateway");
@@ -311,7 +316,7 @@ impl HealthNoticesApi {
             }
             PushOutcome::Refused(failure) => {
                 undo(&self.host, key).await?;
-                return Err(refusal(failure));
+                return Err(failure.into_service_error());
             }
             PushOutcome::Unknown => String::new(),
         };
@@ -323,32 +328,6 @@ impl HealthNoticesApi {
             referral: Some(view(&mut conn, &row).await?),
             message_id,
         })
-    }
-}
-
-fn agency_error(e: referral_agency::AgencyError) -> ServiceError {
-    match e {
-        referral_agency::AgencyError::Service(s) => s,
-        other => ServiceError::internal(anyhow::anyhow!("{other}")),
-    }
-}
-
-fn refusal(failure: referral_agency::GatewayFailure) -> ServiceError {
-    use referral_agency::GatewayFailure as G;
-    match failure {
-        G::Refused(status) => match status.code() {
-            tonic::Code::PermissionDenied => {
-                ServiceError::PermissionDenied(status.message().to_owned())
-            }
-            _ => ServiceError::FailedPrecondition(format!(
-                "the gateway refused the notice: {}",
-                status.message()
-            )),
-        },
-        G::Unreachable(_) => ServiceError::Unavailable("the gateway cannot be reached".into()),
-        G::Misconfigured(status) => {
-            ServiceError::internal(anyhow::anyhow!("gateway credentials: {status:?}"))
-        }
     }
 }
 

@@ -397,7 +397,12 @@ impl InvestigationsApi {
         id: &str,
         key: &str,
     ) -> ServiceResult<UpdateInvestigationResponse> {
-        let message_id = match self.host.push_message(key).await.map_err(agency_error)? {
+        let message_id = match self
+            .host
+            .push_message(key)
+            .await
+            .map_err(ServiceError::from)?
+        {
             PushOutcome::Sent(id) => id,
             PushOutcome::NotNow(failure) => {
                 tracing::warn!(?failure, "an investigation update waits for the gateway");
@@ -405,7 +410,7 @@ impl InvestigationsApi {
             }
             PushOutcome::Refused(failure) => {
                 undo(&self.host, key).await?;
-                return Err(refusal(failure));
+                return Err(failure.into_service_error());
             }
             PushOutcome::Unknown => String::new(),
         };
@@ -417,36 +422,6 @@ impl InvestigationsApi {
             investigation: Some(view(&mut conn, &row).await?),
             message_id,
         })
-    }
-}
-
-fn agency_error(e: referral_agency::AgencyError) -> ServiceError {
-    match e {
-        referral_agency::AgencyError::Service(s) => s,
-        other => ServiceError::internal(anyhow::anyhow!("{other}")),
-    }
-}
-
-fn refusal(failure: referral_agency::GatewayFailure) -> ServiceError {
-    use referral_agency::GatewayFailure as G;
-    match failure {
-        G::Refused(status) => match status.code() {
-            tonic::Code::PermissionDenied => {
-                ServiceError::PermissionDenied(status.message().to_owned())
-            }
-            tonic::Code::FailedPrecondition => {
-                ServiceError::FailedPrecondition(status.message().to_owned())
-            }
-            tonic::Code::InvalidArgument => ServiceError::FailedPrecondition(format!(
-                "the gateway refused the update: {}",
-                status.message()
-            )),
-            _ => ServiceError::internal(anyhow::anyhow!("gateway refused: {status:?}")),
-        },
-        G::Unreachable(_) => ServiceError::Unavailable("the gateway cannot be reached".into()),
-        G::Misconfigured(status) => {
-            ServiceError::internal(anyhow::anyhow!("gateway credentials: {status:?}"))
-        }
     }
 }
 
