@@ -8,6 +8,8 @@ const PROTOS: &[&str] = &[
     "referral/v1/common.proto",
     "referral/v1/forms.proto",
     "referral/v1/cases.proto",
+    "referral/v1/services.proto",
+    "referral/v1/protection.proto",
     "referral/v1/deadlines.proto",
     "referral/v1/disclosure.proto",
     "referral/v1/case_files.proto",

@@ -200,6 +200,13 @@ fn payload_kind(form: &payload::Form) -> FormKind {
         payload::Form::DisclosureAlert(_) => FormKind::DisclosureAlert,
         payload::Form::InvestigationUpdate(_) => FormKind::InvestigationUpdate,
         payload::Form::HealthNotice(_) => FormKind::HealthNotice,
+        payload::Form::ServiceReferral(_) => FormKind::ServiceReferral,
+        payload::Form::ServiceUpdate(_) => FormKind::ServiceUpdate,
+        payload::Form::SafetyMeetingNotice(_) => FormKind::SafetyMeetingNotice,
+        payload::Form::IncidentReferral(_) => FormKind::IncidentReferral,
+        payload::Form::ProtectionInstruction(_) => FormKind::ProtectionInstruction,
+        payload::Form::InstructionAcknowledgement(_) => FormKind::InstructionAcknowledgement,
+        payload::Form::PreventiveRegistration(_) => FormKind::PreventiveRegistration,
     }
 }
 
@@ -213,6 +220,9 @@ fn payload_case_reference(form: &payload::Form) -> Option<&str> {
         payload::Form::ReviewMinutes(m) => Some(&m.case_reference),
         payload::Form::InvestigationUpdate(u) => Some(&u.case_reference),
         payload::Form::HealthNotice(n) => Some(&n.case_reference),
+        payload::Form::ProtectionInstruction(i) => Some(&i.case_reference),
+        payload::Form::InstructionAcknowledgement(a) => Some(&a.case_reference),
+        payload::Form::PreventiveRegistration(r) => Some(&r.case_reference),
         _ => None,
     }
 }

@@ -34,6 +34,13 @@ pub fn form_kind_of(form: &Form) -> FormKind {
         Form::DeadlineAlert(_) => FormKind::DeadlineAlert,
         Form::InvestigationUpdate(_) => FormKind::InvestigationUpdate,
         Form::HealthNotice(_) => FormKind::HealthNotice,
+        Form::ServiceReferral(_) => FormKind::ServiceReferral,
+        Form::ServiceUpdate(_) => FormKind::ServiceUpdate,
+        Form::SafetyMeetingNotice(_) => FormKind::SafetyMeetingNotice,
+        Form::IncidentReferral(_) => FormKind::IncidentReferral,
+        Form::ProtectionInstruction(_) => FormKind::ProtectionInstruction,
+        Form::InstructionAcknowledgement(_) => FormKind::InstructionAcknowledgement,
+        Form::PreventiveRegistration(_) => FormKind::PreventiveRegistration,
     }
 }
 
@@ -246,6 +253,30 @@ pub(crate) fn summary(envelope: &Envelope) -> String {
                 "HEALTH_NOTICE_KIND_"
             )
         ),
+        Some(Form::ServiceReferral(r)) => format!("{}: service referral", r.referral_reference),
+        Some(Form::ServiceUpdate(u)) => format!(
+            "{}: service {}",
+            u.referral_reference,
+            short_name(
+                referral_proto::v1::ServiceBusinessStatus::try_from(u.business_status)
+                    .unwrap_or_default()
+                    .as_str_name(),
+                "SERVICE_BUSINESS_STATUS_"
+            )
+        ),
+        Some(Form::SafetyMeetingNotice(n)) => {
+            format!("{}: safety team meeting", n.referral_reference)
+        }
+        Some(Form::IncidentReferral(r)) => format!("{}: incident referral", r.incident_reference),
+        Some(Form::ProtectionInstruction(i)) => {
+            format!("{}: protection instruction", i.case_reference)
+        }
+        Some(Form::InstructionAcknowledgement(a)) => {
+            format!("{}: instruction acknowledged", a.case_reference)
+        }
+        Some(Form::PreventiveRegistration(r)) => {
+            format!("{}: preventive registration", r.case_reference)
+        }
         Some(Form::Assessment(_) | Form::IncidentReport(_)) | None => String::new(),
     }
 }

@@ -146,7 +146,14 @@ pub fn lead_for(kind: DeadlineKind, s: &DeadlineSettings) -> Lead {
         DeadlineKind::SupportPlan => Lead::Days(s.support_plan_warn_days),
         DeadlineKind::PlanReview => Lead::Days(s.review_warn_days),
         DeadlineKind::Action => Lead::Days(s.action_warn_days),
-        DeadlineKind::Unspecified => Lead::Days(0),
+        // Agency clocks: set out by the agency-clock rules (issue 5); until then, no lead.
+        DeadlineKind::InvestigationStart
+        | DeadlineKind::InvestigationFinish
+        | DeadlineKind::WrittenConfirmation
+        | DeadlineKind::ProtectionServiceAnswer
+        | DeadlineKind::AllegationToDirector
+        | DeadlineKind::WeeklyProgress
+        | DeadlineKind::Unspecified => Lead::Days(0),
     }
 }
 

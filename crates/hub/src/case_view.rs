@@ -139,6 +139,30 @@ pub fn deadline_kind_label(kind: i32) -> Label {
             kk: "Жоспардың іс-шарасы",
             ru: "Мероприятие плана",
         },
+        DeadlineKind::InvestigationStart => Label {
+            kk: "Оқиғаны тексеруді бастау",
+            ru: "Начало расследования инцидента",
+        },
+        DeadlineKind::InvestigationFinish => Label {
+            kk: "Оқиғаны тексеруді аяқтау",
+            ru: "Завершение расследования инцидента",
+        },
+        DeadlineKind::WrittenConfirmation => Label {
+            kk: "Телефон арқылы хабарламаны 24 сағат ішінде жазбаша жіберу",
+            ru: "Письменное подтверждение телефонного сообщения в течение 24 часов",
+        },
+        DeadlineKind::ProtectionServiceAnswer => Label {
+            kk: "Балаларды қорғау қызметінің жауабы (3 жұмыс күні)",
+            ru: "Ответ службы защиты детей (3 рабочих дня)",
+        },
+        DeadlineKind::AllegationToDirector => Label {
+            kk: "Қызметкерге қарсы айып директорға (1 жұмыс күні)",
+            ru: "Обвинение против сотрудника директору (1 рабочий день)",
+        },
+        DeadlineKind::WeeklyProgress => Label {
+            kk: "Апта сайынғы есеп",
+            ru: "Еженедельный отчёт",
+        },
         DeadlineKind::Unspecified => Label {
             kk: "Көрсетілмеген",
             ru: "Не указано",
