@@ -15,8 +15,9 @@ use referral_proto::v1::{
     Envelope, FilterCaseReadRequest, FormKind, GetDeliveryStatusRequest, GrantDisclosureRequest,
     HelpRequestDecision, ListAgenciesRequest, ListAgenciesResponse, ListDisclosureGrantsRequest,
     ListDisclosureGrantsResponse, ListDisclosuresRequest, ListDisclosuresResponse, PurposeOfUse,
-    ReadCaseRequest, RecordCaseEventRequest, RecordCaseEventResponse, RevokeDisclosureRequest,
-    Role, SendRequest, SendResponse, gateway_server, help_request_decision, payload,
+    ReadCaseRequest, RecordAgencyClockEventRequest, RecordAgencyClockEventResponse,
+    RecordCaseEventRequest, RecordCaseEventResponse, RevokeDisclosureRequest, Role, SendRequest,
+    SendResponse, gateway_server, help_request_decision, payload,
 };
 use tonic::{Request, Response, Status};
 
@@ -113,6 +114,17 @@ impl gateway_server::Gateway for GatewayApi {
             .record_case_event(&caller, req.into_inner())
             .await?;
         Ok(Response::new(recorded))
+    }
+
+    async fn record_agency_clock_event(
+        &self,
+        req: Request<RecordAgencyClockEventRequest>,
+    ) -> Result<Response<RecordAgencyClockEventResponse>, Status> {
+        let Caller(_caller) = caller(&req)?;
+        // Issue 5: the agency clocks (gateway/src/deadlines/agency_clocks.rs) are being built.
+        Err(Status::unimplemented(
+            "agency clock events are not recorded yet",
+        ))
     }
 
     async fn read_case(&self, req: Request<ReadCaseRequest>) -> Result<Response<CaseView>, Status> {
