@@ -30,8 +30,8 @@ use referral_core::{
     directory::{AgencyEntry, Directory},
 };
 use referral_proto::v1::{
-    ActingUser, AgencyKind, Envelope, RecordCaseEventRequest, RecordCaseEventResponse,
-    deadlines_client::DeadlinesClient,
+    ActingUser, AgencyClockEvent, AgencyKind, Envelope, RecordCaseEventRequest,
+    RecordCaseEventResponse, deadlines_client::DeadlinesClient,
 };
 use sqlx::AnyConnection;
 use tokio_util::sync::CancellationToken;
@@ -295,6 +295,43 @@ impl AgencyHost {
             }
             Pushed::Failed(failure) => PushOutcome::NotNow(failure),
         })
+    }
+
+    /// Queues a clock event for the gateway's deadline engine inside the caller's transaction
+    /// (see [`crate::clock_events`]), under `idempotency_key` (stable for the change that causes
+    /// it, e.g. `incident:{id}:recorded`): the same key and event again queue nothing, another
+    /// event under the key is `ALREADY_EXISTS`. Call [`push_clock_events`](Self::push_clock_events)
+    /// after the commit; the service's retry loop pushes it otherwise.
+    pub async fn queue_clock_event(
+        &self,
+        conn: &mut AnyConnection,
+        idempotency_key: &str,
+        acting: &ActingUser,
+        event: AgencyClockEvent,
+    ) -> ServiceResult<()> {
+        crate::clock_events::queue(conn, idempotency_key, acting, &event, self.clock().now()).await
+    }
+
+    /// Hands every queued clock event to the gateway, in order (best effort: what the gateway does
+    /// not take now stays queued for the retry loop). Returns how many it recorded.
+    pub async fn push_clock_events(&self) -> usize {
+        crate::clock_events::push(&self.context).await
+    }
+
+    /// Queues one clock event in a transaction of its own and pushes it: for a caller with no
+    /// change of its own to commit it with.
+    pub async fn record_clock_event_now(
+        &self,
+        idempotency_key: &str,
+        acting: &ActingUser,
+        event: AgencyClockEvent,
+    ) -> ServiceResult<()> {
+        let mut tx = self.begin().await?;
+        self.queue_clock_event(&mut tx, idempotency_key, acting, event)
+            .await?;
+        tx.commit().await?;
+        self.push_clock_events().await;
+        Ok(())
     }
 
     /// Records a case event with the gateway (commission only; the gateway checks).

@@ -11,8 +11,9 @@ use referral_core::{
 };
 use referral_proto::v1::{
     CaseView, DeliveryStatus, Envelope, GetDeliveryStatusRequest, ReadCaseRequest,
-    RecordCaseEventRequest, RecordCaseEventResponse, SendRequest, SendResponse,
-    deadlines_client::DeadlinesClient, gateway_client::GatewayClient,
+    RecordAgencyClockEventRequest, RecordAgencyClockEventResponse, RecordCaseEventRequest,
+    RecordCaseEventResponse, SendRequest, SendResponse, deadlines_client::DeadlinesClient,
+    gateway_client::GatewayClient,
 };
 use tonic::{
     Code, Status,
@@ -164,6 +165,19 @@ impl GatewayLink {
         self.client
             .clone()
             .record_case_event(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(GatewayFailure::classify)
+    }
+
+    /// Records one of this agency's clock events (the gateway checks who may record which).
+    pub(crate) async fn record_agency_clock_event(
+        &self,
+        request: RecordAgencyClockEventRequest,
+    ) -> Result<RecordAgencyClockEventResponse, GatewayFailure> {
+        self.client
+            .clone()
+            .record_agency_clock_event(request)
             .await
             .map(tonic::Response::into_inner)
             .map_err(GatewayFailure::classify)

@@ -40,6 +40,7 @@
 
 mod auth;
 pub mod checks;
+pub mod clock_events;
 pub mod commission;
 mod consult;
 pub mod deadlines;

@@ -69,6 +69,8 @@ pub(crate) struct Context {
     pub(crate) extension: Option<Arc<dyn AgencyExtension>>,
     /// Cancelled when the service begins to stop, so that streams end and shutdown completes.
     pub(crate) stopping: CancellationToken,
+    /// One push of the clock events at a time, so they go out in order.
+    pub(crate) clock_events_round: tokio::sync::Mutex<()>,
 }
 
 impl Context {
@@ -189,6 +191,7 @@ impl AgencyService {
                 token_verifier: config.token_verifier,
                 extension,
                 stopping: CancellationToken::new(),
+                clock_events_round: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -222,6 +225,11 @@ impl AgencyService {
             let stop = context.stopping.clone();
             tokio::spawn(async move { ext.run(host, stop).await })
         });
+        // Every kind's clock events reach the gateway even when it was away when they were queued.
+        let clock_events = tokio::spawn(crate::clock_events::run(
+            context.clone(),
+            context.stopping.clone(),
+        ));
         let stopping = context.stopping.clone();
         let on_shutdown = shutdown.clone();
         let watcher = tokio::spawn(async move {
@@ -231,6 +239,9 @@ impl AgencyService {
         let served = server::serve(router, listener, shutdown).await;
         context.stopping.cancel();
         watcher.abort();
+        if let Err(err) = clock_events.await {
+            tracing::error!(error = %err, "the clock events' retry loop failed");
+        }
         if let Some(background) = background
             && let Err(err) = background.await
         {

@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         "replies found by the message they answer",
         include_str!("../migrations/0003_replies.sql"),
     ),
+    (
+        4,
+        "the outbox of clock events for the gateway's deadline engine",
+        include_str!("../migrations/0004_clock_events.sql"),
+    ),
 ];
 
 /// The component name of an agency's store: `agency-<id>` (a file or a schema of its own).
