@@ -19,6 +19,7 @@ const PROTOS: &[&str] = &[
     "referral/v1/police.proto",
     "referral/v1/health.proto",
     "referral/v1/school.proto",
+    "referral/v1/safeguarding.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

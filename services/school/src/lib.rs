@@ -32,6 +32,7 @@
 
 mod api;
 pub mod clocks;
+pub mod safeguarding;
 pub mod summary;
 pub mod validation;
 
@@ -41,22 +42,33 @@ pub use referral_agency::{AgencyConfig, AgencyService};
 use referral_agency::{AgencyExtension, AgencyHost};
 use referral_core::db::EmbeddedMigration;
 use referral_deadlines::{DistrictCalendar, HolidayCalendar};
-use referral_proto::v1::{AgencyKind, school_incidents_server::SchoolIncidentsServer};
+use referral_proto::v1::{
+    AgencyKind, safeguarding_server::SafeguardingServer,
+    school_incidents_server::SchoolIncidentsServer,
+};
 use tonic::{
     server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
 };
 
 pub use crate::api::SchoolIncidentsApi;
+pub use crate::safeguarding::SafeguardingApi;
 
 /// The kind of agency this service runs.
 pub const KIND: AgencyKind = AgencyKind::School;
 
 /// The incident tables, numbered from 1000 (after the agency's).
-const OWN_MIGRATIONS: &[EmbeddedMigration] = &[(
-    1001,
-    "incident reports D and summaries E",
-    include_str!("../migrations/1001_incidents.sql"),
-)];
+const OWN_MIGRATIONS: &[EmbeddedMigration] = &[
+    (
+        1001,
+        "incident reports D and summaries E",
+        include_str!("../migrations/1001_incidents.sql"),
+    ),
+    (
+        1003,
+        "safeguarding: the lead's absences, concerns, allegations against staff",
+        include_str!("../migrations/1003_safeguarding.sql"),
+    ),
+];
 
 /// The store's whole migration list: the agency's, then the incident tables.
 pub static MIGRATIONS: LazyLock<Vec<EmbeddedMigration>> = LazyLock::new(|| {
@@ -98,7 +110,10 @@ impl AgencyExtension for IncidentsExtension {
     }
 
     fn service_names(&self) -> Vec<&'static str> {
-        vec![<IncidentsService as NamedService>::NAME]
+        vec![
+            <IncidentsService as NamedService>::NAME,
+            <SafeguardingServer<SafeguardingApi> as NamedService>::NAME,
+        ]
     }
 
     fn add_services(&self, host: &AgencyHost, router: Router) -> Router {
@@ -109,6 +124,20 @@ impl AgencyExtension for IncidentsExtension {
         let service = SchoolIncidentsServer::new(SchoolIncidentsApi::new(host.clone(), calendar))
             .max_decoding_message_size(referral_core::server::MAX_MESSAGE_BYTES);
         // The staff API's bearer-token check: only this agency's staff.
-        router.add_service(InterceptedService::new(service, host.staff_auth()))
+        let router = router.add_service(InterceptedService::new(service, host.staff_auth()));
+        // Safeguarding (a school's; UNIMPLEMENTED at a residential institution), the same check.
+        let safeguarding = SafeguardingServer::new(SafeguardingApi::new(host.clone()));
+        router.add_service(InterceptedService::new(safeguarding, host.staff_auth()))
+    }
+
+    async fn on_received(
+        &self,
+        _host: &AgencyHost,
+        conn: &mut sqlx::AnyConnection,
+        envelope: &referral_proto::v1::Envelope,
+        now: jiff::Timestamp,
+    ) -> referral_core::ServiceResult<()> {
+        // The commission's decision on a concern's written report is the service's answer.
+        safeguarding::on_received(conn, envelope, now).await
     }
 }
