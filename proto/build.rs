@@ -19,6 +19,8 @@ const PROTOS: &[&str] = &[
     "referral/v1/police.proto",
     "referral/v1/health.proto",
     "referral/v1/school.proto",
+    "referral/v1/school_referrals.proto",
+    "referral/v1/ngo.proto",
     "referral/v1/safeguarding.proto",
 ];
 
