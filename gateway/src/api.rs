@@ -120,11 +120,12 @@ impl gateway_server::Gateway for GatewayApi {
         &self,
         req: Request<RecordAgencyClockEventRequest>,
     ) -> Result<Response<RecordAgencyClockEventResponse>, Status> {
-        let Caller(_caller) = caller(&req)?;
-        // Issue 5: the agency clocks (gateway/src/deadlines/agency_clocks.rs) are being built.
-        Err(Status::unimplemented(
-            "agency clock events are not recorded yet",
-        ))
+        let Caller(caller) = caller(&req)?;
+        let recorded = self
+            .shared
+            .record_agency_clock_event(&caller, req.into_inner())
+            .await?;
+        Ok(Response::new(recorded))
     }
 
     async fn read_case(&self, req: Request<ReadCaseRequest>) -> Result<Response<CaseView>, Status> {

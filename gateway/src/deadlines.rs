@@ -1,6 +1,8 @@
 //! The deadline engine. It lives in the gateway because the gateway sees every agency's
 //! messages, and it is fed by the ledger: help requests delivered and decided, action progress
-//! reported, and the case events commissions record (`RecordCaseEvent`).
+//! reported, the case events commissions record (`RecordCaseEvent`), and the clock events
+//! schools, institutions and NGOs record for their own matters (`RecordAgencyClockEvent`,
+//! [`agency_clocks`]).
 //!
 //! - [`ingest`] applies each ledger entry exactly once (a durable cursor, locked first and
 //!   advanced in the transaction that applies the entry) and creates, meets and cancels
@@ -14,6 +16,7 @@
 //! the injected clock, and on a poll interval (for entries other replicas appended); tests can
 //! run the same steps in their own task with [`settle`].
 
+mod agency_clocks;
 mod events;
 mod ingest;
 mod model;

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         "payloads sealed at rest and removed after delivery",
         include_str!("../migrations/0004_sealed_payloads.sql"),
     ),
+    (
+        5,
+        "agency clocks: clock events, deadlines' subject and referring agency",
+        include_str!("../migrations/0005_agency_clocks.sql"),
+    ),
 ];
 
 /// Delivery state of a message as stored.

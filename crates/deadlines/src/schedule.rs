@@ -146,14 +146,20 @@ pub fn lead_for(kind: DeadlineKind, s: &DeadlineSettings) -> Lead {
         DeadlineKind::SupportPlan => Lead::Days(s.support_plan_warn_days),
         DeadlineKind::PlanReview => Lead::Days(s.review_warn_days),
         DeadlineKind::Action => Lead::Days(s.action_warn_days),
-        // Agency clocks: set out by the agency-clock rules (issue 5); until then, no lead.
-        DeadlineKind::InvestigationStart
-        | DeadlineKind::InvestigationFinish
-        | DeadlineKind::WrittenConfirmation
-        | DeadlineKind::ProtectionServiceAnswer
-        | DeadlineKind::AllegationToDirector
-        | DeadlineKind::WeeklyProgress
-        | DeadlineKind::Unspecified => Lead::Days(0),
+        // Agency clocks (crate::agency). An urgent investigation, due the day it is reported,
+        // warns that day; an allegation warns the day it is recorded.
+        DeadlineKind::InvestigationStart | DeadlineKind::InvestigationFinish => {
+            Lead::WorkingDays(s.investigation_warn_working_days)
+        }
+        DeadlineKind::ProtectionServiceAnswer => {
+            Lead::WorkingDays(s.protection_service_answer_warn_working_days)
+        }
+        DeadlineKind::AllegationToDirector => {
+            Lead::WorkingDays(s.allegation_to_director_working_days)
+        }
+        DeadlineKind::WeeklyProgress => Lead::Days(s.weekly_progress_warn_days),
+        // An instant, not a day: see crate::agency::written_confirmation_schedule.
+        DeadlineKind::WrittenConfirmation | DeadlineKind::Unspecified => Lead::Days(0),
     }
 }
 
@@ -402,5 +408,14 @@ mod tests {
         assert_eq!(lead_for(DeadlineKind::SupportPlan, &s), Lead::Days(3));
         assert_eq!(lead_for(DeadlineKind::PlanReview, &s), Lead::Days(14));
         assert_eq!(lead_for(DeadlineKind::Action, &s), Lead::Days(3));
+        assert_eq!(
+            lead_for(DeadlineKind::InvestigationStart, &s),
+            Lead::WorkingDays(1)
+        );
+        assert_eq!(
+            lead_for(DeadlineKind::ProtectionServiceAnswer, &s),
+            Lead::WorkingDays(1)
+        );
+        assert_eq!(lead_for(DeadlineKind::WeeklyProgress, &s), Lead::Days(1));
     }
 }

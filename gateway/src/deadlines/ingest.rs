@@ -39,7 +39,7 @@ use referral_proto::v1::{
 use sqlx::{Any, Row as _, Transaction};
 
 use super::{
-    EngineError,
+    EngineError, agency_clocks,
     events::kind_from_ledger_event,
     model::{self, DeadlineRow, NewDeadline},
 };
@@ -59,11 +59,11 @@ pub(crate) struct Applied {
 
 /// One ledger entry, as much of it as the rules read.
 #[derive(Debug, Clone)]
-struct Entry {
+pub(super) struct Entry {
     seq: i64,
     recorded_at: Timestamp,
     event: String,
-    message_id: String,
+    pub(super) message_id: String,
     sender_agency_id: String,
     recipient_agency_id: String,
     form_kind: String,
@@ -144,11 +144,12 @@ struct CaseClock {
     risk: RiskLevel,
 }
 
-/// Applying one entry inside the batch's transaction.
-struct Apply<'a> {
-    shared: &'a Shared,
-    tx: &'a mut Transaction<'static, Any>,
-    entry: &'a Entry,
+/// Applying one entry inside the batch's transaction (the agency clocks' rules are in
+/// `agency_clocks`).
+pub(super) struct Apply<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) tx: &'a mut Transaction<'static, Any>,
+    pub(super) entry: &'a Entry,
     applied: &'a mut Applied,
 }
 
@@ -179,6 +180,9 @@ impl Apply<'_> {
         if let Some(kind) = kind_from_ledger_event(&e.event) {
             return self.case_event(kind).await;
         }
+        if let Some(kind) = agency_clocks::kind_from_ledger_event(&e.event) {
+            return self.agency_clock_event(kind).await;
+        }
         Ok(())
     }
 
@@ -186,7 +190,11 @@ impl Apply<'_> {
         self.shared.directory().agency(id).cloned()
     }
 
-    async fn create(&mut self, d: NewDeadline, state: DeadlineState) -> Result<(), EngineError> {
+    pub(super) async fn create(
+        &mut self,
+        d: NewDeadline,
+        state: DeadlineState,
+    ) -> Result<(), EngineError> {
         if model::create(self.tx, &d, state, self.entry.recorded_at).await? {
             self.applied.created += 1;
             if state == DeadlineState::Met {
@@ -196,7 +204,11 @@ impl Apply<'_> {
         Ok(())
     }
 
-    async fn end(&mut self, d: &DeadlineRow, to: DeadlineState) -> Result<(), EngineError> {
+    pub(super) async fn end(
+        &mut self,
+        d: &DeadlineRow,
+        to: DeadlineState,
+    ) -> Result<(), EngineError> {
         if model::end(self.tx, &d.id, to, self.entry.recorded_at).await? {
             match to {
                 DeadlineState::Met => self.applied.met += 1,
@@ -228,6 +240,8 @@ impl Apply<'_> {
             responsible_role: Role::CommissionSecretary,
             action_number: 0,
             help_request_message_id: Some(message_id.to_owned()),
+            subject_reference: String::new(),
+            related_agency_id: String::new(),
             schedule: schedule(
                 due_on,
                 lead_for(DeadlineKind::HelpRequestDecision, s),
@@ -252,7 +266,8 @@ impl Apply<'_> {
         Ok(())
     }
 
-    /// The decision on a K was sent: its deadline is met.
+    /// The decision on a K was sent: its deadline is met, and so is the child-protection
+    /// service's answer to the written report that is this K (an agency clock of the K's sender).
     async fn help_request_decided(&mut self) -> Result<(), EngineError> {
         let Some(decision) = store::message_by_id(&mut **self.tx, &self.entry.message_id).await?
         else {
@@ -260,10 +275,18 @@ impl Apply<'_> {
                 "the decision's message row is missing",
             ));
         };
-        match decision.in_reply_to {
-            Some(k) => self.meet_help_request(&k, &decision.sender_agency_id).await,
-            None => Ok(()),
+        let Some(k) = decision.in_reply_to else {
+            return Ok(());
+        };
+        for d in model::naming_help_request(self.tx, &k).await? {
+            if d.kind == DeadlineKind::ProtectionServiceAnswer
+                && d.responsible_agency_id == decision.recipient_agency_id
+                && model::is_open(d.state)
+            {
+                self.end(&d, DeadlineState::Met).await?;
+            }
         }
+        self.meet_help_request(&k, &decision.sender_agency_id).await
     }
 
     /// Meets the decision deadline of help request `k`, when `commission` received it. When the
@@ -630,6 +653,8 @@ impl Apply<'_> {
             responsible_role: role,
             action_number: number,
             help_request_message_id: None,
+            subject_reference: String::new(),
+            related_agency_id: String::new(),
             schedule: schedule(due_on, lead_for(kind, s), s, ctx.calendar),
         };
         self.create(d, DeadlineState::Pending).await
@@ -692,8 +717,9 @@ impl Apply<'_> {
     }
 }
 
-/// Whom an agency's action-row alerts are addressed to.
-fn partner_role(kind: AgencyKind) -> Role {
+/// Whom an agency's action-row alerts (and a referring agency's late-report alerts) are
+/// addressed to.
+pub(super) fn partner_role(kind: AgencyKind) -> Role {
     match kind {
         AgencyKind::School => Role::SafeguardingLead,
         AgencyKind::Residential => Role::InstitutionDirector,

@@ -42,7 +42,7 @@ pub(crate) fn parse_kind(name: &str) -> DeadlineKind {
 pub(crate) const COLUMNS: &str = "deadline_id, key, kind, case_reference, cycle, district_id, \
     responsible_agency_id, responsible_user_id, responsible_role, action_number, \
     help_request_message_id, warn_at, due_day_starts_at, due_at, escalate_at, due_on, state, \
-    next_transition_at, met_at, created_at";
+    next_transition_at, met_at, created_at, subject_reference, related_agency_id";
 
 /// One stored deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +63,10 @@ pub(crate) struct DeadlineRow {
     pub next_transition_at: Option<i64>,
     pub met_at: Option<i64>,
     pub created_at: i64,
+    /// An agency clock's matter (empty for the case clocks).
+    pub subject_reference: String,
+    /// The agency that referred a service (weekly progress), else empty.
+    pub related_agency_id: String,
 }
 
 impl DeadlineRow {
@@ -95,6 +99,8 @@ impl DeadlineRow {
             next_transition_at: r.try_get("next_transition_at")?,
             met_at: r.try_get("met_at")?,
             created_at: r.try_get("created_at")?,
+            subject_reference: r.try_get("subject_reference")?,
+            related_agency_id: r.try_get("related_agency_id")?,
         })
     }
 
@@ -115,6 +121,7 @@ impl DeadlineRow {
             met_at: self.met_at.map(time::micros_to_proto),
             help_request_message_id: self.help_request_message_id.clone().unwrap_or_default(),
             cycle: u32::try_from(self.cycle).unwrap_or(0),
+            subject_reference: self.subject_reference.clone(),
         }
     }
 
@@ -140,6 +147,10 @@ pub(crate) struct NewDeadline {
     pub action_number: i64,
     pub help_request_message_id: Option<String>,
     pub schedule: Schedule,
+    /// An agency clock's matter (empty for the case clocks).
+    pub subject_reference: String,
+    /// The agency that referred a service (weekly progress), else empty.
+    pub related_agency_id: String,
 }
 
 /// Creates a deadline in `state` (pending, or met for one whose meeting event came first)
@@ -164,9 +175,9 @@ pub(crate) async fn create(
         "INSERT INTO deadlines (deadline_id, key, kind, case_reference, cycle, district_id, \
          responsible_agency_id, responsible_user_id, responsible_role, action_number, \
          help_request_message_id, warn_at, due_day_starts_at, due_at, escalate_at, due_on, state, \
-         next_transition_at, met_at, created_at) \
+         next_transition_at, met_at, created_at, subject_reference, related_agency_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20) ON CONFLICT (key) DO NOTHING",
+         $19, $20, $21, $22) ON CONFLICT (key) DO NOTHING",
     )
     .bind(uuid::Uuid::now_v7().to_string())
     .bind(&d.key)
@@ -188,6 +199,8 @@ pub(crate) async fn create(
     .bind(next_transition_at)
     .bind(met_at)
     .bind(time::to_micros(now))
+    .bind(&d.subject_reference)
+    .bind(&d.related_agency_id)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -266,6 +279,55 @@ pub(crate) async fn of_case(
     rows.iter().map(DeadlineRow::from_row).collect()
 }
 
+/// Every deadline of one agency's subject and kind (any state), oldest first.
+pub(crate) async fn of_subject(
+    tx: &mut Transaction<'static, Any>,
+    agency_id: &str,
+    subject_reference: &str,
+    kind: DeadlineKind,
+) -> Result<Vec<DeadlineRow>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM deadlines \
+         WHERE responsible_agency_id = $1 AND subject_reference = $2 AND kind = $3 \
+         ORDER BY created_at, deadline_id"
+    )))
+    .bind(agency_id)
+    .bind(subject_reference)
+    .bind(kind_name(kind))
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(DeadlineRow::from_row).collect()
+}
+
+/// The deadlines that name help request `k` (its decision, and the child-protection service's
+/// answer to a written report that is this K).
+pub(crate) async fn naming_help_request(
+    tx: &mut Transaction<'static, Any>,
+    k: &str,
+) -> Result<Vec<DeadlineRow>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM deadlines WHERE help_request_message_id = $1 \
+         ORDER BY created_at, deadline_id"
+    )))
+    .bind(k)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(DeadlineRow::from_row).collect()
+}
+
+/// Whether a kind is an agency clock (fed by agency clock events, not by case events).
+pub(crate) fn is_agency_clock(kind: DeadlineKind) -> bool {
+    matches!(
+        kind,
+        DeadlineKind::InvestigationStart
+            | DeadlineKind::InvestigationFinish
+            | DeadlineKind::WrittenConfirmation
+            | DeadlineKind::ProtectionServiceAnswer
+            | DeadlineKind::AllegationToDirector
+            | DeadlineKind::WeeklyProgress
+    )
+}
+
 /// Whether a state can still change.
 pub(crate) fn is_open(state: DeadlineState) -> bool {
     OPEN_STATES.contains(&state)
@@ -290,6 +352,8 @@ mod tests {
             DeadlineKind::SupportPlan,
             DeadlineKind::PlanReview,
             DeadlineKind::Action,
+            DeadlineKind::InvestigationStart,
+            DeadlineKind::WeeklyProgress,
         ] {
             assert_eq!(parse_kind(kind_name(kind)), kind);
         }

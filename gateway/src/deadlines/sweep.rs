@@ -13,12 +13,14 @@ use jiff::Timestamp;
 use referral_core::{directory::AgencyEntry, time};
 use referral_deadlines::next_transition;
 use referral_proto::v1::{
-    ActingUser, AgencyKind, ConfidentialityLabel, DeadlineAlert, DeadlineState, Envelope, FormKind,
-    Payload, PurposeOfUse, Role, payload,
+    ActingUser, AgencyKind, ConfidentialityLabel, DeadlineAlert, DeadlineKind, DeadlineState,
+    Envelope, FormKind, Payload, PurposeOfUse, Role, payload,
 };
 
 use super::{
     EngineError,
+    agency_clocks::head_role,
+    ingest::partner_role,
     model::{self, DeadlineRow},
 };
 use crate::{Shared, ledger, store};
@@ -142,7 +144,17 @@ async fn advance(
             .agencies
             .iter()
             .find(|a| a.district == d.district_id && a.kind() == AgencyKind::Commission);
-        let recipients = recipients(&current, to, commission);
+        let recipients = if model::is_agency_clock(d.kind) {
+            let kind_of = |id: &str| directory.agency(id).map(|a| a.kind());
+            agency_clock_recipients(
+                &current,
+                to,
+                kind_of(&d.responsible_agency_id),
+                kind_of(&d.related_agency_id),
+            )
+        } else {
+            recipients(&current, to, commission)
+        };
         let mut first = None;
         for (n, (agency, role, user)) in recipients.into_iter().enumerate() {
             let alert = DeadlineAlert {
@@ -202,6 +214,50 @@ fn recipients(
             .chain(commission_role(Role::CommissionSecretary))
             .collect(),
         DeadlineState::Escalated => commission_role(Role::CommissionChair).into_iter().collect(),
+        _ => Vec::new(),
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    to.retain(|(agency, role, user)| seen.insert((agency.clone(), *role as i32, user.clone())));
+    to
+}
+
+/// Who is told that an agency clock `d` entered `state`: its own business, never the
+/// commission's. Warned and due go to the responsible agency (its person and role); overdue to it
+/// and to the agency's head (a school's director, an institution's director); escalated to the
+/// head (to the responsible agency again when the kind of agency has no head). A late weekly
+/// progress report is told, overdue and escalated, to the agency that referred the service too.
+fn agency_clock_recipients(
+    d: &DeadlineRow,
+    state: DeadlineState,
+    responsible_kind: Option<AgencyKind>,
+    related_kind: Option<AgencyKind>,
+) -> Vec<(String, Role, String)> {
+    let responsible = (
+        d.responsible_agency_id.clone(),
+        d.responsible_role(),
+        d.responsible_user_id.clone(),
+    );
+    let head = responsible_kind
+        .and_then(head_role)
+        .map(|role| (d.responsible_agency_id.clone(), role, String::new()));
+    let referrer = related_kind
+        .filter(|_| d.kind == DeadlineKind::WeeklyProgress && !d.related_agency_id.is_empty())
+        .map(|kind| {
+            (
+                d.related_agency_id.clone(),
+                partner_role(kind),
+                String::new(),
+            )
+        });
+    let mut to: Vec<(String, Role, String)> = match state {
+        DeadlineState::Warned | DeadlineState::Due => vec![responsible],
+        DeadlineState::Overdue => std::iter::once(responsible)
+            .chain(head)
+            .chain(referrer)
+            .collect(),
+        DeadlineState::Escalated => std::iter::once(head.unwrap_or(responsible))
+            .chain(referrer)
+            .collect(),
         _ => Vec::new(),
     };
     let mut seen = std::collections::BTreeSet::new();
@@ -284,6 +340,8 @@ mod tests {
             next_transition_at: None,
             met_at: None,
             created_at: 0,
+            subject_reference: String::new(),
+            related_agency_id: String::new(),
         }
     }
 
@@ -327,5 +385,57 @@ mod tests {
         // The curator's: the curator and the secretary.
         let l = row("commission", "commission_curator", "curator-1");
         assert_eq!(recipients(&l, DeadlineState::Overdue, Some(&c)).len(), 2);
+    }
+
+    #[test]
+    fn agency_clocks_tell_the_agency_and_its_head_never_the_commission() {
+        let mut start = row("school-1", "safety_team_member", "");
+        start.kind = DeadlineKind::InvestigationStart;
+        let school = Some(AgencyKind::School);
+        assert_eq!(
+            agency_clock_recipients(&start, DeadlineState::Due, school, None),
+            [("school-1".into(), Role::SafetyTeamMember, String::new())]
+        );
+        assert_eq!(
+            agency_clock_recipients(&start, DeadlineState::Overdue, school, None),
+            [
+                ("school-1".into(), Role::SafetyTeamMember, String::new()),
+                ("school-1".into(), Role::SchoolDirector, String::new()),
+            ]
+        );
+        assert_eq!(
+            agency_clock_recipients(&start, DeadlineState::Escalated, school, None),
+            [("school-1".into(), Role::SchoolDirector, String::new())]
+        );
+        // The director's own clock: told once.
+        let mut allegation = row("school-1", "school_director", "");
+        allegation.kind = DeadlineKind::AllegationToDirector;
+        assert_eq!(
+            agency_clock_recipients(&allegation, DeadlineState::Overdue, school, None).len(),
+            1
+        );
+        // An NGO has no head; a late report is told to the school that referred the service.
+        let mut weekly = row("ngo-1", "ngo_case_manager", "case-manager");
+        weekly.kind = DeadlineKind::WeeklyProgress;
+        weekly.related_agency_id = "school-1".into();
+        let ngo = Some(AgencyKind::Ngo);
+        assert_eq!(
+            agency_clock_recipients(&weekly, DeadlineState::Warned, ngo, school),
+            [("ngo-1".into(), Role::NgoCaseManager, "case-manager".into())]
+        );
+        assert_eq!(
+            agency_clock_recipients(&weekly, DeadlineState::Overdue, ngo, school),
+            [
+                ("ngo-1".into(), Role::NgoCaseManager, "case-manager".into()),
+                ("school-1".into(), Role::SafeguardingLead, String::new()),
+            ]
+        );
+        assert_eq!(
+            agency_clock_recipients(&weekly, DeadlineState::Escalated, ngo, school),
+            [
+                ("ngo-1".into(), Role::NgoCaseManager, "case-manager".into()),
+                ("school-1".into(), Role::SafeguardingLead, String::new()),
+            ]
+        );
     }
 }

@@ -1068,3 +1068,5 @@ async fn lists_are_scoped_ordered_by_lateness_and_paged() {
     );
     hub.shared.db.close().await;
 }
+
+mod agency_clocks;

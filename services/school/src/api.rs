@@ -7,6 +7,10 @@
 //! is written, a step of the investigation is a conditional `UPDATE` (so a second start, or a
 //! finish before the start, changes nothing and answers `FAILED_PRECONDITION`), and a summary
 //! sent is queued with its own row in one transaction before it is handed to the gateway.
+//! Recording a report, starting and finishing its investigation each queue a clock event
+//! (INCIDENT_RECORDED, urgent when anyone is injured or at risk of injury; INVESTIGATION_STARTED;
+//! INVESTIGATION_FINISHED; the incident id as subject) in the same transaction, pushed to the
+//! gateway's deadline engine after the commit (the agency's retry loop pushes it otherwise).
 
 use jiff::civil::Date;
 use prost::Message as _;
@@ -19,11 +23,12 @@ use referral_core::{
 };
 use referral_deadlines::DistrictCalendar;
 use referral_proto::v1::{
-    ConfidentialityLabel, Envelope, ExportFormat, ExportMonthlySummaryRequest, ExportedFile,
-    FormKind, GetIncidentRequest, Incident, IncidentReport, IncidentSummary, InvestigationState,
-    InvestigationStepRequest, ListIncidentsRequest, ListIncidentsResponse, MonthlySummaryRequest,
-    Payload, PurposeOfUse, RecordIncidentRequest, SendMonthlySummaryRequest,
-    SendMonthlySummaryResponse, payload::Form, school_incidents_server::SchoolIncidents,
+    AgencyClockEvent, AgencyClockEventKind, AgencyKind, ConfidentialityLabel, Envelope,
+    ExportFormat, ExportMonthlySummaryRequest, ExportedFile, FormKind, GetIncidentRequest,
+    Incident, IncidentReport, IncidentSummary, InvestigationState, InvestigationStepRequest,
+    ListIncidentsRequest, ListIncidentsResponse, MonthlySummaryRequest, Payload, PurposeOfUse,
+    RecordIncidentRequest, Role, SendMonthlySummaryRequest, SendMonthlySummaryResponse,
+    payload::Form, school_incidents_server::SchoolIncidents,
 };
 use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
@@ -42,6 +47,11 @@ const MAX_PAGE: u32 = 500;
 pub struct SchoolIncidentsApi {
     host: AgencyHost,
     calendar: DistrictCalendar,
+}
+
+/// The idempotency key of an incident's clock event: one per incident and step.
+fn clock_key(incident_id: &str, step: &str) -> String {
+    format!("incident:{incident_id}:{step}")
 }
 
 fn sha_of<M: prost::Message>(m: &M) -> String {
@@ -181,11 +191,8 @@ impl SchoolIncidentsApi {
         validation::incident_report(report, today, &mut v, "incident");
         v.into_result()?;
         let sha = sha_of(&request);
-        let mut conn = self.host.pool().acquire().await?;
-        if let Some(existing) = self
-            .replay(&mut conn, &request.idempotency_key, &sha)
-            .await?
-        {
+        let mut tx = self.host.begin().await?;
+        if let Some(existing) = self.replay(&mut tx, &request.idempotency_key, &sha).await? {
             return Ok(existing);
         }
         let reported_on =
@@ -223,18 +230,60 @@ impl SchoolIncidentsApi {
         .bind(time::to_micros(now))
         .bind(&user.user_id)
         .bind(&user.display_name)
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
             // A concurrent call with the same key won.
             return self
-                .replay(&mut conn, &request.idempotency_key, &sha)
+                .replay(&mut tx, &request.idempotency_key, &sha)
                 .await?
                 .ok_or_else(|| ServiceError::Aborted("recorded concurrently: retry".into()));
         }
+        // The investigation's clock, for the gateway's deadline engine: from the report's day
+        // (now, when it is today's).
+        let reported_at = if self.calendar.local_date(now) == reported_on {
+            now
+        } else {
+            self.calendar.start_of_day(reported_on)
+        };
+        let event = self.clock_event(
+            AgencyClockEventKind::IncidentRecorded,
+            &incident_id,
+            reported_at,
+            urgent,
+        );
+        self.host
+            .queue_clock_event(&mut tx, &clock_key(&incident_id, "recorded"), user, event)
+            .await?;
+        let row = load(&mut tx, &incident_id).await?.ok_or_else(not_found)?;
+        tx.commit().await?;
         tracing::info!(incident_id = %incident_id, urgent, "incident report recorded");
-        let row = load(&mut conn, &incident_id).await?.ok_or_else(not_found)?;
+        self.host.push_clock_events().await;
         Ok(self.incident(row))
+    }
+
+    /// A clock event of one of this agency's incidents, for the safety team (a residential
+    /// institution's staff).
+    fn clock_event(
+        &self,
+        kind: AgencyClockEventKind,
+        incident_id: &str,
+        at: jiff::Timestamp,
+        urgent: bool,
+    ) -> AgencyClockEvent {
+        let role = match self.host.kind() {
+            AgencyKind::Residential => Role::InstitutionStaff,
+            _ => Role::SafetyTeamMember,
+        };
+        AgencyClockEvent {
+            kind: kind as i32,
+            subject_reference: incident_id.to_owned(),
+            occurred_at: Some(time::to_proto(at)),
+            urgent,
+            responsible_user_id: String::new(),
+            responsible_role: role as i32,
+            related_message_id: String::new(),
+        }
     }
 
     /// The incident recorded under `key` by the same request, if any; ALREADY_EXISTS when the
@@ -273,8 +322,9 @@ impl SchoolIncidentsApi {
         let mut v = FieldViolations::new();
         referral_agency::checks::message_id(&mut v, "incident_id", incident_id);
         v.into_result()?;
-        let now = time::to_micros(self.host.clock().now());
-        let mut conn = self.host.pool().acquire().await?;
+        let now_at = self.host.clock().now();
+        let now = time::to_micros(now_at);
+        let mut tx = self.host.begin().await?;
         let sql = if finish {
             "UPDATE school_incidents SET investigation_finished_at = $1, \
              investigation_finished_by = $2 WHERE incident_id = $3 \
@@ -288,10 +338,10 @@ impl SchoolIncidentsApi {
             .bind(now)
             .bind(&user.display_name)
             .bind(incident_id)
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
-        let row = load(&mut conn, incident_id).await?.ok_or_else(not_found)?;
+        let row = load(&mut tx, incident_id).await?.ok_or_else(not_found)?;
         if changed == 0 {
             let why = match (finish, row.started_at, row.finished_at) {
                 (false, _, _) => "the investigation has started already",
@@ -300,7 +350,18 @@ impl SchoolIncidentsApi {
             };
             return Err(ServiceError::FailedPrecondition(why.into()));
         }
+        let (kind, step) = if finish {
+            (AgencyClockEventKind::InvestigationFinished, "finished")
+        } else {
+            (AgencyClockEventKind::InvestigationStarted, "started")
+        };
+        let event = self.clock_event(kind, incident_id, now_at, false);
+        self.host
+            .queue_clock_event(&mut tx, &clock_key(incident_id, step), user, event)
+            .await?;
+        tx.commit().await?;
         tracing::info!(incident_id, finish, "investigation step recorded");
+        self.host.push_clock_events().await;
         Ok(self.incident(row))
     }
 

@@ -1,38 +1,28 @@
 //! The investigation clocks of a reported incident (M:1588-1622): with an injury, or a risk of
 //! one, the safety team starts investigating on the day it was reported; otherwise within 1-2
 //! days of the report (taken as 2 working days); the investigation takes no more than 1-2 days
-//! (taken as 2 working days after the start). Working days are the district's
-//! ([`referral_deadlines::DistrictCalendar`]: weekends and the holiday calendar), and dates are
-//! judged in the district's time zone.
-//!
-//! These dates are shown on each incident (`start_by`, `finish_by`, and whether either is
-//! overdue by the service's clock). They are not yet deadlines of the gateway's deadline engine,
-//! which only knows case events today: feeding them to the engine, so that a missed start raises
-//! an alert, is a later step of issue 5.
+//! (taken as 2 working days after the start). The rule lives once, in `referral-deadlines`
+//! (`investigation_start_due`, `investigation_finish_due`); this module shows its dates on each
+//! incident (`start_by`, `finish_by`, and whether either is overdue by the service's clock) with
+//! the default periods. The gateway's deadline engine keeps the same clocks as deadlines
+//! (INVESTIGATION_START, INVESTIGATION_FINISH), fed by the clock events the service queues with
+//! each step ([`crate::api`]), and alerts the safety team and the director when one is missed.
 
 use jiff::{Timestamp, civil::Date};
-use referral_deadlines::DistrictCalendar;
-
-/// Working days from the report to the latest start, when nobody is hurt or at risk.
-pub const START_WORKING_DAYS: u32 = 2;
-/// Working days from the start to the latest finish.
-pub const FINISH_WORKING_DAYS: u32 = 2;
+use referral_deadlines::{
+    DeadlineSettings, DistrictCalendar, investigation_finish_due, investigation_start_due,
+};
 
 /// The last day to start investigating an incident reported on `reported_on`.
 pub fn start_by(cal: &DistrictCalendar, reported_on: Date, urgent: bool) -> Date {
-    if urgent {
-        reported_on
-    } else {
-        cal.holidays
-            .add_working_days(reported_on, START_WORKING_DAYS)
-    }
+    investigation_start_due(reported_on, urgent, &DeadlineSettings::default(), cal)
 }
 
 /// The last day to finish: counted from the day it started, or, until it starts, from the last
 /// day to start.
 pub fn finish_by(cal: &DistrictCalendar, start_by: Date, started_at: Option<Timestamp>) -> Date {
     let from = started_at.map_or(start_by, |t| cal.local_date(t));
-    cal.holidays.add_working_days(from, FINISH_WORKING_DAYS)
+    investigation_finish_due(from, &DeadlineSettings::default(), cal)
 }
 
 /// Whether a step due on `due` and not done is overdue at `now`: after the end of its day.
