@@ -96,15 +96,7 @@ pub(crate) async fn queue(
 /// should fail the caller's change, not be refused later where nobody sees it.
 fn check(idempotency_key: &str, event: &AgencyClockEvent) -> ServiceResult<()> {
     let mut violations = referral_core::FieldViolations::new();
-    if idempotency_key.is_empty()
-        || idempotency_key.len() > 128
-        || !idempotency_key.bytes().all(|b| b.is_ascii_graphic())
-    {
-        violations.add(
-            "idempotency_key",
-            "must be 1 to 128 printable ASCII characters",
-        );
-    }
+    referral_core::validate::idempotency_key(idempotency_key, "idempotency_key", &mut violations);
     if !matches!(
         AgencyClockEventKind::try_from(event.kind),
         Ok(kind) if kind != AgencyClockEventKind::Unspecified
@@ -288,23 +280,23 @@ mod tests {
         let (store, _dir) = testing::store().await;
         let mut tx = store.begin().await.unwrap();
         let now = Timestamp::UNIX_EPOCH;
-        queue(&mut tx, "k-1", &acting(), &event("inc-1"), now)
+        queue(&mut tx, "key-0001", &acting(), &event("inc-1"), now)
             .await
             .unwrap();
-        queue(&mut tx, "k-1", &acting(), &event("inc-1"), now)
+        queue(&mut tx, "key-0001", &acting(), &event("inc-1"), now)
             .await
             .unwrap();
-        queue(&mut tx, "k-2", &acting(), &event("inc-2"), now)
+        queue(&mut tx, "key-0002", &acting(), &event("inc-2"), now)
             .await
             .unwrap();
-        let err = queue(&mut tx, "k-1", &acting(), &event("inc-3"), now)
+        let err = queue(&mut tx, "key-0001", &acting(), &event("inc-3"), now)
             .await
             .unwrap_err();
         assert!(matches!(err, ServiceError::AlreadyExists(_)), "{err:?}");
         tx.commit().await.unwrap();
         let rows = pending(store.pool()).await.unwrap();
         let keys: Vec<&str> = rows.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["k-1", "k-2"], "in the order queued");
+        assert_eq!(keys, ["key-0001", "key-0002"], "in the order queued");
     }
 
     #[tokio::test]
@@ -315,9 +307,10 @@ mod tests {
         let mut no_kind = event("inc-1");
         no_kind.kind = 0;
         for (key, bad, field) in [
-            ("k-1", event("with space"), "event.subject_reference"),
-            ("k-1", event(""), "event.subject_reference"),
-            ("k-1", no_kind, "event.kind"),
+            ("key-0001", event("with space"), "event.subject_reference"),
+            ("key-0001", event(""), "event.subject_reference"),
+            ("key-0001", no_kind, "event.kind"),
+            ("short", event("inc-1"), "idempotency_key"),
             ("", event("inc-1"), "idempotency_key"),
         ] {
             let err = queue(&mut tx, key, &acting(), &bad, now).await.unwrap_err();
