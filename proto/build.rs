@@ -22,6 +22,7 @@ const PROTOS: &[&str] = &[
     "referral/v1/school_referrals.proto",
     "referral/v1/ngo.proto",
     "referral/v1/safeguarding.proto",
+    "referral/v1/residential.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

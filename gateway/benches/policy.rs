@@ -207,6 +207,7 @@ fn realistic_case() -> CaseFacts {
             Sensitivity::Concern,
         )],
         excluded_agencies: vec!["residential-1".into()],
+        implicated_agencies: Vec::new(),
         conflicting_parties: vec!["INC-2026-0042|offender".into()],
     }
 }
@@ -244,6 +245,7 @@ fn large_case() -> CaseFacts {
             })
             .collect(),
         excluded_agencies: vec!["residential-1".into(), "residential-2".into()],
+        implicated_agencies: Vec::new(),
         conflicting_parties: vec!["INC-2026-0042|offender".into()],
     }
 }

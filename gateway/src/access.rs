@@ -264,6 +264,9 @@ pub(crate) async fn case_facts(
     for r in &referrals {
         let r = referral_row(r)?;
         facts.excluded_agencies.extend(r.excluded());
+        if !r.implicated_agency_id.is_empty() {
+            facts.implicated_agencies.push(r.implicated_agency_id.clone());
+        }
         if !r.incident_reference.is_empty() {
             facts
                 .conflicting_parties
@@ -345,6 +348,11 @@ pub(crate) fn referral_facts(r: &Referral) -> CaseFacts {
         commission: r.commission_agency_id.clone(),
         referrers: vec![r.referring_agency_id.clone()],
         excluded_agencies: r.excluded(),
+        implicated_agencies: [&r.implicated_agency_id]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect(),
         conflicting_parties: if r.incident_reference.is_empty() {
             Vec::new()
         } else {
@@ -649,6 +657,19 @@ impl Shared {
                 }
                 Ok(all)
             }
+            // Issue 5: an institution's incident referral, the commission's protection
+            // instruction and its acknowledgement (`protection_forms`).
+            Some(payload::Form::IncidentReferral(r)) => {
+                self.check_incident_referral(caller, recipient, env, &r)
+            }
+            Some(payload::Form::ProtectionInstruction(_)) => {
+                self.check_instruction(tx, caller, recipient, env, &acting, situation, now_us)
+                    .await
+            }
+            Some(payload::Form::InstructionAcknowledgement(_)) => {
+                self.check_acknowledgement(tx, caller, env, &acting, now_us)
+                    .await
+            }
             Some(payload::Form::IncidentSummary(_)) => {
                 if !env.case_reference.is_empty() {
                     return Err(ServiceError::invalid_field(
@@ -776,7 +797,7 @@ impl Shared {
     }
 
     /// The sections the recipient agency may receive of a case.
-    fn recipient_view(
+    pub(crate) fn recipient_view(
         &self,
         recipient: &AgencyEntry,
         facts: &CaseFacts,

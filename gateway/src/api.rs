@@ -22,7 +22,7 @@ use referral_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Shared, access, forms, ledger,
+    Shared, access, forms, ledger, protection_forms,
     policy::Sections,
     routing::{self, Reply},
     store::{self, STATE_ANSWERED, STATE_DELIVERED, STATE_QUEUED},
@@ -259,6 +259,14 @@ fn check_against_original(
             v.add(
                 "envelope.payload.information_response.case_reference",
                 "must be the case of the request answered",
+            );
+        }
+        Some(payload::Form::InstructionAcknowledgement(a))
+            if a.case_reference != original.case_reference =>
+        {
+            v.add(
+                "envelope.payload.instruction_acknowledgement.case_reference",
+                "must be the case of the instruction",
             );
         }
         Some(payload::Form::ActionProgress(p)) => {
@@ -566,6 +574,11 @@ impl Shared {
                     );
                 }
             }
+            Some(
+                form @ (payload::Form::IncidentReferral(_)
+                | payload::Form::ProtectionInstruction(_)
+                | payload::Form::InstructionAcknowledgement(_)),
+            ) => protection_forms::check(form, &env.in_reply_to, caller, &directory, now, &mut v),
             // No rule routes the other forms; they are refused above.
             _ => {}
         }

@@ -12,6 +12,7 @@ pub mod delivery;
 mod forms;
 pub mod ledger;
 pub mod policy;
+mod protection_forms;
 pub mod routing;
 pub mod sealing;
 pub mod store;

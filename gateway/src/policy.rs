@@ -137,6 +137,9 @@ pub enum Action {
     ManageGrants,
     /// Listing the child's disclosure history.
     ListDisclosures,
+    /// An agency receiving the commission's protection instruction about the case (only the
+    /// instruction: it may be excluded from everything else of the case).
+    ReceiveInstruction,
 }
 
 impl Action {
@@ -147,6 +150,7 @@ impl Action {
             Action::HoldCase => "holdCase",
             Action::ManageGrants => "manageGrants",
             Action::ListDisclosures => "listDisclosures",
+            Action::ReceiveInstruction => "receiveInstruction",
         }
     }
 
@@ -158,6 +162,7 @@ impl Action {
             Action::HoldCase,
             Action::ManageGrants,
             Action::ListDisclosures,
+            Action::ReceiveInstruction,
         ]);
         all
     }
@@ -198,6 +203,8 @@ pub struct CaseFacts {
     /// (agency, user, section) grants active now.
     pub user_grants: Vec<(String, String, Sensitivity)>,
     pub excluded_agencies: Vec<String>,
+    /// The institutions whose director a report of the case implicates (also excluded).
+    pub implicated_agencies: Vec<String>,
     pub conflicting_parties: Vec<String>,
 }
 
@@ -445,6 +452,10 @@ impl PolicyEngine {
             (
                 "excludedAgencies".to_owned(),
                 strings(&case.excluded_agencies),
+            ),
+            (
+                "implicatedAgencies".to_owned(),
+                strings(&case.implicated_agencies),
             ),
             (
                 "conflictingParties".to_owned(),

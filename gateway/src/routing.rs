@@ -150,6 +150,35 @@ pub const RULES: &[Rule] = &[
         same_district: true,
         reply: Reply::No,
     },
+    // Issue 5: an institution's incident referral to the commission and the police (purpose
+    // investigation) or of an injured child to health (purpose medical care: `access` decides
+    // which recipients a purpose allows); the commission's protection instruction to a
+    // residential institution, and the institution's acknowledgements of it (acknowledged, then
+    // carried out).
+    Rule {
+        from: EDUCATION,
+        form: FormKind::IncidentReferral,
+        to: &[AgencyKind::Commission, AgencyKind::Police, AgencyKind::Health],
+        same_district: true,
+        reply: Reply::No,
+    },
+    Rule {
+        from: COMMISSION,
+        form: FormKind::ProtectionInstruction,
+        to: &[AgencyKind::Residential],
+        same_district: true,
+        reply: Reply::No,
+    },
+    Rule {
+        from: &[AgencyKind::Residential],
+        form: FormKind::InstructionAcknowledgement,
+        to: COMMISSION,
+        same_district: true,
+        reply: Reply::To {
+            answers: FormKind::ProtectionInstruction,
+            single: false,
+        },
+    },
 ];
 
 /// The rule allowing this flow, if any.
@@ -239,6 +268,49 @@ mod tests {
         }
         assert!(find_rule(K::Police, F::InvestigationUpdate, K::School, true).is_none());
         assert!(find_rule(K::Health, F::HealthNotice, K::Ngo, true).is_none());
+    }
+
+    #[test]
+    fn incident_referrals_go_from_education_to_commission_police_and_health() {
+        for from in [K::School, K::Residential] {
+            for to in [K::Commission, K::Police, K::Health] {
+                let rule = find_rule(from, F::IncidentReferral, to, true).unwrap();
+                assert_eq!(rule.reply, Reply::No);
+                assert!(find_rule(from, F::IncidentReferral, to, false).is_none());
+            }
+            for to in [K::School, K::Residential, K::Ngo] {
+                assert!(find_rule(from, F::IncidentReferral, to, true).is_none());
+            }
+        }
+        for from in [K::Commission, K::Police, K::Health, K::Ngo] {
+            assert!(find_rule(from, F::IncidentReferral, K::Commission, true).is_none());
+        }
+    }
+
+    #[test]
+    fn protection_instructions_go_to_institutions_and_are_acknowledged_many_times() {
+        let rule =
+            find_rule(K::Commission, F::ProtectionInstruction, K::Residential, true).unwrap();
+        assert_eq!(rule.reply, Reply::No);
+        assert!(find_rule(K::Commission, F::ProtectionInstruction, K::Residential, false).is_none());
+        for to in [K::School, K::Police, K::Health, K::Ngo, K::Commission] {
+            assert!(find_rule(K::Commission, F::ProtectionInstruction, to, true).is_none());
+        }
+        let ack =
+            find_rule(K::Residential, F::InstructionAcknowledgement, K::Commission, true).unwrap();
+        assert_eq!(
+            ack.reply,
+            Reply::To {
+                answers: F::ProtectionInstruction,
+                single: false
+            }
+        );
+        for from in [K::School, K::Police, K::Health, K::Ngo] {
+            assert!(find_rule(from, F::InstructionAcknowledgement, K::Commission, true).is_none());
+        }
+        assert!(
+            find_rule(K::Residential, F::ProtectionInstruction, K::Residential, true).is_none()
+        );
     }
 
     #[test]

@@ -27,7 +27,8 @@ const SPEC: &str = r#"
 # RELATIONS: how the case of each check is built around the principal (agency "<kind>-1", user
 # "<role>-1"). Each case also has other parties (a curator "curator-9", referrer "school-9",
 # assignee "ngo-9", informant "police-9", participant "health-9", grants to "ngo-9" and to a user
-# of "police-9", an excluded "residential-9"), so no set is empty; none of them is the principal.
+# of "police-9", an excluded "residential-9", an implicated "residential-8"), so no set is empty;
+# none of them is the principal.
 #
 #  team               the case's team (its curator) lists the principal's user id. The case is
 #                     held by "commission-1": for a commission principal that is its own agency,
@@ -53,6 +54,8 @@ const SPEC: &str = r#"
 # CONDITIONS (the forbid dimensions; every check is made under each):
 #  plain              none of the below.
 #  excluded           the principal's agency is in the case's excluded agencies.
+#  implicated         the principal's agency is in the case's excluded agencies as the
+#                     institution whose director the report implicates.
 #  other-district     the principal is of district "d2", the case of "d1".
 #  conflict           the user curates "inc-7|offender" and the case lists "inc-7|offender" among
 #                     its conflicting parties (otherwise it lists "inc-8|offender").
@@ -68,7 +71,8 @@ const SPEC: &str = r#"
 #  purpose    any, or one of the PURPOSES above.
 #  allowed    read:<SECTION>,<SECTION>,... or read:ALL (the 12 sections); send (a case message);
 #             hold (be appointed curator); grants (manage grants); disclosures (list the child's
-#             disclosure history).
+#             disclosure history); instruct (receive the commission's protection instruction).
+#  relation   one of RELATIONS, or * for every relation.
 # ----------------------------------------------------------------------------------------------
 # relation          principal                          purpose  allowed
 # ----------------------------------------------------------------------------------------------
@@ -110,6 +114,10 @@ permit participant  *:*                                any      read:CASE_STATUS
 permit agency-granted  *:*                             any      read:ASSESSMENT
 permit user-granted    *:user                          any      read:ASSESSMENT
 # none, colleague-granted: nothing (no row).
+# The residential institution the commission instructs to protect a child (a move, M:3010-3017)
+# receives the instruction, whatever its relation to the case; the gateway stores for it only the
+# instruction's own sections (CASE_STATUS, ASSIGNED_WORK of that message).
+permit *            residential:agency                 any      instruct
 
 # ==============================================================================================
 # B. FORBIDS. They win over every permit.
@@ -120,7 +128,10 @@ permit user-granted    *:user                          any      read:ASSESSMENT
 # when                        forbidden
 # ----------------------------------------------------------------------------------------------
 # No back-flow, nothing to an implicated director's institution: whatever the relation or grant.
-forbid condition=excluded        ALL
+# The one exception: the institution a child disclosed about receives the protection instruction
+# (M:2900-2930, M:3010-3017); an implicated director's institution not even that (M:2876-2882).
+forbid condition=excluded        ALL except instruct
+forbid condition=implicated      ALL
 # Nothing crosses a district.
 forbid condition=other-district  ALL
 # Breaking the glass without a written reason is not breaking the glass, for anyone.
@@ -150,7 +161,13 @@ const RELATIONS: [&str; 10] = [
 
 const PURPOSES: [&str; 5] = ["COC", "CAREMGT", "AGGREGATE", "BTG", "BTG-NOREASON"];
 
-const CONDITIONS: [&str; 4] = ["plain", "excluded", "other-district", "conflict"];
+const CONDITIONS: [&str; 5] = [
+    "plain",
+    "excluded",
+    "implicated",
+    "other-district",
+    "conflict",
+];
 
 const GRANTED: Sensitivity = Sensitivity::Assessment;
 
@@ -271,6 +288,7 @@ fn case_facts(who: &Who, relation: &str, condition: &str) -> CaseFacts {
             Sensitivity::Family,
         )],
         excluded_agencies: vec!["residential-9".into()],
+        implicated_agencies: vec!["residential-8".into()],
         conflicting_parties: vec!["inc-8|offender".into()],
     };
     match relation {
@@ -298,6 +316,10 @@ fn case_facts(who: &Who, relation: &str, condition: &str) -> CaseFacts {
     match condition {
         "plain" | "other-district" => {}
         "excluded" => case.excluded_agencies.push(agency),
+        "implicated" => {
+            case.excluded_agencies.push(agency.clone());
+            case.implicated_agencies.push(agency);
+        }
         "conflict" => case.conflicting_parties.push("inc-7|offender".into()),
         other => panic!("unknown condition {other}"),
     }
@@ -311,6 +333,7 @@ fn action_name(action: Action) -> String {
         Action::HoldCase => "hold".into(),
         Action::ManageGrants => "grants".into(),
         Action::ListDisclosures => "disclosures".into(),
+        Action::ReceiveInstruction => "instruct".into(),
     }
 }
 
@@ -385,6 +408,7 @@ fn parse_actions(line: usize, words: &[&str]) -> Vec<Action> {
             "hold" => actions.push(Action::HoldCase),
             "grants" => actions.push(Action::ManageGrants),
             "disclosures" => actions.push(Action::ListDisclosures),
+            "instruct" => actions.push(Action::ReceiveInstruction),
             "read:ALL" => actions.extend(SECTIONS.iter().map(|s| Action::Read(*s))),
             w if w.starts_with("read:") => {
                 for name in w["read:".len()..].split(',') {
@@ -455,7 +479,7 @@ fn parse_spec(text: &str) -> Spec {
                 );
                 let relation = words[1].to_owned();
                 assert!(
-                    RELATIONS.contains(&relation.as_str()),
+                    relation == "*" || RELATIONS.contains(&relation.as_str()),
                     "spec line {line}: unknown relation {relation:?}"
                 );
                 let purpose = match words[3] {
@@ -529,7 +553,7 @@ impl Spec {
             .permits
             .iter()
             .filter(|p| {
-                p.relation == relation
+                (p.relation == relation || p.relation == "*")
                     && p.principal.matches(who)
                     && p.purpose.as_deref().is_none_or(|x| x == purpose)
                     && p.allowed.contains(&action)
@@ -635,7 +659,7 @@ fn every_decision_matches_the_specification() {
             "role {role:?} fits no agency kind"
         );
     }
-    assert_eq!(actions.len(), SECTIONS.len() + 4);
+    assert_eq!(actions.len(), SECTIONS.len() + 5);
 
     let mut checked = 0usize;
     let mut allowed = 0usize;

@@ -54,6 +54,9 @@ pub async fn file(
             )
             .await
         }
+        Some(Form::InstructionAcknowledgement(acknowledgement)) => {
+            crate::instructions::file_acknowledgement(conn, envelope, acknowledgement, at).await
+        }
         _ => Ok(()),
     }
 }

@@ -42,6 +42,7 @@ mod case;
 mod disclosure;
 mod documents;
 mod filing;
+mod instructions;
 pub mod labels;
 mod outbox;
 mod read;
@@ -84,6 +85,11 @@ const OWN_MIGRATIONS: &[EmbeddedMigration] = &[
         "police and health reports on cases",
         include_str!("../migrations/1002_partner_reports.sql"),
     ),
+    (
+        1003,
+        "protection instructions and their acknowledgements",
+        include_str!("../migrations/1003_protection_instructions.sql"),
+    ),
 ];
 
 /// The commission store's whole migration list: the agency's, then the commission's own.
@@ -120,6 +126,9 @@ impl AgencyExtension for CommissionExtension {
         vec![
             <CaseFilesService as NamedService>::NAME,
             <referral_proto::v1::case_source_server::CaseSourceServer<disclosure::CaseSourceApi> as NamedService>::NAME,
+            <referral_proto::v1::protection_instructions_server::ProtectionInstructionsServer<
+                instructions::ProtectionInstructionsApi,
+            > as NamedService>::NAME,
         ]
     }
 
@@ -133,8 +142,14 @@ impl AgencyExtension for CommissionExtension {
         );
         // Case files: the staff API's bearer-token check; handlers authorise by role and curator.
         // The case source: the gateway's certificate only.
+        // Protection instructions (issue 5): the same check; handlers authorise like case files.
+        let instructions =
+            referral_proto::v1::protection_instructions_server::ProtectionInstructionsServer::new(
+                instructions::ProtectionInstructionsApi::new(host.clone(), self.outbox.clone()),
+            );
         router
             .add_service(InterceptedService::new(case_files, host.staff_auth()))
+            .add_service(InterceptedService::new(instructions, host.staff_auth()))
             .add_service(InterceptedService::new(case_source, host.gateway_only()))
     }
 

@@ -140,6 +140,7 @@ pub async fn case_file(
         information,
         investigation_updates,
         health_notices,
+        protection_instructions: crate::instructions::records(conn, reference).await?,
     })
 }
 
