@@ -959,6 +959,26 @@ impl StaffClient {
         referral_proto::v1::health_notices_client::HealthNoticesClient::new(self.channel.clone())
     }
 
+    /// A residential institution's incident work and protection instructions on the same
+    /// connection (that institution's staff only).
+    pub fn residential(
+        &self,
+    ) -> referral_proto::v1::residential_incidents_client::ResidentialIncidentsClient<Channel> {
+        referral_proto::v1::residential_incidents_client::ResidentialIncidentsClient::new(
+            self.channel.clone(),
+        )
+    }
+
+    /// The commission's protection instructions on the same connection (commission staff only).
+    pub fn protection_instructions(
+        &self,
+    ) -> referral_proto::v1::protection_instructions_client::ProtectionInstructionsClient<Channel>
+    {
+        referral_proto::v1::protection_instructions_client::ProtectionInstructionsClient::new(
+            self.channel.clone(),
+        )
+    }
+
     /// Wraps a message in a request carrying the bearer token.
     pub fn req<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);

@@ -1,0 +1,860 @@
+//! Issue 5, the residential institution: its incident work beside the reports D it keeps for
+//! every incident (M:2882-2890) and the commission's protection instruction (M:3010-3040).
+//!
+//! * A severe incident goes to the commission and the police in one action, and to nobody else;
+//!   an injured child goes to health with only the medical part; a moderate or severe incident
+//!   is not closed before it went to both (FAILED_PRECONDITION, nothing changes), and is after.
+//! * A member of staff's report bypassing an implicated director reaches the commission and the
+//!   police, and the director's lists show nothing of it.
+//! * Acceptance 1: a boy living in the institution reports violence there at school; the school's
+//!   K names the institution as his residence; the commission decides a move and instructs the
+//!   institution, which receives the instruction alone (nothing else of the case); its
+//!   acknowledgements are filed in the case. An instruction not weighed first, from a stranger,
+//!   or with bad fields is refused, the field named; none reaches an implicated director's
+//!   institution.
+//!
+//! Each on SQLite and on PostgreSQL, through the real services and the real gateway.
+
+use jiff::{ToSpan as _, civil::Date, tz::TimeZone};
+use referral_proto::v1::{
+    AcknowledgeInstructionRequest, ActingUser, AssessIncidentRequest, CloseIncidentRequest,
+    ConfidentialityLabel, Envelope, FormKind, GetCaseRequest, GetMessageRequest,
+    GetResidentialIncidentRequest, HelpRequest, IncidentChild, IncidentReferral,
+    IncidentReferralPurpose, IncidentReferralState, IncidentReport, IncidentRole, IncidentSeverity,
+    InjuredPerson, InstructionAcknowledgementKind, InstructionState, InvolvedChild,
+    ListProtectionInstructionsRequest, MandatoryReportGround, Payload, ProblemBehaviour,
+    ProtectionMeasure, PurposeOfUse, RecordIncidentRequest, ReferIncidentRequest,
+    ReferInjuredChildRequest, ReferrerDetails, ReportBypassingDirectorRequest, ReportCircumstances,
+    ReporterStatus, RequestInformationRequest, RiskTier, Role, SendProtectionInstructionRequest,
+    SendRequest, Sensitivity, decide_help_request_request, help_request_decision, payload,
+};
+use referral_tests::{Backend, StaffClient, TestHub, both_backends, samples::cd};
+use tonic::Code;
+
+both_backends!(
+    incidents_go_to_commission_and_police_at_once_and_injured_children_to_health,
+    a_report_bypassing_the_director_is_kept_from_the_director,
+    a_protection_instruction_reaches_the_institution_alone,
+);
+
+const VICTIM: &str = "Ерасыл Қанатұлы Әбдіров";
+const OFFENDER: &str = "Дәурен Серікұлы Ахметов";
+
+fn today(hub: &TestHub) -> Date {
+    hub.clock
+        .now()
+        .to_zoned(TimeZone::get("Asia/Almaty").unwrap())
+        .date()
+}
+
+fn fields(status: &tonic::Status) -> Vec<String> {
+    referral_core::error::field_violations(status)
+        .into_iter()
+        .map(|f| f.field)
+        .collect()
+}
+
+fn assert_named(status: &tonic::Status, names: &[&str]) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let named = fields(status);
+    for name in names {
+        assert!(named.iter().any(|f| f == name), "{name} not in {named:?}");
+    }
+}
+
+/// A fight in the institution with one injured child, reported on `on`.
+fn fight(on: Date) -> IncidentReport {
+    IncidentReport {
+        report_date: Some(cd(on)),
+        reporter_name: "Жанар Төлеуқызы Сағындықова".into(),
+        reporter_status: ReporterStatus::Staff as i32,
+        incident_date: Some(cd(on)),
+        description: "Жатақханада төбелес болды.".into(),
+        behaviours: vec![ProblemBehaviour::FightOrPhysicalAggression as i32],
+        anyone_harmed: true,
+        number_harmed: 1,
+        injured: vec![InjuredPerson {
+            full_name: VICTIM.into(),
+            injuries: "қолы сынған".into(),
+        }],
+        sent_for_medical_help: true,
+        children: vec![
+            InvolvedChild {
+                full_name: VICTIM.into(),
+                role: IncidentRole::Victim as i32,
+                risk_tier: RiskTier::AtRisk as i32,
+                iin: String::new(),
+            },
+            InvolvedChild {
+                full_name: OFFENDER.into(),
+                role: IncidentRole::Perpetrator as i32,
+                risk_tier: RiskTier::HighRisk as i32,
+                iin: String::new(),
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+fn referrer() -> Option<ReferrerDetails> {
+    Some(ReferrerDetails {
+        position: "тәрбиеші".into(),
+        phone: "+7 704 000 0002".into(),
+    })
+}
+
+async fn get(
+    staff: &StaffClient,
+    id: &str,
+) -> Result<referral_proto::v1::ResidentialIncident, tonic::Status> {
+    staff
+        .residential()
+        .get_residential_incident(staff.req(GetResidentialIncidentRequest {
+            incident_id: id.into(),
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn close(
+    staff: &StaffClient,
+    id: &str,
+    version: u64,
+) -> Result<referral_proto::v1::ResidentialIncident, tonic::Status> {
+    staff
+        .residential()
+        .close_incident(staff.req(CloseIncidentRequest {
+            incident_id: id.into(),
+            base_version: version,
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The incident referrals the gateway holds for `agency`.
+async fn referrals_to(hub: &TestHub, agency: &str) -> Vec<Envelope> {
+    let mut out = Vec::new();
+    for id in hub.messages_to(agency).await {
+        let env = hub.gateway_envelope(&id).await.expect("stored");
+        if env.form_kind == FormKind::IncidentReferral as i32 {
+            out.push(env);
+        }
+    }
+    out
+}
+
+fn referral_of(env: &Envelope) -> IncidentReferral {
+    match env.payload.as_ref().and_then(|p| p.form.clone()) {
+        Some(payload::Form::IncidentReferral(r)) => r,
+        other => panic!("not an incident referral: {other:?}"),
+    }
+}
+
+async fn incidents_go_to_commission_and_police_at_once_and_injured_children_to_health(
+    backend: Backend,
+) {
+    let hub = TestHub::start(backend).await;
+    let on = today(&hub);
+    let staff = hub.staff("residential-1", "staff").await;
+    let director = hub.staff("residential-1", "director").await;
+    let d = staff
+        .school_incidents()
+        .record_incident(staff.req(RecordIncidentRequest {
+            idempotency_key: "res-fight-1".into(),
+            incident: Some(fight(on)),
+            risk_of_injury: false,
+        }))
+        .await
+        .expect("report D recorded")
+        .into_inner();
+    let id = d.incident_id.clone();
+
+    // Not assessed: it cannot be closed, nor referred.
+    let refused = close(&director, &id, 1).await.expect_err("not assessed");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
+    // Bad fields are named.
+    let bad = director
+        .residential()
+        .assess_incident(director.req(AssessIncidentRequest {
+            incident_id: id.clone(),
+            severity: 0,
+            grounds: vec![99],
+            grounds_other: String::new(),
+        }))
+        .await
+        .expect_err("bad assessment");
+    assert_named(&bad, &["severity", "grounds"]);
+
+    let assessed = director
+        .residential()
+        .assess_incident(director.req(AssessIncidentRequest {
+            incident_id: id.clone(),
+            severity: IncidentSeverity::Severe as i32,
+            grounds: vec![MandatoryReportGround::PhysicalViolenceWithInjury as i32],
+            grounds_other: String::new(),
+        }))
+        .await
+        .expect("assessed")
+        .into_inner();
+    assert!(assessed.must_refer);
+    assert_eq!(
+        assessed.referral_state,
+        IncidentReferralState::NotReferred as i32
+    );
+
+    // A severe incident never referred is not closed, and nothing changes.
+    let refused = close(&director, &id, assessed.version)
+        .await
+        .expect_err("never referred");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(get(&director, &id).await.unwrap(), assessed);
+    assert!(referrals_to(&hub, "commission").await.is_empty());
+
+    // One action: the commission and the police, both acknowledged.
+    let referred = director
+        .residential()
+        .refer_incident(director.req(ReferIncidentRequest {
+            incident_id: id.clone(),
+            referrer: referrer(),
+            children: Vec::new(),
+        }))
+        .await
+        .expect("referred")
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(
+        referred.referral_state,
+        IncidentReferralState::Referred as i32
+    );
+    assert!(!referred.commission_message_id.is_empty());
+    assert!(!referred.police_message_id.is_empty());
+    hub.deliver_everything().await;
+    let to_commission = referrals_to(&hub, "commission").await;
+    let to_police = referrals_to(&hub, "police-1").await;
+    assert_eq!(to_commission.len(), 1);
+    assert_eq!(to_police.len(), 1);
+    let sent = referral_of(&to_police[0]);
+    assert_eq!(sent.incident_reference, id);
+    assert_eq!(sent.severity, IncidentSeverity::Severe as i32);
+    assert_eq!(sent.children.len(), 2);
+    assert!(sent.children[0].injured && sent.children[0].referred_for_medical_care);
+    assert_eq!(referral_of(&to_commission[0]), sent);
+    for other in ["school-1", "school-2", "health-1", "ngo-1", "ngo-2"] {
+        assert!(
+            referrals_to(&hub, other).await.is_empty(),
+            "{other} received a referral"
+        );
+    }
+    let secretary = hub.staff("commission", "secretary").await;
+    assert_eq!(
+        secretary.inbox_of(FormKind::IncidentReferral).await.len(),
+        1,
+        "the commission's register shows the referral"
+    );
+    // Referring again hands nothing new to the gateway.
+    director
+        .residential()
+        .refer_incident(director.req(ReferIncidentRequest {
+            incident_id: id.clone(),
+            referrer: referrer(),
+            children: Vec::new(),
+        }))
+        .await
+        .expect("the same referral");
+    assert_eq!(referrals_to(&hub, "police-1").await.len(), 1);
+
+    // The injured child to health, at once: only the medical part reaches it.
+    let bad = staff
+        .residential()
+        .refer_injured_child(staff.req(ReferInjuredChildRequest {
+            idempotency_key: "res-health-bad".into(),
+            incident_id: id.clone(),
+            child: Some(IncidentChild {
+                full_name: VICTIM.into(),
+                iin: "12345".into(),
+                role: IncidentRole::Victim as i32,
+                ..Default::default()
+            }),
+            referrer: None,
+        }))
+        .await
+        .expect_err("bad fields");
+    assert_named(
+        &bad,
+        &["child.iin", "child.injuries", "child.role", "referrer"],
+    );
+    let health = staff
+        .residential()
+        .refer_injured_child(staff.req(ReferInjuredChildRequest {
+            idempotency_key: "res-health-1".into(),
+            incident_id: id.clone(),
+            child: Some(IncidentChild {
+                full_name: VICTIM.into(),
+                date_of_birth: Some(cd(on - 12.years())),
+                injuries: "қолы сынған".into(),
+                ..Default::default()
+            }),
+            referrer: referrer(),
+        }))
+        .await
+        .expect("referred to health")
+        .into_inner();
+    assert!(!health.message_id.is_empty());
+    hub.delivered(&health.message_id).await;
+    let doctor = hub.staff("health-1", "doctor").await;
+    let received = doctor
+        .client
+        .clone()
+        .get_message(doctor.req(GetMessageRequest {
+            message_id: health.message_id.clone(),
+        }))
+        .await
+        .expect("health reads it")
+        .into_inner()
+        .envelope
+        .unwrap();
+    let medical = referral_of(&received);
+    assert_eq!(medical.purpose, IncidentReferralPurpose::MedicalCare as i32);
+    assert_eq!(medical.children.len(), 1);
+    assert_eq!(medical.children[0].full_name, VICTIM);
+    assert_eq!(medical.children[0].injuries, "қолы сынған");
+    assert!(medical.description.is_empty() && medical.severity == 0);
+    assert!(medical.grounds.is_empty() && medical.circumstances.is_none());
+    assert_eq!(referrals_to(&hub, "health-1").await.len(), 1);
+
+    // Straight to the gateway: a referral to health carrying the incident is refused, the
+    // fields named; a referral for investigation to health is refused outright.
+    let gateway = hub.gateway_client_as("residential-1").await;
+    let acting = ActingUser {
+        user_id: "staff".into(),
+        agency_id: "residential-1".into(),
+        role: Role::InstitutionStaff as i32,
+        display_name: "Жанар Төлеуқызы Сағындықова".into(),
+    };
+    let raw = |key: &str, purpose: IncidentReferralPurpose, r: IncidentReferral| SendRequest {
+        envelope: Some(Envelope {
+            idempotency_key: key.into(),
+            recipient_agency_id: "health-1".into(),
+            acting_user: Some(acting.clone()),
+            purpose_of_use: PurposeOfUse::EmergencyTreatment as i32,
+            form_kind: FormKind::IncidentReferral as i32,
+            confidentiality: ConfidentialityLabel::Restricted as i32,
+            payload: Some(Payload {
+                form: Some(payload::Form::IncidentReferral(IncidentReferral {
+                    purpose: purpose as i32,
+                    ..r
+                })),
+            }),
+            ..Default::default()
+        }),
+    };
+    let mut telling = medical.clone();
+    telling.description = "what happened".into();
+    let refused = gateway
+        .clone()
+        .send(raw(
+            "raw-health-1",
+            IncidentReferralPurpose::MedicalCare,
+            telling,
+        ))
+        .await
+        .expect_err("more than the medical part");
+    assert_named(
+        &refused,
+        &["envelope.payload.incident_referral.description"],
+    );
+    let refused = gateway
+        .clone()
+        .send(raw(
+            "raw-health-2",
+            IncidentReferralPurpose::Investigation,
+            sent,
+        ))
+        .await
+        .expect_err("investigation is not health's");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(referrals_to(&hub, "health-1").await.len(), 1);
+
+    // Referred to both: it closes.
+    let now = get(&director, &id).await.unwrap();
+    let closed = close(&director, &id, now.version).await.expect("closes");
+    assert!(closed.closed);
+    let again = close(&director, &id, closed.version)
+        .await
+        .expect_err("closed already");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    // A light incident closes without a referral; a moderate one does not.
+    let light = staff
+        .school_incidents()
+        .record_incident(staff.req(RecordIncidentRequest {
+            idempotency_key: "res-fight-2".into(),
+            incident: Some(fight(on)),
+            risk_of_injury: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident_id;
+    let moderate = staff
+        .school_incidents()
+        .record_incident(staff.req(RecordIncidentRequest {
+            idempotency_key: "res-fight-3".into(),
+            incident: Some(fight(on)),
+            risk_of_injury: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident_id;
+    for (incident, severity) in [
+        (&light, IncidentSeverity::Light),
+        (&moderate, IncidentSeverity::Moderate),
+    ] {
+        director
+            .residential()
+            .assess_incident(director.req(AssessIncidentRequest {
+                incident_id: incident.clone(),
+                severity: severity as i32,
+                grounds: vec![MandatoryReportGround::PeerHarassmentWithHarm as i32],
+                grounds_other: String::new(),
+            }))
+            .await
+            .expect("assessed");
+    }
+    close(&director, &light, 1)
+        .await
+        .expect("a light one closes");
+    let refused = close(&director, &moderate, 1)
+        .await
+        .expect_err("a moderate one never referred");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let unchanged = get(&director, &moderate).await.unwrap();
+    assert!(!unchanged.closed);
+    assert_eq!(unchanged.version, 1);
+    hub.shutdown().await;
+}
+
+async fn a_report_bypassing_the_director_is_kept_from_the_director(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let on = today(&hub);
+    let staff = hub.staff("residential-1", "staff").await;
+    let director = hub.staff("residential-1", "director").await;
+    let report = |key: &str| ReportBypassingDirectorRequest {
+        idempotency_key: key.into(),
+        incident_date: Some(cd(on - 1.day())),
+        severity: IncidentSeverity::Severe as i32,
+        grounds: vec![MandatoryReportGround::CorporalPunishmentWithHarm as i32],
+        grounds_other: String::new(),
+        description: "Директор баланы ұрды.".into(),
+        children: vec![IncidentChild {
+            full_name: VICTIM.into(),
+            role: IncidentRole::Victim as i32,
+            injured: true,
+            injuries: "көгерген".into(),
+            ..Default::default()
+        }],
+        referrer: referrer(),
+    };
+
+    // The director cannot file it; bad fields are named.
+    let refused = director
+        .residential()
+        .report_bypassing_director(director.req(report("bypass-0")))
+        .await
+        .expect_err("the director");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let bad = staff
+        .residential()
+        .report_bypassing_director(staff.req(ReportBypassingDirectorRequest {
+            description: String::new(),
+            children: Vec::new(),
+            grounds: Vec::new(),
+            referrer: None,
+            ..report("bypass-bad")
+        }))
+        .await
+        .expect_err("bad fields");
+    assert_named(&bad, &["description", "children", "grounds", "referrer"]);
+
+    let reported = staff
+        .residential()
+        .report_bypassing_director(staff.req(report("bypass-1")))
+        .await
+        .expect("reported")
+        .into_inner()
+        .incident
+        .unwrap();
+    assert!(reported.director_implicated);
+    assert_eq!(
+        reported.referral_state,
+        IncidentReferralState::Referred as i32
+    );
+    hub.deliver_everything().await;
+    for agency in ["commission", "police-1"] {
+        let got = referrals_to(&hub, agency).await;
+        assert_eq!(got.len(), 1, "{agency}");
+        let r = referral_of(&got[0]);
+        assert_eq!(
+            r.circumstances.unwrap().implicated_director_agency_id,
+            "residential-1"
+        );
+    }
+    // The director's lists show nothing of it; the reporter's do.
+    let ids = [
+        reported.commission_message_id.clone(),
+        reported.police_message_id.clone(),
+    ];
+    assert!(
+        director
+            .sent()
+            .await
+            .iter()
+            .all(|s| !ids.contains(&s.message_id)),
+        "the director sees the report"
+    );
+    let mine: Vec<String> = staff
+        .sent()
+        .await
+        .into_iter()
+        .map(|s| s.message_id)
+        .collect();
+    assert!(ids.iter().all(|id| mine.contains(id)));
+    let hidden = get(&director, &reported.incident_id)
+        .await
+        .expect_err("the director");
+    assert_eq!(hidden.code(), Code::NotFound);
+    let sent = director
+        .client
+        .clone()
+        .get_sent_message(director.req(referral_proto::v1::GetSentMessageRequest {
+            message_id: ids[0].clone(),
+        }))
+        .await;
+    assert!(sent.is_err(), "the director reads the report");
+    // The same request again is the same report.
+    let again = staff
+        .residential()
+        .report_bypassing_director(staff.req(report("bypass-1")))
+        .await
+        .expect("replayed")
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(again.incident_id, reported.incident_id);
+    assert_eq!(referrals_to(&hub, "commission").await.len(), 1);
+    hub.shutdown().await;
+}
+
+/// School 1's K about a boy who lives in residential-1 and reported violence there, with the
+/// circumstances given; the secretary opens a case with curator-1. Returns the case reference.
+async fn open_case_with(hub: &TestHub, key: &str, circumstances: ReportCircumstances) -> String {
+    let school = hub.staff("school-1", "director").await;
+    let k = HelpRequest {
+        circumstances: Some(circumstances),
+        ..referral_core::validate::sample_help_request(today(hub))
+    };
+    let k_id = school
+        .submit_k(&format!("{key}-help-request"), "", k)
+        .await
+        .expect("K submitted");
+    hub.delivered(&k_id).await;
+    let secretary = hub.staff("commission", "secretary").await;
+    let decision = secretary
+        .decide(
+            &k_id,
+            &format!("{key}-decision-open"),
+            decide_help_request_request::Outcome::OpenCase(referral_proto::v1::OpenCase {
+                curator_user_id: "curator-1".into(),
+            }),
+        )
+        .await
+        .expect("case opened");
+    hub.delivered(&decision.decision_message_id).await;
+    match decision.decision.and_then(|d| d.outcome) {
+        Some(help_request_decision::Outcome::CaseOpened(c)) => c.case_reference,
+        other => panic!("expected a case, got {other:?}"),
+    }
+}
+
+async fn version(curator: &StaffClient, case: &str) -> u64 {
+    curator
+        .case_files()
+        .get_case(curator.req(GetCaseRequest {
+            case_reference: case.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("the case reads")
+        .into_inner()
+        .summary
+        .unwrap()
+        .version
+}
+
+fn instruction(case: &str, version: u64, key: &str, on: Date) -> SendProtectionInstructionRequest {
+    SendProtectionInstructionRequest {
+        idempotency_key: key.into(),
+        case_reference: case.into(),
+        base_version: version,
+        recipient_agency_id: "residential-1".into(),
+        measure: ProtectionMeasure::MoveToAnotherInstitution as i32,
+        measure_other: String::new(),
+        new_placement: "№2 балалар үйі, Абай к-сі 5".into(),
+        carry_out_by: Some(cd(on + 3.days())),
+        decision_reference: "КТІЖК-7/2026".into(),
+        decision_date: Some(cd(on)),
+        reason: "Баланы қудалаудан қорғау / защита ребёнка от преследования".into(),
+        confidentiality_weighed: true,
+        weighing_reason: "Мекеме баланы ауыстыруы керек; оқиға мазмұны берілмейді.".into(),
+    }
+}
+
+async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let on = today(&hub);
+    let case = open_case_with(
+        &hub,
+        "acc1",
+        ReportCircumstances {
+            child_residence_agency_id: "residential-1".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let curator = hub.staff("commission", "curator-1").await;
+    let stranger = hub.staff("commission", "curator-2").await;
+    let v = version(&curator, &case).await;
+
+    // Not weighed first: refused, the field named; bad fields named; a stranger refused.
+    let unweighed = curator
+        .protection_instructions()
+        .send_protection_instruction(curator.req(SendProtectionInstructionRequest {
+            confidentiality_weighed: false,
+            weighing_reason: String::new(),
+            ..instruction(&case, v, "instr-unweighed", on)
+        }))
+        .await
+        .expect_err("not weighed");
+    assert_named(&unweighed, &["confidentiality_weighed", "weighing_reason"]);
+    let bad = curator
+        .protection_instructions()
+        .send_protection_instruction(curator.req(SendProtectionInstructionRequest {
+            measure: 0,
+            new_placement: String::new(),
+            recipient_agency_id: "school-1".into(),
+            carry_out_by: Some(cd(on - 1.day())),
+            ..instruction(&case, v, "instr-bad", on)
+        }))
+        .await
+        .expect_err("bad fields");
+    assert_named(&bad, &["measure", "recipient_agency_id", "carry_out_by"]);
+    let refused = stranger
+        .protection_instructions()
+        .send_protection_instruction(stranger.req(instruction(&case, v, "instr-stranger", on)))
+        .await
+        .expect_err("a stranger");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    // The institution still receives nothing else of the case (no back-flow).
+    let asked = curator
+        .case_files()
+        .request_information(curator.req(RequestInformationRequest {
+            case_reference: case.clone(),
+            base_version: v,
+            idempotency_key: "ask-residential".into(),
+            recipient_agency_id: "residential-1".into(),
+            questions: "Не белгілі?".into(),
+            answer_by: Some(cd(on + 7.days())),
+        }))
+        .await
+        .expect_err("no back-flow");
+    assert_eq!(asked.code(), Code::PermissionDenied);
+
+    let sent = curator
+        .protection_instructions()
+        .send_protection_instruction(curator.req(instruction(&case, v, "instr-first", on)))
+        .await
+        .expect("instructed")
+        .into_inner();
+    assert!(!sent.message_id.is_empty());
+    hub.delivered(&sent.message_id).await;
+    let stored = hub.gateway_envelope(&sent.message_id).await.unwrap();
+    assert_eq!(
+        stored.view_sections,
+        vec![
+            Sensitivity::CaseStatus as i32,
+            Sensitivity::AssignedWork as i32
+        ]
+    );
+
+    // The institution: the instruction, and nothing else of the case.
+    let director = hub.staff("residential-1", "director").await;
+    let listed = director
+        .residential()
+        .list_protection_instructions(director.req(ListProtectionInstructionsRequest {}))
+        .await
+        .expect("listed")
+        .into_inner()
+        .instructions;
+    assert_eq!(listed.len(), 1);
+    let got = listed[0].instruction.clone().unwrap();
+    assert_eq!(got.case_reference, case);
+    assert_eq!(
+        got.measure,
+        ProtectionMeasure::MoveToAnotherInstitution as i32
+    );
+    assert_eq!(got.new_placement, "№2 балалар үйі, Абай к-сі 5");
+    assert!(!got.child_full_name.is_empty());
+    let of_case: Vec<_> = hub.messages_to("residential-1").await.into_iter().collect();
+    let mut kinds = Vec::new();
+    for id in of_case {
+        let env = hub.gateway_envelope(&id).await.unwrap();
+        if env.case_reference == case {
+            kinds.push(env.form_kind);
+        }
+    }
+    assert_eq!(kinds, vec![FormKind::ProtectionInstruction as i32]);
+    let read = director
+        .read_shared(&case, PurposeOfUse::CoordinationOfCare)
+        .await
+        .expect_err("the case file");
+    assert_eq!(read.code(), Code::PermissionDenied);
+
+    // Acknowledged, then carried out; both filed in the case.
+    let ack = |key: &str, kind: InstructionAcknowledgementKind| AcknowledgeInstructionRequest {
+        idempotency_key: key.into(),
+        instruction_message_id: sent.message_id.clone(),
+        kind: kind as i32,
+        on: Some(cd(on)),
+        note: "Қабылданды".into(),
+    };
+    let early = director
+        .residential()
+        .acknowledge_instruction(director.req(ack(
+            "ack-too-early",
+            InstructionAcknowledgementKind::CarriedOut,
+        )))
+        .await
+        .expect_err("before acknowledging");
+    assert_eq!(early.code(), Code::FailedPrecondition);
+    let bad = director
+        .residential()
+        .acknowledge_instruction(director.req(AcknowledgeInstructionRequest {
+            kind: 0,
+            on: None,
+            ..ack(
+                "ack-bad-fields",
+                InstructionAcknowledgementKind::Acknowledged,
+            )
+        }))
+        .await
+        .expect_err("bad fields");
+    assert_named(&bad, &["kind", "on"]);
+    for (key, kind) in [
+        (
+            "ack-acknowledged",
+            InstructionAcknowledgementKind::Acknowledged,
+        ),
+        (
+            "ack-carried-out",
+            InstructionAcknowledgementKind::CarriedOut,
+        ),
+    ] {
+        let state = director
+            .residential()
+            .acknowledge_instruction(director.req(ack(key, kind)))
+            .await
+            .expect("acknowledged")
+            .into_inner();
+        assert_eq!(state.state, kind as i32);
+        assert!(
+            state
+                .acknowledgement_message_ids
+                .iter()
+                .all(|m| !m.is_empty())
+        );
+    }
+    let twice = director
+        .residential()
+        .acknowledge_instruction(director.req(ack(
+            "ack-acknowledged-again",
+            InstructionAcknowledgementKind::Acknowledged,
+        )))
+        .await
+        .expect_err("acknowledged already");
+    assert_eq!(twice.code(), Code::FailedPrecondition);
+    hub.deliver_everything().await;
+    let file = curator
+        .case_files()
+        .get_case(curator.req(GetCaseRequest {
+            case_reference: case.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(file.protection_instructions.len(), 1);
+    let record = &file.protection_instructions[0];
+    assert_eq!(record.instruction_message_id, sent.message_id);
+    assert_eq!(record.state, InstructionState::CarriedOut as i32);
+    assert_eq!(record.acknowledgements.len(), 2);
+    assert!(!record.weighing_reason.is_empty());
+
+    // A case whose report implicates the institution's director: no instruction reaches it,
+    // neither through the commission's service nor straight at the gateway.
+    let implicated = open_case_with(
+        &hub,
+        "impl",
+        ReportCircumstances {
+            implicated_director_agency_id: "residential-1".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let v = version(&curator, &implicated).await;
+    let refused = curator
+        .protection_instructions()
+        .send_protection_instruction(curator.req(instruction(
+            &implicated,
+            v,
+            "instr-implicated",
+            on,
+        )))
+        .await
+        .expect_err("implicated director");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let gateway = hub.gateway_client_as("commission").await;
+    let refused = gateway
+        .clone()
+        .send(SendRequest {
+            envelope: Some(Envelope {
+                idempotency_key: "raw-instruction-impl".into(),
+                recipient_agency_id: "residential-1".into(),
+                acting_user: Some(ActingUser {
+                    user_id: "curator-1".into(),
+                    agency_id: "commission".into(),
+                    role: Role::CommissionCurator as i32,
+                    display_name: "Дана Ерланқызы Омарова".into(),
+                }),
+                purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+                case_reference: implicated.clone(),
+                form_kind: FormKind::ProtectionInstruction as i32,
+                confidentiality: ConfidentialityLabel::Restricted as i32,
+                payload: Some(Payload {
+                    form: Some(payload::Form::ProtectionInstruction(
+                        referral_proto::v1::ProtectionInstruction {
+                            case_reference: implicated.clone(),
+                            ..got.clone()
+                        },
+                    )),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("the gateway's policy");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    hub.shutdown().await;
+}
