@@ -634,6 +634,7 @@ impl Shared {
                 payload::Form::InformationResponse(_)
                 | payload::Form::ActionProgress(_)
                 | payload::Form::InvestigationUpdate(_)
+                | payload::Form::PreventiveRegistration(_)
                 | payload::Form::HealthNotice(_),
             ) => {
                 let facts = case_facts(tx, &env.case_reference, now_us)
@@ -645,6 +646,24 @@ impl Shared {
                     .decide(&sender, Action::SendCaseMessage, &facts, situation)?
                 {
                     return Err(denied("this agency does not work on that case"));
+                }
+                // A preventive registration is of an offender: never on a case whose report
+                // says its child was the victim or a witness of the incident.
+                if matches!(
+                    env.payload.as_ref().and_then(|p| p.form.as_ref()),
+                    Some(payload::Form::PreventiveRegistration(_))
+                ) && sqlx::query(
+                    "SELECT 1 FROM referrals WHERE case_reference = $1 \
+                     AND (incident_role = 'VICTIM' OR incident_role = 'WITNESS')",
+                )
+                .bind(env.case_reference.as_str())
+                .fetch_optional(&mut **tx)
+                .await?
+                .is_some()
+                {
+                    return Err(denied(
+                        "a preventive registration goes only to an offender's case",
+                    ));
                 }
                 Ok(all)
             }

@@ -22,7 +22,7 @@ use referral_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Shared, access, forms, ledger, protection_forms,
+    Shared, access, forms, ledger, police_forms, protection_forms,
     policy::Sections,
     routing::{self, Reply},
     store::{self, STATE_ANSWERED, STATE_DELIVERED, STATE_QUEUED},
@@ -549,7 +549,20 @@ impl Shared {
                 forms::review_minutes(m, &mut v, "envelope.payload.review_minutes")
             }
             Some(payload::Form::InvestigationUpdate(u)) => {
-                forms::investigation_update(u, &mut v, "envelope.payload.investigation_update")
+                forms::investigation_update(u, &mut v, "envelope.payload.investigation_update");
+                police_forms::investigation_child_role(
+                    u,
+                    &mut v,
+                    "envelope.payload.investigation_update",
+                );
+            }
+            Some(payload::Form::PreventiveRegistration(r)) => {
+                police_forms::preventive_registration(
+                    r,
+                    police_forms::today(caller, &directory, now),
+                    &mut v,
+                    "envelope.payload.preventive_registration",
+                )
             }
             Some(payload::Form::HealthNotice(n)) => {
                 forms::health_notice(n, &mut v, "envelope.payload.health_notice")

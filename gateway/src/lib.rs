@@ -11,6 +11,7 @@ pub mod deadlines;
 pub mod delivery;
 mod forms;
 pub mod ledger;
+mod police_forms;
 pub mod policy;
 mod protection_forms;
 pub mod routing;

@@ -143,6 +143,15 @@ pub const RULES: &[Rule] = &[
         same_district: true,
         reply: Reply::No,
     },
+    // The police's preventive registration of an offending child (M:3240-3260), on the
+    // offender's case only (`access`: an agency working on that case).
+    Rule {
+        from: &[AgencyKind::Police],
+        form: FormKind::PreventiveRegistration,
+        to: COMMISSION,
+        same_district: true,
+        reply: Reply::No,
+    },
     Rule {
         from: &[AgencyKind::Health],
         form: FormKind::HealthNotice,
@@ -250,6 +259,19 @@ mod tests {
         assert!(find_rule(K::Ngo, F::ActionAssignment, K::School, true).is_none());
         assert!(find_rule(K::Commission, F::ActionAssignment, K::Commission, true).is_none());
         assert!(find_rule(K::School, F::ReviewMinutes, K::Commission, true).is_none());
+    }
+
+    #[test]
+    fn only_the_police_register_for_prevention_and_only_to_the_commission() {
+        let rule = find_rule(K::Police, F::PreventiveRegistration, K::Commission, true).unwrap();
+        assert_eq!(rule.reply, Reply::No);
+        assert!(find_rule(K::Police, F::PreventiveRegistration, K::Commission, false).is_none());
+        for other in [K::School, K::Residential, K::Ngo, K::Commission, K::Health] {
+            assert!(find_rule(other, F::PreventiveRegistration, K::Commission, true).is_none());
+        }
+        for to in [K::School, K::Residential, K::Ngo, K::Health, K::Police] {
+            assert!(find_rule(K::Police, F::PreventiveRegistration, to, true).is_none());
+        }
     }
 
     #[test]

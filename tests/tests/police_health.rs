@@ -338,6 +338,7 @@ async fn updates_and_notices_reach_the_curator(backend: Backend) {
         hearing_on: None,
         summary: String::new(),
         reported_by: "Inspector".into(),
+        child_role: 0,
     };
     let refused = police
         .clone()

@@ -5,9 +5,10 @@
 //! * an `ACTION_PROGRESS` sets the progress of the action rows carrying the assignment it reports
 //!   on, if it comes from the agency responsible; a completed row stays completed.
 //!
-//! * an `INVESTIGATION_UPDATE` from the police or a `HEALTH_NOTICE` from a health facility is
-//!   kept whole in the case's reports (the gateway admits them only from an agency working on
-//!   the case), once per message.
+//! * an `INVESTIGATION_UPDATE` or a `PREVENTIVE_REGISTRATION` from the police, or a
+//!   `HEALTH_NOTICE` from a health facility, is kept whole in the case's reports (the gateway
+//!   admits them only from an agency working on the case), once per message; like every message
+//!   of a case, only the case's curator sees it in the inbox.
 //!
 //! A reply to a message whose acknowledgement this service has not stored yet finds nothing here;
 //! it is filed when the acknowledgement is stored ([`crate::outbox`]). Replies that match nothing
@@ -50,6 +51,16 @@ pub async fn file(
                 envelope,
                 &notice.case_reference,
                 notice.encode_to_vec(),
+                at,
+            )
+            .await
+        }
+        Some(Form::PreventiveRegistration(registration)) => {
+            partner_report(
+                conn,
+                envelope,
+                &registration.case_reference,
+                registration.encode_to_vec(),
                 at,
             )
             .await

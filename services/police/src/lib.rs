@@ -9,13 +9,17 @@
 //! inbox only the gateway may call, and the agency's own store.
 //!
 //! The police's own work is [`PoliceExtension`], an [`AgencyExtension`]: when the commission asks
-//! the police about a case (an information request or an action assignment received), an
-//! investigation is created, RECEIVED, in the same transaction as the receipt. Inspectors move it
-//! through its lifecycle with the `Investigations` service (RECEIVED → OPENED →
-//! REFERRED_TO_PROSECUTOR → HEARING_SCHEDULED → DECIDED → CLOSED, or OPENED → CLOSED when there
-//! are no grounds); every accepted change is stored and sent to the commission as an
-//! INVESTIGATION_UPDATE through the gateway, because the case's curator must stay informed of the
-//! investigation, the hearings and the sentence (M:3215-3220).
+//! the police about a case (an information request or an action assignment received), or an
+//! institution refers a moderate or severe incident directly (INCIDENT_REFERRAL), an investigation
+//! is created, RECEIVED, in the same transaction as the receipt. An investigation is about an
+//! incident: the inspector links to it the case of every child involved, with the child's role
+//! (`LinkCase`). Inspectors move it through its lifecycle with the `Investigations` service
+//! (RECEIVED → OPENED → REFERRED_TO_PROSECUTOR → HEARING_SCHEDULED → DECIDED → CLOSED, or
+//! OPENED → CLOSED when there are no grounds); every accepted change is stored and sent to the
+//! commission as one INVESTIGATION_UPDATE per linked case through the gateway, because the
+//! curators of the victim, the witnesses and the offender must each stay informed of the
+//! investigation, the hearings and the sentence (M:3215-3220). A child linked as the offender may
+//! be registered for prevention (M:3240-3260), which only that child's case learns.
 //!
 //! There is no `main` here: the single `referral-hub` binary runs this service, alone or beside
 //! the others, through [`build`].
@@ -23,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 mod investigations;
+mod registrations;
 
 use std::{
     sync::{Arc, LazyLock},
@@ -47,11 +52,18 @@ pub const KIND: AgencyKind = AgencyKind::Police;
 pub const RETRY_TICK: Duration = Duration::from_secs(10);
 
 /// The police's own migrations, numbered from 1000 (after the agency's).
-const OWN_MIGRATIONS: &[EmbeddedMigration] = &[(
-    1001,
-    "police investigations",
-    include_str!("../migrations/1001_investigations.sql"),
-)];
+const OWN_MIGRATIONS: &[EmbeddedMigration] = &[
+    (
+        1001,
+        "police investigations",
+        include_str!("../migrations/1001_investigations.sql"),
+    ),
+    (
+        1002,
+        "incident investigations, linked cases, preventive registrations",
+        include_str!("../migrations/1002_incident_investigations.sql"),
+    ),
+];
 
 /// The police store's whole migration list: the agency's, then the police's own.
 pub static MIGRATIONS: LazyLock<Vec<EmbeddedMigration>> = LazyLock::new(|| {
@@ -106,6 +118,7 @@ impl AgencyExtension for PoliceExtension {
                 () = tokio::time::sleep(RETRY_TICK) => {}
             }
             investigations::push_pending(&host).await;
+            registrations::push_pending(&host).await;
         }
     }
 }
