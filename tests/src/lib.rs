@@ -945,6 +945,14 @@ impl StaffClient {
         )
     }
 
+    /// A school's safeguarding API (lead's absences, concerns, allegations against staff) on the
+    /// same connection (that school's staff only).
+    pub fn safeguarding(
+        &self,
+    ) -> referral_proto::v1::safeguarding_client::SafeguardingClient<Channel> {
+        referral_proto::v1::safeguarding_client::SafeguardingClient::new(self.channel.clone())
+    }
+
     /// The police's investigations API on the same connection (police staff only).
     pub fn investigations(
         &self,

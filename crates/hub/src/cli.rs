@@ -205,6 +205,8 @@ pub struct Staff {
     pub(crate) client: AgencyStaffClient<Channel>,
     /// The commission's `CaseFiles` service, on the same channel; other agencies refuse it.
     pub(crate) case_files: CaseFilesClient<Channel>,
+    /// The channel itself, for the other services of the agency (a school's safeguarding).
+    pub(crate) channel: Channel,
     authorization: MetadataValue<Ascii>,
     pub(crate) agency: String,
     pub(crate) user: String,
@@ -306,7 +308,9 @@ impl Staff {
             .map_err(|e| unreachable(&e))?;
         Ok(Self {
             client: AgencyStaffClient::new(channel.clone()),
-            case_files: CaseFilesClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES),
+            case_files: CaseFilesClient::new(channel.clone())
+                .max_decoding_message_size(MAX_REPLY_BYTES),
+            channel,
             authorization,
             agency,
             user,

@@ -19,6 +19,7 @@ pub mod form_case;
 pub mod form_k;
 pub mod launcher;
 pub mod output;
+pub mod safeguarding_cli;
 pub mod session;
 pub mod settings;
 pub mod view;
@@ -226,6 +227,12 @@ pub enum Command {
         #[arg(long)]
         mine: bool,
     },
+    /// School: concerns to the safeguarding lead, phone and written reports, allegations against
+    /// staff, the lead's absences.
+    Safeguarding {
+        #[command(subcommand)]
+        command: safeguarding_cli::SafeguardingCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -400,6 +407,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Overview => staff().await?.overview().await,
         Command::Overdue => staff().await?.overdue().await,
         Command::Watch { mine } => staff().await?.watch(mine).await,
+        Command::Safeguarding { command } => staff().await?.safeguarding(command).await,
     }
 }
 
