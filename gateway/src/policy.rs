@@ -661,7 +661,13 @@ mod tests {
                 ])
                 .unwrap();
                 let principal = prepared.principal.clone();
-                let applies = who.user.is_some() || matches!(action, Action::Read(_));
+                // Reads apply to both; receiving an instruction to an agency's inbox only; the
+                // rest to users only.
+                let applies = match action {
+                    Action::Read(_) => true,
+                    Action::ReceiveInstruction => who.user.is_none(),
+                    _ => who.user.is_some(),
+                };
                 let request = Request::new(
                     principal,
                     engine.actions[action.cedar_name()].clone(),
