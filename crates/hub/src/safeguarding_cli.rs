@@ -605,4 +605,58 @@ mod tests {
         assert!(concern_state_arg("unspecified").is_err());
         assert!(concern_state_arg("open").is_err());
     }
+
+    fn parse(args: &[&str]) -> Result<SafeguardingCommand, clap::Error> {
+        use clap::Parser as _;
+        let cli =
+            crate::Cli::try_parse_from(["referral-hub", "safeguarding"].iter().chain(args.iter()))?;
+        match cli.command {
+            crate::Command::Safeguarding { command } => Ok(command),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands_parse_with_their_defaults_and_refuse_what_is_missing() {
+        let SafeguardingCommand::Concern(c) = parse(&[
+            "concern",
+            "--pupil",
+            "Ерасыл",
+            "--class",
+            "7 Б",
+            "--what",
+            "көгерген",
+            "--at-risk",
+        ])
+        .unwrap() else {
+            panic!("a concern")
+        };
+        assert_eq!(c.on, DateSpec::TODAY);
+        assert!(c.at_risk);
+        let SafeguardingCommand::Phoned { at, .. } = parse(&["phoned", "c-1"]).unwrap() else {
+            panic!("phoned")
+        };
+        assert_eq!(at, SignedAt::Now);
+        let SafeguardingCommand::Absence { from, to, .. } =
+            parse(&["absence", "--from", "today", "--to", "+3d"]).unwrap()
+        else {
+            panic!("an absence")
+        };
+        assert_eq!((from, to), (DateSpec::TODAY, DateSpec::FromToday(3)));
+        // An allegation names the accused one way.
+        assert!(parse(&["allegation", "--what", "итерді"]).is_err());
+        assert!(
+            parse(&[
+                "allegation",
+                "--what",
+                "итерді",
+                "--accused-user",
+                "a",
+                "--accused-name",
+                "b"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["written", "c-1"]).is_err(), "--k is required");
+    }
 }
