@@ -248,6 +248,7 @@ async fn updates_and_notices_reach_the_curator(backend: Backend) {
         facility: "Аудандық аурухана, педиатрия".into(),
         note: "Жарақат емделуде".into(),
         idempotency_key: key.into(),
+        ..Default::default()
     };
     let err = doctor
         .health_notices()
@@ -442,4 +443,166 @@ async fn updates_and_notices_reach_the_curator(backend: Backend) {
     hub.shutdown().await;
 }
 
+/// An institution refers an injured child to the facility before the commission has a case: the
+/// facility's notices are held, and reach the commission's case file once a health worker links
+/// the referral to the case the commission asks about (M:2940-2955).
+async fn an_injured_childs_referral_waits_for_its_case(backend: Backend) {
+    use referral_proto::v1::{
+        IncidentChild, IncidentReferral, IncidentReferralPurpose, IncidentReporter,
+        LinkReferralRequest,
+    };
+    let hub = TestHub::start(backend).await;
+    let t = today(&hub);
+    let referral = IncidentReferral {
+        incident_reference: "D-RES-9".into(),
+        purpose: IncidentReferralPurpose::MedicalCare as i32,
+        institution: "Балалар үйі".into(),
+        incident_date: Some(cd(t)),
+        referred_on: Some(cd(t)),
+        children: vec![IncidentChild {
+            full_name: "Асанов Ерлан".into(),
+            iin: String::new(),
+            date_of_birth: Some(cd(Date::new(2014, 5, 1).unwrap())),
+            role: 0,
+            injured: true,
+            injuries: "Сынық / Перелом".into(),
+            referred_for_medical_care: true,
+        }],
+        reporter: Some(IncidentReporter {
+            full_name: "Серикова Айгуль".into(),
+            position: "тәрбиеші".into(),
+            phone: "+77010000000".into(),
+        }),
+        ..Default::default()
+    };
+    hub.gateway_client_as("residential-1")
+        .await
+        .send(SendRequest {
+            envelope: Some(Envelope {
+                idempotency_key: "ph-injured-child".into(),
+                recipient_agency_id: "health-1".into(),
+                acting_user: Some(ActingUser {
+                    user_id: "director".into(),
+                    agency_id: "residential-1".into(),
+                    role: Role::InstitutionDirector as i32,
+                    display_name: String::new(),
+                }),
+                purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+                form_kind: FormKind::IncidentReferral as i32,
+                confidentiality: ConfidentialityLabel::Restricted as i32,
+                payload: Some(Payload {
+                    form: Some(payload::Form::IncidentReferral(referral)),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("the institution refers the injured child");
+    hub.deliver_everything().await;
+
+    let doctor = hub.staff("health-1", "doctor").await;
+    let list = || async {
+        doctor
+            .health_notices()
+            .list_referrals(doctor.req(ListReferralsRequest {}))
+            .await
+            .expect("the doctor lists")
+            .into_inner()
+            .referrals
+    };
+    let referrals = list().await;
+    assert_eq!(referrals.len(), 1, "{referrals:?}");
+    let injured = referrals[0].clone();
+    assert!(injured.case_reference.is_empty());
+    assert_eq!(injured.incident_reference, "D-RES-9");
+    assert_eq!(injured.referred_by_agency_id, "residential-1");
+    assert_eq!(injured.child.as_ref().unwrap().full_name, "Асанов Ерлан");
+    let notice = |kind: HealthNoticeKind, key: &str| SendNoticeRequest {
+        referral_id: injured.referral_id.clone(),
+        kind: kind as i32,
+        on: Some(cd(t)),
+        facility: "Аудандық аурухана, травматология".into(),
+        note: String::new(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    // Admitted at once: held, sent nowhere.
+    let admitted = doctor
+        .health_notices()
+        .send_notice(doctor.req(notice(HealthNoticeKind::Admitted, "ph-held-admitted")))
+        .await
+        .expect("admitted")
+        .into_inner();
+    assert!(admitted.message_id.is_empty());
+    assert_eq!(admitted.referral.unwrap().held_notices, 1);
+    let err = doctor
+        .health_notices()
+        .send_notice(doctor.req(notice(HealthNoticeKind::Admitted, "ph-held-twice")))
+        .await
+        .expect_err("admitted already");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // No case the commission asked about: nothing to link to; bad fields named.
+    let link = |case: &str| LinkReferralRequest {
+        referral_id: injured.referral_id.clone(),
+        case_reference: case.into(),
+    };
+    let err = doctor
+        .health_notices()
+        .link_referral(doctor.req(link("KT-NOT-ASKED")))
+        .await
+        .expect_err("the commission has not asked about that case");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = doctor
+        .health_notices()
+        .link_referral(doctor.req(LinkReferralRequest::default()))
+        .await
+        .expect_err("nothing given");
+    let named = fields(&err);
+    for field in ["referral_id", "case_reference"] {
+        assert!(named.iter().any(|f| f == field), "{field}: {named:?}");
+    }
+
+    // The commission opens the child's case and asks the facility; the doctor links the referral.
+    let case = hub.open_case("ph-injured").await;
+    let curator = hub.staff("commission", "curator-1").await;
+    ask(&hub, &curator, &case, "health-1").await;
+    hub.deliver_everything().await;
+    assert_eq!(list().await.len(), 2);
+    let linked = doctor
+        .health_notices()
+        .link_referral(doctor.req(link(&case)))
+        .await
+        .expect("linked")
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(linked.case_reference, case);
+    assert_eq!(linked.held_notices, 0);
+    assert_eq!(list().await.len(), 1, "the case's own referral is absorbed");
+    // Treatment now goes straight to the case.
+    let treated = doctor
+        .health_notices()
+        .send_notice(doctor.req(notice(HealthNoticeKind::Treatment, "ph-linked-treatment")))
+        .await
+        .expect("treatment")
+        .into_inner();
+    assert!(!treated.message_id.is_empty());
+    hub.deliver_everything().await;
+    let kinds: Vec<(i32, String)> = get_case(&curator, &case)
+        .await
+        .health_notices
+        .iter()
+        .map(|n| (n.kind, n.case_reference.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (HealthNoticeKind::Admitted as i32, case.clone()),
+            (HealthNoticeKind::Treatment as i32, case.clone())
+        ]
+    );
+    hub.shutdown().await;
+}
+
 both_backends!(updates_and_notices_reach_the_curator);
+both_backends!(an_injured_childs_referral_waits_for_its_case);

@@ -19,6 +19,7 @@ pub mod form_case;
 pub mod form_k;
 pub mod launcher;
 pub mod output;
+pub mod police_cli;
 pub mod safeguarding_cli;
 pub mod session;
 pub mod settings;
@@ -233,6 +234,12 @@ pub enum Command {
         #[command(subcommand)]
         command: safeguarding_cli::SafeguardingCommand,
     },
+    /// Police: investigations with their cases, lifecycle changes, linking the cases of an
+    /// incident, preventive registration of offending children.
+    Police {
+        #[command(subcommand)]
+        command: police_cli::PoliceCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -408,6 +415,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Overdue => staff().await?.overdue().await,
         Command::Watch { mine } => staff().await?.watch(mine).await,
         Command::Safeguarding { command } => staff().await?.safeguarding(command).await,
+        Command::Police { command } => staff().await?.police(command).await,
     }
 }
 

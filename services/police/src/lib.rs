@@ -122,3 +122,89 @@ impl AgencyExtension for PoliceExtension {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use referral_core::db::{Database, Row as _, StorageConfig};
+
+    use super::*;
+
+    /// An investigation and its change from before 1002 keep their case (now a link) and their
+    /// update (now a delivery to that case, under the key it was sent with).
+    #[tokio::test]
+    async fn the_rebuild_keeps_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = StorageConfig {
+            data_dir: dir.path().to_owned(),
+            database_url: std::env::var("REFERRAL_TEST_DATABASE_URL")
+                .ok()
+                .map(Into::into),
+        };
+        let component = format!("police-test-{}", uuid::Uuid::new_v4().simple());
+        static BEFORE: LazyLock<Vec<EmbeddedMigration>> = LazyLock::new(|| {
+            let mut all = MIGRATIONS.clone();
+            all.pop();
+            all
+        });
+        let db = Database::open(&storage, &component, BEFORE.as_slice())
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO investigations (investigation_id, case_reference, commission_agency_id, \
+             received_message_id, status, status_on, hearing_on, summary, version, received_at, \
+             updated_at) VALUES ('INV-1', 'KT-1', 'commission', 'm-1', \
+             'INVESTIGATION_STATUS_OPENED', '2026-03-01', NULL, '', 2, 10, 20)",
+        )
+        .execute(db.pool())
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO investigation_changes (message_key, investigation_id, version, \
+             request_sha256, update_sent, prev_status, prev_status_on, prev_hearing_on, \
+             prev_summary, recorded_by, recorded_at) VALUES ('investigation-update:k', 'INV-1', \
+             2, 'sha', $1, 'INVESTIGATION_STATUS_RECEIVED', '2026-03-01', NULL, '', 'inspector', \
+             20)",
+        )
+        .bind(vec![0u8])
+        .execute(db.pool())
+        .await
+        .unwrap();
+        db.close().await;
+        let db = Database::open(&storage, &component, MIGRATIONS.as_slice())
+            .await
+            .unwrap();
+        let link = sqlx::query(
+            "SELECT investigation_id, commission_agency_id, child_role FROM investigation_cases \
+             WHERE case_reference = 'KT-1'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(link.try_get::<String, _>(0).unwrap(), "INV-1");
+        assert_eq!(link.try_get::<String, _>(1).unwrap(), "commission");
+        assert_eq!(
+            link.try_get::<String, _>(2).unwrap(),
+            "INCIDENT_ROLE_UNSPECIFIED"
+        );
+        let delivery = sqlx::query(
+            "SELECT message_key, case_reference FROM investigation_deliveries \
+             WHERE change_key = 'investigation-update:k'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            delivery.try_get::<String, _>(0).unwrap(),
+            "investigation-update:k"
+        );
+        assert_eq!(delivery.try_get::<String, _>(1).unwrap(), "KT-1");
+        let status: String = sqlx::query_scalar(
+            "SELECT status FROM investigations WHERE investigation_id = 'INV-1'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(status, "INVESTIGATION_STATUS_OPENED");
+        db.close().await;
+    }
+}
