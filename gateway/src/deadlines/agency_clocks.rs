@@ -344,15 +344,18 @@ impl Shared {
         if event.urgent && kind != AgencyClockEventKind::IncidentRecorded {
             v.add("event.urgent", "only an INCIDENT_RECORDED event is urgent");
         }
-        if !event.responsible_user_id.is_empty()
-            && self
-                .directory()
-                .user(&caller.id, &event.responsible_user_id)
-                .is_none()
+        // A user id of the agency's identity provider (the gateway keeps no staff list, as for
+        // the acting user): an id, never a name or an IIN.
+        let user = &event.responsible_user_id;
+        if !user.is_empty()
+            && (user.len() > 200
+                || !user.bytes().all(|b| b.is_ascii_graphic())
+                || validate::holds_iin(user))
         {
             v.add(
                 "event.responsible_user_id",
-                "must be a member of the calling agency (or empty)",
+                "must be a user id of the calling agency: up to 200 printable ASCII characters \
+                 (or empty)",
             );
         }
         match Role::try_from(event.responsible_role) {
@@ -563,7 +566,7 @@ impl Apply<'_> {
                 .fetch_one(&mut **self.tx)
                 .await?;
                 let due = weekly_progress_due(occurred_at, s, calendar);
-                let d = self.clock_deadline(
+                let mut d = self.clock_deadline(
                     &ctx,
                     D::WeeklyProgress,
                     reports + 1,
@@ -571,6 +574,14 @@ impl Apply<'_> {
                     None,
                     referrer,
                 );
+                // Whoever the service's start named stays responsible, unless the report names
+                // someone else.
+                if ctx.event.responsible_user_id.is_empty() {
+                    d.responsible_user_id = first.responsible_user_id.clone();
+                }
+                if ctx.event.responsible_role == Role::Unspecified as i32 {
+                    d.responsible_role = first.responsible_role();
+                }
                 self.create(d, DeadlineState::Pending).await
             }
             E::ServiceEnded => {

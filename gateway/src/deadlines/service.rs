@@ -1,5 +1,6 @@
 //! The `referral.v1.Deadlines` service, behind the same certificate interceptor as `Gateway`:
-//! a commission sees its district's deadlines, any other agency those it is responsible for.
+//! a commission sees its district's deadlines (but not the agencies' own clocks), any other agency
+//! those it is responsible for (its agency clocks included).
 //!
 //! Lists are ordered by lateness (`due_at`, then the deadline's id) and paged by keyset (the page token is the
 //! last row's `due_at` and id), one index range per state merged by the database, so a page
@@ -181,7 +182,8 @@ pub(crate) async fn overview(
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT kind, state, COUNT(*) AS n FROM deadlines \
-         WHERE district_id = $1 AND state IN {} GROUP BY kind, state",
+         WHERE district_id = $1 AND subject_reference = '' AND state IN {} \
+         GROUP BY kind, state",
         model::OPEN_STATES_SQL
     )))
     .bind(&caller.district)
@@ -204,7 +206,8 @@ pub(crate) async fn overview(
 /// Which deadlines a caller sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Scope {
-    /// A commission: its district's.
+    /// A commission: its district's, except the agencies' own clocks (a school's investigations,
+    /// an NGO's weekly reports), which only their agency sees.
     District(String),
     /// Any other agency: those it is responsible for.
     Agency(String),
@@ -225,7 +228,7 @@ fn visible(scope: &Scope, user: Option<&str>, alert: &DeadlineAlert) -> bool {
         return false;
     };
     let in_scope = match scope {
-        Scope::District(district) => d.district_id == *district,
+        Scope::District(district) => d.district_id == *district && d.subject_reference.is_empty(),
         Scope::Agency(agency) => d.responsible_agency_id == *agency,
     };
     in_scope && user.is_none_or(|u| d.responsible_user_id == u)
@@ -298,6 +301,10 @@ pub(crate) async fn list(shared: &Shared, q: &ListQuery) -> ServiceResult<ListDe
             param(Bind::Text(scope_value.clone()), &mut binds),
             param(Bind::Text(model::state_name(*state).to_owned()), &mut binds),
         );
+        if matches!(q.scope, Scope::District(_)) {
+            // Agencies' own clocks are theirs: a commission's district view leaves them out.
+            sql.push_str(" AND subject_reference = ''");
+        }
         if let Some(user) = &q.responsible_user_id {
             sql.push_str(&format!(
                 " AND responsible_user_id = {}",
@@ -397,6 +404,11 @@ mod tests {
             &alert
         ));
         assert!(!visible(&Scope::Agency("school-1".into()), None, &alert));
+        // An agency's own clock: the agency sees it, its commission does not.
+        let mut own = alert.clone();
+        own.deadline.as_mut().unwrap().subject_reference = "incident-1".into();
+        assert!(visible(&Scope::Agency("ngo-1".into()), None, &own));
+        assert!(!visible(&Scope::District("d-1".into()), None, &own));
     }
 
     #[test]

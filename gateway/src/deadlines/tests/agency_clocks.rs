@@ -162,6 +162,28 @@ async fn an_urgent_incident_is_due_the_same_day_and_tells_the_director_when_miss
     // Met is final: nothing more, ever.
     hub.clock.set(ts("2027-01-30T00:00:00Z"));
     assert_eq!(hub.settle().await.alerts, 0);
+    // The school lists its own clocks; the commission's district view leaves them out.
+    let query = |scope| ListQuery {
+        scope,
+        states: vec![S::Met],
+        responsible_user_id: None,
+        case_reference: None,
+        page_size: 50,
+        after: None,
+    };
+    let own = list(&hub.shared, &query(Scope::Agency("school-1".into())))
+        .await
+        .unwrap();
+    assert_eq!(own.deadlines.len(), 2);
+    assert!(
+        own.deadlines
+            .iter()
+            .all(|d| d.subject_reference == "incident-1")
+    );
+    let district = list(&hub.shared, &query(Scope::District(DISTRICT.into())))
+        .await
+        .unwrap();
+    assert!(district.deadlines.is_empty());
     // Escalation (of nothing) never reached the commission either.
     assert!(
         hub.alert_messages()
@@ -348,6 +370,7 @@ async fn a_service_reports_weekly_each_report_opens_the_next_and_the_end_cancels
         .await;
     let mut started = event(E::ServiceStarted, "service-1", hub.clock.now());
     started.related_message_id = assignment;
+    started.responsible_user_id = "case-manager".into();
     hub.clock_event("ngo-1", started).await.unwrap();
     hub.settle().await;
     let clocks = hub.clocks().await;
@@ -366,6 +389,15 @@ async fn a_service_reports_weekly_each_report_opens_the_next_and_the_end_cancels
         (clocks[1].1, clocks[1].2, clocks[1].3.as_str()),
         (S::Pending, 2, "2026-12-03")
     );
+    // The case manager the start named stays responsible for the next report.
+    let users: Vec<String> = sqlx::query_scalar(
+        "SELECT responsible_user_id FROM deadlines WHERE subject_reference = 'service-1' \
+         ORDER BY action_number",
+    )
+    .fetch_all(hub.shared.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(users, ["case-manager", "case-manager"]);
     // Late: the NGO, and the commission that assigned the service.
     hub.clock.set(ts("2026-12-03T19:00:00Z"));
     hub.settle().await;
@@ -535,14 +567,14 @@ async fn refusals_name_the_reason_and_store_nothing() {
         ),
         (
             AgencyClockEvent {
-                responsible_user_id: "nobody".into(),
+                responsible_user_id: "no body".into(),
                 ..event(E::ConcernPhoned, "s-1", now)
             },
             "event.responsible_user_id",
         ),
         (
             AgencyClockEvent {
-                responsible_user_id: "inspector".into(),
+                responsible_user_id: "x".repeat(201),
                 ..event(E::ConcernPhoned, "s-1", now)
             },
             "event.responsible_user_id",
