@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     Shared, access, forms, ledger, police_forms, protection_forms,
+    service_forms,
     policy::Sections,
     routing::{self, Reply},
     store::{self, STATE_ANSWERED, STATE_DELIVERED, STATE_QUEUED},
@@ -587,6 +588,9 @@ impl Shared {
                     );
                 }
             }
+            Some(form) if service_forms::is_service_form(form) => {
+                service_forms::check(&env, caller, &directory, now, &mut v)
+            }
             Some(
                 form @ (payload::Form::IncidentReferral(_)
                 | payload::Form::ProtectionInstruction(_)
@@ -658,6 +662,7 @@ impl Shared {
                 original.action_number,
             )?;
         }
+        service_forms::check_named_referral(&mut tx, caller, &recipient, &env).await?;
         let message_id = uuid::Uuid::now_v7().to_string();
         env.message_id = message_id.clone();
         env.sender_agency_id = caller.id.clone();

@@ -16,6 +16,7 @@ pub mod policy;
 mod protection_forms;
 pub mod routing;
 pub mod sealing;
+mod service_forms;
 pub mod store;
 pub mod views;
 

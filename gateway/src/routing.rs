@@ -188,7 +188,52 @@ pub const RULES: &[Rule] = &[
             single: false,
         },
     },
+    // Issue 5: a school refers a pupil to an NGO of its district (M:2247-2271); the NGO answers
+    // and reports progress (many updates, each a reply to the referral); the school may ask it
+    // to cancel (a new message naming the referral, checked in `service_forms`), fixes the
+    // safety team's meetings about the pupil, and sends its monthly log J to the commission.
+    Rule {
+        from: EDUCATION,
+        form: FormKind::ServiceReferral,
+        to: NGO,
+        same_district: true,
+        reply: Reply::No,
+    },
+    Rule {
+        from: NGO,
+        form: FormKind::ServiceUpdate,
+        to: EDUCATION,
+        same_district: true,
+        reply: Reply::To {
+            answers: FormKind::ServiceReferral,
+            single: false,
+        },
+    },
+    Rule {
+        from: EDUCATION,
+        form: FormKind::ServiceUpdate,
+        to: NGO,
+        same_district: true,
+        reply: Reply::No,
+    },
+    Rule {
+        from: EDUCATION,
+        form: FormKind::SafetyMeetingNotice,
+        to: NGO,
+        same_district: true,
+        reply: Reply::No,
+    },
+    Rule {
+        from: EDUCATION,
+        form: FormKind::ReferralLog,
+        to: COMMISSION,
+        same_district: true,
+        reply: Reply::No,
+    },
 ];
+
+/// The service providers schools refer pupils to.
+const NGO: &[AgencyKind] = &[AgencyKind::Ngo];
 
 /// The rule allowing this flow, if any.
 pub fn find_rule(
@@ -290,6 +335,60 @@ mod tests {
         }
         assert!(find_rule(K::Police, F::InvestigationUpdate, K::School, true).is_none());
         assert!(find_rule(K::Health, F::HealthNotice, K::Ngo, true).is_none());
+    }
+
+    #[test]
+    fn service_referrals_go_between_a_school_and_an_ngo_of_its_district_only() {
+        const KINDS: [AgencyKind; 6] = [
+            K::School,
+            K::Residential,
+            K::Commission,
+            K::Police,
+            K::Health,
+            K::Ngo,
+        ];
+        for school in [K::School, K::Residential] {
+            let refer = find_rule(school, F::ServiceReferral, K::Ngo, true).unwrap();
+            assert_eq!(refer.reply, Reply::No);
+            let update = find_rule(K::Ngo, F::ServiceUpdate, school, true).unwrap();
+            assert_eq!(
+                update.reply,
+                Reply::To {
+                    answers: F::ServiceReferral,
+                    single: false
+                }
+            );
+            let cancel = find_rule(school, F::ServiceUpdate, K::Ngo, true).unwrap();
+            assert_eq!(cancel.reply, Reply::No);
+            assert!(find_rule(school, F::SafetyMeetingNotice, K::Ngo, true).is_some());
+            assert!(find_rule(school, F::ReferralLog, K::Commission, true).is_some());
+            assert!(find_rule(school, F::ServiceReferral, K::Ngo, false).is_none());
+            assert!(find_rule(K::Ngo, F::ServiceUpdate, school, false).is_none());
+            assert!(find_rule(school, F::ReferralLog, K::Commission, false).is_none());
+        }
+        for from in KINDS {
+            for to in KINDS {
+                let school_to_ngo =
+                    matches!(from, K::School | K::Residential) && to == K::Ngo;
+                assert_eq!(
+                    find_rule(from, F::ServiceReferral, to, true).is_some(),
+                    school_to_ngo
+                );
+                assert_eq!(
+                    find_rule(from, F::SafetyMeetingNotice, to, true).is_some(),
+                    school_to_ngo
+                );
+                assert_eq!(
+                    find_rule(from, F::ServiceUpdate, to, true).is_some(),
+                    school_to_ngo
+                        || (from == K::Ngo && matches!(to, K::School | K::Residential))
+                );
+                assert_eq!(
+                    find_rule(from, F::ReferralLog, to, true).is_some(),
+                    matches!(from, K::School | K::Residential) && to == K::Commission
+                );
+            }
+        }
     }
 
     #[test]

@@ -967,6 +967,21 @@ impl StaffClient {
         referral_proto::v1::health_notices_client::HealthNoticesClient::new(self.channel.clone())
     }
 
+    /// A school's (or residential institution's) referrals of pupils to NGOs and its log J on
+    /// the same connection (that agency's staff only).
+    pub fn school_referrals(
+        &self,
+    ) -> referral_proto::v1::school_referrals_client::SchoolReferralsClient<Channel> {
+        referral_proto::v1::school_referrals_client::SchoolReferralsClient::new(
+            self.channel.clone(),
+        )
+    }
+
+    /// An NGO's services on the same connection (its case managers only).
+    pub fn ngo_services(&self) -> referral_proto::v1::ngo_services_client::NgoServicesClient<Channel> {
+        referral_proto::v1::ngo_services_client::NgoServicesClient::new(self.channel.clone())
+    }
+
     /// A residential institution's incident work and protection instructions on the same
     /// connection (that institution's staff only).
     pub fn residential(

@@ -21,6 +21,7 @@ pub mod launcher;
 pub mod output;
 pub mod police_cli;
 pub mod safeguarding_cli;
+pub mod services_cli;
 pub mod session;
 pub mod settings;
 pub mod view;
@@ -240,6 +241,17 @@ pub enum Command {
         #[command(subcommand)]
         command: police_cli::PoliceCommand,
     },
+    /// School: refer a pupil to an NGO, follow the referrals, the safety team's meetings, the
+    /// monthly log J (export, send to the commission).
+    Referrals {
+        #[command(subcommand)]
+        command: services_cli::ReferralsCommand,
+    },
+    /// NGO: the services on referrals and support-plan rows, each step reported back.
+    Services {
+        #[command(subcommand)]
+        command: services_cli::ServicesCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -416,6 +428,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Watch { mine } => staff().await?.watch(mine).await,
         Command::Safeguarding { command } => staff().await?.safeguarding(command).await,
         Command::Police { command } => staff().await?.police(command).await,
+        Command::Referrals { command } => staff().await?.referrals(command).await,
+        Command::Services { command } => staff().await?.services(command).await,
     }
 }
 

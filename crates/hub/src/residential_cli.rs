@@ -515,3 +515,79 @@ impl Staff {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<crate::Command, clap::Error> {
+        use clap::Parser as _;
+        Ok(crate::Cli::try_parse_from(["referral-hub"].iter().chain(args.iter()))?.command)
+    }
+
+    #[test]
+    fn residential_commands_parse_and_refuse_what_is_missing() {
+        let Ok(crate::Command::Residential {
+            command:
+                ResidentialCommand::Assess {
+                    severity, grounds, ..
+                },
+        }) = parse(&[
+            "residential",
+            "assess",
+            "inc-1",
+            "--severity",
+            "severe",
+            "--ground",
+            "physical-violence-with-injury",
+            "--ground",
+            "other",
+        ])
+        else {
+            panic!("assess parses");
+        };
+        assert_eq!(severity.to_proto(), IncidentSeverity::Severe);
+        assert_eq!(grounds.len(), 2);
+        assert!(parse(&["residential", "assess", "inc-1"]).is_err());
+        assert!(parse(&["residential", "refer", "inc-1", "--position", "тәрбиеші"]).is_err());
+        assert!(parse(&["residential", "close", "inc-1"]).is_err());
+        let Ok(crate::Command::Residential {
+            command: ResidentialCommand::Acknowledge { carried_out, .. },
+        }) = parse(&["residential", "acknowledge", "msg-1", "--carried-out"])
+        else {
+            panic!("acknowledge parses");
+        };
+        assert!(carried_out);
+    }
+
+    #[test]
+    fn instruct_needs_its_decision_and_leaves_the_weighing_to_the_commission() {
+        let Ok(crate::Command::Instruct(args)) = parse(&[
+            "instruct",
+            "C-1",
+            "--version",
+            "3",
+            "--to",
+            "residential-1",
+            "--measure",
+            "family-type-setting",
+            "--placement",
+            "Отбасы",
+            "--by",
+            "+3d",
+            "--decision",
+            "Ш-7",
+            "--reason",
+            "Қорғау",
+        ]) else {
+            panic!("instruct parses");
+        };
+        assert_eq!(
+            args.measure.to_proto(),
+            ProtectionMeasure::FamilyTypeSetting
+        );
+        // Not weighed: sent as such, and the commission refuses it naming the field.
+        assert!(args.weighed_because.is_none());
+        assert!(parse(&["instruct", "C-1", "--version", "3", "--to", "residential-1"]).is_err());
+    }
+}

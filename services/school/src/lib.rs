@@ -22,6 +22,13 @@
 //!   child's identity, exported as CSV or XLSX with Kazakh and Russian headings, and sent to the
 //!   district's commission through the gateway (purpose AGGREGATE_REPORTING).
 //!
+//! * referrals of at-risk and high-risk pupils to an NGO of the district ([`referrals`],
+//!   M:2247-2271): each a SERVICE_REFERRAL through the gateway and a row of the monthly log J
+//!   (M:4757-4796), updated by the NGO's SERVICE_UPDATEs (received in `on_received`), with the
+//!   follow-up check, cancellation requests, the safety team's fortnightly meetings (a
+//!   SAFETY_MEETING_NOTICE to the NGO) and the NGO's attendance; J is exported as CSV or XLSX with
+//!   the form's Kazakh headings and Russian ones, and sent to the commission (REFERRAL_LOG).
+//!
 //! The residential institution keeps D for every incident too (M:2882-2890) and uses the same
 //! extension (`referral-residential`).
 //!
@@ -32,6 +39,7 @@
 
 mod api;
 pub mod clocks;
+pub mod referrals;
 pub mod safeguarding;
 pub mod summary;
 pub mod validation;
@@ -44,13 +52,14 @@ use referral_core::db::EmbeddedMigration;
 use referral_deadlines::{DistrictCalendar, HolidayCalendar};
 use referral_proto::v1::{
     AgencyKind, safeguarding_server::SafeguardingServer,
-    school_incidents_server::SchoolIncidentsServer,
+    school_incidents_server::SchoolIncidentsServer, school_referrals_server::SchoolReferralsServer,
 };
 use tonic::{
     server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
 };
 
 pub use crate::api::SchoolIncidentsApi;
+pub use crate::referrals::SchoolReferralsApi;
 pub use crate::safeguarding::SafeguardingApi;
 
 /// The kind of agency this service runs.
@@ -62,6 +71,11 @@ const OWN_MIGRATIONS: &[EmbeddedMigration] = &[
         1001,
         "incident reports D and summaries E",
         include_str!("../migrations/1001_incidents.sql"),
+    ),
+    (
+        1002,
+        "referrals of pupils to services outside education (log J)",
+        include_str!("../migrations/1002_service_referrals.sql"),
     ),
     (
         1003,
@@ -113,6 +127,7 @@ impl AgencyExtension for IncidentsExtension {
         vec![
             <IncidentsService as NamedService>::NAME,
             <SafeguardingServer<SafeguardingApi> as NamedService>::NAME,
+            <SchoolReferralsServer<SchoolReferralsApi> as NamedService>::NAME,
         ]
     }
 
@@ -127,7 +142,10 @@ impl AgencyExtension for IncidentsExtension {
         let router = router.add_service(InterceptedService::new(service, host.staff_auth()));
         // Safeguarding (a school's; UNIMPLEMENTED at a residential institution), the same check.
         let safeguarding = SafeguardingServer::new(SafeguardingApi::new(host.clone()));
-        router.add_service(InterceptedService::new(safeguarding, host.staff_auth()))
+        let router = router.add_service(InterceptedService::new(safeguarding, host.staff_auth()));
+        // Referrals of pupils to NGOs and the log J, the same check.
+        let referrals = SchoolReferralsServer::new(SchoolReferralsApi::new(host.clone()));
+        router.add_service(InterceptedService::new(referrals, host.staff_auth()))
     }
 
     async fn on_received(
@@ -138,6 +156,8 @@ impl AgencyExtension for IncidentsExtension {
         now: jiff::Timestamp,
     ) -> referral_core::ServiceResult<()> {
         // The commission's decision on a concern's written report is the service's answer.
-        safeguarding::on_received(conn, envelope, now).await
+        safeguarding::on_received(conn, envelope, now).await?;
+        // An NGO's update on a referral of a pupil.
+        referrals::on_received(conn, envelope, now).await
     }
 }

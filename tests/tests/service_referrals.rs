@@ -1,0 +1,910 @@
+//! Referrals of pupils to NGOs, the NGO's services and the monthly log J (issue 5), each on
+//! SQLite and on PostgreSQL, through the real school, NGO and commission services over mTLS and
+//! the real gateway:
+//!
+//! * a school refers a pupil; only the NGO named receives it; the NGO accepts, schedules and
+//!   holds a session, reports weekly progress and completes, and the school sees each step (FHIR
+//!   status and BSeR business status, the support received); the safety team's meeting is
+//!   scheduled and the NGO's attendance recorded once the meeting has begun;
+//! * a decline needs a reason; completing a declined service is FAILED_PRECONDITION and changes
+//!   nothing; bad fields are named and store nothing; strangers are refused; a cancellation the
+//!   school requests reaches the NGO, which cancels with a reason;
+//! * a support-plan row assigned to the NGO is a service whose steps reach the commission as
+//!   action progress; the weekly progress report is a deadline of the gateway's engine, met by a
+//!   report and raised as an alert in the NGO's inbox when a week passes without one;
+//! * the log J of a month: one row per referral, CSV and XLSX (read back with calamine) with the
+//!   form's Kazakh headings and Russian ones, sent to the commission once the month has ended.
+
+use std::io::Cursor;
+
+use calamine::{Data, Reader as _, Xlsx, open_workbook_from_rs};
+use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
+use referral_core::{error::field_violations, time, validate::to_calendar_date};
+use referral_proto::v1::{
+    ActionProgressState, CaseFile, DeadlineKind, DeadlineState, Envelope, ExportFormat,
+    ExportReferralLogRequest, FileAssessmentRequest, FileSupportPlanRequest, FormKind,
+    GetCaseRequest, GetMessageRequest, GetServiceReferralRequest, GetServiceRequest,
+    ListDeadlinesRequest, ListMeetingNoticesRequest, ListSafetyMeetingsRequest,
+    ListServiceReferralsRequest, ListServicesRequest, MonthlyReferralLogRequest, NgoService,
+    Payload, PurposeOfUse, RecordMeetingAttendanceRequest, RecordReferralCheckRequest,
+    ReferPupilRequest, ReferralStatus, RequestServiceCancellationRequest, RiskLevel, RiskTier,
+    ScheduleSafetyMeetingRequest, SendReferralLogRequest, ServiceBusinessStatus, ServiceEvent,
+    ServiceReferralRecord, ServiceSource, ServiceUpdate, UpdateServiceRequest, payload,
+};
+use referral_tests::{
+    Backend, StaffClient, TestHub, both_backends,
+    samples::{row, sample_assessment, sample_plan},
+};
+use tonic::Code;
+
+both_backends!(
+    a_referral_runs_from_the_school_to_the_ngo_and_back,
+    a_declined_referral_cannot_be_completed_and_strangers_are_refused,
+    an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission,
+    the_monthly_log_j_is_exported_and_reaches_the_commission,
+);
+
+const PUPIL: &str = "Ерасыл Нұрланұлы Қасымов";
+
+fn almaty() -> TimeZone {
+    TimeZone::get("Asia/Almaty").unwrap()
+}
+
+fn today(hub: &TestHub) -> Date {
+    hub.clock.now().to_zoned(almaty()).date()
+}
+
+fn referral(key: &str, pupil: &str, ngo: &str) -> ReferPupilRequest {
+    ReferPupilRequest {
+        idempotency_key: key.into(),
+        pupil_full_name: pupil.into(),
+        class_name: "7 Б".into(),
+        date_of_birth: Some(to_calendar_date(jiff::civil::date(2013, 3, 4))),
+        risk_tier: RiskTier::HighRisk as i32,
+        ngo_agency_id: ngo.into(),
+        support_requested: "Психологтың жеке кеңестері / индивидуальные консультации".into(),
+        reason: "Құрдастарына қатысты агрессия".into(),
+        contact_person: "Асель Маратқызы Нұрова".into(),
+        contact_phone: "+7 702 000 0002".into(),
+    }
+}
+
+async fn refer(school: &StaffClient, request: ReferPupilRequest) -> ServiceReferralRecord {
+    school
+        .school_referrals()
+        .refer_pupil(school.req(request))
+        .await
+        .expect("the pupil is referred")
+        .into_inner()
+}
+
+async fn referral_of(school: &StaffClient, id: &str) -> ServiceReferralRecord {
+    school
+        .school_referrals()
+        .get_service_referral(school.req(GetServiceReferralRequest {
+            referral_id: id.into(),
+        }))
+        .await
+        .expect("the referral reads")
+        .into_inner()
+}
+
+async fn services(ngo: &StaffClient) -> Vec<NgoService> {
+    ngo.ngo_services()
+        .list_services(ngo.req(ListServicesRequest {
+            include_ended: true,
+        }))
+        .await
+        .expect("the services list")
+        .into_inner()
+        .services
+}
+
+async fn service(ngo: &StaffClient, id: &str) -> NgoService {
+    ngo.ngo_services()
+        .get_service(ngo.req(GetServiceRequest {
+            service_id: id.into(),
+        }))
+        .await
+        .expect("the service reads")
+        .into_inner()
+}
+
+fn step(service: &str, key: &str, event: ServiceEvent) -> UpdateServiceRequest {
+    UpdateServiceRequest {
+        service_id: service.into(),
+        idempotency_key: key.into(),
+        event: event as i32,
+        ..Default::default()
+    }
+}
+
+/// One step of a service; the message it sent is delivered before this returns.
+async fn take_step(
+    hub: &TestHub,
+    ngo: &StaffClient,
+    request: UpdateServiceRequest,
+) -> Result<NgoService, tonic::Status> {
+    let answer = ngo
+        .ngo_services()
+        .update_service(ngo.req(request))
+        .await?
+        .into_inner();
+    assert!(!answer.message_id.is_empty(), "the step is sent");
+    hub.delivered(&answer.message_id).await;
+    Ok(answer.service.unwrap())
+}
+
+fn fields(status: &tonic::Status) -> Vec<String> {
+    field_violations(status)
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+/// The gateway's messages of one form kind, as (recipient, message id).
+async fn gateway_messages(hub: &TestHub, kind: FormKind) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT recipient_agency_id, message_id FROM messages WHERE form_kind = $1 \
+         ORDER BY created_at",
+    )
+    .bind(kind.as_str_name())
+    .fetch_all(hub.gateway().database().pool())
+    .await
+    .unwrap()
+}
+
+async fn a_referral_runs_from_the_school_to_the_ngo_and_back(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let school = hub.staff("school-1", "safety-team").await;
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+
+    let record = refer(&school, referral("refer-0001", PUPIL, "ngo-1")).await;
+    assert_eq!(record.status, ReferralStatus::Requested as i32);
+    assert_eq!(record.service_name, "«Бала қорғаны» қоғамдық қоры");
+    assert!(!record.message_id.is_empty());
+    hub.delivered(&record.message_id).await;
+    // The same request again answers the same referral.
+    let again = refer(&school, referral("refer-0001", PUPIL, "ngo-1")).await;
+    assert_eq!(again.referral_id, record.referral_id);
+
+    // Only the NGO named receives it.
+    assert_eq!(
+        gateway_messages(&hub, FormKind::ServiceReferral).await,
+        vec![("ngo-1".to_owned(), record.message_id.clone())]
+    );
+    for other in ["ngo-2", "commission", "police-1", "health-1", "school-2"] {
+        assert!(!hub.messages_to(other).await.contains(&record.message_id));
+    }
+    assert!(
+        services(&hub.staff("ngo-2", "case-manager").await)
+            .await
+            .is_empty()
+    );
+    let listed = services(&ngo).await;
+    assert_eq!(listed.len(), 1);
+    let svc = listed[0].clone();
+    assert_eq!(svc.source, ServiceSource::Referral as i32);
+    assert_eq!(svc.child_name, PUPIL);
+    assert_eq!(svc.referral_reference, record.referral_id);
+    assert_eq!(svc.status, ReferralStatus::Received as i32);
+    assert_eq!(svc.business_status, ServiceBusinessStatus::Created as i32);
+
+    // Accepted: the school sees it, with the support the pupil receives.
+    let accept = UpdateServiceRequest {
+        support_received: "Апта сайын психологтың кеңесі".into(),
+        ..step(&svc.service_id, "step-accept", ServiceEvent::Accepted)
+    };
+    let after = take_step(&hub, &ngo, accept).await.unwrap();
+    assert_eq!(after.status, ReferralStatus::Accepted as i32);
+    let seen = referral_of(&school, &record.referral_id).await;
+    assert_eq!(seen.status, ReferralStatus::Accepted as i32);
+    assert_eq!(seen.business_status, ServiceBusinessStatus::Accepted as i32);
+    assert_eq!(seen.support_received, "Апта сайын психологтың кеңесі");
+
+    // The safety team's meeting about the pupil, fixed by the school, reaches the NGO.
+    let meeting_at = hub.clock.now() + SignedDuration::from_hours(48);
+    let meeting = school
+        .school_referrals()
+        .schedule_safety_meeting(school.req(ScheduleSafetyMeetingRequest {
+            referral_id: record.referral_id.clone(),
+            idempotency_key: "meeting-0001".into(),
+            meeting_at: Some(time::to_proto(meeting_at)),
+            place: "Мектеп, 12-кабинет".into(),
+            note: String::new(),
+        }))
+        .await
+        .expect("the meeting is scheduled")
+        .into_inner();
+    hub.delivered(&meeting.message_id).await;
+    let notices = ngo
+        .ngo_services()
+        .list_meeting_notices(ngo.req(ListMeetingNoticesRequest {
+            service_id: svc.service_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .notices;
+    assert_eq!(notices.len(), 1);
+    assert_eq!(
+        notices[0].notice.as_ref().unwrap().meeting_reference,
+        meeting.meeting_id
+    );
+
+    // A session scheduled today and held, then the weekly report.
+    let schedule = UpdateServiceRequest {
+        session_on: Some(to_calendar_date(today(&hub))),
+        ..step(
+            &svc.service_id,
+            "step-schedule",
+            ServiceEvent::SessionScheduled,
+        )
+    };
+    take_step(&hub, &ngo, schedule).await.unwrap();
+    // Held before it was scheduled? Not possible twice: held, then held again is refused.
+    take_step(
+        &hub,
+        &ngo,
+        step(&svc.service_id, "step-held", ServiceEvent::SessionHeld),
+    )
+    .await
+    .unwrap();
+    let twice = take_step(
+        &hub,
+        &ngo,
+        step(&svc.service_id, "step-held-2", ServiceEvent::SessionHeld),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(twice.code(), Code::FailedPrecondition);
+    let progress = UpdateServiceRequest {
+        note: "Екі кездесу өтті, мінез-құлқы жақсаруда".into(),
+        ..step(&svc.service_id, "step-week-1", ServiceEvent::WeeklyProgress)
+    };
+    take_step(&hub, &ngo, progress).await.unwrap();
+    let seen = referral_of(&school, &record.referral_id).await;
+    assert_eq!(seen.status, ReferralStatus::InProgress as i32);
+    assert_eq!(
+        seen.business_status,
+        ServiceBusinessStatus::EventCompleted as i32
+    );
+    let events: Vec<i32> = seen.updates.iter().map(|u| u.event).collect();
+    assert_eq!(
+        events,
+        vec![
+            ServiceEvent::Accepted as i32,
+            ServiceEvent::SessionScheduled as i32,
+            ServiceEvent::SessionHeld as i32,
+            ServiceEvent::WeeklyProgress as i32,
+        ]
+    );
+
+    // Attendance: not before the meeting has begun, then once.
+    let attend = |attended: bool| RecordMeetingAttendanceRequest {
+        meeting_id: meeting.meeting_id.clone(),
+        ngo_attended: attended,
+    };
+    let early = school
+        .school_referrals()
+        .record_meeting_attendance(school.req(attend(true)))
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition);
+    hub.clock.advance(SignedDuration::from_hours(49));
+    // Tokens last a working day: both log in again.
+    let school = hub.staff("school-1", "safety-team").await;
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    let recorded = school
+        .school_referrals()
+        .record_meeting_attendance(school.req(attend(true)))
+        .await
+        .expect("attendance recorded")
+        .into_inner();
+    assert_eq!(recorded.ngo_attended, Some(true));
+    let again = school
+        .school_referrals()
+        .record_meeting_attendance(school.req(attend(false)))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let meetings = school
+        .school_referrals()
+        .list_safety_meetings(school.req(ListSafetyMeetingsRequest {
+            referral_id: record.referral_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .meetings;
+    assert_eq!(meetings.len(), 1);
+    assert_eq!(meetings[0].ngo_attended, Some(true));
+
+    // The school's follow-up check: not in the future.
+    let future = school
+        .school_referrals()
+        .record_referral_check(school.req(RecordReferralCheckRequest {
+            referral_id: record.referral_id.clone(),
+            checked_on: Some(to_calendar_date(today(&hub) + 1.day())),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&future), ["checked_on"]);
+    let checked = school
+        .school_referrals()
+        .record_referral_check(school.req(RecordReferralCheckRequest {
+            referral_id: record.referral_id.clone(),
+            checked_on: Some(to_calendar_date(today(&hub))),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.date_checked, Some(to_calendar_date(today(&hub))));
+
+    // Completed: the school sees fulfilment completed; nothing more can happen.
+    let done = take_step(
+        &hub,
+        &ngo,
+        step(&svc.service_id, "step-complete", ServiceEvent::Completed),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.status, ReferralStatus::Completed as i32);
+    let seen = referral_of(&school, &record.referral_id).await;
+    assert_eq!(seen.status, ReferralStatus::Completed as i32);
+    assert_eq!(
+        seen.business_status,
+        ServiceBusinessStatus::FulfilmentCompleted as i32
+    );
+    let cancel = school
+        .school_referrals()
+        .request_service_cancellation(school.req(RequestServiceCancellationRequest {
+            referral_id: record.referral_id.clone(),
+            idempotency_key: "cancel-0001".into(),
+            reason: "Оқушы басқа мектепке ауысты".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(cancel.code(), Code::FailedPrecondition);
+    hub.shutdown().await;
+}
+
+async fn a_declined_referral_cannot_be_completed_and_strangers_are_refused(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let school = hub.staff("school-1", "director").await;
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+
+    // Bad fields are named, and nothing is stored or sent.
+    let mut bad = referral("refer-bad-01", "", "police-1");
+    bad.risk_tier = RiskTier::NotAtRisk as i32;
+    bad.date_of_birth = Some(to_calendar_date(today(&hub) + 1.day()));
+    bad.reason.clear();
+    let refused = school
+        .school_referrals()
+        .refer_pupil(school.req(bad))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        fields(&refused),
+        [
+            "pupil_full_name",
+            "date_of_birth",
+            "risk_tier",
+            "ngo_agency_id",
+            "reason"
+        ]
+    );
+    let t = today(&hub);
+    let none = school
+        .school_referrals()
+        .list_service_referrals(school.req(ListServiceReferralsRequest {
+            year: i32::from(t.year()),
+            month: i32::from(t.month()),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .referrals;
+    assert!(none.is_empty());
+    assert!(
+        gateway_messages(&hub, FormKind::ServiceReferral)
+            .await
+            .is_empty()
+    );
+
+    // Declined, with a reason only.
+    let record = refer(&school, referral("refer-0002", PUPIL, "ngo-1")).await;
+    hub.delivered(&record.message_id).await;
+    let svc = services(&ngo).await.remove(0);
+    let no_reason = ngo
+        .ngo_services()
+        .update_service(ngo.req(step(&svc.service_id, "decline-1", ServiceEvent::Declined)))
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&no_reason), ["reason"]);
+    let decline = UpdateServiceRequest {
+        reason: "Орын жоқ / нет мест".into(),
+        ..step(&svc.service_id, "decline-2", ServiceEvent::Declined)
+    };
+    let declined = take_step(&hub, &ngo, decline).await.unwrap();
+    assert_eq!(declined.status, ReferralStatus::Rejected as i32);
+    let seen = referral_of(&school, &record.referral_id).await;
+    assert_eq!(seen.status, ReferralStatus::Rejected as i32);
+    assert_eq!(seen.business_status, ServiceBusinessStatus::Declined as i32);
+    assert_eq!(seen.reason, "Орын жоқ / нет мест");
+
+    // Completing a declined service: FAILED_PRECONDITION, and nothing changes or is sent.
+    let sent_before = gateway_messages(&hub, FormKind::ServiceUpdate).await.len();
+    let refused = ngo
+        .ngo_services()
+        .update_service(ngo.req(step(&svc.service_id, "complete-1", ServiceEvent::Completed)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let unchanged = service(&ngo, &svc.service_id).await;
+    assert_eq!(unchanged, declined);
+    assert_eq!(
+        gateway_messages(&hub, FormKind::ServiceUpdate).await.len(),
+        sent_before
+    );
+    // Nor is a meeting fixed for a pupil the NGO does not serve.
+    let meeting = school
+        .school_referrals()
+        .schedule_safety_meeting(school.req(ScheduleSafetyMeetingRequest {
+            referral_id: record.referral_id.clone(),
+            idempotency_key: "meeting-0002".into(),
+            meeting_at: Some(time::to_proto(
+                hub.clock.now() + SignedDuration::from_hours(24),
+            )),
+            place: "Мектеп".into(),
+            note: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(meeting.code(), Code::FailedPrecondition);
+
+    // Strangers: another NGO does not know the service; another agency's staff are not let in;
+    // another NGO cannot answer the referral, and a police service cannot refer.
+    let other_ngo = hub.staff("ngo-2", "case-manager").await;
+    let unknown = other_ngo
+        .ngo_services()
+        .get_service(other_ngo.req(GetServiceRequest {
+            service_id: svc.service_id.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let school_token = school.token.clone();
+    let intruder = ngo.with_token(school_token);
+    let refused = intruder
+        .ngo_services()
+        .list_services(intruder.req(ListServicesRequest::default()))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        refused.code(),
+        Code::Unauthenticated | Code::PermissionDenied
+    ));
+    let other_school = hub.staff("school-2", "director").await;
+    let not_theirs = other_school
+        .school_referrals()
+        .get_service_referral(other_school.req(GetServiceReferralRequest {
+            referral_id: record.referral_id.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(not_theirs.code(), Code::NotFound);
+    let forged = Envelope {
+        idempotency_key: "forged-update-1".into(),
+        recipient_agency_id: "school-1".into(),
+        acting_user: Some(referral_proto::v1::ActingUser {
+            user_id: "case-manager".into(),
+            agency_id: "ngo-2".into(),
+            role: referral_proto::v1::Role::NgoCaseManager as i32,
+            display_name: "Самал Бекова".into(),
+        }),
+        purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+        form_kind: FormKind::ServiceUpdate as i32,
+        confidentiality: referral_proto::v1::ConfidentialityLabel::Restricted as i32,
+        in_reply_to: record.message_id.clone(),
+        payload: Some(Payload {
+            form: Some(payload::Form::ServiceUpdate(ServiceUpdate {
+                referral_reference: record.referral_id.clone(),
+                status: ReferralStatus::Completed as i32,
+                business_status: ServiceBusinessStatus::FulfilmentCompleted as i32,
+                reported_at: Some(time::to_proto(hub.clock.now())),
+                referral_message_id: record.message_id.clone(),
+                event: ServiceEvent::Completed as i32,
+                service_reference: "SVC-forged".into(),
+                reported_by: "Самал Бекова".into(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let refused = hub
+        .gateway_client_as("ngo-2")
+        .await
+        .send(referral_proto::v1::SendRequest {
+            envelope: Some(forged),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&refused), ["envelope.in_reply_to"]);
+    let mut police_referral = referral_proto::v1::ServiceReferral {
+        referral_reference: "SR-police".into(),
+        ..Default::default()
+    };
+    police_referral.pupil_full_name = PUPIL.into();
+    let refused = hub
+        .gateway_client_as("police-1")
+        .await
+        .send(referral_proto::v1::SendRequest {
+            envelope: Some(Envelope {
+                idempotency_key: "police-referral-1".into(),
+                recipient_agency_id: "ngo-1".into(),
+                acting_user: Some(referral_proto::v1::ActingUser {
+                    user_id: "inspector".into(),
+                    agency_id: "police-1".into(),
+                    role: referral_proto::v1::Role::PoliceJuvenileInspector as i32,
+                    display_name: String::new(),
+                }),
+                purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+                form_kind: FormKind::ServiceReferral as i32,
+                confidentiality: referral_proto::v1::ConfidentialityLabel::Restricted as i32,
+                payload: Some(Payload {
+                    form: Some(payload::Form::ServiceReferral(police_referral)),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(referral_of(&school, &record.referral_id).await, seen);
+
+    // The school asks to cancel a running service; the NGO sees it and cancels with a reason.
+    let second = refer(&school, referral("refer-0003", "Әлия Маратқызы", "ngo-1")).await;
+    hub.delivered(&second.message_id).await;
+    let svc2 = services(&ngo)
+        .await
+        .into_iter()
+        .find(|s| s.referral_reference == second.referral_id)
+        .unwrap();
+    take_step(
+        &hub,
+        &ngo,
+        step(&svc2.service_id, "accept-3", ServiceEvent::Accepted),
+    )
+    .await
+    .unwrap();
+    let asked = school
+        .school_referrals()
+        .request_service_cancellation(school.req(RequestServiceCancellationRequest {
+            referral_id: second.referral_id.clone(),
+            idempotency_key: "cancel-0003".into(),
+            reason: "Оқушы басқа мектепке ауысты".into(),
+        }))
+        .await
+        .expect("cancellation requested")
+        .into_inner();
+    assert!(asked.cancellation_requested);
+    hub.deliver_everything().await;
+    assert_eq!(
+        service(&ngo, &svc2.service_id).await.business_status,
+        ServiceBusinessStatus::CancellationRequested as i32
+    );
+    let cancel = UpdateServiceRequest {
+        reason: "Мектептің өтініші бойынша".into(),
+        ..step(&svc2.service_id, "cancel-3", ServiceEvent::Cancelled)
+    };
+    take_step(&hub, &ngo, cancel).await.unwrap();
+    let seen = referral_of(&school, &second.referral_id).await;
+    assert_eq!(seen.status, ReferralStatus::Cancelled as i32);
+    assert_eq!(
+        seen.business_status,
+        ServiceBusinessStatus::FulfilmentCancelled as i32
+    );
+    hub.shutdown().await;
+}
+
+async fn get_case(curator: &StaffClient, case: &str) -> CaseFile {
+    curator
+        .case_files()
+        .get_case(curator.req(GetCaseRequest {
+            case_reference: case.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let case = hub.open_case("svc-case").await;
+    let curator = hub.staff("commission", "curator-1").await;
+    let t = today(&hub);
+    let v = get_case(&curator, &case).await.summary.unwrap().version;
+    let v = curator
+        .case_files()
+        .file_assessment(curator.req(FileAssessmentRequest {
+            case_reference: case.clone(),
+            base_version: v,
+            assessment: Some(sample_assessment(t)),
+            risk_level: RiskLevel::Medium as i32,
+        }))
+        .await
+        .expect("L filed")
+        .into_inner()
+        .version;
+    curator
+        .case_files()
+        .file_support_plan(curator.req(FileSupportPlanRequest {
+            case_reference: case.clone(),
+            base_version: v,
+            idempotency_key: "svc-plan".into(),
+            plan: Some(sample_plan(t, vec![row(1, t + 30.days(), "ngo-1")])),
+            first_review_on: None,
+        }))
+        .await
+        .expect("M filed");
+    hub.deliver_everything().await;
+
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    let listed = services(&ngo).await;
+    assert_eq!(listed.len(), 1);
+    let svc = listed[0].clone();
+    assert_eq!(svc.source, ServiceSource::ActionAssignment as i32);
+    assert_eq!(svc.case_reference, case);
+    assert_eq!(svc.action_number, 1);
+    assert_eq!(svc.referrer_agency_id, "commission");
+
+    take_step(
+        &hub,
+        &ngo,
+        step(&svc.service_id, "row-accept", ServiceEvent::Accepted),
+    )
+    .await
+    .unwrap();
+    let progress = UpdateServiceRequest {
+        note: "Бірінші апта: екі кездесу".into(),
+        ..step(&svc.service_id, "row-week-1", ServiceEvent::WeeklyProgress)
+    };
+    take_step(&hub, &ngo, progress).await.unwrap();
+    let file = get_case(&curator, &case).await;
+    let action = &file.cycles.last().unwrap().actions[0];
+    assert_eq!(action.progress, ActionProgressState::InProgress as i32);
+
+    // The weekly report is a deadline of the engine: the report just made met the first one,
+    // and the next is due a week on.
+    hub.gateway().settle().await.unwrap();
+    // The engine's view as the NGO's certificate sees it: the NGO's case managers as a whole
+    // are responsible (see the report on `responsible_user_id`), so the agency-wide list.
+    let service_id = svc.service_id.as_str();
+    let gateway = hub.gateway();
+    let deadlines = |states: Vec<DeadlineState>| {
+        let gateway = &gateway;
+        async move {
+            gateway
+                .list_deadlines_as(
+                    "ngo-1",
+                    ListDeadlinesRequest {
+                        states: states.into_iter().map(|s| s as i32).collect(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("the NGO's deadlines list")
+                .deadlines
+                .into_iter()
+                .filter(|d| {
+                    d.kind == DeadlineKind::WeeklyProgress as i32
+                        && d.subject_reference == service_id
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(deadlines(vec![DeadlineState::Met]).await.len(), 1);
+    assert_eq!(
+        deadlines(Vec::new()).await.len(),
+        1,
+        "the next report is open"
+    );
+
+    // A week and more without a report: the alert reaches the NGO's inbox.
+    hub.clock.advance(SignedDuration::from_hours(24 * 8));
+    hub.gateway().settle().await.unwrap();
+    hub.deliver_everything().await;
+    // Tokens last a working day: both log in again.
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    let curator = hub.staff("commission", "curator-1").await;
+    let alerts = ngo.inbox_of(FormKind::DeadlineAlert).await;
+    assert!(
+        alerts.iter().any(|a| a.summary.contains("weekly_progress")),
+        "the NGO is alerted: {alerts:?}"
+    );
+
+    // Completed: the commission sees the row completed.
+    take_step(
+        &hub,
+        &ngo,
+        step(&svc.service_id, "row-complete", ServiceEvent::Completed),
+    )
+    .await
+    .unwrap();
+    let file = get_case(&curator, &case).await;
+    let action = &file.cycles.last().unwrap().actions[0];
+    assert_eq!(action.progress, ActionProgressState::Completed as i32);
+    hub.gateway().settle().await.unwrap();
+    assert!(
+        deadlines(Vec::new()).await.is_empty(),
+        "no report is due once the service ended"
+    );
+    hub.shutdown().await;
+}
+
+fn cell(range: &calamine::Range<Data>, row: usize, col: usize) -> String {
+    match range.get((row, col)) {
+        Some(Data::String(s)) => s.clone(),
+        Some(Data::Empty) | None => String::new(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn the_monthly_log_j_is_exported_and_reaches_the_commission(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let school = hub.staff("school-1", "safety-team").await;
+    let first = refer(&school, referral("log-000001", PUPIL, "ngo-1")).await;
+    let second = refer(&school, referral("log-000002", "Әлия Маратқызы", "ngo-2")).await;
+    assert_ne!(first.referral_id, second.referral_id);
+    hub.deliver_everything().await;
+    school
+        .school_referrals()
+        .record_referral_check(school.req(RecordReferralCheckRequest {
+            referral_id: second.referral_id.clone(),
+            checked_on: Some(to_calendar_date(today(&hub))),
+        }))
+        .await
+        .unwrap();
+    let t = today(&hub);
+    let (year, month) = (i32::from(t.year()), i32::from(t.month()));
+
+    let j = school
+        .school_referrals()
+        .monthly_referral_log(school.req(MonthlyReferralLogRequest { year, month }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(j.school_name, "№1 жалпы білім беретін мектеп");
+    assert_eq!(j.rows.len(), 2);
+    assert_eq!(j.rows[0].pupil_name, PUPIL);
+    assert_eq!(j.rows[0].service, "«Бала қорғаны» қоғамдық қоры");
+    assert_eq!(j.rows[1].date_checked, Some(to_calendar_date(t)));
+    assert_eq!(j.rows[0].date_referred, Some(to_calendar_date(t)));
+    assert_eq!(j.rows[0].contact_person, "Асель Маратқызы Нұрова");
+
+    let export = |format: ExportFormat| {
+        let school = &school;
+        async move {
+            school
+                .school_referrals()
+                .export_referral_log(school.req(ExportReferralLogRequest {
+                    year,
+                    month,
+                    format: format as i32,
+                }))
+                .await
+        }
+    };
+    let kk = [
+        "Оқушының аты",
+        "Оқушы жіберілген білім беруші секторға жатпайтын қызмет атауы",
+        "Оқушының білім беруші секторға жатпайтын қызметтен алатын қолдауы",
+        "Жіберілген күн",
+        "Байланыс жасаушы адам",
+        "Тексерген күн",
+    ];
+    let ru = [
+        "Имя учащегося",
+        "Наименование службы вне сферы образования, в которую направлен учащийся",
+        "Поддержка, получаемая учащимся от службы вне сферы образования",
+        "Дата направления",
+        "Контактное лицо",
+        "Дата проверки",
+    ];
+    let xlsx = export(ExportFormat::Xlsx).await.unwrap().into_inner();
+    assert!(xlsx.file_name.ends_with(".xlsx"));
+    let mut workbook: Xlsx<_> = open_workbook_from_rs(Cursor::new(xlsx.content)).unwrap();
+    let range = workbook.worksheet_range_at(0).unwrap().unwrap();
+    assert_eq!(range.height(), 4, "two heading rows and a row per referral");
+    for (col, heading) in kk.iter().enumerate() {
+        assert_eq!(&cell(&range, 0, col), heading);
+        assert_eq!(cell(&range, 1, col), ru[col]);
+    }
+    assert_eq!(cell(&range, 2, 0), PUPIL);
+    assert_eq!(cell(&range, 3, 0), "Әлия Маратқызы");
+    assert_eq!(cell(&range, 3, 5), t.to_string());
+    let csv = export(ExportFormat::Csv).await.unwrap().into_inner();
+    assert_eq!(csv.content_type, "text/csv; charset=utf-8");
+    let text = String::from_utf8(csv.content).unwrap();
+    let lines: Vec<&str> = text.trim_start_matches('\u{FEFF}').lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0], kk.join(","));
+    let quoted: Vec<String> = ru
+        .iter()
+        .map(|h| {
+            if h.contains(',') {
+                format!("\"{h}\"")
+            } else {
+                (*h).to_owned()
+            }
+        })
+        .collect();
+    assert_eq!(lines[1], quoted.join(","));
+    assert!(lines[2].starts_with(PUPIL));
+    let unknown = export(ExportFormat::Unspecified).await.unwrap_err();
+    assert_eq!(fields(&unknown), ["format"]);
+
+    // Sent once the month has ended, to the commission, which receives the rows with names.
+    let send = |school: StaffClient, key: &'static str| async move {
+        school
+            .school_referrals()
+            .send_referral_log(school.req(SendReferralLogRequest {
+                year,
+                month,
+                idempotency_key: key.into(),
+            }))
+            .await
+    };
+    let early = send(school, "log-send-1").await.unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition);
+    let first_of_next = t.last_of_month() + 1.day();
+    hub.clock.set(
+        first_of_next
+            .at(9, 0, 0, 0)
+            .to_zoned(almaty())
+            .unwrap()
+            .timestamp(),
+    );
+    // Tokens last a working day: the director logs in on the first of the month.
+    let director = hub.staff("school-1", "director").await;
+    let sent = send(director.with_token(director.token.clone()), "log-send-1")
+        .await
+        .unwrap()
+        .into_inner();
+    let again = send(director, "log-send-1").await.unwrap().into_inner();
+    assert_eq!(again.message_id, sent.message_id);
+    hub.delivered(&sent.message_id).await;
+    assert_eq!(
+        gateway_messages(&hub, FormKind::ReferralLog).await,
+        vec![("commission".to_owned(), sent.message_id.clone())]
+    );
+    let secretary = hub.staff("commission", "secretary").await;
+    let inbox = secretary.inbox_of(FormKind::ReferralLog).await;
+    assert!(inbox.iter().any(|i| i.message_id == sent.message_id));
+    let received = secretary
+        .client
+        .clone()
+        .get_message(secretary.req(GetMessageRequest {
+            message_id: sent.message_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(payload::Form::ReferralLog(got)) = received
+        .envelope
+        .and_then(|e| e.payload)
+        .and_then(|p| p.form)
+    else {
+        panic!("a log J");
+    };
+    assert_eq!(got.rows.len(), 2);
+    assert_eq!(got.rows[0].pupil_name, PUPIL);
+    assert_eq!(
+        got.rows[1].service,
+        "«Отбасы» психологиялық қолдау орталығы"
+    );
+    hub.shutdown().await;
+}
