@@ -368,8 +368,7 @@ mod tests {
         }
         for from in KINDS {
             for to in KINDS {
-                let school_to_ngo =
-                    matches!(from, K::School | K::Residential) && to == K::Ngo;
+                let school_to_ngo = matches!(from, K::School | K::Residential) && to == K::Ngo;
                 assert_eq!(
                     find_rule(from, F::ServiceReferral, to, true).is_some(),
                     school_to_ngo
@@ -380,8 +379,7 @@ mod tests {
                 );
                 assert_eq!(
                     find_rule(from, F::ServiceUpdate, to, true).is_some(),
-                    school_to_ngo
-                        || (from == K::Ngo && matches!(to, K::School | K::Residential))
+                    school_to_ngo || (from == K::Ngo && matches!(to, K::School | K::Residential))
                 );
                 assert_eq!(
                     find_rule(from, F::ReferralLog, to, true).is_some(),

@@ -978,7 +978,9 @@ impl StaffClient {
     }
 
     /// An NGO's services on the same connection (its case managers only).
-    pub fn ngo_services(&self) -> referral_proto::v1::ngo_services_client::NgoServicesClient<Channel> {
+    pub fn ngo_services(
+        &self,
+    ) -> referral_proto::v1::ngo_services_client::NgoServicesClient<Channel> {
         referral_proto::v1::ngo_services_client::NgoServicesClient::new(self.channel.clone())
     }
 
