@@ -680,35 +680,32 @@ async fn an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission(ba
     // The weekly report is a deadline of the engine: the report just made met the first one,
     // and the next is due a week on.
     hub.gateway().settle().await.unwrap();
-    // The engine's view as the NGO's certificate sees it: the NGO's case managers as a whole
-    // are responsible (see the report on `responsible_user_id`), so the agency-wide list.
+    // The case manager's own deadlines, through the NGO's staff API.
     let service_id = svc.service_id.as_str();
-    let gateway = hub.gateway();
-    let deadlines = |states: Vec<DeadlineState>| {
-        let gateway = &gateway;
-        async move {
-            gateway
-                .list_deadlines_as(
-                    "ngo-1",
-                    ListDeadlinesRequest {
-                        states: states.into_iter().map(|s| s as i32).collect(),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .expect("the NGO's deadlines list")
-                .deadlines
-                .into_iter()
-                .filter(|d| {
-                    d.kind == DeadlineKind::WeeklyProgress as i32
-                        && d.subject_reference == service_id
-                })
-                .collect::<Vec<_>>()
-        }
+    let deadlines = |ngo: StaffClient, states: Vec<DeadlineState>| async move {
+        ngo.client
+            .clone()
+            .list_deadlines(ngo.req(ListDeadlinesRequest {
+                states: states.into_iter().map(|s| s as i32).collect(),
+                ..Default::default()
+            }))
+            .await
+            .expect("the case manager lists their deadlines")
+            .into_inner()
+            .deadlines
+            .into_iter()
+            .filter(|d| {
+                d.kind == DeadlineKind::WeeklyProgress as i32 && d.subject_reference == service_id
+            })
+            .collect::<Vec<_>>()
     };
-    assert_eq!(deadlines(vec![DeadlineState::Met]).await.len(), 1);
+    let met = deadlines(ngo.with_token(ngo.token.clone()), vec![DeadlineState::Met]).await;
+    assert_eq!(met.len(), 1);
+    assert_eq!(met[0].responsible_user_id, "case-manager");
     assert_eq!(
-        deadlines(Vec::new()).await.len(),
+        deadlines(ngo.with_token(ngo.token.clone()), Vec::new())
+            .await
+            .len(),
         1,
         "the next report is open"
     );
@@ -739,7 +736,9 @@ async fn an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission(ba
     assert_eq!(action.progress, ActionProgressState::Completed as i32);
     hub.gateway().settle().await.unwrap();
     assert!(
-        deadlines(Vec::new()).await.is_empty(),
+        deadlines(ngo.with_token(ngo.token.clone()), Vec::new())
+            .await
+            .is_empty(),
         "no report is due once the service ended"
     );
     hub.shutdown().await;

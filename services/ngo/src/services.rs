@@ -579,8 +579,7 @@ impl NgoServicesApi {
                         subject_reference: row.id.clone(),
                         occurred_at: Some(time::to_proto(now)),
                         urgent: false,
-                        // The NGO's case managers as a whole: any of them may report.
-                        responsible_user_id: String::new(),
+                        responsible_user_id: user.user_id.clone(),
                         responsible_role: Role::NgoCaseManager as i32,
                         related_message_id: row.received_message_id.clone(),
                     },
