@@ -567,3 +567,112 @@ impl Staff {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    #[test]
+    fn referral_and_service_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "referral-hub",
+            "--as",
+            "school-1/safety-team",
+            "referrals",
+            "refer",
+            "--pupil",
+            "Ерасыл Нұрланұлы",
+            "--class",
+            "7 Б",
+            "--born",
+            "2013-03-04",
+            "--tier",
+            "high-risk",
+            "--ngo",
+            "ngo-1",
+            "--support",
+            "Кеңес",
+            "--reason",
+            "Агрессия",
+            "--contact",
+            "Асель Нұрова",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Referrals {
+                command: ReferralsCommand::Refer {
+                    tier: TierArg::HighRisk,
+                    ..
+                }
+            }
+        ));
+        let cli = Cli::try_parse_from([
+            "referral-hub",
+            "referrals",
+            "export",
+            "--month",
+            "2026-11",
+            "--format",
+            "csv",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Referrals {
+                command: ReferralsCommand::Export {
+                    month: Month(2026, 11),
+                    format: FileFormat::Csv,
+                    out: None,
+                }
+            }
+        ));
+        let cli = Cli::try_parse_from([
+            "referral-hub",
+            "referrals",
+            "meeting",
+            "SR-1",
+            "--at",
+            "2026-11-24T15:00",
+            "--place",
+            "12-кабинет",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Referrals {
+                command: ReferralsCommand::Meeting { .. }
+            }
+        ));
+        let cli = Cli::try_parse_from([
+            "referral-hub",
+            "services",
+            "step",
+            "SVC-1",
+            "decline",
+            "--reason",
+            "Орын жоқ",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Services {
+                command: ServicesCommand::Step {
+                    step: StepArg::Decline,
+                    ..
+                }
+            }
+        ));
+        // A month is YYYY-MM; a step is one of the known ones.
+        assert!(
+            Cli::try_parse_from(["referral-hub", "referrals", "send", "--month", "11/2026"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["referral-hub", "services", "step", "SVC-1", "finish"]).is_err()
+        );
+    }
+}
