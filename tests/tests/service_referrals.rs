@@ -562,6 +562,52 @@ async fn a_declined_referral_cannot_be_completed_and_strangers_are_refused(backe
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
+    // Another school cannot fix a meeting about a referral it did not make.
+    let refused = hub
+        .gateway_client_as("school-2")
+        .await
+        .send(referral_proto::v1::SendRequest {
+            envelope: Some(Envelope {
+                idempotency_key: "foreign-meeting-1".into(),
+                recipient_agency_id: "ngo-1".into(),
+                acting_user: Some(referral_proto::v1::ActingUser {
+                    user_id: "director".into(),
+                    agency_id: "school-2".into(),
+                    role: referral_proto::v1::Role::SchoolDirector as i32,
+                    display_name: "Ольга Смирнова".into(),
+                }),
+                purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+                form_kind: FormKind::SafetyMeetingNotice as i32,
+                confidentiality: referral_proto::v1::ConfidentialityLabel::Restricted as i32,
+                payload: Some(Payload {
+                    form: Some(payload::Form::SafetyMeetingNotice(
+                        referral_proto::v1::SafetyMeetingNotice {
+                            referral_reference: record.referral_id.clone(),
+                            referral_message_id: record.message_id.clone(),
+                            meeting_reference: "SM-foreign".into(),
+                            meeting_at: Some(time::to_proto(
+                                hub.clock.now() + SignedDuration::from_hours(24),
+                            )),
+                            place: "Мектеп".into(),
+                            convened_by: "Ольга Смирнова".into(),
+                            note: String::new(),
+                        },
+                    )),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(&refused),
+        ["envelope.payload.safety_meeting_notice.referral_message_id"]
+    );
+    assert!(
+        gateway_messages(&hub, FormKind::SafetyMeetingNotice)
+            .await
+            .is_empty()
+    );
     assert_eq!(referral_of(&school, &record.referral_id).await, seen);
 
     // The school asks to cancel a running service; the NGO sees it and cancels with a reason.
