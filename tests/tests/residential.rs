@@ -33,6 +33,7 @@ use tonic::Code;
 
 both_backends!(
     incidents_go_to_commission_and_police_at_once_and_injured_children_to_health,
+    a_referral_made_while_the_gateway_is_away_waits_and_goes_whole,
     a_report_bypassing_the_director_is_kept_from_the_director,
     a_protection_instruction_reaches_the_institution_alone,
 );
@@ -434,6 +435,83 @@ async fn incidents_go_to_commission_and_police_at_once_and_injured_children_to_h
     let unchanged = get(&director, &moderate).await.unwrap();
     assert!(!unchanged.closed);
     assert_eq!(unchanged.version, 1);
+    hub.shutdown().await;
+}
+
+/// The gateway is away when the institution refers: both referrals wait, queued together; the
+/// incident is PENDING and cannot be closed; once the gateway is back, referring again hands both
+/// over (the commission's first), each exactly once.
+async fn a_referral_made_while_the_gateway_is_away_waits_and_goes_whole(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let on = today(&hub);
+    let director = hub.staff("residential-1", "director").await;
+    let id = director
+        .school_incidents()
+        .record_incident(director.req(RecordIncidentRequest {
+            idempotency_key: "res-away-1".into(),
+            incident: Some(fight(on)),
+            risk_of_injury: false,
+        }))
+        .await
+        .expect("report D recorded")
+        .into_inner()
+        .incident_id;
+    director
+        .residential()
+        .assess_incident(director.req(AssessIncidentRequest {
+            incident_id: id.clone(),
+            severity: IncidentSeverity::Moderate as i32,
+            grounds: vec![MandatoryReportGround::ThreatOfPhysicalViolence as i32],
+            grounds_other: String::new(),
+        }))
+        .await
+        .expect("assessed");
+    // Whatever the engine raises about the report's own clocks is delivered before it stops.
+    hub.gateway().settle().await.expect("the engine settles");
+    hub.deliver_everything().await;
+    hub.stop_gateway().await;
+    let refer = || {
+        let mut client = director.residential();
+        let request = director.req(ReferIncidentRequest {
+            incident_id: id.clone(),
+            referrer: referrer(),
+            children: Vec::new(),
+        });
+        async move { client.refer_incident(request).await }
+    };
+    let waiting = refer()
+        .await
+        .expect("queued while the gateway is away")
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(
+        waiting.referral_state,
+        IncidentReferralState::Pending as i32
+    );
+    assert!(waiting.commission_message_id.is_empty() && waiting.police_message_id.is_empty());
+    let refused = close(&director, &id, waiting.version)
+        .await
+        .expect_err("not referred yet");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    hub.start_gateway().await.expect("the gateway is back");
+    let referred = refer()
+        .await
+        .expect("handed over")
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(
+        referred.referral_state,
+        IncidentReferralState::Referred as i32
+    );
+    assert_eq!(referred.version, waiting.version);
+    hub.deliver_everything().await;
+    assert_eq!(referrals_to(&hub, "commission").await.len(), 1);
+    assert_eq!(referrals_to(&hub, "police-1").await.len(), 1);
+    close(&director, &id, referred.version)
+        .await
+        .expect("referred to both: it closes");
     hub.shutdown().await;
 }
 
