@@ -14,11 +14,17 @@
 use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
 use referral_core::iin::Iin;
 use referral_proto::v1::{
-    CaseFile, CaseStage, CloseCaseRequest, ClosureCriterion, DeadlineKind, DeadlineState,
-    FileAssessmentRequest, FileSupportPlanRequest, FormKind, GetCaseRequest, HelpRequest,
-    IncidentRole, ListDeadlinesRequest, OpenCase, PlanReview, PurposeOfUse, RecordReviewRequest,
-    ReportCircumstances, RequestInformationRequest, ReviewDecision, RiskLevel, Sex,
-    decide_help_request_request::Outcome, help_request_decision,
+    AcknowledgeInstructionRequest, ActionProgressState, CaseFile, CaseStage, CloseCaseRequest,
+    ClosureCriterion, ConcernState, DeadlineKind, DeadlineState, FileAssessmentRequest,
+    FileSupportPlanRequest, FormKind, GetCaseRequest, GetConcernRequest, HealthNoticeKind,
+    HelpRequest, IncidentRole, InstructionAcknowledgementKind, InvestigationStatus,
+    LinkCaseRequest, LinkWrittenReportRequest, ListDeadlinesRequest, ListInvestigationsRequest,
+    ListProtectionInstructionsRequest, ListReferralsRequest, ListServicesRequest, OpenCase,
+    PlanReview, ProtectionMeasure, PurposeOfUse, RecordReviewRequest, RegisterPreventiveRequest,
+    ReportActionProgressRequest, ReportCircumstances, ReportConcernRequest,
+    RequestInformationRequest, ReviewDecision, RiskLevel, SendNoticeRequest,
+    SendProtectionInstructionRequest, ServiceEvent, Sex, UpdateInvestigationRequest,
+    UpdateServiceRequest, decide_help_request_request::Outcome, help_request_decision,
 };
 use referral_tests::{
     Backend, StaffClient, TestHub, both_backends,
@@ -142,9 +148,68 @@ async fn deadline_states(
         .collect()
 }
 
+/// The school's own deadlines of one kind, with their states.
+async fn school_deadlines(staff: &StaffClient, kind: DeadlineKind) -> Vec<DeadlineState> {
+    deadline_states(staff, "", kind).await
+}
+
+/// The weekly progress deadlines of an NGO's service.
+async fn weekly_deadlines(ngo: &StaffClient, service_id: &str) -> Vec<DeadlineState> {
+    ngo.client
+        .clone()
+        .list_deadlines(ngo.req(ListDeadlinesRequest {
+            states: all_states(),
+            page_size: 100,
+            ..Default::default()
+        }))
+        .await
+        .expect("deadlines list")
+        .into_inner()
+        .deadlines
+        .into_iter()
+        .filter(|d| {
+            d.kind == DeadlineKind::WeeklyProgress as i32 && d.subject_reference == service_id
+        })
+        .map(|d| DeadlineState::try_from(d.state).unwrap())
+        .collect()
+}
+
+fn all_states() -> Vec<i32> {
+    [
+        DeadlineState::Pending,
+        DeadlineState::Warned,
+        DeadlineState::Due,
+        DeadlineState::Overdue,
+        DeadlineState::Escalated,
+        DeadlineState::Met,
+        DeadlineState::Cancelled,
+    ]
+    .into_iter()
+    .map(|s| s as i32)
+    .collect()
+}
+
 async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
     let hub = TestHub::start(backend).await;
     let start = today(&hub);
+
+    // 0. The boy tells a teacher; the teacher reports the concern, which goes to the school's
+    //    safeguarding lead (P:66-80).
+    let teacher = hub.staff("school-1", "safety-team").await;
+    let concern = teacher
+        .safeguarding()
+        .report_concern(teacher.req(ReportConcernRequest {
+            idempotency_key: "scenario-concern".into(),
+            pupil_name: VICTIM_NAME.into(),
+            pupil_class: "6А".into(),
+            what_happened: "Интернатта үлкен бала ұрады дейді / Говорит, что в интернате бьёт старший мальчик".into(),
+            observed_on: Some(cd(start)),
+            at_risk_now: true,
+        }))
+        .await
+        .expect("the teacher reports the concern")
+        .into_inner();
+    assert_eq!(concern.assigned_to_user_id, "safeguarding-lead");
 
     // 1. The school's director reports both boys to the commission, each K naming the
     //    institution the boy lives in and the incident.
@@ -171,6 +236,21 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
         secretary.inbox_of(FormKind::HelpRequest).await.len(),
         2,
         "the commission received both reports"
+    );
+    // The lead links the written report to the concern: the child-protection service's answer
+    // is now due within 3 working days (P:160-162).
+    let lead = hub.staff("school-1", "safeguarding-lead").await;
+    lead.safeguarding()
+        .link_written_report(lead.req(LinkWrittenReportRequest {
+            concern_id: concern.concern_id.clone(),
+            help_request_message_id: victim_k.clone(),
+        }))
+        .await
+        .expect("the K is the written report");
+    hub.gateway().settle().await.unwrap();
+    assert_eq!(
+        school_deadlines(&lead, DeadlineKind::ProtectionServiceAnswer).await,
+        [DeadlineState::Pending]
     );
     let institution = hub.staff(INSTITUTION, "director").await;
     assert!(
@@ -203,6 +283,22 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
         assert_eq!(refused.code(), Code::PermissionDenied);
     }
 
+    // The commission's decision answered the school: the concern is answered and the answer
+    // deadline met.
+    hub.gateway().settle().await.unwrap();
+    let answered = lead
+        .safeguarding()
+        .get_concern(lead.req(GetConcernRequest {
+            concern_id: concern.concern_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answered.state, ConcernState::Answered as i32);
+    assert_eq!(
+        school_deadlines(&lead, DeadlineKind::ProtectionServiceAnswer).await,
+        [DeadlineState::Met]
+    );
     let curator1 = hub.staff("commission", "curator-1").await;
     let curator2 = hub.staff("commission", "curator-2").await;
 
@@ -227,6 +323,185 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
             .expect("information requested");
     }
     hub.deliver_everything().await;
+
+    // The police: one investigation of the incident, linked to both boys' cases with their
+    // roles; each change reaches both curators, each in their own case.
+    let inspector = hub.staff("police-1", "inspector").await;
+    let investigations = inspector
+        .investigations()
+        .list_investigations(inspector.req(ListInvestigationsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .investigations;
+    let investigation = investigations
+        .iter()
+        .find(|i| i.case_reference == victim_case)
+        .expect("the victim's request opened an investigation")
+        .investigation_id
+        .clone();
+    for (case, role) in [
+        (&victim_case, IncidentRole::Victim),
+        (&offender_case, IncidentRole::Perpetrator),
+    ] {
+        inspector
+            .investigations()
+            .link_case(inspector.req(LinkCaseRequest {
+                investigation_id: investigation.clone(),
+                case_reference: case.clone(),
+                child_role: role as i32,
+            }))
+            .await
+            .expect("the case is linked to the incident's investigation");
+    }
+    inspector
+        .investigations()
+        .update_investigation(inspector.req(UpdateInvestigationRequest {
+            investigation_id: investigation.clone(),
+            status: InvestigationStatus::Opened as i32,
+            status_on: Some(cd(start)),
+            summary: "Қылмыстық іс қозғалды / Возбуждено дело".into(),
+            idempotency_key: "scenario-opened".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("investigation opened");
+    hub.deliver_everything().await;
+    for (curator, case, other) in [
+        (&curator1, &victim_case, &offender_case),
+        (&curator2, &offender_case, &victim_case),
+    ] {
+        let file = get_case(curator, case).await;
+        assert!(
+            file.investigation_updates
+                .iter()
+                .any(|u| u.status == InvestigationStatus::Opened as i32),
+            "the curator of {case} is told of the investigation"
+        );
+        let inbox = curator.inbox_of(FormKind::InvestigationUpdate).await;
+        assert!(!inbox.is_empty());
+        assert!(
+            inbox.iter().all(|i| !i.summary.contains(other.as_str())),
+            "a curator sees only their own case's updates"
+        );
+    }
+    // Preventive registration of the offender reaches the offender's curator only; the
+    // victim cannot be registered.
+    let refused = inspector
+        .investigations()
+        .register_preventive(inspector.req(RegisterPreventiveRequest {
+            case_reference: victim_case.clone(),
+            registered_on: Some(cd(start)),
+            grounds: "Зорлық / Насилие".into(),
+            idempotency_key: "scenario-register-victim".into(),
+        }))
+        .await
+        .expect_err("a victim is never registered");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    inspector
+        .investigations()
+        .register_preventive(inspector.req(RegisterPreventiveRequest {
+            case_reference: offender_case.clone(),
+            registered_on: Some(cd(start)),
+            grounds: "Кіші балаға зорлық / Насилие над младшим".into(),
+            idempotency_key: "scenario-register".into(),
+        }))
+        .await
+        .expect("the offender is registered");
+    hub.deliver_everything().await;
+    assert_eq!(
+        curator2
+            .inbox_of(FormKind::PreventiveRegistration)
+            .await
+            .len(),
+        1
+    );
+    assert!(
+        curator1
+            .inbox_of(FormKind::PreventiveRegistration)
+            .await
+            .is_empty()
+    );
+    assert!(
+        secretary
+            .inbox_of(FormKind::PreventiveRegistration)
+            .await
+            .is_empty()
+    );
+
+    // Health: the injured boy is admitted and treated; the curator sees it in the case.
+    let doctor = hub.staff("health-1", "doctor").await;
+    let referrals = doctor
+        .health_notices()
+        .list_referrals(doctor.req(ListReferralsRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .referrals;
+    assert_eq!(referrals.len(), 1, "only the victim was referred to health");
+    assert_eq!(referrals[0].case_reference, victim_case);
+    for (kind, key) in [
+        (HealthNoticeKind::Admitted, "scenario-admitted"),
+        (HealthNoticeKind::PsychologicalSupport, "scenario-support"),
+    ] {
+        doctor
+            .health_notices()
+            .send_notice(doctor.req(SendNoticeRequest {
+                case_reference: victim_case.clone(),
+                kind: kind as i32,
+                on: Some(cd(start)),
+                facility: "Аудандық аурухана / Районная больница".into(),
+                note: "Жарақат емделді / Травма обработана".into(),
+                idempotency_key: key.into(),
+                ..Default::default()
+            }))
+            .await
+            .expect("notice sent");
+    }
+    hub.deliver_everything().await;
+    assert_eq!(
+        get_case(&curator1, &victim_case).await.health_notices.len(),
+        2
+    );
+    assert!(
+        get_case(&curator2, &offender_case)
+            .await
+            .health_notices
+            .is_empty()
+    );
+
+    // None of it reached the school, the institution, or the other agencies.
+    for (agency, user) in [
+        ("school-1", "director"),
+        (INSTITUTION, "director"),
+        ("ngo-1", "case-manager"),
+        ("school-2", "director"),
+    ] {
+        let staff = hub.staff(agency, user).await;
+        let got = kinds(&staff).await;
+        assert!(
+            !got.iter().any(|k| matches!(
+                k,
+                FormKind::InvestigationUpdate
+                    | FormKind::PreventiveRegistration
+                    | FormKind::HealthNotice
+            )),
+            "{agency} received {got:?}"
+        );
+    }
+    let school_view = director
+        .read_shared(&victim_case, PurposeOfUse::CoordinationOfCare)
+        .await
+        .expect("the referring school reads the status");
+    assert!(
+        school_view
+            .case_file
+            .as_ref()
+            .is_none_or(|f| f.investigation_updates.is_empty()
+                && f.health_notices.is_empty()
+                && f.cycles.iter().all(|c| c.assessment.is_none())),
+        "the school sees neither the investigation, nor health, nor L"
+    );
 
     // 4. L within 3 weeks: two weeks on, both curators file their assessments.
     hub.clock.advance(SignedDuration::from_hours(14 * 24));
@@ -292,6 +567,127 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
         "the plan does not reach the institution"
     );
 
+    // The NGO takes the row on and reports weekly; the report is a deadline of the engine.
+    let service = ngo
+        .ngo_services()
+        .list_services(ngo.req(ListServicesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .services;
+    assert_eq!(service.len(), 1);
+    let service_id = service[0].service_id.clone();
+    assert_eq!(service[0].case_reference, victim_case);
+    for (key, event, note) in [
+        ("scenario-accept", ServiceEvent::Accepted, ""),
+        (
+            "scenario-week-1",
+            ServiceEvent::WeeklyProgress,
+            "Бірінші апта: екі кездесу / Первая неделя: две встречи",
+        ),
+    ] {
+        ngo.ngo_services()
+            .update_service(ngo.req(UpdateServiceRequest {
+                service_id: service_id.clone(),
+                idempotency_key: key.into(),
+                event: event as i32,
+                note: note.into(),
+                ..Default::default()
+            }))
+            .await
+            .expect("service step");
+    }
+    hub.deliver_everything().await;
+    hub.gateway().settle().await.unwrap();
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    let weekly = weekly_deadlines(&ngo, &service_id).await;
+    assert!(weekly.contains(&DeadlineState::Met), "{weekly:?}");
+    assert!(weekly.contains(&DeadlineState::Pending), "{weekly:?}");
+    let file = get_case(&curator1, &victim_case).await;
+    let ngo_row = file
+        .cycles
+        .last()
+        .unwrap()
+        .actions
+        .iter()
+        .find(|a| a.action.as_ref().is_some_and(|r| r.number == 1))
+        .unwrap();
+    assert_eq!(ngo_row.progress, ActionProgressState::InProgress as i32);
+    // The school reports on its own row.
+    let assignment = director
+        .inbox_of(FormKind::ActionAssignment)
+        .await
+        .remove(0);
+    director
+        .client
+        .clone()
+        .report_action_progress(
+            director.req(ReportActionProgressRequest {
+                message_id: assignment.message_id.clone(),
+                idempotency_key: "scenario-school-row".into(),
+                state: ActionProgressState::InProgress as i32,
+                note:
+                    "Сынып жетекшісі күн сайын сөйлеседі / Классный руководитель беседует ежедневно"
+                        .into(),
+            }),
+        )
+        .await
+        .expect("the school reports progress");
+    hub.deliver_everything().await;
+
+    // The commission's protection decision: the boy moves to another institution. It reaches
+    // the institution as an instruction, alone (the commission weighed it first).
+    let v = version(&get_case(&curator1, &victim_case).await);
+    let instructed = curator1
+        .protection_instructions()
+        .send_protection_instruction(curator1.req(SendProtectionInstructionRequest {
+            idempotency_key: "scenario-instruction".into(),
+            case_reference: victim_case.clone(),
+            base_version: v,
+            recipient_agency_id: INSTITUTION.into(),
+            measure: ProtectionMeasure::MoveToAnotherInstitution as i32,
+            measure_other: String::new(),
+            new_placement: "№2 балалар үйі / Детский дом №2".into(),
+            carry_out_by: Some(cd(t + 3.days())),
+            decision_reference: "КТІЖК-12/2026".into(),
+            decision_date: Some(cd(t)),
+            reason: "Баланы қорғау / Защита ребёнка".into(),
+            confidentiality_weighed: true,
+            weighing_reason:
+                "Ауыстыру үшін ғана; оқиға мазмұны берілмейді / Только для перевода".into(),
+        }))
+        .await
+        .expect("instructed")
+        .into_inner();
+    hub.delivered(&instructed.message_id).await;
+    let received = institution
+        .residential()
+        .list_protection_instructions(institution.req(ListProtectionInstructionsRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .instructions;
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        kinds(&institution).await,
+        [FormKind::ProtectionInstruction],
+        "the instruction and nothing else of either case"
+    );
+    institution
+        .residential()
+        .acknowledge_instruction(institution.req(AcknowledgeInstructionRequest {
+            instruction_message_id: instructed.message_id.clone(),
+            idempotency_key: "scenario-ack".into(),
+            kind: InstructionAcknowledgementKind::Acknowledged as i32,
+            on: Some(cd(t)),
+            note: "Қабылданды / Принято".into(),
+        }))
+        .await
+        .expect("acknowledged");
+    hub.deliver_everything().await;
+    let file = get_case(&curator1, &victim_case).await;
+    assert_eq!(file.protection_instructions[0].acknowledgements.len(), 1);
+
     // 6. A review within 6 months, then closure.
     hub.clock.advance(SignedDuration::from_hours(150 * 24));
     let curator1 = hub.staff("commission", "curator-1").await;
@@ -318,6 +714,12 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
     hub.deliver_everything().await;
     let ngo = hub.staff("ngo-1", "case-manager").await;
     assert_eq!(ngo.inbox_of(FormKind::ReviewMinutes).await.len(), 1);
+    hub.gateway().settle().await.unwrap();
+    assert_eq!(
+        deadline_states(&curator1, &victim_case, DeadlineKind::PlanReview).await,
+        [DeadlineState::Met],
+        "the review was held within 6 months of the plan"
+    );
     let v = version(&get_case(&curator1, &victim_case).await);
     let closed = curator1
         .case_files()
@@ -338,10 +740,22 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
     hub.deliver_everything().await;
     hub.gateway().settle().await.unwrap();
     let institution = hub.staff(INSTITUTION, "director").await;
-    assert!(
-        institution.inbox().await.is_empty(),
-        "from report to closure, nothing reached the institution"
+    assert_eq!(
+        kinds(&institution).await,
+        [FormKind::ProtectionInstruction],
+        "from report to closure, the institution received the instruction alone"
     );
+    // Closure ended every clock of the case, the NGO's weekly report's included once it ends.
+    let curator1 = hub.staff("commission", "curator-1").await;
+    for kind in [DeadlineKind::PlanReview, DeadlineKind::Action] {
+        let states = deadline_states(&curator1, &victim_case, kind).await;
+        assert!(
+            states
+                .iter()
+                .all(|s| matches!(s, DeadlineState::Met | DeadlineState::Cancelled)),
+            "{kind:?}: {states:?}"
+        );
+    }
     hub.shutdown().await;
 }
 
