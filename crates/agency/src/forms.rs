@@ -267,12 +267,31 @@ pub(crate) fn summary(envelope: &Envelope) -> String {
         Some(Form::SafetyMeetingNotice(n)) => {
             format!("{}: safety team meeting", n.referral_reference)
         }
-        Some(Form::IncidentReferral(r)) => format!("{}: incident referral", r.incident_reference),
+        Some(Form::IncidentReferral(r)) => {
+            let severity = referral_proto::v1::IncidentSeverity::try_from(r.severity)
+                .unwrap_or_default();
+            if r.purpose == referral_proto::v1::IncidentReferralPurpose::MedicalCare as i32 {
+                format!("{}: injured child referred for care", r.incident_reference)
+            } else {
+                format!(
+                    "{}: incident referral, {}",
+                    r.incident_reference,
+                    severity
+                        .as_str_name()
+                        .trim_start_matches("INCIDENT_SEVERITY_")
+                        .to_ascii_lowercase()
+                )
+            }
+        }
         Some(Form::ProtectionInstruction(i)) => {
             format!("{}: protection instruction", i.case_reference)
         }
         Some(Form::InstructionAcknowledgement(a)) => {
-            format!("{}: instruction acknowledged", a.case_reference)
+            if a.kind == referral_proto::v1::InstructionAcknowledgementKind::CarriedOut as i32 {
+                format!("{}: instruction carried out", a.case_reference)
+            } else {
+                format!("{}: instruction acknowledged", a.case_reference)
+            }
         }
         Some(Form::PreventiveRegistration(r)) => {
             format!("{}: preventive registration", r.case_reference)
