@@ -20,6 +20,7 @@ pub mod form_k;
 pub mod launcher;
 pub mod output;
 pub mod police_cli;
+pub mod residential_cli;
 pub mod safeguarding_cli;
 pub mod services_cli;
 pub mod session;
@@ -235,6 +236,16 @@ pub enum Command {
         #[command(subcommand)]
         command: safeguarding_cli::SafeguardingCommand,
     },
+    /// Residential institution: an incident's severity, its referral to the commission and the
+    /// police in one action, an injured child to health, closing; the commission's protection
+    /// instructions received, acknowledged and reported carried out.
+    Residential {
+        #[command(subcommand)]
+        command: residential_cli::ResidentialCommand,
+    },
+    /// Commission: send a protection instruction from a case to a residential institution, after
+    /// weighing confidentiality (--weighed-because).
+    Instruct(residential_cli::InstructArgs),
     /// Police: investigations with their cases, lifecycle changes, linking the cases of an
     /// incident, preventive registration of offending children.
     Police {
@@ -427,6 +438,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Overdue => staff().await?.overdue().await,
         Command::Watch { mine } => staff().await?.watch(mine).await,
         Command::Safeguarding { command } => staff().await?.safeguarding(command).await,
+        Command::Residential { command } => staff().await?.residential(command).await,
+        Command::Instruct(args) => staff().await?.instruct(args).await,
         Command::Police { command } => staff().await?.police(command).await,
         Command::Referrals { command } => staff().await?.referrals(command).await,
         Command::Services { command } => staff().await?.services(command).await,
