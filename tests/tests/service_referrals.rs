@@ -14,6 +14,9 @@
 //!   report and raised as an alert in the NGO's inbox when a week passes without one;
 //! * the log J of a month: one row per referral, CSV and XLSX (read back with calamine) with the
 //!   form's Kazakh headings and Russian ones, sent to the commission once the month has ended.
+//! * a referral made while the gateway is away is kept and answered without a message id; once
+//!   the gateway is back, the school's retry loop hands it over unasked and the NGO receives it
+//!   once.
 
 use std::io::Cursor;
 
@@ -42,6 +45,7 @@ both_backends!(
     a_declined_referral_cannot_be_completed_and_strangers_are_refused,
     an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission,
     the_monthly_log_j_is_exported_and_reaches_the_commission,
+    a_referral_made_while_the_gateway_is_away_reaches_the_ngo_once_it_is_back,
 );
 
 const PUPIL: &str = "Ерасыл Нұрланұлы Қасымов";
@@ -950,6 +954,76 @@ async fn the_monthly_log_j_is_exported_and_reaches_the_commission(backend: Backe
     assert_eq!(
         got.rows[1].service,
         "«Отбасы» психологиялық қолдау орталығы"
+    );
+    hub.shutdown().await;
+}
+
+async fn a_referral_made_while_the_gateway_is_away_reaches_the_ngo_once_it_is_back(
+    backend: Backend,
+) {
+    let hub = TestHub::start(backend).await;
+    let school = hub.staff("school-1", "safety-team").await;
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+
+    hub.stop_gateway().await;
+    let record = refer(&school, referral("refer-away-1", PUPIL, "ngo-1")).await;
+    assert!(record.message_id.is_empty(), "nothing reached the gateway");
+    assert_eq!(record.status, ReferralStatus::Requested as i32);
+    assert_eq!(
+        hub.agency_count("school-1", "sent_messages").await,
+        1,
+        "queued in the referral's transaction"
+    );
+    assert!(services(&ngo).await.is_empty(), "nothing delivered");
+
+    // Back: nobody asks the school again; its retry loop pushes the referral and the gateway
+    // delivers it. Subscribed before the first look, so no delivery falls between the two.
+    hub.start_gateway().await.unwrap();
+    let mut events = hub.gateway().subscribe();
+    let arrived = async {
+        loop {
+            let seen = referral_of(&school, &record.referral_id).await;
+            if !seen.message_id.is_empty()
+                && hub.gateway_state(&seen.message_id).await.as_deref() != Some("queued")
+            {
+                return seen.message_id;
+            }
+            match events.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    panic!("the gateway stopped")
+                }
+            }
+        }
+    };
+    let message_id = tokio::time::timeout(std::time::Duration::from_secs(60), arrived)
+        .await
+        .expect("the school's retry loop sends the referral");
+
+    // Once: one message at the gateway, one service at the NGO, and the school's record shows
+    // the message id; the same request again answers the same message.
+    assert_eq!(
+        gateway_messages(&hub, FormKind::ServiceReferral).await,
+        vec![("ngo-1".to_owned(), message_id.clone())]
+    );
+    let listed = services(&ngo).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].received_message_id, message_id);
+    assert_eq!(listed[0].referral_reference, record.referral_id);
+    assert_eq!(listed[0].child_name, PUPIL);
+    assert_eq!(hub.agency_count("ngo-1", "received_messages").await, 1);
+    assert_eq!(
+        referral_of(&school, &record.referral_id).await.message_id,
+        message_id
+    );
+    let again = refer(&school, referral("refer-away-1", PUPIL, "ngo-1")).await;
+    assert_eq!(again.referral_id, record.referral_id);
+    assert_eq!(again.message_id, message_id);
+    assert_eq!(
+        gateway_messages(&hub, FormKind::ServiceReferral)
+            .await
+            .len(),
+        1
     );
     hub.shutdown().await;
 }

@@ -564,10 +564,7 @@ impl SchoolIncidentsApi {
             )),
             PushOutcome::Refused(failure) => {
                 // Refused for good: the queued message is gone, and so is this key's row.
-                sqlx::query("DELETE FROM school_summaries_sent WHERE idempotency_key = $1")
-                    .bind(&key)
-                    .execute(self.host.pool())
-                    .await?;
+                undo_summary(&self.host, &key).await?;
                 Err(match failure {
                     GatewayFailure::Refused(status) => ServiceError::Refused(status),
                     other => ServiceError::internal(anyhow::anyhow!(
@@ -580,6 +577,28 @@ impl SchoolIncidentsApi {
             ))),
         }
     }
+}
+
+/// Forgets a summary E the gateway refused for good, so that its key may send the month again.
+async fn undo_summary(host: &AgencyHost, key: &str) -> ServiceResult<()> {
+    sqlx::query("DELETE FROM school_summaries_sent WHERE idempotency_key = $1")
+        .bind(key)
+        .execute(host.pool())
+        .await?;
+    Ok(())
+}
+
+/// Pushes the summaries E the gateway could not take when they were sent (the retry loop of
+/// [`crate::IncidentsExtension`]).
+pub(crate) async fn push_pending(host: &AgencyHost) {
+    host.push_pending(
+        "SELECT e.idempotency_key FROM school_summaries_sent e \
+         JOIN sent_messages s ON s.idempotency_key = e.idempotency_key \
+         WHERE s.message_id IS NULL ORDER BY e.created_at LIMIT 100",
+        "incident summary E",
+        |key| async move { undo_summary(host, &key).await },
+    )
+    .await;
 }
 
 #[tonic::async_trait]

@@ -44,7 +44,10 @@ pub mod safeguarding;
 pub mod summary;
 pub mod validation;
 
-use std::sync::{Arc, LazyLock};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 pub use referral_agency::{AgencyConfig, AgencyService};
 use referral_agency::{AgencyExtension, AgencyHost};
@@ -54,6 +57,7 @@ use referral_proto::v1::{
     AgencyKind, safeguarding_server::SafeguardingServer,
     school_incidents_server::SchoolIncidentsServer, school_referrals_server::SchoolReferralsServer,
 };
+use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
 };
@@ -64,6 +68,9 @@ pub use crate::safeguarding::SafeguardingApi;
 
 /// The kind of agency this service runs.
 pub const KIND: AgencyKind = AgencyKind::School;
+
+/// How often [`IncidentsExtension`]'s retry loop pushes the messages the gateway could not take.
+pub const RETRY_TICK: Duration = Duration::from_secs(10);
 
 /// The incident tables, numbered from 1000 (after the agency's).
 const OWN_MIGRATIONS: &[EmbeddedMigration] = &[
@@ -159,5 +166,19 @@ impl AgencyExtension for IncidentsExtension {
         safeguarding::on_received(conn, envelope, now).await?;
         // An NGO's update on a referral of a pupil.
         referrals::on_received(conn, envelope, now).await
+    }
+
+    /// Every [`RETRY_TICK`] until shutdown, pushes the messages queued while the gateway was
+    /// away (summaries E, referrals, cancellation requests, meeting notices, logs J), each undone
+    /// as its own request undoes it if the gateway refuses it for good.
+    async fn run(&self, host: AgencyHost, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY_TICK) => {}
+            }
+            api::push_pending(&host).await;
+            referrals::push_pending(&host).await;
+        }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! A referral is stored and its SERVICE_REFERRAL queued in one transaction, then handed to the
 //! gateway (a refusal undoes both; an unreachable gateway leaves it queued: the same request
-//! again pushes it). What the NGO reports (SERVICE_UPDATE, a reply to the referral) is applied
+//! again pushes it, and so does the extension's retry loop, [`push_pending`]). What the NGO reports (SERVICE_UPDATE, a reply to the referral) is applied
 //! by [`on_received`] inside the inbox's transaction: the referral's status, business status,
 //! the support received (J) and the reason of a decline or cancellation; an update older than
 //! the one applied changes nothing. The school records the follow-up check (J: date checked),
@@ -72,6 +72,83 @@ fn month_key(year: i16, month: i8) -> String {
 
 fn not_found() -> ServiceError {
     ServiceError::NotFound("no referral with this id at this agency".into())
+}
+
+/// Undoes a referral whose SERVICE_REFERRAL (queued under `key`) the gateway refused for good:
+/// the referral goes (nothing can refer to it yet: its meetings and cancellation need the
+/// referral's message id).
+async fn undo_referral(host: &AgencyHost, key: &str) -> ServiceResult<()> {
+    sqlx::query("DELETE FROM service_referrals WHERE message_key = $1")
+        .bind(key)
+        .execute(host.pool())
+        .await?;
+    Ok(())
+}
+
+/// Undoes a cancellation request the gateway refused for good: the referral may be asked again.
+async fn undo_cancellation(host: &AgencyHost, key: &str) -> ServiceResult<()> {
+    sqlx::query("UPDATE service_referrals SET cancellation_key = NULL WHERE cancellation_key = $1")
+        .bind(key)
+        .execute(host.pool())
+        .await?;
+    Ok(())
+}
+
+/// Undoes a safety meeting whose notice the gateway refused for good.
+async fn undo_meeting(host: &AgencyHost, key: &str) -> ServiceResult<()> {
+    sqlx::query("DELETE FROM safety_meetings WHERE message_key = $1")
+        .bind(key)
+        .execute(host.pool())
+        .await?;
+    Ok(())
+}
+
+/// Forgets a log J the gateway refused for good, so that its key may send the month again.
+async fn undo_log(host: &AgencyHost, key: &str) -> ServiceResult<()> {
+    sqlx::query("DELETE FROM referral_logs_sent WHERE idempotency_key = $1")
+        .bind(key)
+        .execute(host.pool())
+        .await?;
+    Ok(())
+}
+
+/// Pushes the messages of referrals, cancellation requests, meetings and logs J that the gateway
+/// could not take when they were made (the retry loop of [`crate::IncidentsExtension`]), each
+/// undone as its own request would undo it if the gateway refuses it for good. Referrals go
+/// first: a cancellation or a meeting names a referral that has reached the gateway.
+pub(crate) async fn push_pending(host: &AgencyHost) {
+    host.push_pending(
+        "SELECT r.message_key FROM service_referrals r \
+         JOIN sent_messages s ON s.idempotency_key = r.message_key \
+         WHERE s.message_id IS NULL ORDER BY r.created_at LIMIT 100",
+        "service referral",
+        |key| async move { undo_referral(host, &key).await },
+    )
+    .await;
+    host.push_pending(
+        "SELECT r.cancellation_key FROM service_referrals r \
+         JOIN sent_messages s ON s.idempotency_key = r.cancellation_key \
+         WHERE s.message_id IS NULL ORDER BY r.updated_at LIMIT 100",
+        "service cancellation request",
+        |key| async move { undo_cancellation(host, &key).await },
+    )
+    .await;
+    host.push_pending(
+        "SELECT m.message_key FROM safety_meetings m \
+         JOIN sent_messages s ON s.idempotency_key = m.message_key \
+         WHERE s.message_id IS NULL ORDER BY m.created_at LIMIT 100",
+        "safety meeting notice",
+        |key| async move { undo_meeting(host, &key).await },
+    )
+    .await;
+    host.push_pending(
+        "SELECT l.idempotency_key FROM referral_logs_sent l \
+         JOIN sent_messages s ON s.idempotency_key = l.idempotency_key \
+         WHERE s.message_id IS NULL ORDER BY l.created_at LIMIT 100",
+        "referral log J",
+        |key| async move { undo_log(host, &key).await },
+    )
+    .await;
 }
 
 /// Applies an NGO's SERVICE_UPDATE to the referral it answers; inside the inbox's transaction.
@@ -411,16 +488,7 @@ impl SchoolReferralsApi {
 
     /// Hands a referral's queued message to the gateway; a refusal removes the referral.
     async fn push_referral(&self, id: &str, key: &str) -> ServiceResult<ServiceReferralRecord> {
-        let undo = |id: String| async move {
-            let mut tx = self.host.begin().await?;
-            sqlx::query("DELETE FROM service_referrals WHERE referral_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            ServiceResult::Ok(())
-        };
-        self.push(key, || undo(id.to_owned())).await?;
+        self.push(key, || undo_referral(&self.host, key)).await?;
         self.get(id).await
     }
 
@@ -560,7 +628,8 @@ impl SchoolReferralsApi {
             .ok_or_else(not_found)?;
         if row.cancellation_key.as_deref() == Some(key.as_str()) {
             tx.rollback().await?;
-            self.push(&key, || async { Ok(()) }).await?;
+            self.push(&key, || undo_cancellation(&self.host, &key))
+                .await?;
             return self.get(&row.id).await;
         }
         if row.cancellation_key.is_some() {
@@ -622,17 +691,8 @@ impl SchoolReferralsApi {
             .queue_message(&mut tx, &key, &user.user_id, &envelope, now)
             .await?;
         tx.commit().await?;
-        let id = row.id.clone();
-        self.push(&key, || async {
-            sqlx::query(
-                "UPDATE service_referrals SET cancellation_key = NULL WHERE referral_id = $1",
-            )
-            .bind(id.as_str())
-            .execute(self.host.pool())
+        self.push(&key, || undo_cancellation(&self.host, &key))
             .await?;
-            Ok(())
-        })
-        .await?;
         self.get(&row.id).await
     }
 
@@ -760,14 +820,7 @@ impl SchoolReferralsApi {
     }
 
     async fn push_meeting(&self, id: &str, key: &str) -> ServiceResult<SafetyMeeting> {
-        self.push(key, || async {
-            sqlx::query("DELETE FROM safety_meetings WHERE meeting_id = $1")
-                .bind(id)
-                .execute(self.host.pool())
-                .await?;
-            Ok(())
-        })
-        .await?;
+        self.push(key, || undo_meeting(&self.host, key)).await?;
         let mut conn = self.host.pool().acquire().await?;
         self.meeting(&mut conn, id).await
     }
@@ -906,15 +959,7 @@ impl SchoolReferralsApi {
                 .await?;
             tx.commit().await?;
         }
-        let message_id = self
-            .push(&key, || async {
-                sqlx::query("DELETE FROM referral_logs_sent WHERE idempotency_key = $1")
-                    .bind(&key)
-                    .execute(self.host.pool())
-                    .await?;
-                Ok(())
-            })
-            .await?;
+        let message_id = self.push(&key, || undo_log(&self.host, &key)).await?;
         if message_id.is_empty() {
             return Err(ServiceError::Unavailable(
                 "the gateway cannot be reached: send again later with the same idempotency key"
