@@ -9,7 +9,9 @@
 //! ([`run`]) pushes whatever an unreachable gateway left behind, for every kind of agency.
 //!
 //! Events go out in the order they were queued, one round at a time (a lock), so an incident's
-//! start never overtakes its report. A round ends at the first event the gateway does not take
+//! start never overtakes its report. The order is a counter row (`clock_event_order`) each
+//! queuing transaction increments and holds until it ends, so positions are unique and follow
+//! the commits on PostgreSQL as on SQLite. A round ends at the first event the gateway does not take
 //! now (unreachable): it stays pending, with its attempts counted. An event the gateway refuses
 //! for good is marked `refused` with the code and logged (ids only), never retried. The
 //! idempotency key is the gateway's too, so an event pushed twice is recorded once.
@@ -59,13 +61,22 @@ pub(crate) async fn queue(
     let kind = AgencyClockEventKind::try_from(event.kind)
         .unwrap_or(AgencyClockEventKind::Unspecified)
         .as_str_name();
+    // The next position, from the counter row: the update holds the row until the caller's
+    // transaction ends, so concurrent writers (PostgreSQL's too) take positions one after the
+    // other, in the order they commit. A replay under a known key wastes a number, no more.
+    let position: i64 = sqlx::query_scalar(
+        "UPDATE clock_event_order SET last_position = last_position + 1 WHERE id = 1 \
+         RETURNING last_position",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     let inserted = sqlx::query(
         "INSERT INTO clock_events (idempotency_key, position, subject_reference, event_kind, \
          request_sha256, acting_user, event, state, queued_at, attempts) \
-         VALUES ($1, (SELECT COALESCE(MAX(position), 0) + 1 FROM clock_events), $2, $3, $4, $5, \
-         $6, $7, $8, 0) ON CONFLICT (idempotency_key) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0) ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(idempotency_key)
+    .bind(position)
     .bind(event.subject_reference.as_str())
     .bind(kind)
     .bind(sha.as_str())
@@ -297,6 +308,115 @@ mod tests {
         let rows = pending(store.pool()).await.unwrap();
         let keys: Vec<&str> = rows.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["key-0001", "key-0002"], "in the order queued");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_transactions_take_distinct_positions_in_commit_order() {
+        let (store, _dir) = testing::store().await;
+        // As many as the smallest pool (SQLite's) holds: each keeps its connection until it commits.
+        const WRITERS: usize = 4;
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS));
+        let mut writers = tokio::task::JoinSet::new();
+        for n in 0..WRITERS {
+            let (store, start) = (store.clone(), start.clone());
+            writers.spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                // Every transaction open before any queues.
+                start.wait().await;
+                let key = format!("key-{n:04}");
+                queue(
+                    &mut tx,
+                    &key,
+                    &acting(),
+                    &event(&format!("inc-{n}")),
+                    Timestamp::UNIX_EPOCH,
+                )
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+        let positions: Vec<i64> =
+            sqlx::query_scalar("SELECT position FROM clock_events ORDER BY position")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let expected: Vec<i64> = (1..=i64::try_from(WRITERS).unwrap()).collect();
+        assert_eq!(positions, expected, "one position each, none shared");
+        // A later event follows them all.
+        let mut tx = store.begin().await.unwrap();
+        queue(
+            &mut tx,
+            "key-later",
+            &acting(),
+            &event("inc-later"),
+            Timestamp::UNIX_EPOCH,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let rows = pending(store.pool()).await.unwrap();
+        assert_eq!(rows.last().map(|p| p.key.as_str()), Some("key-later"));
+    }
+
+    #[tokio::test]
+    async fn the_counter_starts_after_the_events_queued_before_it_renumbered_in_order() {
+        use crate::store::{MIGRATIONS, Store};
+        let (storage, agency_id, _dir) = testing::storage();
+        // A store as it was before the counter, with positions the race shared.
+        let before = Store::open_with(&storage, &agency_id, &MIGRATIONS[..4])
+            .await
+            .unwrap();
+        for (key, position) in [("key-c", 2), ("key-a", 1), ("key-b", 1), ("key-d", 7)] {
+            sqlx::query(
+                "INSERT INTO clock_events (idempotency_key, position, subject_reference, \
+                 event_kind, request_sha256, acting_user, event, state, queued_at) \
+                 VALUES ($1, $2, 's', 'k', 'h', $3, $4, $5, 0)",
+            )
+            .bind(key)
+            .bind(position)
+            .bind(acting().encode_to_vec())
+            .bind(event("inc-1").encode_to_vec())
+            .bind(PENDING)
+            .execute(before.pool())
+            .await
+            .unwrap();
+        }
+        before.close().await;
+        let store = Store::open_with(&storage, &agency_id, MIGRATIONS)
+            .await
+            .unwrap();
+        let mut tx = store.begin().await.unwrap();
+        queue(
+            &mut tx,
+            "key-0000",
+            &acting(),
+            &event("inc-2"),
+            Timestamp::UNIX_EPOCH,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT idempotency_key, position FROM clock_events ORDER BY position")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let rows: Vec<(&str, i64)> = rows.iter().map(|(k, p)| (k.as_str(), *p)).collect();
+        assert_eq!(
+            rows,
+            [
+                ("key-a", 1),
+                ("key-b", 2),
+                ("key-c", 3),
+                ("key-d", 4),
+                ("key-0000", 5)
+            ]
+        );
+        store.close().await;
     }
 
     #[tokio::test]

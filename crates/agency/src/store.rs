@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         "the outbox of clock events for the gateway's deadline engine",
         include_str!("../migrations/0004_clock_events.sql"),
     ),
+    (
+        5,
+        "clock events ordered by a counter row",
+        include_str!("../migrations/0005_clock_event_order.sql"),
+    ),
 ];
 
 /// The component name of an agency's store: `agency-<id>` (a file or a schema of its own).
