@@ -209,6 +209,7 @@ fn realistic_case() -> CaseFacts {
         excluded_agencies: vec!["residential-1".into()],
         implicated_agencies: Vec::new(),
         conflicting_parties: vec!["INC-2026-0042|offender".into()],
+        residences: vec!["residential-1".into()],
     }
 }
 
@@ -247,5 +248,6 @@ fn large_case() -> CaseFacts {
         excluded_agencies: vec!["residential-1".into(), "residential-2".into()],
         implicated_agencies: Vec::new(),
         conflicting_parties: vec!["INC-2026-0042|offender".into()],
+        residences: vec!["residential-1".into()],
     }
 }

@@ -267,13 +267,56 @@ pub(crate) async fn case_facts(
         if !r.implicated_agency_id.is_empty() {
             facts.implicated_agencies.push(r.implicated_agency_id.clone());
         }
+        if !r.residence_agency_id.is_empty() {
+            facts.residences.push(r.residence_agency_id.clone());
+        }
         if !r.incident_reference.is_empty() {
             facts
                 .conflicting_parties
                 .extend(opposite_parties(&r.incident_reference, &r.incident_role));
         }
+        fold_incident_circumstances(conn, &r, &mut facts).await?;
     }
     Ok(Some(facts))
+}
+
+/// Folds into `facts` the circumstances of the incident referrals of the same incident as the
+/// report `r` (`protection_forms::remember_incident_referral`): an institution a report
+/// bypassing its director implicates, or the residence an institution named, stays excluded
+/// from a case opened on a K that left them out. Matched by district, referring agency and
+/// incident reference: an incident reference is the referring agency's own id, so the same
+/// string from another agency names another incident, and matching it would exclude an unrelated
+/// institution (and refuse it the child's protection instruction) by coincidence.
+pub(crate) async fn fold_incident_circumstances(
+    conn: &mut sqlx::AnyConnection,
+    r: &Referral,
+    facts: &mut CaseFacts,
+) -> Result<(), sqlx::Error> {
+    if r.incident_reference.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query(
+        "SELECT implicated_agency_id, residence_agency_id FROM incident_referrals \
+         WHERE district_id = $1 AND referring_agency_id = $2 AND incident_reference = $3",
+    )
+    .bind(&r.district_id)
+    .bind(&r.referring_agency_id)
+    .bind(&r.incident_reference)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        let implicated: String = row.try_get("implicated_agency_id")?;
+        let residence: String = row.try_get("residence_agency_id")?;
+        for agency in [&implicated, &residence] {
+            if !agency.is_empty() && !facts.excluded_agencies.contains(agency) {
+                facts.excluded_agencies.push(agency.clone());
+            }
+        }
+        if !implicated.is_empty() && !facts.implicated_agencies.contains(&implicated) {
+            facts.implicated_agencies.push(implicated);
+        }
+    }
+    Ok(())
 }
 
 /// Remembers a case; false when one with this reference exists already.
@@ -358,8 +401,74 @@ pub(crate) fn referral_facts(r: &Referral) -> CaseFacts {
         } else {
             opposite_parties(&r.incident_reference, &r.incident_role)
         },
+        residences: [&r.residence_agency_id]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect(),
         ..CaseFacts::default()
     }
+}
+
+/// Remembers the child's role an INVESTIGATION_UPDATE of `police` gives on its case (the
+/// latest update's word stands), inside the send's transaction.
+async fn record_police_role(
+    tx: &mut Transaction<'static, Any>,
+    police: &AgencyEntry,
+    env: &Envelope,
+    child_role: i32,
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO case_police_roles (case_reference, police_agency_id, child_role, \
+         message_id, recorded_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (case_reference, police_agency_id) DO UPDATE SET \
+         child_role = excluded.child_role, message_id = excluded.message_id, \
+         recorded_at = excluded.recorded_at",
+    )
+    .bind(&env.case_reference)
+    .bind(&police.id)
+    .bind(incident_role_name(child_role))
+    .bind(&env.message_id)
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether a case is known to be an offender's, for `police`'s preventive registration: the
+/// latest INVESTIGATION_UPDATE of that police on the case says PERPETRATOR or BOTH; or, before
+/// it said any role, a report of the case does. What nobody said is not known (an allow-list).
+async fn known_offender(
+    tx: &mut Transaction<'static, Any>,
+    police: &str,
+    case_reference: &str,
+) -> Result<bool, sqlx::Error> {
+    let offender = |role: &str| matches!(role, "PERPETRATOR" | "BOTH");
+    let said: Option<String> = sqlx::query(
+        "SELECT child_role FROM case_police_roles \
+         WHERE case_reference = $1 AND police_agency_id = $2",
+    )
+    .bind(case_reference)
+    .bind(police)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|r| r.try_get("child_role"))
+    .transpose()?
+    .filter(|role: &String| !role.is_empty());
+    if let Some(role) = said {
+        return Ok(offender(&role));
+    }
+    let reported = sqlx::query("SELECT incident_role FROM referrals WHERE case_reference = $1")
+        .bind(case_reference)
+        .fetch_all(&mut **tx)
+        .await?;
+    for r in &reported {
+        if offender(&r.try_get::<String, _>("incident_role")?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// "incident|role" of every open case, other than `except_case`, the user is curator of.
@@ -579,7 +688,8 @@ impl Shared {
                 }
                 remember_report_message(tx, &referral.help_request_message_id, &env.message_id)
                     .await?;
-                let facts = referral_facts(&referral);
+                let mut facts = referral_facts(&referral);
+                fold_incident_circumstances(tx, &referral, &mut facts).await?;
                 let sections = self.recipient_view(recipient, &facts, situation)?;
                 Ok(SendAccess {
                     withheld: sections.is_empty(),
@@ -647,23 +757,22 @@ impl Shared {
                 {
                     return Err(denied("this agency does not work on that case"));
                 }
-                // A preventive registration is of an offender: never on a case whose report
-                // says its child was the victim or a witness of the incident.
-                if matches!(
-                    env.payload.as_ref().and_then(|p| p.form.as_ref()),
+                match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
+                    // The police's word on the child's role, for the registration's gate.
+                    Some(payload::Form::InvestigationUpdate(u)) => {
+                        record_police_role(tx, caller, env, u.child_role, now_us).await?;
+                    }
+                    // A preventive registration is of an offender: only on a case known to be
+                    // the offender's.
                     Some(payload::Form::PreventiveRegistration(_))
-                ) && sqlx::query(
-                    "SELECT 1 FROM referrals WHERE case_reference = $1 \
-                     AND (incident_role = 'VICTIM' OR incident_role = 'WITNESS')",
-                )
-                .bind(env.case_reference.as_str())
-                .fetch_optional(&mut **tx)
-                .await?
-                .is_some()
-                {
-                    return Err(denied(
-                        "a preventive registration goes only to an offender's case",
-                    ));
+                        if !known_offender(tx, &caller.id, &env.case_reference).await? =>
+                    {
+                        return Err(denied(
+                            "a preventive registration goes only to a case known to be the \
+                             offender's",
+                        ));
+                    }
+                    _ => {}
                 }
                 Ok(all)
             }
@@ -679,7 +788,8 @@ impl Shared {
             // Issue 5: an institution's incident referral, the commission's protection
             // instruction and its acknowledgement (`protection_forms`).
             Some(payload::Form::IncidentReferral(r)) => {
-                self.check_incident_referral(caller, recipient, env, &r)
+                self.check_incident_referral(tx, caller, recipient, env, &r, now_us)
+                    .await
             }
             Some(payload::Form::ProtectionInstruction(_)) => {
                 self.check_instruction(tx, caller, recipient, env, &acting, situation, now_us)
@@ -715,13 +825,20 @@ impl Shared {
         let facts = match case_facts(&mut conn, &event.case_reference, now_us).await? {
             Some(facts) => Some(facts),
             // A case opened by its event alone: the facts of the report it was opened on.
-            None => referral_by_message(&mut *conn, &event.help_request_message_id)
+            None => match referral_by_message(&mut *conn, &event.help_request_message_id)
                 .await?
                 .filter(|r| r.commission_agency_id == caller.id)
-                .map(|r| CaseFacts {
-                    id: event.case_reference.clone(),
-                    ..referral_facts(&r)
-                }),
+            {
+                Some(r) => {
+                    let mut facts = CaseFacts {
+                        id: event.case_reference.clone(),
+                        ..referral_facts(&r)
+                    };
+                    fold_incident_circumstances(&mut conn, &r, &mut facts).await?;
+                    Some(facts)
+                }
+                None => None,
+            },
         };
         let Some(facts) = facts else {
             return Ok(());
@@ -806,13 +923,16 @@ impl Shared {
         } else {
             None
         };
-        Ok(match report {
-            Some(id) => referral_by_message(self.db.pool(), id)
-                .await?
-                .map(|r| r.excluded())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        })
+        let Some(id) = report else {
+            return Ok(Vec::new());
+        };
+        let mut conn = self.db.pool().acquire().await?;
+        let Some(r) = referral_by_message(&mut *conn, id).await? else {
+            return Ok(Vec::new());
+        };
+        let mut facts = referral_facts(&r);
+        fold_incident_circumstances(&mut conn, &r, &mut facts).await?;
+        Ok(facts.excluded_agencies)
     }
 
     /// The sections the recipient agency may receive of a case.

@@ -206,6 +206,9 @@ pub struct CaseFacts {
     /// The institutions whose director a report of the case implicates (also excluded).
     pub implicated_agencies: Vec<String>,
     pub conflicting_parties: Vec<String>,
+    /// The residential institutions the case's reports say the child lives in: the only ones
+    /// its protection instruction may go to.
+    pub residences: Vec<String>,
 }
 
 /// Why the information is used.
@@ -461,6 +464,7 @@ impl PolicyEngine {
                 "conflictingParties".to_owned(),
                 strings(&case.conflicting_parties),
             ),
+            ("residences".to_owned(), strings(&case.residences)),
         ]);
         entities.push(Entity::new(resource.clone(), attrs, HashSet::new()).map_err(|e| err(&e))?);
         // Not checked against the schema on every decision (that doubles its cost): the entities

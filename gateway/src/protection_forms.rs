@@ -476,13 +476,17 @@ impl Shared {
     /// An incident referral belongs to no case: its purpose decides its recipients (for
     /// investigation the commission and the police, for medical care health, which receives only
     /// the medical part), and its circumstances are checked against the directory; nothing of it
-    /// reaches the institution a child disclosed about or whose director it implicates.
-    pub(crate) fn check_incident_referral(
+    /// reaches the institution a child disclosed about or whose director it implicates. Its
+    /// circumstances are remembered in the send's transaction, so that they hold for every case
+    /// opened on a K naming the same incident (`access::fold_incident_circumstances`).
+    pub(crate) async fn check_incident_referral(
         &self,
+        tx: &mut Transaction<'static, Any>,
         caller: &AgencyEntry,
         recipient: &AgencyEntry,
         env: &Envelope,
         r: &IncidentReferral,
+        now_us: i64,
     ) -> ServiceResult<SendAccess> {
         if !env.case_reference.is_empty() {
             return Err(ServiceError::invalid_field(
@@ -541,6 +545,20 @@ impl Shared {
         if recipient.id == residence || recipient.id == implicated {
             return Err(denied("nothing of this report may reach that agency"));
         }
+        sqlx::query(
+            "INSERT INTO incident_referrals (message_id, district_id, referring_agency_id, \
+             incident_reference, implicated_agency_id, residence_agency_id, referred_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&env.message_id)
+        .bind(&caller.district)
+        .bind(&caller.id)
+        .bind(r.incident_reference.trim())
+        .bind(implicated)
+        .bind(residence)
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await?;
         Ok(SendAccess {
             sections: if purpose == IncidentReferralPurpose::MedicalCare {
                 medical_sections()
@@ -554,9 +572,10 @@ impl Shared {
 
     /// A protection instruction is a case message: the sender must be allowed to send the case's
     /// messages, and the recipient to receive its instruction (the policy's
-    /// `receiveInstruction`: a residential institution, even one excluded from the case as the
-    /// institution a child disclosed about, never one whose director the report implicates). It
-    /// receives only the instruction's own sections.
+    /// `receiveInstruction`: the residential institution the case's reports say the child lives
+    /// in, even when it is excluded from the case as the institution a child disclosed about,
+    /// never one whose director a report implicates). It receives only the instruction's own
+    /// sections (not the reason, which is the case record).
     #[expect(
         clippy::too_many_arguments,
         reason = "the send's context, passed through"
@@ -594,7 +613,8 @@ impl Shared {
                     "nothing of this case may reach the institution whose director the report \
                      implicates"
                 } else {
-                    "that agency may not receive this case's protection instruction"
+                    "a protection instruction goes only to the institution the case's reports say \
+                     the child lives in"
                 },
             ));
         }

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         "agency clocks: clock events, deadlines' subject and referring agency",
         include_str!("../migrations/0005_agency_clocks.sql"),
     ),
+    (
+        6,
+        "need to know: incident referrals' circumstances, the police's word on a child's role",
+        include_str!("../migrations/0006_incident_circumstances.sql"),
+    ),
 ];
 
 /// Delivery state of a message as stored.

@@ -27,8 +27,8 @@ const SPEC: &str = r#"
 # RELATIONS: how the case of each check is built around the principal (agency "<kind>-1", user
 # "<role>-1"). Each case also has other parties (a curator "curator-9", referrer "school-9",
 # assignee "ngo-9", informant "police-9", participant "health-9", grants to "ngo-9" and to a user
-# of "police-9", an excluded "residential-9", an implicated "residential-8"), so no set is empty;
-# none of them is the principal.
+# of "police-9", an excluded "residential-9", an implicated "residential-8", the child's residence
+# "residential-7"), so no set is empty; none of them is the principal.
 #
 #  team               the case's team (its curator) lists the principal's user id. The case is
 #                     held by "commission-1": for a commission principal that is its own agency,
@@ -45,6 +45,8 @@ const SPEC: &str = r#"
 #  user-granted       an active user grant (principal's agency, principal's user, ASSESSMENT); for
 #                     the agency as a whole, a grant to one of its users.
 #  colleague-granted  an active user grant (principal's agency, another user of it, ASSESSMENT).
+#  residence          the child lives there: the case's reports name the principal's agency as
+#                     the residential institution the child lives in (and nothing else relates it).
 #  none               no relation.
 #
 # PURPOSES: COC (coordination of care), CAREMGT (care management), AGGREGATE (aggregate
@@ -114,10 +116,11 @@ permit participant  *:*                                any      read:CASE_STATUS
 permit agency-granted  *:*                             any      read:ASSESSMENT
 permit user-granted    *:user                          any      read:ASSESSMENT
 # none, colleague-granted: nothing (no row).
-# The residential institution the commission instructs to protect a child (a move, M:3010-3017)
-# receives the instruction, whatever its relation to the case; the gateway stores for it only the
-# instruction's own sections (CASE_STATUS, ASSIGNED_WORK of that message).
-permit *            residential:agency                 any      instruct
+# The residential institution the child lives in, which the commission instructs to protect the
+# child (a move, M:3010-3017), receives the instruction; the gateway stores for it only the
+# instruction's own sections (CASE_STATUS, ASSIGNED_WORK of that message). No other institution
+# of the district receives it: it names the child.
+permit residence    residential:agency                 any      instruct
 
 # ==============================================================================================
 # B. FORBIDS. They win over every permit.
@@ -146,7 +149,7 @@ forbid principal=*:agency        send hold grants disclosures
 
 // ---- The dimensions -------------------------------------------------------------------------
 
-const RELATIONS: [&str; 10] = [
+const RELATIONS: [&str; 11] = [
     "team",
     "commission",
     "referrer",
@@ -156,6 +159,7 @@ const RELATIONS: [&str; 10] = [
     "agency-granted",
     "user-granted",
     "colleague-granted",
+    "residence",
     "none",
 ];
 
@@ -290,6 +294,7 @@ fn case_facts(who: &Who, relation: &str, condition: &str) -> CaseFacts {
         excluded_agencies: vec!["residential-9".into()],
         implicated_agencies: vec!["residential-8".into()],
         conflicting_parties: vec!["inc-8|offender".into()],
+        residences: vec!["residential-7".into()],
     };
     match relation {
         "team" => {
@@ -311,6 +316,7 @@ fn case_facts(who: &Who, relation: &str, condition: &str) -> CaseFacts {
             case.user_grants
                 .push((agency.clone(), "colleague-1".into(), GRANTED));
         }
+        "residence" => case.residences.push(agency.clone()),
         other => panic!("unknown relation {other}"),
     }
     match condition {

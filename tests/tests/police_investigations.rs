@@ -823,4 +823,105 @@ async fn a_direct_referral_waits_for_its_case(backend: Backend) {
 }
 
 both_backends!(one_investigation_reaches_every_curator);
+both_backends!(a_registration_needs_a_case_known_to_be_the_offenders);
 both_backends!(a_direct_referral_waits_for_its_case);
+
+/// The gateway admits a preventive registration only on a case known to be the offender's: a
+/// report that gives the child no role is not enough, nor the police's word that the child is the
+/// victim; the police's latest update saying perpetrator is.
+async fn a_registration_needs_a_case_known_to_be_the_offenders(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let t = today(&hub);
+    let case = open(
+        &hub,
+        "pr-unknown",
+        // A K about the child alone, no incident named.
+        HelpRequest {
+            circumstances: None,
+            ..k(
+                &hub,
+                "Арман Қайратұлы Сейітов",
+                503,
+                "INC-PR-1",
+                IncidentRole::Perpetrator,
+            )
+        },
+        "curator-1",
+    )
+    .await;
+    let curator = hub.staff("commission", "curator-1").await;
+    ask_police(&hub, &curator, &case).await;
+    hub.deliver_everything().await;
+    let inspector = hub.staff("police-1", "inspector").await;
+    let investigation = list(&inspector).await[0].investigation_id.clone();
+    let police = hub.gateway_client_as("police-1").await;
+    let raw = |key: &str| SendRequest {
+        envelope: Some(registration_envelope(&case, &investigation, t, key)),
+    };
+
+    // Nobody said what the child did: refused.
+    let refused = police
+        .clone()
+        .send(raw("pr-raw-unknown"))
+        .await
+        .expect_err("no role known");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // The police say the victim: refused.
+    link(&inspector, &investigation, &case, IncidentRole::Victim)
+        .await
+        .expect("role set");
+    inspector
+        .investigations()
+        .update_investigation(inspector.req(update(
+            &investigation,
+            InvestigationStatus::Opened,
+            t,
+            "pr-opened",
+        )))
+        .await
+        .expect("opened");
+    let refused = police
+        .clone()
+        .send(raw("pr-raw-victim"))
+        .await
+        .expect_err("the victim's case");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // Their next update says perpetrator: admitted, and it reaches the case's curator.
+    link(&inspector, &investigation, &case, IncidentRole::Perpetrator)
+        .await
+        .expect("role corrected");
+    inspector
+        .investigations()
+        .update_investigation(inspector.req(update(
+            &investigation,
+            InvestigationStatus::ReferredToProsecutor,
+            t,
+            "pr-prosecutor",
+        )))
+        .await
+        .expect("referred");
+    let registered = inspector
+        .investigations()
+        .register_preventive(inspector.req(RegisterPreventiveRequest {
+            case_reference: case.clone(),
+            registered_on: Some(cd(t)),
+            grounds: "Құрдасына дене жарақатын салды / Причинил телесные повреждения".into(),
+            idempotency_key: "pr-register".into(),
+        }))
+        .await
+        .expect("registered")
+        .into_inner();
+    assert!(!registered.message_id.is_empty());
+    hub.deliver_everything().await;
+    assert_eq!(
+        police_messages(&curator)
+            .await
+            .iter()
+            .filter(|(c, k)| *c == case && *k == FormKind::PreventiveRegistration as i32)
+            .count(),
+        1
+    );
+    hub.shutdown().await;
+}

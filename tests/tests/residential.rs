@@ -36,6 +36,7 @@ both_backends!(
     a_referral_made_while_the_gateway_is_away_waits_and_goes_whole,
     a_report_bypassing_the_director_is_kept_from_the_director,
     a_protection_instruction_reaches_the_institution_alone,
+    an_instruction_goes_only_where_the_child_lives_and_never_past_an_incident_referral,
 );
 
 const VICTIM: &str = "Ерасыл Қанатұлы Әбдіров";
@@ -629,7 +630,17 @@ async fn a_report_bypassing_the_director_is_kept_from_the_director(backend: Back
 /// School 1's K about a boy who lives in residential-1 and reported violence there, with the
 /// circumstances given; the secretary opens a case with curator-1. Returns the case reference.
 async fn open_case_with(hub: &TestHub, key: &str, circumstances: ReportCircumstances) -> String {
-    let school = hub.staff("school-1", "director").await;
+    open_case_from(hub, ("school-1", "director"), key, circumstances).await
+}
+
+/// The same, the K from `(agency, user)`.
+async fn open_case_from(
+    hub: &TestHub,
+    (agency, user): (&str, &str),
+    key: &str,
+    circumstances: ReportCircumstances,
+) -> String {
+    let school = hub.staff(agency, user).await;
     let k = HelpRequest {
         circumstances: Some(circumstances),
         ..referral_core::validate::sample_help_request(today(hub))
@@ -785,6 +796,8 @@ async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend
     );
     assert_eq!(got.new_placement, "№2 балалар үйі, Абай к-сі 5");
     assert!(!got.child_full_name.is_empty());
+    // The reason tells what the child disclosed: the case record, never the institution's.
+    assert_eq!(got.reason, "");
     let of_case: Vec<_> = hub.messages_to("residential-1").await.into_iter().collect();
     let mut kinds = Vec::new();
     for id in of_case {
@@ -879,6 +892,11 @@ async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend
     assert_eq!(record.state, InstructionState::CarriedOut as i32);
     assert_eq!(record.acknowledgements.len(), 2);
     assert!(!record.weighing_reason.is_empty());
+    // The commission keeps the reason in the case file.
+    assert_eq!(
+        record.instruction.as_ref().unwrap().reason,
+        instruction(&case, v, "instr-first", on).reason
+    );
 
     // A case whose report implicates the institution's director: no instruction reaches it,
     // neither through the commission's service nor straight at the gateway.
@@ -924,6 +942,8 @@ async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend
                     form: Some(payload::Form::ProtectionInstruction(
                         referral_proto::v1::ProtectionInstruction {
                             case_reference: implicated.clone(),
+                            // The institution's copy has no reason; the form requires one.
+                            reason: "Қорғау / Защита".into(),
                             ..got.clone()
                         },
                     )),
@@ -934,5 +954,256 @@ async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend
         .await
         .expect_err("the gateway's policy");
     assert_eq!(refused.code(), Code::PermissionDenied);
+    hub.shutdown().await;
+}
+
+/// The commission's protection instruction straight at the gateway, as curator-1.
+fn raw_instruction(case: &str, key: &str, on: Date) -> SendRequest {
+    SendRequest {
+        envelope: Some(Envelope {
+            idempotency_key: key.into(),
+            recipient_agency_id: "residential-1".into(),
+            acting_user: Some(ActingUser {
+                user_id: "curator-1".into(),
+                agency_id: "commission".into(),
+                role: Role::CommissionCurator as i32,
+                display_name: "Дана Ерланқызы Омарова".into(),
+            }),
+            purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+            case_reference: case.into(),
+            form_kind: FormKind::ProtectionInstruction as i32,
+            confidentiality: ConfidentialityLabel::Restricted as i32,
+            payload: Some(Payload {
+                form: Some(payload::Form::ProtectionInstruction(
+                    referral_proto::v1::ProtectionInstruction {
+                        case_reference: case.into(),
+                        child_full_name: VICTIM.into(),
+                        child_date_of_birth: Some(cd(Date::new(2013, 4, 2).unwrap())),
+                        measure: ProtectionMeasure::MoveToAnotherInstitution as i32,
+                        measure_other: String::new(),
+                        new_placement: "№2 балалар үйі".into(),
+                        carry_out_by: Some(cd(on + 3.days())),
+                        decision_reference: "КТІЖК-9/2026".into(),
+                        decision_date: Some(cd(on)),
+                        reason: "Қорғау / Защита".into(),
+                        instructed_by: "Дана Ерланқызы Омарова".into(),
+                        contact: String::new(),
+                    },
+                )),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The messages of `case` the gateway holds for residential-1.
+async fn of_case_to_institution(hub: &TestHub, case: &str) -> usize {
+    let mut n = 0;
+    for id in hub.messages_to("residential-1").await {
+        if hub.gateway_envelope(&id).await.unwrap().case_reference == case {
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn case_file(curator: &StaffClient, case: &str) -> referral_proto::v1::CaseFile {
+    curator
+        .case_files()
+        .get_case(curator.req(GetCaseRequest {
+            case_reference: case.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("the case reads")
+        .into_inner()
+}
+
+/// An instruction names the child: it goes only to the institution the case's report says the
+/// child lives in. What an institution's own incident referral said of an incident (a director
+/// implicated) holds for every case opened on a K of the same referrer naming that incident, even
+/// when the K leaves it out; the same reference from another agency is another incident.
+async fn an_instruction_goes_only_where_the_child_lives_and_never_past_an_incident_referral(
+    backend: Backend,
+) {
+    let hub = TestHub::start(backend).await;
+    let on = today(&hub);
+    let curator = hub.staff("commission", "curator-1").await;
+    let commission = hub.gateway_client_as("commission").await;
+
+    // A report naming no residence: residential-1 is told nothing, neither through the
+    // commission's service (refused before anything is stored) nor straight at the gateway.
+    let elsewhere = open_case_with(&hub, "nores", ReportCircumstances::default()).await;
+    let v = version(&curator, &elsewhere).await;
+    let refused = curator
+        .protection_instructions()
+        .send_protection_instruction(curator.req(instruction(&elsewhere, v, "instr-nores", on)))
+        .await
+        .expect_err("the child does not live there");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(version(&curator, &elsewhere).await, v);
+    assert!(
+        case_file(&curator, &elsewhere)
+            .await
+            .protection_instructions
+            .is_empty()
+    );
+    let refused = commission
+        .clone()
+        .send(raw_instruction(&elsewhere, "raw-nores", on))
+        .await
+        .expect_err("the gateway's policy");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(of_case_to_institution(&hub, &elsewhere).await, 0);
+
+    // School 1 referred an incident implicating residential-1's director; its K about the same
+    // incident names residential-1 as the boy's residence and leaves the director out. The
+    // gateway remembers the incident referral: the instruction is refused there, the commission
+    // answers the refusal, its case file shows the instruction refused, nothing went out.
+    let school = hub.gateway_client_as("school-1").await;
+    school
+        .clone()
+        .send(SendRequest {
+            envelope: Some(Envelope {
+                idempotency_key: "impl-incident-referral".into(),
+                recipient_agency_id: "commission".into(),
+                acting_user: Some(ActingUser {
+                    user_id: "director".into(),
+                    agency_id: "school-1".into(),
+                    role: Role::SchoolDirector as i32,
+                    display_name: String::new(),
+                }),
+                purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+                form_kind: FormKind::IncidentReferral as i32,
+                confidentiality: ConfidentialityLabel::Restricted as i32,
+                payload: Some(Payload {
+                    form: Some(payload::Form::IncidentReferral(IncidentReferral {
+                        incident_reference: "INC-IMPL-1".into(),
+                        purpose: IncidentReferralPurpose::Investigation as i32,
+                        institution: "№1 мектеп".into(),
+                        incident_date: Some(cd(on - 1.day())),
+                        referred_on: Some(cd(on)),
+                        severity: IncidentSeverity::Severe as i32,
+                        grounds: vec![MandatoryReportGround::CorporalPunishmentWithHarm as i32],
+                        grounds_other: String::new(),
+                        description: "Директор баланы ұрды.".into(),
+                        children: vec![IncidentChild {
+                            full_name: VICTIM.into(),
+                            role: IncidentRole::Victim as i32,
+                            ..Default::default()
+                        }],
+                        reporter: Some(referral_proto::v1::IncidentReporter {
+                            full_name: "Гүлнар Серікқызы Әбенова".into(),
+                            position: "директор".into(),
+                            phone: "+77020000001".into(),
+                        }),
+                        circumstances: Some(ReportCircumstances {
+                            implicated_director_agency_id: "residential-1".into(),
+                            ..Default::default()
+                        }),
+                    })),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("the school refers the incident");
+    let lives_there = ReportCircumstances {
+        child_residence_agency_id: "residential-1".into(),
+        incident_reference: "INC-IMPL-1".into(),
+        incident_role: IncidentRole::Victim as i32,
+        ..Default::default()
+    };
+    let implicated = open_case_with(&hub, "impl-incident", lives_there.clone()).await;
+    let v = version(&curator, &implicated).await;
+    let refused = curator
+        .protection_instructions()
+        .send_protection_instruction(curator.req(instruction(
+            &implicated,
+            v,
+            "instr-impl-incident",
+            on,
+        )))
+        .await
+        .expect_err("the director is implicated by the incident referral");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let file = case_file(&curator, &implicated).await;
+    assert_eq!(file.protection_instructions.len(), 1);
+    assert_eq!(
+        file.protection_instructions[0].state,
+        InstructionState::Refused as i32
+    );
+    assert!(
+        file.protection_instructions[0]
+            .instruction_message_id
+            .is_empty()
+    );
+    let refused = commission
+        .clone()
+        .send(raw_instruction(&implicated, "raw-impl-incident", on))
+        .await
+        .expect_err("the gateway's policy");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    hub.deliver_everything().await;
+    assert_eq!(of_case_to_institution(&hub, &implicated).await, 0);
+
+    // The same reference from school 2 is school 2's own incident: its case's instruction
+    // reaches residential-1.
+    let other = open_case_from(&hub, ("school-2", "director"), "other-school", lives_there).await;
+    let v = version(&curator, &other).await;
+    let sent = curator
+        .protection_instructions()
+        .send_protection_instruction(curator.req(instruction(&other, v, "instr-other", on)))
+        .await
+        .expect("instructed")
+        .into_inner();
+    assert!(!sent.message_id.is_empty());
+    hub.delivered(&sent.message_id).await;
+    assert_eq!(of_case_to_institution(&hub, &other).await, 1);
+
+    // A report bypassing residential-1's director, then the institution's own K naming that
+    // incident but not the director: the institution reads nothing of the case, not even the
+    // status a referrer sees.
+    let staff = hub.staff("residential-1", "staff").await;
+    let bypassed = staff
+        .residential()
+        .report_bypassing_director(staff.req(ReportBypassingDirectorRequest {
+            idempotency_key: "bypass-then-k".into(),
+            incident_date: Some(cd(on - 1.day())),
+            severity: IncidentSeverity::Severe as i32,
+            grounds: vec![MandatoryReportGround::CorporalPunishmentWithHarm as i32],
+            grounds_other: String::new(),
+            description: "Директор баланы ұрды.".into(),
+            children: vec![IncidentChild {
+                full_name: VICTIM.into(),
+                role: IncidentRole::Victim as i32,
+                injured: true,
+                injuries: "көгерген".into(),
+                ..Default::default()
+            }],
+            referrer: referrer(),
+        }))
+        .await
+        .expect("reported")
+        .into_inner()
+        .incident
+        .unwrap();
+    hub.deliver_everything().await;
+    let own = open_case_from(
+        &hub,
+        ("residential-1", "staff"),
+        "own-k",
+        ReportCircumstances {
+            incident_reference: bypassed.incident_id.clone(),
+            incident_role: IncidentRole::Victim as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let read = staff
+        .read_shared(&own, PurposeOfUse::CoordinationOfCare)
+        .await
+        .expect_err("implicated by the bypassing report");
+    assert_eq!(read.code(), Code::PermissionDenied, "{read:?}");
     hub.shutdown().await;
 }

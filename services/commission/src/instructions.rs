@@ -9,10 +9,14 @@
 //!   institution anything of a case, the commission weighs whether it helps the child or breaks
 //!   confidentiality or endangers the victim or witnesses. The request must say so
 //!   (`confidentiality_weighed`) with the written reason, kept in the case file.
-//! * To whom: a residential institution of the district. The institution the child disclosed
-//!   violence about (no back-flow) may be told to act, and receives only the instruction (the
-//!   gateway stores for it only the instruction's own sections); the institution whose director
-//!   the report implicates never: refused here at once, and by the gateway's policy.
+//! * To whom: the residential institution the case's report says the child lives in (the
+//!   instruction names the child; no other institution of the district needs it), even when it
+//!   is the institution the child disclosed violence about (no back-flow): it receives only the
+//!   instruction, without its reason (the gateway stores for it only the instruction's own
+//!   sections); the institution whose director the report implicates never. Both refused here
+//!   at once, before anything is stored, and by the gateway's policy, which also knows the
+//!   incident referrals of the same incident: a refusal there leaves the instruction in the case
+//!   as REFUSED, never pending, and nothing goes out.
 //! * How: like the case's other messages, a change of the case (its version rises) that writes
 //!   the instruction, the queued message and its outbox entry in one transaction, pushed after the
 //!   commit ([`crate::outbox`]).
@@ -157,14 +161,21 @@ impl ProtectionInstructionsApi {
             Some(Form::HelpRequest(k)) => k.clone(),
             _ => Default::default(),
         };
-        // The institution whose director the report implicates is never told anything of it.
-        if k.circumstances
-            .as_ref()
-            .is_some_and(|c| c.implicated_director_agency_id == request.recipient_agency_id)
-        {
+        // The institution whose director the report implicates is never told anything of it;
+        // an instruction names the child, so it goes only to the institution the report says
+        // the child lives in. Refused before anything is stored (the gateway refuses both too).
+        let circumstances = k.circumstances.clone().unwrap_or_default();
+        if circumstances.implicated_director_agency_id == request.recipient_agency_id {
             return Err(ServiceError::PermissionDenied(
                 "recipient_agency_id: nothing of this case may reach the institution whose \
                  director the report implicates"
+                    .into(),
+            ));
+        }
+        if circumstances.child_residence_agency_id != request.recipient_agency_id {
+            return Err(ServiceError::PermissionDenied(
+                "recipient_agency_id: a protection instruction goes only to the institution the \
+                 report says the child lives in"
                     .into(),
             ));
         }
@@ -182,6 +193,7 @@ impl ProtectionInstructionsApi {
             }
             self.outbox.flush(&self.host).await;
             let key = message_key(&request, done.version);
+            self.check_not_refused(&key).await?;
             return Ok(SendProtectionInstructionResponse {
                 version: done.version,
                 message_id: self.host.sent_message_id(&key).await?.unwrap_or_default(),
@@ -263,9 +275,43 @@ impl ProtectionInstructionsApi {
             "protection instruction queued"
         );
         self.outbox.flush(&self.host).await;
+        self.check_not_refused(&key).await?;
         Ok(SendProtectionInstructionResponse {
             version: row.version,
             message_id: self.host.sent_message_id(&key).await?.unwrap_or_default(),
+        })
+    }
+}
+
+impl ProtectionInstructionsApi {
+    /// The gateway's refusal of the instruction queued under `key`, as the answer: its policy
+    /// knows more than this commission (the incident referrals of the same incident), so it may
+    /// refuse what passed here. Nothing of the instruction went out; it stays in the case file
+    /// as REFUSED (never pending, never retried), with the weighing that led to it.
+    async fn check_not_refused(&self, key: &str) -> ServiceResult<()> {
+        let refused = sqlx::query(
+            "SELECT last_code FROM case_outbox WHERE outbox_key = $1 AND state = 'refused'",
+        )
+        .bind(key)
+        .fetch_optional(self.host.pool())
+        .await?;
+        let Some(refused) = refused else {
+            return Ok(());
+        };
+        let code: Option<String> = refused.try_get(0)?;
+        tracing::warn!(outbox_key = %key, code = ?code, "the gateway refused a protection instruction");
+        Err(if code.as_deref() == Some("PermissionDenied") {
+            ServiceError::PermissionDenied(
+                "recipient_agency_id: the gateway refused the instruction to this institution \
+                 (nothing went out; the case file shows it refused)"
+                    .into(),
+            )
+        } else {
+            ServiceError::FailedPrecondition(
+                "the gateway refused the instruction (nothing went out; the case file shows it \
+                 refused)"
+                    .into(),
+            )
         })
     }
 }
