@@ -22,7 +22,8 @@
 //! | SERVICE_ENDED                  |                                           | open WEEKLY_PROGRESS cancelled |
 //!
 //! The commission's decision on the K that a written report names also meets its
-//! PROTECTION_SERVICE_ANSWER (see `help_request_decided` in `ingest`).
+//! PROTECTION_SERVICE_ANSWER (see `help_request_decided` in `ingest`); a written report applied
+//! after the decision's `message.accepted` entry, in the ledger's order, creates it met.
 //!
 //! A deadline's key is `agency_clock:{agency}:{subject}:{kind}:{n}` (n: the report's number for
 //! WEEKLY_PROGRESS, 0 otherwise), created with `INSERT … ON CONFLICT (key) DO NOTHING` and ended
@@ -58,7 +59,7 @@ use super::{
 };
 use crate::{
     Shared,
-    ledger::{self, EntryFields},
+    ledger::{self, EntryFields, LedgerEvent},
     store,
 };
 
@@ -219,9 +220,13 @@ impl Shared {
         let mut tx = self.db.begin().await?;
         // The ledger's lock first: concurrent recordings with one key then see each other.
         ledger::lock_head(&mut tx).await?;
+        // A key stands for the event and who recorded it: the same event under the key from
+        // another user, or in another role, is another request (its ledger entry would name
+        // someone else).
         if let Some(existing) = sqlx::query(
-            "SELECT event_id, event_sha256 FROM agency_clock_events \
-             WHERE agency_id = $1 AND idempotency_key = $2",
+            "SELECT e.event_id, e.event_sha256, e.acting_user_id, l.acting_role \
+             FROM agency_clock_events e JOIN ledger l ON l.seq = e.ledger_seq \
+             WHERE e.agency_id = $1 AND e.idempotency_key = $2",
         )
         .bind(&caller.id)
         .bind(&req.idempotency_key)
@@ -230,7 +235,12 @@ impl Shared {
         {
             tx.rollback().await?;
             let stored_sha: String = existing.try_get("event_sha256")?;
-            if stored_sha != sha {
+            let stored_user: String = existing.try_get("acting_user_id")?;
+            let stored_role: String = existing.try_get("acting_role")?;
+            if stored_sha != sha
+                || stored_user != acting.user_id
+                || stored_role != role_name(acting_role)
+            {
                 return Err(ServiceError::AlreadyExists(
                     "this idempotency key was used for a different clock event".into(),
                 ));
@@ -478,9 +488,7 @@ impl Apply<'_> {
                 let k = ctx.event.related_message_id.clone();
                 let due = protection_service_answer_due(occurred_at, s, calendar);
                 // Decided already (the decision's entry came first): created met.
-                let decided = store::message_by_id(&mut **self.tx, &k)
-                    .await?
-                    .is_some_and(|m| m.answer_message_id.is_some());
+                let decided = self.decided_before(&ctx, &k).await?;
                 let schedule = day(D::ProtectionServiceAnswer, due);
                 if decided {
                     let d = self.clock_deadline(
@@ -680,6 +688,38 @@ impl Apply<'_> {
             }
         }
         Ok(false)
+    }
+
+    /// Whether the commission's decision on the K `k` was accepted before this entry, in the
+    /// ledger's order: its `message.accepted` entry has a lower seq. The K's row says whether it
+    /// is answered now, not when, so read alone it would end the deadline differently depending
+    /// on when the engine ran; the ledger's order makes a replay end as the first run did (a
+    /// decision accepted later meets the deadline when its own entry is applied).
+    async fn decided_before(&mut self, ctx: &ClockCtx, k: &str) -> Result<bool, EngineError> {
+        let Some(answer) = store::message_by_id(&mut **self.tx, k)
+            .await?
+            .and_then(|m| m.answer_message_id)
+        else {
+            return Ok(false);
+        };
+        let is_decision = store::message_by_id(&mut **self.tx, &answer)
+            .await?
+            .is_some_and(|m| {
+                m.form_kind == FormKind::HelpRequestDecision.as_str_name()
+                    && m.recipient_agency_id == ctx.agency_id
+            });
+        if !is_decision {
+            return Ok(false);
+        }
+        let accepted: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM ledger WHERE message_id = $1 AND event = $2 AND seq < $3 LIMIT 1",
+        )
+        .bind(&answer)
+        .bind(LedgerEvent::Accepted.as_str())
+        .bind(ctx.seq)
+        .fetch_optional(&mut **self.tx)
+        .await?;
+        Ok(accepted.is_some())
     }
 
     /// Ends every open deadline of the subject and kind.

@@ -226,6 +226,10 @@ fn recipients(
 /// and to the agency's head (a school's director, an institution's director); escalated to the
 /// head (to the responsible agency again when the kind of agency has no head). A late weekly
 /// progress report is told, overdue and escalated, to the agency that referred the service too.
+///
+/// An allegation against a member of staff (ALLEGATION_TO_DIRECTOR) is never told to the head:
+/// the head may be the accused (the allegation then goes to the safeguarding lead, P:160-178).
+/// Every state of it, escalated included, goes to the responsible person alone.
 fn agency_clock_recipients(
     d: &DeadlineRow,
     state: DeadlineState,
@@ -239,6 +243,7 @@ fn agency_clock_recipients(
     );
     let head = responsible_kind
         .and_then(head_role)
+        .filter(|_| d.kind != DeadlineKind::AllegationToDirector)
         .map(|role| (d.responsible_agency_id.clone(), role, String::new()));
     let referrer = related_kind
         .filter(|_| d.kind == DeadlineKind::WeeklyProgress && !d.related_agency_id.is_empty())
@@ -413,6 +418,41 @@ mod tests {
         assert_eq!(
             agency_clock_recipients(&allegation, DeadlineState::Overdue, school, None).len(),
             1
+        );
+        // An allegation is never told to the head, who may be the accused: against the
+        // director it is the lead's, and every state, escalated too, goes to the lead alone.
+        let mut against_director = row("school-1", "safeguarding_lead", "safeguarding-lead");
+        against_director.kind = DeadlineKind::AllegationToDirector;
+        let lead = (
+            "school-1".to_owned(),
+            Role::SafeguardingLead,
+            "safeguarding-lead".to_owned(),
+        );
+        for state in [
+            DeadlineState::Warned,
+            DeadlineState::Due,
+            DeadlineState::Overdue,
+            DeadlineState::Escalated,
+        ] {
+            assert_eq!(
+                agency_clock_recipients(&against_director, state, school, None),
+                std::slice::from_ref(&lead),
+                "{state:?}"
+            );
+            let residential = Some(AgencyKind::Residential);
+            let mut institution = against_director.clone();
+            institution.responsible_role = "institution_staff".into();
+            assert!(
+                agency_clock_recipients(&institution, state, residential, None)
+                    .iter()
+                    .all(|(_, role, _)| *role != Role::InstitutionDirector),
+                "{state:?}"
+            );
+        }
+        // The director's own (an ordinary allegation): the director, escalated too.
+        assert_eq!(
+            agency_clock_recipients(&allegation, DeadlineState::Escalated, school, None),
+            [("school-1".into(), Role::SchoolDirector, String::new())]
         );
         // An NGO has no head; a late report is told to the school that referred the service.
         let mut weekly = row("ngo-1", "ngo_case_manager", "case-manager");

@@ -640,3 +640,182 @@ async fn refusals_name_the_reason_and_store_nothing() {
     assert!(hub.clocks().await.is_empty());
     hub.shared.db.close().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_stands_for_the_event_and_who_records_it() {
+    let hub = hub(FRIDAY).await;
+    let e = event(E::AllegationRecorded, "allegation-7", hub.clock.now());
+    let request = |user: &str, role: Role| RecordAgencyClockEventRequest {
+        idempotency_key: "allegation-7-recorded".into(),
+        acting_user: Some(ActingUser {
+            user_id: user.into(),
+            agency_id: "school-1".into(),
+            role: role as i32,
+            display_name: "Staff".into(),
+        }),
+        event: Some(e.clone()),
+    };
+    let school = hub.agency("school-1");
+    let first = hub
+        .shared
+        .record_agency_clock_event(&school, request("safety-team", Role::SafetyTeamMember))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    // The same user, role and event: the same event, recorded once.
+    let again = hub
+        .shared
+        .record_agency_clock_event(&school, request("safety-team", Role::SafetyTeamMember))
+        .await
+        .unwrap();
+    assert_eq!((again.event_id, again.duplicate), (first.event_id, true));
+    // The same event under the key from someone else, or from the same user in another role:
+    // another request, refused (the ledger's entry names who recorded it).
+    for (user, role) in [
+        ("director", Role::SchoolDirector),
+        ("safety-team-2", Role::SafetyTeamMember),
+        ("safety-team", Role::SafeguardingDeputy),
+    ] {
+        let err = hub
+            .shared
+            .record_agency_clock_event(&school, request(user, role))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ServiceError::AlreadyExists(_)),
+            "{user} {role:?}: {err:?}"
+        );
+    }
+    assert_eq!(hub.count("agency_clock_events").await, 1);
+    hub.shared.db.close().await;
+}
+
+/// (subject, state, met at) of every PROTECTION_SERVICE_ANSWER deadline, by subject.
+async fn answers(hub: &Hub) -> Vec<(String, DeadlineState, Option<i64>)> {
+    sqlx::query(
+        "SELECT subject_reference, state, met_at FROM deadlines WHERE kind = $1 \
+         ORDER BY subject_reference",
+    )
+    .bind(D::ProtectionServiceAnswer.as_str_name())
+    .fetch_all(hub.shared.db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get("subject_reference"),
+            super::super::model::parse_state(r.get("state")),
+            r.get("met_at"),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn the_answer_deadline_ends_by_the_ledgers_order_whenever_the_engine_runs() {
+    let hub = hub(FRIDAY_BEFORE_HOLIDAY).await;
+    let written = |subject: &str, k: &str, at| AgencyClockEvent {
+        related_message_id: k.into(),
+        ..event(E::ConcernReportedInWriting, subject, at)
+    };
+    let decide = |k: String, case: &'static str| {
+        let hub = &hub;
+        async move {
+            hub.send(
+                "commission",
+                Role::CommissionSecretary,
+                "school-1",
+                decision(&k, case),
+                &k,
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let (k1, k2, k3) = (
+        hub.help_request_delivered().await,
+        hub.help_request_delivered().await,
+        hub.help_request_delivered().await,
+    );
+    let t0 = hub.clock.now();
+    // Written report, then the decision: once with the engine run between the two...
+    hub.clock_event("school-1", written("concern-a", &k1, t0))
+        .await
+        .unwrap();
+    hub.settle().await;
+    // ... once with the engine run only after both (the decision's row is there by then).
+    hub.clock_event("school-1", written("concern-b", &k2, t0))
+        .await
+        .unwrap();
+    hub.clock.set(t0 + SignedDuration::from_hours(1));
+    decide(k1, "KZ-2026-1").await;
+    decide(k2, "KZ-2026-2").await;
+    let decided_at = time::to_micros(hub.clock.now());
+    // The decision first, then the written report: created met.
+    decide(k3.clone(), "KZ-2026-3").await;
+    hub.clock.set(t0 + SignedDuration::from_hours(2));
+    hub.clock_event("school-1", written("concern-c", &k3, hub.clock.now()))
+        .await
+        .unwrap();
+    let written_after = time::to_micros(hub.clock.now());
+    hub.settle().await;
+    let live = answers(&hub).await;
+    assert_eq!(
+        live,
+        [
+            ("concern-a".into(), S::Met, Some(decided_at)),
+            ("concern-b".into(), S::Met, Some(decided_at)),
+            ("concern-c".into(), S::Met, Some(written_after)),
+        ],
+        "pending until the decision's entry, whenever the engine ran; met from the start when \
+         the decision came first"
+    );
+    // Replayed from an empty deadline table, the ledger ends them the same.
+    sqlx::query("DELETE FROM deadline_alerts")
+        .execute(hub.shared.db.pool())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM deadlines WHERE subject_reference <> ''")
+        .execute(hub.shared.db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE deadline_cursor SET last_seq = 0")
+        .execute(hub.shared.db.pool())
+        .await
+        .unwrap();
+    hub.settle().await;
+    assert_eq!(answers(&hub).await, live);
+    hub.shared.db.close().await;
+}
+
+#[tokio::test]
+async fn an_allegation_against_the_director_is_told_to_the_lead_alone() {
+    let hub = hub(FRIDAY).await;
+    hub.clock_event(
+        "school-1",
+        AgencyClockEvent {
+            responsible_user_id: "safeguarding-lead".into(),
+            responsible_role: Role::SafeguardingLead as i32,
+            ..event(E::AllegationRecorded, "allegation-5", hub.clock.now())
+        },
+    )
+    .await
+    .unwrap();
+    hub.settle().await;
+    // Friday 20 November: due by Monday's end; escalated long after.
+    hub.clock.set(ts("2026-12-31T00:00:00Z"));
+    hub.settle().await;
+    let alerts = hub.alert_messages().await;
+    let states: Vec<DeadlineState> = alerts.iter().map(|a| a.1).collect();
+    assert!(
+        states.contains(&S::Overdue) && states.contains(&S::Escalated),
+        "{alerts:?}"
+    );
+    assert!(
+        alerts
+            .iter()
+            .all(|(to, _, role)| to == "school-1" && *role == Role::SafeguardingLead),
+        "never the director: {alerts:?}"
+    );
+    hub.shared.db.close().await;
+}
