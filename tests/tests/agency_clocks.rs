@@ -283,9 +283,23 @@ async fn a_schools_incidents_run_their_investigation_clocks(backend: Backend) {
         alerts.contains(&(S::Overdue, Role::SchoolDirector)),
         "{alerts:?}"
     );
+    // Each reads the alert addressed to them in the school's inbox, not the other's.
     assert!(
-        alerts.contains(&(S::Overdue, Role::SafetyTeamMember)),
+        !alerts.contains(&(S::Overdue, Role::SafetyTeamMember)),
         "{alerts:?}"
+    );
+    let team = alerts_about(
+        &hub.staff("school-1", "safety-team").await,
+        &urgent.incident_id,
+    )
+    .await;
+    assert!(
+        team.contains(&(S::Overdue, Role::SafetyTeamMember)),
+        "{team:?}"
+    );
+    assert!(
+        !team.contains(&(S::Overdue, Role::SchoolDirector)),
+        "{team:?}"
     );
     // The commission is not told of a school's own clock.
     assert!(

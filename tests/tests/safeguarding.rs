@@ -9,7 +9,9 @@
 //!   answer deadline, met when the commission decides the K, and in another concern alerted as
 //!   the reminder to the lead when the clock passes 3 working days over a weekend;
 //! * an allegation against a member of staff reaches the director within 1 working day, never
-//!   the accused; one against the director goes to the lead;
+//!   the accused; one against the director goes to the lead, and its deadline, overdue and
+//!   escalated, is the lead's alone: the director neither lists nor watches it, and no alert of
+//!   it (nor any alert addressed to someone else) shows in the director's or a teacher's inbox;
 //! * impossible steps (a K linked twice, a closed concern closed, an acknowledgement by someone
 //!   else) are refused and change nothing; another school's K is refused.
 
@@ -20,9 +22,9 @@ use referral_proto::v1::{
     CloseConcernRequest, Concern, ConcernState, ConsultRequest, Consultation, Deadline,
     DeadlineAlert, DeadlineKind, DeadlineState, FormKind, GetConcernRequest, GetMessageRequest,
     LinkWrittenReportRequest, ListAllegationsRequest, ListConcernsRequest, ListDeadlinesRequest,
-    NoFurtherAction, RecordAllegationRequest, RecordAnswerRequest, RecordConsultationRequest,
-    RecordPhoneReportRequest, ReportConcernRequest, Role, SetLeadAbsenceRequest,
-    decide_help_request_request::Outcome, payload,
+    ListOverdueRequest, NoFurtherAction, RecordAllegationRequest, RecordAnswerRequest,
+    RecordConsultationRequest, RecordPhoneReportRequest, ReportConcernRequest, Role,
+    SetLeadAbsenceRequest, WatchDeadlinesRequest, decide_help_request_request::Outcome, payload,
 };
 use referral_tests::{Backend, StaffClient, TestHub, both_backends};
 use tonic::Code;
@@ -32,6 +34,7 @@ both_backends!(
     a_phoned_concern_is_confirmed_in_writing_and_answered,
     no_answer_in_three_working_days_reminds_the_lead,
     allegations_reach_the_director_and_never_the_accused,
+    an_allegation_against_the_director_never_reaches_the_director_as_a_deadline,
 );
 
 fn almaty() -> TimeZone {
@@ -843,8 +846,14 @@ async fn allegations_reach_the_director_and_never_the_accused(backend: Backend) 
         acknowledge(&teacher, &id).await.unwrap_err().code(),
         Code::PermissionDenied
     );
-    assert_eq!(allegations(&teacher).await, std::slice::from_ref(&against_deputy));
-    assert_eq!(allegations(&director).await, std::slice::from_ref(&against_deputy));
+    assert_eq!(
+        allegations(&teacher).await,
+        std::slice::from_ref(&against_deputy)
+    );
+    assert_eq!(
+        allegations(&director).await,
+        std::slice::from_ref(&against_deputy)
+    );
     let received = acknowledge(&director, &id).await.unwrap();
     assert_eq!(received.state, AllegationState::Received as i32);
     assert!(received.received_at.is_some());
@@ -897,5 +906,178 @@ async fn allegations_reach_the_director_and_never_the_accused(backend: Backend) 
             .await,
         3
     );
+    hub.shutdown().await;
+}
+
+/// Whether `alert` is addressed to `staff` (user `user_id` in `role`): the person it names, or,
+/// naming nobody, the role it names, or the whole school.
+fn addressed_to(alert: &DeadlineAlert, user_id: &str, role: Role) -> bool {
+    if alert.addressed_to_user_id.is_empty() {
+        alert.addressed_to_role == Role::Unspecified as i32
+            || alert.addressed_to_role == role as i32
+    } else {
+        alert.addressed_to_user_id == user_id
+    }
+}
+
+async fn an_allegation_against_the_director_never_reaches_the_director_as_a_deadline(
+    backend: Backend,
+) {
+    let hub = TestHub::start(backend).await;
+    let friday = today(&hub);
+    let teacher = hub.staff("school-1", "safety-team").await;
+    let director = hub.staff("school-1", "director").await;
+    let against = |key: &str, user: &str, on: Date| RecordAllegationRequest {
+        idempotency_key: key.into(),
+        accused_user_id: user.into(),
+        accused_name: String::new(),
+        allegation: "Оқушыға дауыс көтеріп, итеріп жіберді.".into(),
+        happened_on: Some(to_calendar_date(on)),
+    };
+    let accused = record(&teacher, against("allegation-11", "director", friday))
+        .await
+        .unwrap();
+    assert_eq!(accused.assigned_to_user_id, "safeguarding-lead");
+    let id = accused.allegation_id.clone();
+    settle(&hub).await;
+    // The director watches the school's deadlines (theirs and everyone's) from now on.
+    let mut watch = director
+        .client
+        .clone()
+        .watch_deadlines(director.req(WatchDeadlinesRequest::default()))
+        .await
+        .expect("watching")
+        .into_inner();
+
+    // Nobody acknowledges it: due by Monday's end, overdue, and escalated weeks later.
+    let later = jiff::civil::date(2026, 12, 31);
+    hub.clock.set(at(later, 10, 0));
+    settle(&hub).await;
+    let lead = hub.staff("school-1", "safeguarding-lead").await;
+    let director = hub.staff("school-1", "director").await;
+    let teacher = hub.staff("school-1", "safety-team").await;
+
+    // The lead is told of every state, and lists it.
+    let to_lead = alerts_about(&lead, &id).await;
+    for s in [DeadlineState::Overdue, DeadlineState::Escalated] {
+        assert!(
+            to_lead.iter().any(|a| a.state == s as i32),
+            "{s:?} to the lead: {to_lead:?}"
+        );
+    }
+    assert!(
+        to_lead
+            .iter()
+            .all(|a| a.addressed_to_user_id == "safeguarding-lead"),
+        "{to_lead:?}"
+    );
+    let theirs = one_of(
+        &deadlines_of(&lead, &id).await,
+        DeadlineKind::AllegationToDirector,
+    );
+    assert_eq!(state(&theirs), DeadlineState::Escalated);
+    assert_eq!(theirs.responsible_user_id, "safeguarding-lead");
+
+    // The director: no alert in the inbox, nothing in the school's list, the overdue list, or the
+    // lead's list asked for by name.
+    assert!(alerts_about(&director, &id).await.is_empty());
+    assert!(deadlines_of(&director, &id).await.is_empty());
+    let overdue = director
+        .client
+        .clone()
+        .list_overdue(director.req(ListOverdueRequest {
+            page_size: 500,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .deadlines;
+    assert!(
+        overdue.iter().all(|d| d.subject_reference != id),
+        "{overdue:?}"
+    );
+    let leads_by_name = director
+        .client
+        .clone()
+        .list_deadlines(director.req(ListDeadlinesRequest {
+            responsible_user_id: "safeguarding-lead".into(),
+            states: vec![DeadlineState::Escalated as i32],
+            page_size: 500,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .deadlines;
+    assert!(
+        leads_by_name.iter().all(|d| d.subject_reference != id),
+        "{leads_by_name:?}"
+    );
+    // A teacher sees no alert addressed to someone else: none of the lead's.
+    assert!(alerts_about(&teacher, &id).await.is_empty());
+    for item in teacher.inbox_of(FormKind::DeadlineAlert).await {
+        let message = teacher
+            .client
+            .clone()
+            .get_message(teacher.req(GetMessageRequest {
+                message_id: item.message_id,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(payload::Form::DeadlineAlert(alert)) = message
+            .envelope
+            .and_then(|e| e.payload)
+            .and_then(|p| p.form)
+        else {
+            panic!("a deadline alert item carries an alert");
+        };
+        assert!(
+            addressed_to(&alert, "safety-team", Role::SafetyTeamMember),
+            "{alert:?}"
+        );
+    }
+
+    // An ordinary allegation (against the deputy) is the director's: its alerts are the first the
+    // director's watch passes on, the lead's having been dropped.
+    let ordinary = record(
+        &teacher,
+        against("allegation-12", "safeguarding-deputy", later),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ordinary.assigned_to_user_id, "director");
+    settle(&hub).await;
+    hub.clock.set(at(jiff::civil::date(2027, 2, 26), 10, 0));
+    settle(&hub).await;
+    let mut watched = Vec::new();
+    while !watched
+        .iter()
+        .any(|a: &DeadlineAlert| a.state == DeadlineState::Escalated as i32)
+    {
+        let alert = tokio::time::timeout(std::time::Duration::from_secs(30), watch.message())
+            .await
+            .expect("an alert arrives")
+            .expect("the stream is healthy")
+            .expect("an alert");
+        watched.push(alert);
+    }
+    assert!(
+        watched.iter().all(|a| a
+            .deadline
+            .as_ref()
+            .is_some_and(|d| d.subject_reference == ordinary.allegation_id)),
+        "{watched:?}"
+    );
+    let director = hub.staff("school-1", "director").await;
+    assert!(
+        alerts_about(&director, &ordinary.allegation_id)
+            .await
+            .iter()
+            .any(|a| a.state == DeadlineState::Escalated as i32),
+        "the director is told of their own"
+    );
+    assert!(alerts_about(&director, &id).await.is_empty());
     hub.shutdown().await;
 }

@@ -9,7 +9,11 @@
 //!   the commission's secretary or chair, or the agency's director (school or institution
 //!   director). Anyone else asking for another person is `PERMISSION_DENIED`; their empty filter
 //!   means their own deadlines (and `ListOverdue` answers with their own only);
-//! * the district overview: the commission's staff only.
+//! * the district overview: the commission's staff only;
+//! * a deadline of an allegation against a member of staff (ALLEGATION_TO_DIRECTOR) is its
+//!   responsible person's alone, whoever asks ([`private_to_responsible`]): the director may be
+//!   the accused, and then the allegation, its deadline and its alerts are the safeguarding
+//!   lead's. Lists, the overdue list and the watch stream drop it for everyone else.
 //!
 //! A watch stream ends when the caller goes away, when the gateway ends it, or when this service
 //! begins to stop (so that shutdown never waits for a stream).
@@ -21,8 +25,9 @@ use referral_core::{
     directory::{kind_name, role_name},
 };
 use referral_proto::v1::{
-    ActingUser, AgencyKind, DeadlineAlert, DeadlineOverviewRequest, DeadlineOverviewResponse,
-    ListDeadlinesRequest, ListDeadlinesResponse, ListOverdueRequest, Role, WatchDeadlinesRequest,
+    ActingUser, AgencyKind, Deadline, DeadlineAlert, DeadlineKind, DeadlineOverviewRequest,
+    DeadlineOverviewResponse, ListDeadlinesRequest, ListDeadlinesResponse, ListOverdueRequest,
+    Role, WatchDeadlinesRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -80,6 +85,26 @@ pub fn responsible_filter(
     Some(caller_id.to_owned())
 }
 
+/// Whether `deadline` is kept for its responsible person alone, and `user` is not that person.
+///
+/// An allegation's deadline (ALLEGATION_TO_DIRECTOR) is: it names whoever the allegation went
+/// to (the director, or the safeguarding lead when the director is accused), and nobody else may
+/// see it, not even those who see everyone's deadlines ([`may_see_others`]). One that names no
+/// person was left by its agency to the role that acts on it by default, the head, and follows
+/// the ordinary rules.
+pub fn private_to_responsible(deadline: &Deadline, user: &ActingUser) -> bool {
+    deadline.kind == DeadlineKind::AllegationToDirector as i32
+        && !deadline.responsible_user_id.is_empty()
+        && deadline.responsible_user_id != user.user_id
+}
+
+/// Drops from a page the deadlines `user` may not see ([`private_to_responsible`]).
+fn drop_private(response: &mut ListDeadlinesResponse, user: &ActingUser) {
+    response
+        .deadlines
+        .retain(|d| !private_to_responsible(d, user));
+}
+
 /// The `responsible_user_id` to forward for the caller's filter `requested` (see
 /// [`responsible_filter`]), or `PERMISSION_DENIED`.
 fn check_person(context: &Context, user: &ActingUser, requested: &str) -> AgencyResult<String> {
@@ -104,13 +129,16 @@ pub(crate) async fn list(
     mut request: ListDeadlinesRequest,
 ) -> AgencyResult<ListDeadlinesResponse> {
     request.responsible_user_id = check_person(context, user, &request.responsible_user_id)?;
-    context
+    let mut response = context
         .gateway
         .deadlines()
         .list_deadlines(request)
         .await
         .map(tonic::Response::into_inner)
-        .map_err(gateway_error)
+        .map_err(gateway_error)?;
+    // A page may come back shorter (the page token still leads on).
+    drop_private(&mut response, user);
+    Ok(response)
 }
 
 /// `DeadlineOverview`: the commission's only.
@@ -151,6 +179,7 @@ pub(crate) async fn overdue(
     if !only.is_empty() {
         response.deadlines.retain(|d| d.responsible_user_id == only);
     }
+    drop_private(&mut response, user);
     Ok(response)
 }
 
@@ -170,6 +199,7 @@ pub(crate) async fn watch(
         .into_inner();
     let (tx, rx) = mpsc::channel(WATCH_BUFFER);
     let stopping = context.stopping.clone();
+    let watcher = user.clone();
     tokio::spawn(async move {
         loop {
             let item = tokio::select! {
@@ -178,6 +208,14 @@ pub(crate) async fn watch(
                 item = upstream.message() => item,
             };
             let forwarded = match item {
+                Ok(Some(alert))
+                    if alert
+                        .deadline
+                        .as_ref()
+                        .is_some_and(|d| private_to_responsible(d, &watcher)) =>
+                {
+                    continue;
+                }
                 Ok(Some(alert)) => Ok(alert),
                 Ok(None) => break,
                 // Only code and message cross over, never the gateway's headers.
@@ -275,6 +313,48 @@ mod tests {
             // Without an id of their own, nothing: an empty filter would be everyone's.
             assert_eq!(responsible_filter(kind, role, "", ""), None);
         }
+    }
+
+    #[test]
+    fn an_allegations_deadline_is_its_responsible_persons_alone() {
+        let user = |id: &str, role: Role| ActingUser {
+            user_id: id.into(),
+            role: role as i32,
+            ..ActingUser::default()
+        };
+        let director = user("director", Role::SchoolDirector);
+        let lead = user("safeguarding-lead", Role::SafeguardingLead);
+        // Against the director: the lead's; the director, who sees everyone's, is kept out.
+        let against_director = Deadline {
+            kind: DeadlineKind::AllegationToDirector as i32,
+            responsible_user_id: "safeguarding-lead".into(),
+            ..Deadline::default()
+        };
+        assert!(private_to_responsible(&against_director, &director));
+        assert!(!private_to_responsible(&against_director, &lead));
+        assert!(private_to_responsible(
+            &against_director,
+            &user("", Role::SafeguardingLead)
+        ));
+        // Naming no person: the ordinary rules (the head's, who sees everyone's).
+        let unnamed = Deadline {
+            responsible_user_id: String::new(),
+            ..against_director.clone()
+        };
+        assert!(!private_to_responsible(&unnamed, &director));
+        // Any other kind is not: the director sees the lead's other deadlines.
+        let other = Deadline {
+            kind: DeadlineKind::ProtectionServiceAnswer as i32,
+            ..against_director.clone()
+        };
+        assert!(!private_to_responsible(&other, &director));
+        let mut page = ListDeadlinesResponse {
+            deadlines: vec![against_director.clone(), other.clone()],
+            next_page_token: "more".into(),
+        };
+        drop_private(&mut page, &director);
+        assert_eq!(page.deadlines, [other]);
+        assert_eq!(page.next_page_token, "more");
     }
 
     #[test]

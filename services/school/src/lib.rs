@@ -155,6 +155,18 @@ impl AgencyExtension for IncidentsExtension {
         router.add_service(InterceptedService::new(referrals, host.staff_auth()))
     }
 
+    /// A deadline alert is shown only to whom it is addressed (an allegation's never reaches the
+    /// director or teacher it may accuse); every other message to all staff
+    /// ([`safeguarding::shown_to`]).
+    async fn may_see(
+        &self,
+        _host: &AgencyHost,
+        user: &referral_proto::v1::ActingUser,
+        envelope: &referral_proto::v1::Envelope,
+    ) -> referral_core::ServiceResult<bool> {
+        Ok(safeguarding::shown_to(envelope, user))
+    }
+
     async fn on_received(
         &self,
         _host: &AgencyHost,

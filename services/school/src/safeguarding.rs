@@ -1059,6 +1059,23 @@ fn same_name(a: &str, b: &str) -> bool {
     !b.trim().is_empty() && norm(a) == norm(b)
 }
 
+/// Whether `user` may see `envelope` among the school's messages: a deadline alert only when it
+/// is addressed to them (the person it names, or, naming nobody, a holder of the role it names;
+/// an alert naming neither is the whole school's), every other message as for any agency. The
+/// gateway addresses an allegation's alerts to the one the allegation went to alone, so the
+/// director an allegation accuses, or an accused teacher, never reads them in the inbox.
+pub fn shown_to(envelope: &Envelope, user: &ActingUser) -> bool {
+    use referral_proto::v1::payload::Form;
+    let Some(Form::DeadlineAlert(alert)) = envelope.payload.as_ref().and_then(|p| p.form.as_ref())
+    else {
+        return true;
+    };
+    if !alert.addressed_to_user_id.is_empty() {
+        return alert.addressed_to_user_id == user.user_id;
+    }
+    alert.addressed_to_role == Role::Unspecified as i32 || alert.addressed_to_role == user.role
+}
+
 /// Called inside the inbox's transaction for every new message: the commission's decision on a
 /// help request that is a concern's written report is the child-protection service's answer.
 /// The deadline engine meets the answer's deadline from the decision itself.
@@ -1241,5 +1258,50 @@ mod tests {
         ));
         assert!(!same_name("Гүлнар Серікқызы Әбенова", "Гүлнар Әбенова"));
         assert!(!same_name("", ""));
+    }
+
+    #[test]
+    fn a_deadline_alert_is_shown_only_to_whom_it_is_addressed() {
+        use referral_proto::v1::{DeadlineAlert, Payload, payload::Form};
+        let alert = |user: &str, role: Role| Envelope {
+            form_kind: FormKind::DeadlineAlert as i32,
+            payload: Some(Payload {
+                form: Some(Form::DeadlineAlert(DeadlineAlert {
+                    addressed_to_user_id: user.into(),
+                    addressed_to_role: role as i32,
+                    ..DeadlineAlert::default()
+                })),
+            }),
+            ..Envelope::default()
+        };
+        let staff = |id: &str, role: Role| ActingUser {
+            user_id: id.into(),
+            role: role as i32,
+            ..ActingUser::default()
+        };
+        let director = staff("director", Role::SchoolDirector);
+        let lead = staff("safeguarding-lead", Role::SafeguardingLead);
+        let teacher = staff("safety-team", Role::SafetyTeamMember);
+        // Named: that person alone, not others of the role.
+        let to_lead = alert("safeguarding-lead", Role::SafeguardingLead);
+        assert!(shown_to(&to_lead, &lead));
+        assert!(!shown_to(&to_lead, &director));
+        assert!(!shown_to(&to_lead, &teacher));
+        assert!(!shown_to(
+            &to_lead,
+            &staff("another-lead", Role::SafeguardingLead)
+        ));
+        // A role: its holders.
+        let to_team = alert("", Role::SafetyTeamMember);
+        assert!(shown_to(&to_team, &teacher));
+        assert!(!shown_to(&to_team, &director));
+        // Neither: the whole school's.
+        assert!(shown_to(&alert("", Role::Unspecified), &teacher));
+        // Any other message: everyone, as before.
+        let k = Envelope {
+            form_kind: FormKind::HelpRequest as i32,
+            ..Envelope::default()
+        };
+        assert!(shown_to(&k, &teacher));
     }
 }
