@@ -9,6 +9,13 @@
 //! school to its commission). What a school sends about a referral it made (a cancellation
 //! request, a meeting notice) must name a referral that school sent to that NGO
 //! ([`check_named_referral`]); the NGO's updates are replies to the referral itself.
+//!
+//! The `referral_reference` these forms carry (the school's own id of the referral) is not
+//! compared with the referral's here: the referral's payload is removed once delivered, and the
+//! gateway keeps no clear copy of its reference. The receiving agency is the guard: the school
+//! applies an NGO's update to the referral its `in_reply_to` answers and ignores one naming
+//! another reference; the NGO keeps a cancellation request or meeting notice only for the service
+//! of the referral its `referral_message_id` names, with that referral's reference.
 
 use jiff::{Timestamp, civil::Date, tz::TimeZone};
 use referral_core::{

@@ -17,6 +17,12 @@
 //! * a referral made while the gateway is away is kept and answered without a message id; once
 //!   the gateway is back, the school's retry loop hands it over unasked and the NGO receives it
 //!   once.
+//! * a step the gateway refuses is undone and its clock event never reaches the deadline engine
+//!   (it is released only once the step's message is acknowledged); a refused step under a later
+//!   one cannot be undone and changes nothing, while the later one's event follows its message;
+//!   an update or a meeting notice naming another referral than the one it is about is not
+//!   applied; a residential institution's staff cannot use the referrals, its director can; late
+//!   weekly reports of an assigned plan row are not told to the commission.
 
 use std::io::Cursor;
 
@@ -24,9 +30,9 @@ use calamine::{Data, Reader as _, Xlsx, open_workbook_from_rs};
 use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
 use referral_core::{error::field_violations, time, validate::to_calendar_date};
 use referral_proto::v1::{
-    ActionProgressState, CaseFile, DeadlineKind, DeadlineState, Envelope, ExportFormat,
-    ExportReferralLogRequest, FileAssessmentRequest, FileSupportPlanRequest, FormKind,
-    GetCaseRequest, GetMessageRequest, GetServiceReferralRequest, GetServiceRequest,
+    ActionProgressState, AgencyClockEventKind, CaseFile, DeadlineKind, DeadlineState, Envelope,
+    ExportFormat, ExportReferralLogRequest, FileAssessmentRequest, FileSupportPlanRequest,
+    FormKind, GetCaseRequest, GetMessageRequest, GetServiceReferralRequest, GetServiceRequest,
     ListDeadlinesRequest, ListMeetingNoticesRequest, ListSafetyMeetingsRequest,
     ListServiceReferralsRequest, ListServicesRequest, MonthlyReferralLogRequest, NgoService,
     Payload, PurposeOfUse, RecordMeetingAttendanceRequest, RecordReferralCheckRequest,
@@ -38,6 +44,7 @@ use referral_tests::{
     Backend, StaffClient, TestHub, both_backends,
     samples::{row, sample_assessment, sample_plan},
 };
+use sha2::{Digest as _, Sha256};
 use tonic::Code;
 
 both_backends!(
@@ -46,6 +53,8 @@ both_backends!(
     an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission,
     the_monthly_log_j_is_exported_and_reaches_the_commission,
     a_referral_made_while_the_gateway_is_away_reaches_the_ngo_once_it_is_back,
+    a_refused_step_never_reaches_the_engine_and_forms_apply_only_to_the_referral_they_answer,
+    a_refused_step_under_a_later_one_is_not_undone_and_the_later_ones_clock_event_follows_its_message,
 );
 
 const PUPIL: &str = "Ерасыл Нұрланұлы Қасымов";
@@ -156,6 +165,93 @@ async fn gateway_messages(hub: &TestHub, kind: FormKind) -> Vec<(String, String)
     .fetch_all(hub.gateway().database().pool())
     .await
     .unwrap()
+}
+
+/// The idempotency key of the message the NGO sends for a step made under `step_key`.
+fn step_message_key(step_key: &str) -> String {
+    let digest = Sha256::digest(step_key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("service-step:{hex}")
+}
+
+/// A SERVICE_UPDATE from ngo-1 answering the referral message `in_reply_to`, naming
+/// `referral_reference`, sent straight to the gateway under `key`.
+async fn ngo_update(
+    hub: &TestHub,
+    key: &str,
+    in_reply_to: &str,
+    referral_reference: &str,
+    event: ServiceEvent,
+    status: ReferralStatus,
+    business: ServiceBusinessStatus,
+) -> Result<String, tonic::Status> {
+    let envelope = Envelope {
+        idempotency_key: key.into(),
+        recipient_agency_id: "school-1".into(),
+        acting_user: Some(referral_proto::v1::ActingUser {
+            user_id: "case-manager".into(),
+            agency_id: "ngo-1".into(),
+            role: referral_proto::v1::Role::NgoCaseManager as i32,
+            display_name: "Ирина Ким".into(),
+        }),
+        purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+        form_kind: FormKind::ServiceUpdate as i32,
+        confidentiality: referral_proto::v1::ConfidentialityLabel::Restricted as i32,
+        in_reply_to: in_reply_to.into(),
+        payload: Some(Payload {
+            form: Some(payload::Form::ServiceUpdate(ServiceUpdate {
+                referral_reference: referral_reference.into(),
+                status: status as i32,
+                business_status: business as i32,
+                reported_at: Some(time::to_proto(hub.clock.now())),
+                referral_message_id: in_reply_to.into(),
+                event: event as i32,
+                reason: "Орын жоқ / нет мест".into(),
+                service_reference: "SVC-direct".into(),
+                reported_by: "Ирина Ким".into(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    Ok(hub
+        .gateway_client_as("ngo-1")
+        .await
+        .send(referral_proto::v1::SendRequest {
+            envelope: Some(envelope),
+        })
+        .await?
+        .into_inner()
+        .message_id)
+}
+
+/// The clock events the gateway recorded about `subject`, in order, by kind.
+async fn engine_events(hub: &TestHub, subject: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT kind FROM agency_clock_events WHERE subject_reference = $1 ORDER BY ledger_seq",
+    )
+    .bind(subject)
+    .fetch_all(hub.gateway().database().pool())
+    .await
+    .unwrap()
+}
+
+/// The weekly-progress deadlines of `subject` in the gateway's engine, as (state, the agency
+/// also told of late reports), by cycle.
+async fn weekly_deadlines(hub: &TestHub, subject: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT state, related_agency_id FROM deadlines WHERE subject_reference = $1 \
+         AND kind = $2 ORDER BY cycle",
+    )
+    .bind(subject)
+    .bind(DeadlineKind::WeeklyProgress.as_str_name())
+    .fetch_all(hub.gateway().database().pool())
+    .await
+    .unwrap()
+}
+
+fn is_open(state: &str) -> bool {
+    state != DeadlineState::Met.as_str_name() && state != DeadlineState::Cancelled.as_str_name()
 }
 
 async fn a_referral_runs_from_the_school_to_the_ngo_and_back(backend: Backend) {
@@ -772,6 +868,22 @@ async fn an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission(ba
         alerts.iter().any(|a| a.summary.contains("weekly_progress")),
         "the NGO is alerted: {alerts:?}"
     );
+    // Late reports of an assigned row are the NGO's: the commission has its own deadlines for
+    // plan rows, and is not told (with no case reference, every member would see the alert).
+    let weekly = weekly_deadlines(&hub, &svc.service_id).await;
+    assert!(weekly.len() >= 2);
+    assert!(weekly.iter().all(|(_, told)| told.is_empty()), "{weekly:?}");
+    for member in ["secretary", "curator-1", "chair"] {
+        let alerts = hub
+            .staff("commission", member)
+            .await
+            .inbox_of(FormKind::DeadlineAlert)
+            .await;
+        assert!(
+            !alerts.iter().any(|a| a.summary.contains("weekly_progress")),
+            "{member}: {alerts:?}"
+        );
+    }
 
     // Completed: the commission sees the row completed.
     take_step(
@@ -982,11 +1094,12 @@ async fn a_referral_made_while_the_gateway_is_away_reaches_the_ngo_once_it_is_ba
     let mut events = hub.gateway().subscribe();
     let arrived = async {
         loop {
-            let seen = referral_of(&school, &record.referral_id).await;
-            if !seen.message_id.is_empty()
-                && hub.gateway_state(&seen.message_id).await.as_deref() != Some("queued")
+            if let Some((_, id)) = gateway_messages(&hub, FormKind::ServiceReferral)
+                .await
+                .into_iter()
+                .next()
             {
-                return seen.message_id;
+                return id;
             }
             match events.recv().await {
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -999,6 +1112,21 @@ async fn a_referral_made_while_the_gateway_is_away_reaches_the_ngo_once_it_is_ba
     let message_id = tokio::time::timeout(std::time::Duration::from_secs(60), arrived)
         .await
         .expect("the school's retry loop sends the referral");
+    hub.delivered(&message_id).await;
+    // The school records the gateway's answer right after it came, which the gateway's delivery
+    // may precede: nothing to await but the school's own store.
+    let recorded = async {
+        while referral_of(&school, &record.referral_id)
+            .await
+            .message_id
+            .is_empty()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), recorded)
+        .await
+        .expect("the school records the gateway's answer");
 
     // Once: one message at the gateway, one service at the NGO, and the school's record shows
     // the message id; the same request again answers the same message.
@@ -1024,6 +1152,325 @@ async fn a_referral_made_while_the_gateway_is_away_reaches_the_ngo_once_it_is_ba
             .await
             .len(),
         1
+    );
+    hub.shutdown().await;
+}
+
+/// A SAFETY_MEETING_NOTICE from school-1 about the referral message `referral_message_id`,
+/// naming `referral_reference`, sent straight to the gateway under `key`.
+async fn school_notice(
+    hub: &TestHub,
+    key: &str,
+    referral_message_id: &str,
+    referral_reference: &str,
+) -> String {
+    hub.gateway_client_as("school-1")
+        .await
+        .send(referral_proto::v1::SendRequest {
+            envelope: Some(Envelope {
+                idempotency_key: key.into(),
+                recipient_agency_id: "ngo-1".into(),
+                acting_user: Some(referral_proto::v1::ActingUser {
+                    user_id: "director".into(),
+                    agency_id: "school-1".into(),
+                    role: referral_proto::v1::Role::SchoolDirector as i32,
+                    display_name: "Асель Нұрова".into(),
+                }),
+                purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
+                form_kind: FormKind::SafetyMeetingNotice as i32,
+                confidentiality: referral_proto::v1::ConfidentialityLabel::Restricted as i32,
+                payload: Some(Payload {
+                    form: Some(payload::Form::SafetyMeetingNotice(
+                        referral_proto::v1::SafetyMeetingNotice {
+                            referral_reference: referral_reference.into(),
+                            referral_message_id: referral_message_id.into(),
+                            meeting_reference: format!("SM-{key}"),
+                            meeting_at: Some(time::to_proto(
+                                hub.clock.now() + SignedDuration::from_hours(24),
+                            )),
+                            place: "Мектеп".into(),
+                            convened_by: "Асель Нұрова".into(),
+                            note: String::new(),
+                        },
+                    )),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("the gateway takes the notice")
+        .into_inner()
+        .message_id
+}
+
+async fn a_refused_step_never_reaches_the_engine_and_forms_apply_only_to_the_referral_they_answer(
+    backend: Backend,
+) {
+    let hub = TestHub::start(backend).await;
+    let school = hub.staff("school-1", "safety-team").await;
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    let first = refer(&school, referral("refer-0101", PUPIL, "ngo-1")).await;
+    let second = refer(&school, referral("refer-0102", "Әлия Маратқызы", "ngo-1")).await;
+    hub.deliver_everything().await;
+    let svc = services(&ngo)
+        .await
+        .into_iter()
+        .find(|s| s.referral_reference == first.referral_id)
+        .expect("the first referral's service");
+    let accepted = take_step(
+        &hub,
+        &ngo,
+        step(&svc.service_id, "step-0101", ServiceEvent::Accepted),
+    )
+    .await
+    .unwrap();
+    hub.gateway().settle().await.unwrap();
+    let started = AgencyClockEventKind::ServiceStarted.as_str_name();
+    assert_eq!(engine_events(&hub, &svc.service_id).await, [started]);
+    let weekly = weekly_deadlines(&hub, &svc.service_id).await;
+    assert_eq!(weekly.len(), 1);
+    assert!(is_open(&weekly[0].0));
+    assert_eq!(
+        weekly[0].1, "school-1",
+        "late reports are told to the school"
+    );
+
+    // The key the NGO's completion will go under is taken at the gateway already (by an update
+    // on the second referral): the gateway refuses the completion for good.
+    let taken = ngo_update(
+        &hub,
+        &step_message_key("step-0102"),
+        &second.message_id,
+        &second.referral_id,
+        ServiceEvent::Accepted,
+        ReferralStatus::Accepted,
+        ServiceBusinessStatus::Accepted,
+    )
+    .await
+    .expect("a valid update");
+    hub.delivered(&taken).await;
+    let refused = ngo
+        .ngo_services()
+        .update_service(ngo.req(step(&svc.service_id, "step-0102", ServiceEvent::Completed)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    // Undone, and the engine never heard of the end: the weekly report is still due.
+    assert_eq!(service(&ngo, &svc.service_id).await, accepted);
+    hub.gateway().settle().await.unwrap();
+    assert_eq!(engine_events(&hub, &svc.service_id).await, [started]);
+    assert!(is_open(&weekly_deadlines(&hub, &svc.service_id).await[0].0));
+    assert_eq!(hub.agency_count("ngo-1", "clock_events").await, 1);
+    assert_eq!(hub.agency_count("ngo-1", "ngo_step_clock_events").await, 0);
+    assert_eq!(
+        referral_of(&school, &first.referral_id).await.status,
+        ReferralStatus::Accepted as i32
+    );
+    // Completed under another key: acknowledged, then the engine hears of it.
+    take_step(
+        &hub,
+        &ngo,
+        step(&svc.service_id, "step-0103", ServiceEvent::Completed),
+    )
+    .await
+    .unwrap();
+    hub.gateway().settle().await.unwrap();
+    assert_eq!(
+        engine_events(&hub, &svc.service_id).await,
+        [started, AgencyClockEventKind::ServiceEnded.as_str_name()]
+    );
+    assert!(!is_open(
+        &weekly_deadlines(&hub, &svc.service_id).await[0].0
+    ));
+
+    // An update answering the first referral but naming the second (the gateway no longer holds
+    // the referral's payload to compare) is applied to neither.
+    let first_before = referral_of(&school, &first.referral_id).await;
+    let second_before = referral_of(&school, &second.referral_id).await;
+    assert_eq!(second_before.status, ReferralStatus::Accepted as i32);
+    let crossed = ngo_update(
+        &hub,
+        "crossed-update-01",
+        &first.message_id,
+        &second.referral_id,
+        ServiceEvent::Declined,
+        ReferralStatus::Rejected,
+        ServiceBusinessStatus::Declined,
+    )
+    .await
+    .expect("the gateway cannot tell");
+    hub.delivered(&crossed).await;
+    assert_eq!(referral_of(&school, &first.referral_id).await, first_before);
+    assert_eq!(
+        referral_of(&school, &second.referral_id).await,
+        second_before
+    );
+    // Nor is a meeting notice about the second referral naming the first kept; a right one is.
+    let crossed = school_notice(
+        &hub,
+        "crossed-notice-1",
+        &second.message_id,
+        &first.referral_id,
+    )
+    .await;
+    hub.delivered(&crossed).await;
+    let right = school_notice(
+        &hub,
+        "right-notice-01",
+        &second.message_id,
+        &second.referral_id,
+    )
+    .await;
+    hub.delivered(&right).await;
+    let notices = ngo
+        .ngo_services()
+        .list_meeting_notices(ngo.req(ListMeetingNoticesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .notices;
+    let kept: Vec<&str> = notices.iter().map(|n| n.message_id.as_str()).collect();
+    assert_eq!(kept, [right.as_str()]);
+
+    // A residential institution's staff cannot refer or read the referrals (they name pupils);
+    // its director can.
+    let staff = hub.staff("residential-1", "staff").await;
+    let refused = staff
+        .school_referrals()
+        .refer_pupil(staff.req(referral("refer-0104", PUPIL, "ngo-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let t = today(&hub);
+    let month = || ListServiceReferralsRequest {
+        year: i32::from(t.year()),
+        month: i32::from(t.month()),
+    };
+    let refused = staff
+        .school_referrals()
+        .list_service_referrals(staff.req(month()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let refused = staff
+        .school_referrals()
+        .monthly_referral_log(staff.req(MonthlyReferralLogRequest {
+            year: i32::from(t.year()),
+            month: i32::from(t.month()),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let director = hub.staff("residential-1", "director").await;
+    let listed = director
+        .school_referrals()
+        .list_service_referrals(director.req(month()))
+        .await
+        .expect("the institution's director lists its referrals")
+        .into_inner()
+        .referrals;
+    assert!(listed.is_empty(), "the institution referred nobody");
+    hub.shutdown().await;
+}
+
+async fn a_refused_step_under_a_later_one_is_not_undone_and_the_later_ones_clock_event_follows_its_message(
+    backend: Backend,
+) {
+    let hub = TestHub::start(backend).await;
+    let school = hub.staff("school-1", "safety-team").await;
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    let first = refer(&school, referral("refer-0201", PUPIL, "ngo-1")).await;
+    let second = refer(&school, referral("refer-0202", "Әлия Маратқызы", "ngo-1")).await;
+    hub.deliver_everything().await;
+    let svc = services(&ngo)
+        .await
+        .into_iter()
+        .find(|s| s.referral_reference == first.referral_id)
+        .expect("the first referral's service");
+    take_step(
+        &hub,
+        &ngo,
+        step(&svc.service_id, "step-0201", ServiceEvent::Accepted),
+    )
+    .await
+    .unwrap();
+    // The first report's key is taken at the gateway already.
+    let taken = ngo_update(
+        &hub,
+        &step_message_key("step-0202"),
+        &second.message_id,
+        &second.referral_id,
+        ServiceEvent::Accepted,
+        ReferralStatus::Accepted,
+        ServiceBusinessStatus::Accepted,
+    )
+    .await
+    .expect("a valid update");
+    hub.delivered(&taken).await;
+
+    // Two weekly reports while the gateway is away: kept, their messages queued, their clock
+    // events held (the engine hears of a step only once its message is acknowledged).
+    hub.stop_gateway().await;
+    for key in ["step-0202", "step-0203"] {
+        let report = UpdateServiceRequest {
+            note: "Апта сайынғы есеп".into(),
+            ..step(&svc.service_id, key, ServiceEvent::WeeklyProgress)
+        };
+        let answer = ngo
+            .ngo_services()
+            .update_service(ngo.req(report))
+            .await
+            .expect("kept while the gateway is away")
+            .into_inner();
+        assert!(answer.message_id.is_empty());
+    }
+    let after = service(&ngo, &svc.service_id).await;
+    assert_eq!(hub.agency_count("ngo-1", "clock_events").await, 1);
+    assert_eq!(hub.agency_count("ngo-1", "ngo_step_clock_events").await, 2);
+
+    // Back: the NGO's retry loop pushes both, unasked. The first is refused, and cannot be undone
+    // under the second; the second is acknowledged, then its clock event follows.
+    hub.start_gateway().await.unwrap();
+    let pushed = async {
+        while hub
+            .agency_count("ngo-1", "sent_messages WHERE message_id IS NULL")
+            .await
+            > 0
+            || engine_events(&hub, &svc.service_id).await.len() < 2
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), pushed)
+        .await
+        .expect("the NGO's retry loop pushes the reports");
+    hub.deliver_everything().await;
+    // Nothing changed by the failed undo: the service, its steps, the held event of the refused
+    // report (never released).
+    assert_eq!(service(&ngo, &svc.service_id).await, after);
+    assert_eq!(hub.agency_count("ngo-1", "ngo_service_steps").await, 3);
+    assert_eq!(hub.agency_count("ngo-1", "ngo_step_clock_events").await, 1);
+    assert_eq!(hub.agency_count("ngo-1", "clock_events").await, 2);
+    assert_eq!(
+        engine_events(&hub, &svc.service_id).await,
+        [
+            AgencyClockEventKind::ServiceStarted.as_str_name(),
+            AgencyClockEventKind::ServiceProgressReported.as_str_name()
+        ]
+    );
+    let events: Vec<i32> = referral_of(&school, &first.referral_id)
+        .await
+        .updates
+        .iter()
+        .map(|u| u.event)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ServiceEvent::Accepted as i32,
+            ServiceEvent::WeeklyProgress as i32
+        ],
+        "the refused report never reached the school"
     );
     hub.shutdown().await;
 }

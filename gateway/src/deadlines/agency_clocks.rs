@@ -535,8 +535,13 @@ impl Apply<'_> {
             }
             E::ServiceStarted => {
                 let due = weekly_progress_due(occurred_at, s, calendar);
+                // Late reports are also told to the referring school or institution (routing lets
+                // only them send a SERVICE_REFERRAL), never to the commission for an assigned plan
+                // row: with no case reference, every commission member would see the alert, and
+                // the commission has its own deadlines for plan rows.
                 let referrer = store::message_by_id(&mut **self.tx, &ctx.event.related_message_id)
                     .await?
+                    .filter(|m| m.form_kind == FormKind::ServiceReferral.as_str_name())
                     .map(|m| m.sender_agency_id)
                     .unwrap_or_default();
                 let d = self.clock_deadline(

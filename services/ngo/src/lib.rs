@@ -50,11 +50,18 @@ pub const KIND: AgencyKind = AgencyKind::Ngo;
 pub const RETRY_TICK: Duration = Duration::from_secs(10);
 
 /// The NGO's own migrations, numbered from 1000 (after the agency's).
-const OWN_MIGRATIONS: &[EmbeddedMigration] = &[(
-    1001,
-    "ngo services",
-    include_str!("../migrations/1001_services.sql"),
-)];
+const OWN_MIGRATIONS: &[EmbeddedMigration] = &[
+    (
+        1001,
+        "ngo services",
+        include_str!("../migrations/1001_services.sql"),
+    ),
+    (
+        1002,
+        "clock events held until a step's message is acknowledged",
+        include_str!("../migrations/1002_held_clock_events.sql"),
+    ),
+];
 
 /// The NGO store's whole migration list: the agency's, then the NGO's own.
 pub static MIGRATIONS: LazyLock<Vec<EmbeddedMigration>> = LazyLock::new(|| {

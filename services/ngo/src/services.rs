@@ -4,9 +4,17 @@
 //! A step is one transaction: the service's new state (a conditional `UPDATE … WHERE version =`,
 //! after the step was found possible from the state read), the step row with what it replaced,
 //! the SERVICE_UPDATE or ACTION_PROGRESS queued in `sent_messages`, and the clock event for the
-//! gateway's deadline engine. Then the message is handed to the gateway. If the gateway refuses
-//! it, the step is undone; if the gateway cannot be reached, the message stays queued and the
-//! background task pushes it again.
+//! gateway's deadline engine, *held* in `ngo_step_clock_events`. Then the message is handed to the
+//! gateway. If the gateway refuses it, the step is undone (its held clock event with it); if the
+//! gateway cannot be reached, the message stays queued and the background task pushes it again.
+//!
+//! The clock event waits for the message: it is released into the agency's clock-event outbox
+//! ([`AgencyHost::queue_clock_event`], which the agency's retry loop pushes on its own) only once
+//! the gateway has acknowledged the step's message ([`release_clock_events`], after a push and on
+//! every round of the retry loop). So the engine never hears of a step the gateway refused: a
+//! service ended or a report made there is final (met, cancelled), while the step is undone here.
+//! Releasing goes in the order of the steps, and stops for a service at its first step whose
+//! message is not acknowledged yet, so a service's events reach the engine in order.
 
 use jiff::{Timestamp, civil::Date};
 use prost::Message as _;
@@ -135,7 +143,10 @@ pub(crate) async fn on_received(
     Ok(())
 }
 
-/// The referring school asks to cancel: the service, while it runs, says so.
+/// The referring school asks to cancel: the service, while it runs, says so. The service is the
+/// one of the referral the request names by its message id (the gateway checked that the school
+/// sent it to this NGO); a request whose `referral_reference` is not that referral's changes
+/// nothing (the gateway no longer holds the referral's payload to compare).
 async fn cancellation_requested(
     conn: &mut AnyConnection,
     envelope: &Envelope,
@@ -145,13 +156,14 @@ async fn cancellation_requested(
     let changed = sqlx::query(
         "UPDATE ngo_services SET business_status = $1, reason = $2, version = version + 1, \
          updated_at = $3 WHERE received_message_id = $4 AND referrer_agency_id = $5 \
-         AND status IN ($6, $7, $8)",
+         AND referral_reference = $6 AND status IN ($7, $8, $9)",
     )
     .bind(ServiceBusinessStatus::CancellationRequested.as_str_name())
     .bind(update.reason.as_str())
     .bind(time::to_micros(now))
     .bind(update.referral_message_id.as_str())
     .bind(envelope.sender_agency_id.as_str())
+    .bind(update.referral_reference.as_str())
     .bind(ReferralStatus::Received.as_str_name())
     .bind(ReferralStatus::Accepted.as_str_name())
     .bind(ReferralStatus::InProgress.as_str_name())
@@ -162,21 +174,35 @@ async fn cancellation_requested(
     Ok(())
 }
 
-/// A safety-team meeting a school fixed about a pupil the NGO serves.
+/// A safety-team meeting a school fixed about a pupil the NGO serves: the service of the referral
+/// the notice names by its message id. A notice whose `referral_reference` is not that
+/// referral's is not kept (logged, ids only): the gateway no longer holds the referral's payload
+/// to compare.
 async fn meeting_notice(
     conn: &mut AnyConnection,
     envelope: &Envelope,
     notice: &SafetyMeetingNotice,
     now: Timestamp,
 ) -> ServiceResult<()> {
-    let service: Option<String> = sqlx::query_scalar(
-        "SELECT service_id FROM ngo_services WHERE received_message_id = $1 \
+    let found = sqlx::query(
+        "SELECT service_id, referral_reference FROM ngo_services WHERE received_message_id = $1 \
          AND referrer_agency_id = $2",
     )
     .bind(notice.referral_message_id.as_str())
     .bind(envelope.sender_agency_id.as_str())
     .fetch_optional(&mut *conn)
     .await?;
+    let service: Option<String> = match found {
+        Some(row) if row.try_get::<String, _>(1)? != notice.referral_reference => {
+            tracing::warn!(
+                message_id = %envelope.message_id,
+                "a meeting notice names another referral than the one it is about: not kept"
+            );
+            return Ok(());
+        }
+        Some(row) => Some(row.try_get(0)?),
+        None => None,
+    };
     let meeting_at = notice
         .meeting_at
         .as_ref()
@@ -569,26 +595,28 @@ impl NgoServicesApi {
             .queue_message(&mut tx, &key, &user.user_id, &envelope, now)
             .await?;
         if let Some(kind) = clock_kind(event) {
-            self.host
-                .queue_clock_event(
-                    &mut tx,
-                    &format!("{key}:clock"),
-                    &user,
-                    AgencyClockEvent {
-                        kind: kind as i32,
-                        subject_reference: row.id.clone(),
-                        occurred_at: Some(time::to_proto(now)),
-                        urgent: false,
-                        responsible_user_id: user.user_id.clone(),
-                        responsible_role: Role::NgoCaseManager as i32,
-                        related_message_id: row.received_message_id.clone(),
-                    },
-                )
-                .await?;
+            // Held until the message is acknowledged (see the module's documentation).
+            let clock_event = AgencyClockEvent {
+                kind: kind as i32,
+                subject_reference: row.id.clone(),
+                occurred_at: Some(time::to_proto(now)),
+                urgent: false,
+                responsible_user_id: user.user_id.clone(),
+                responsible_role: Role::NgoCaseManager as i32,
+                related_message_id: row.received_message_id.clone(),
+            };
+            sqlx::query(
+                "INSERT INTO ngo_step_clock_events (message_key, acting_user, event) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(key.as_str())
+            .bind(user.encode_to_vec())
+            .bind(clock_event.encode_to_vec())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         tracing::info!(service_id = %row.id, event = event.as_str_name(), "service step recorded");
-        self.host.push_clock_events().await;
         self.push_and_answer(&row.id, &key).await
     }
 
@@ -670,7 +698,10 @@ impl NgoServicesApi {
             .await
             .map_err(ServiceError::from)?
         {
-            PushOutcome::Sent(id) => id,
+            PushOutcome::Sent(id) => {
+                release_clock_events(&self.host).await;
+                id
+            }
             PushOutcome::NotNow(failure) => {
                 tracing::warn!(?failure, "a service update waits for the gateway");
                 String::new()
@@ -704,7 +735,10 @@ struct StepOutcome<'a> {
 }
 
 /// Undoes the step whose message the gateway refused: the service gets back what the step
-/// replaced, and the step row goes.
+/// replaced, and the step row goes with its held clock event (never released: only an
+/// acknowledged message releases it, so the engine never heard of the step). When the service
+/// has moved on since (a later step was made while this one's message waited), nothing can be
+/// restored: the error is logged and returned, and nothing changes.
 async fn undo(host: &AgencyHost, key: &str) -> ServiceResult<()> {
     let mut tx = host.begin().await?;
     let Some(step) = sqlx::query(
@@ -720,7 +754,7 @@ async fn undo(host: &AgencyHost, key: &str) -> ServiceResult<()> {
     };
     let id: String = step.try_get(0)?;
     let version: i64 = step.try_get(1)?;
-    sqlx::query(
+    let restored = sqlx::query(
         "UPDATE ngo_services SET status = $1, business_status = $2, session_on = $3, \
          support_received = $4, reason = $5, last_progress_at = $6, version = $7 \
          WHERE service_id = $8 AND version = $9",
@@ -735,7 +769,23 @@ async fn undo(host: &AgencyHost, key: &str) -> ServiceResult<()> {
     .bind(id.as_str())
     .bind(version)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if restored != 1 {
+        tx.rollback().await?;
+        tracing::error!(
+            service_id = %id,
+            message_key = %key,
+            "a refused step cannot be undone: the service has moved on since"
+        );
+        return Err(ServiceError::internal(anyhow::anyhow!(
+            "the refused step of service {id} cannot be undone: the service has moved on since"
+        )));
+    }
+    sqlx::query("DELETE FROM ngo_step_clock_events WHERE message_key = $1")
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM ngo_service_steps WHERE message_key = $1")
         .bind(key)
         .execute(&mut *tx)
@@ -744,7 +794,84 @@ async fn undo(host: &AgencyHost, key: &str) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Pushes the messages of the steps the gateway could not take when they were made.
+/// Releases into the agency's clock-event outbox the held clock events of the steps whose message
+/// the gateway has acknowledged, in the order of the steps, and pushes them. A service's events
+/// stop at its first step whose message is still queued. A step whose message is gone (refused,
+/// and the step could not be undone: logged then) keeps its event held for ever, and does not
+/// hold the service's later ones. Failures are logged (ids only): the next round tries again.
+pub(crate) async fn release_clock_events(host: &AgencyHost) {
+    let held = sqlx::query(
+        "SELECT h.message_key, c.service_id, s.message_id FROM ngo_step_clock_events h \
+         JOIN ngo_service_steps c ON c.message_key = h.message_key \
+         JOIN sent_messages s ON s.idempotency_key = h.message_key \
+         ORDER BY c.recorded_at, c.service_id, c.version LIMIT 100",
+    )
+    .fetch_all(host.pool())
+    .await;
+    let held = match held {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the held clock events");
+            return;
+        }
+    };
+    let mut waiting = std::collections::HashSet::new();
+    let mut released = 0;
+    for row in &held {
+        let read = (|| -> Result<(String, String, Option<String>), sqlx::Error> {
+            Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        })();
+        let (key, service, message_id) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a held clock event");
+                return;
+            }
+        };
+        if waiting.contains(&service) || message_id.is_none() {
+            waiting.insert(service);
+            continue;
+        }
+        match release(host, &key).await {
+            Ok(()) => released += 1,
+            Err(error) => {
+                tracing::error!(%error, message_key = %key, "cannot release a clock event");
+                waiting.insert(service);
+            }
+        }
+    }
+    if released > 0 {
+        host.push_clock_events().await;
+    }
+}
+
+/// Queues the clock event held for the step under `key` and forgets it, in one transaction.
+async fn release(host: &AgencyHost, key: &str) -> ServiceResult<()> {
+    let mut tx = host.begin().await?;
+    let Some(held) =
+        sqlx::query("SELECT acting_user, event FROM ngo_step_clock_events WHERE message_key = $1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(());
+    };
+    let acting = ActingUser::decode(held.try_get::<Vec<u8>, _>(0)?.as_slice())
+        .map_err(ServiceError::internal)?;
+    let event = AgencyClockEvent::decode(held.try_get::<Vec<u8>, _>(1)?.as_slice())
+        .map_err(ServiceError::internal)?;
+    host.queue_clock_event(&mut tx, &format!("{key}:clock"), &acting, event)
+        .await?;
+    sqlx::query("DELETE FROM ngo_step_clock_events WHERE message_key = $1")
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Pushes the messages of the steps the gateway could not take when they were made, then releases
+/// the clock events of the steps acknowledged (also those acknowledged before a restart).
 pub(crate) async fn push_pending(host: &AgencyHost) {
     host.push_pending(
         "SELECT c.message_key FROM ngo_service_steps c \
@@ -754,6 +881,7 @@ pub(crate) async fn push_pending(host: &AgencyHost) {
         |key| async move { undo(host, &key).await },
     )
     .await;
+    release_clock_events(host).await;
 }
 
 #[tonic::async_trait]

@@ -29,7 +29,7 @@ use referral_proto::v1::{
     ListSafetyMeetingsResponse, ListServiceReferralsRequest, ListServiceReferralsResponse,
     MonthlyReferralLogRequest, Payload, PurposeOfUse, RecordMeetingAttendanceRequest,
     RecordReferralCheckRequest, ReferPupilRequest, ReferralLog, ReferralLogRow, ReferralStatus,
-    RequestServiceCancellationRequest, RiskTier, SafetyMeeting, SafetyMeetingNotice,
+    RequestServiceCancellationRequest, RiskTier, Role, SafetyMeeting, SafetyMeetingNotice,
     ScheduleSafetyMeetingRequest, SendReferralLogRequest, SendReferralLogResponse,
     ServiceBusinessStatus, ServiceEvent, ServiceReferral, ServiceReferralRecord, ServiceUpdate,
     payload::Form, school_referrals_server::SchoolReferrals,
@@ -68,6 +68,25 @@ fn key_for(what: &str, idempotency_key: &str) -> String {
 
 fn month_key(year: i16, month: i8) -> String {
     format!("{year:04}-{month:02}")
+}
+
+/// Whether `role` at an agency of `kind` does the referrals' work (refers pupils, asks to cancel,
+/// fixes the safety team's meetings and records them, checks, reads, exports and sends J): the
+/// school's director, safety team and safeguarding lead and deputy, or a residential institution's
+/// director. Other staff (a residential institution's staff) are refused: the referrals name
+/// pupils.
+pub fn may_refer(kind: AgencyKind, role: Role) -> bool {
+    match kind {
+        AgencyKind::School => matches!(
+            role,
+            Role::SchoolDirector
+                | Role::SafetyTeamMember
+                | Role::SafeguardingLead
+                | Role::SafeguardingDeputy
+        ),
+        AgencyKind::Residential => role == Role::InstitutionDirector,
+        _ => false,
+    }
 }
 
 fn not_found() -> ServiceError {
@@ -152,6 +171,12 @@ pub(crate) async fn push_pending(host: &AgencyHost) {
 }
 
 /// Applies an NGO's SERVICE_UPDATE to the referral it answers; inside the inbox's transaction.
+///
+/// The referral is the one whose SERVICE_REFERRAL the envelope replies to (`in_reply_to`, which
+/// the gateway checked is a referral this school sent to that NGO), never the one the payload's
+/// `referral_reference` names: an update naming another referral is not applied (logged, ids
+/// only). The gateway cannot compare the reference itself, as it no longer holds the referral's
+/// payload once delivered: this check is the guard.
 pub(crate) async fn on_received(
     conn: &mut AnyConnection,
     envelope: &Envelope,
@@ -166,16 +191,26 @@ pub(crate) async fn on_received(
         .and_then(time::from_proto)
         .map_or(time::to_micros(now), time::to_micros);
     let referral: Option<String> = sqlx::query_scalar(
-        "SELECT referral_id FROM service_referrals WHERE referral_id = $1 AND ngo_agency_id = $2",
+        "SELECT r.referral_id FROM service_referrals r \
+         JOIN sent_messages s ON s.idempotency_key = r.message_key \
+         WHERE s.message_id = $1 AND r.ngo_agency_id = $2",
     )
-    .bind(update.referral_reference.as_str())
+    .bind(envelope.in_reply_to.as_str())
     .bind(envelope.sender_agency_id.as_str())
     .fetch_optional(&mut *conn)
     .await?;
     let Some(referral) = referral else {
-        tracing::warn!(message_id = %envelope.message_id, "a service update names no referral of ours");
+        tracing::warn!(message_id = %envelope.message_id, "a service update answers no referral of ours");
         return Ok(());
     };
+    if referral != update.referral_reference {
+        tracing::warn!(
+            message_id = %envelope.message_id,
+            referral_id = %referral,
+            "a service update names another referral than the one it answers: not applied"
+        );
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO service_referral_updates (message_id, referral_id, update_sent, \
          received_at) VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO NOTHING",
@@ -292,6 +327,21 @@ pub struct SchoolReferralsApi {
 impl SchoolReferralsApi {
     pub fn new(host: AgencyHost) -> Self {
         Self { host }
+    }
+
+    /// The acting user of `request`, if their role does the referrals' work ([`may_refer`]).
+    fn referrer<T>(&self, request: &Request<T>) -> ServiceResult<ActingUser> {
+        let user = acting_user(request)?;
+        let role = Role::try_from(user.role).unwrap_or(Role::Unspecified);
+        if may_refer(self.host.kind(), role) {
+            Ok(user)
+        } else {
+            Err(ServiceError::PermissionDenied(
+                "referrals to services are the work of the director, the safety team and the \
+                 safeguarding lead"
+                    .into(),
+            ))
+        }
     }
 
     async fn record(
@@ -977,7 +1027,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<ReferPupilRequest>,
     ) -> Result<Response<ServiceReferralRecord>, Status> {
-        let user = acting_user(&request)?;
+        let user = self.referrer(&request)?;
         Ok(Response::new(
             self.refer(&user, request.into_inner()).await?,
         ))
@@ -987,7 +1037,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<ListServiceReferralsRequest>,
     ) -> Result<Response<ListServiceReferralsResponse>, Status> {
-        acting_user(&request)?;
+        self.referrer(&request)?;
         let r = request.into_inner();
         Ok(Response::new(ListServiceReferralsResponse {
             referrals: self.list(r.year, r.month).await?,
@@ -998,7 +1048,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<GetServiceReferralRequest>,
     ) -> Result<Response<ServiceReferralRecord>, Status> {
-        acting_user(&request)?;
+        self.referrer(&request)?;
         let id = request.into_inner().referral_id;
         let mut v = FieldViolations::new();
         reference_check(&mut v, "referral_id", &id);
@@ -1010,7 +1060,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<RecordReferralCheckRequest>,
     ) -> Result<Response<ServiceReferralRecord>, Status> {
-        acting_user(&request)?;
+        self.referrer(&request)?;
         Ok(Response::new(self.check(request.into_inner()).await?))
     }
 
@@ -1018,7 +1068,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<RequestServiceCancellationRequest>,
     ) -> Result<Response<ServiceReferralRecord>, Status> {
-        let user = acting_user(&request)?;
+        let user = self.referrer(&request)?;
         Ok(Response::new(
             self.request_cancellation(&user, request.into_inner())
                 .await?,
@@ -1029,7 +1079,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<ScheduleSafetyMeetingRequest>,
     ) -> Result<Response<SafetyMeeting>, Status> {
-        let user = acting_user(&request)?;
+        let user = self.referrer(&request)?;
         Ok(Response::new(
             self.schedule_meeting(&user, request.into_inner()).await?,
         ))
@@ -1039,7 +1089,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<RecordMeetingAttendanceRequest>,
     ) -> Result<Response<SafetyMeeting>, Status> {
-        let user = acting_user(&request)?;
+        let user = self.referrer(&request)?;
         Ok(Response::new(
             self.attendance(&user, request.into_inner()).await?,
         ))
@@ -1049,7 +1099,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<ListSafetyMeetingsRequest>,
     ) -> Result<Response<ListSafetyMeetingsResponse>, Status> {
-        acting_user(&request)?;
+        self.referrer(&request)?;
         let id = request.into_inner().referral_id;
         let mut v = FieldViolations::new();
         reference_check(&mut v, "referral_id", &id);
@@ -1079,7 +1129,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<MonthlyReferralLogRequest>,
     ) -> Result<Response<ReferralLog>, Status> {
-        acting_user(&request)?;
+        self.referrer(&request)?;
         let r = request.into_inner();
         Ok(Response::new(self.log(r.year, r.month).await?))
     }
@@ -1088,7 +1138,7 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<ExportReferralLogRequest>,
     ) -> Result<Response<ExportedFile>, Status> {
-        acting_user(&request)?;
+        self.referrer(&request)?;
         Ok(Response::new(self.export(request.into_inner()).await?))
     }
 
@@ -1096,9 +1146,35 @@ impl SchoolReferrals for SchoolReferralsApi {
         &self,
         request: Request<SendReferralLogRequest>,
     ) -> Result<Response<SendReferralLogResponse>, Status> {
-        let user = acting_user(&request)?;
+        let user = self.referrer(&request)?;
         Ok(Response::new(
             self.send_log(&user, request.into_inner()).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_director_safety_team_and_safeguarders_do_the_referrals() {
+        for role in [
+            Role::SchoolDirector,
+            Role::SafetyTeamMember,
+            Role::SafeguardingLead,
+            Role::SafeguardingDeputy,
+        ] {
+            assert!(may_refer(AgencyKind::School, role), "{role:?}");
+        }
+        assert!(may_refer(
+            AgencyKind::Residential,
+            Role::InstitutionDirector
+        ));
+        assert!(!may_refer(AgencyKind::Residential, Role::InstitutionStaff));
+        assert!(!may_refer(AgencyKind::School, Role::InstitutionStaff));
+        assert!(!may_refer(AgencyKind::School, Role::Unspecified));
+        assert!(!may_refer(AgencyKind::Ngo, Role::NgoCaseManager));
+        assert!(!may_refer(AgencyKind::Commission, Role::CommissionCurator));
     }
 }
