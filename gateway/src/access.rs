@@ -265,7 +265,9 @@ pub(crate) async fn case_facts(
         let r = referral_row(r)?;
         facts.excluded_agencies.extend(r.excluded());
         if !r.implicated_agency_id.is_empty() {
-            facts.implicated_agencies.push(r.implicated_agency_id.clone());
+            facts
+                .implicated_agencies
+                .push(r.implicated_agency_id.clone());
         }
         if !r.residence_agency_id.is_empty() {
             facts.residences.push(r.residence_agency_id.clone());

@@ -22,10 +22,11 @@ use referral_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Shared, access, forms, ledger, police_forms, protection_forms,
-    service_forms,
+    Shared, access, forms, ledger, police_forms,
     policy::Sections,
+    protection_forms,
     routing::{self, Reply},
+    service_forms,
     store::{self, STATE_ANSWERED, STATE_DELIVERED, STATE_QUEUED},
 };
 

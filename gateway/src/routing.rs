@@ -167,7 +167,11 @@ pub const RULES: &[Rule] = &[
     Rule {
         from: EDUCATION,
         form: FormKind::IncidentReferral,
-        to: &[AgencyKind::Commission, AgencyKind::Police, AgencyKind::Health],
+        to: &[
+            AgencyKind::Commission,
+            AgencyKind::Police,
+            AgencyKind::Health,
+        ],
         same_district: true,
         reply: Reply::No,
     },
@@ -408,15 +412,33 @@ mod tests {
 
     #[test]
     fn protection_instructions_go_to_institutions_and_are_acknowledged_many_times() {
-        let rule =
-            find_rule(K::Commission, F::ProtectionInstruction, K::Residential, true).unwrap();
+        let rule = find_rule(
+            K::Commission,
+            F::ProtectionInstruction,
+            K::Residential,
+            true,
+        )
+        .unwrap();
         assert_eq!(rule.reply, Reply::No);
-        assert!(find_rule(K::Commission, F::ProtectionInstruction, K::Residential, false).is_none());
+        assert!(
+            find_rule(
+                K::Commission,
+                F::ProtectionInstruction,
+                K::Residential,
+                false
+            )
+            .is_none()
+        );
         for to in [K::School, K::Police, K::Health, K::Ngo, K::Commission] {
             assert!(find_rule(K::Commission, F::ProtectionInstruction, to, true).is_none());
         }
-        let ack =
-            find_rule(K::Residential, F::InstructionAcknowledgement, K::Commission, true).unwrap();
+        let ack = find_rule(
+            K::Residential,
+            F::InstructionAcknowledgement,
+            K::Commission,
+            true,
+        )
+        .unwrap();
         assert_eq!(
             ack.reply,
             Reply::To {
@@ -428,7 +450,13 @@ mod tests {
             assert!(find_rule(from, F::InstructionAcknowledgement, K::Commission, true).is_none());
         }
         assert!(
-            find_rule(K::Residential, F::ProtectionInstruction, K::Residential, true).is_none()
+            find_rule(
+                K::Residential,
+                F::ProtectionInstruction,
+                K::Residential,
+                true
+            )
+            .is_none()
         );
     }
 

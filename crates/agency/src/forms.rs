@@ -268,8 +268,8 @@ pub(crate) fn summary(envelope: &Envelope) -> String {
             format!("{}: safety team meeting", n.referral_reference)
         }
         Some(Form::IncidentReferral(r)) => {
-            let severity = referral_proto::v1::IncidentSeverity::try_from(r.severity)
-                .unwrap_or_default();
+            let severity =
+                referral_proto::v1::IncidentSeverity::try_from(r.severity).unwrap_or_default();
             if r.purpose == referral_proto::v1::IncidentReferralPurpose::MedicalCare as i32 {
                 format!("{}: injured child referred for care", r.incident_reference)
             } else {
