@@ -1,6 +1,9 @@
 //! Acceptance 5 of issue 4: a full scenario run at TRACE log level, with trace and metric
 //! capture: the fixture child's name, IIN and address, and her parents' names and addresses,
-//! appear in none of it, nor in any error a client is given.
+//! appear in none of it, nor in any error a client is given. Since issue 5 the scenario also
+//! runs every agency service about her (safeguarding, school referrals and log J, NGO services,
+//! residential incidents and protection instructions, police investigations, health notices,
+//! the agency clocks), and the name of a member of staff an allegation accuses is checked too.
 //!
 //! This file is its own test binary because it owns the process-global `tracing` subscriber:
 //! the production subscriber (`referral_core::telemetry::subscriber`, the very layers
@@ -25,7 +28,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
+use jiff::{SignedDuration, Timestamp, ToSpan as _, civil::Date, tz::TimeZone};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     metrics::{
@@ -40,15 +43,28 @@ use referral_core::{
     validate,
 };
 use referral_proto::v1::{
-    ActionProgressState, AnswerConsultationRequest, AnswerInformationRequestRequest, Assessment,
-    CaseFile, CloseCaseRequest, ClosureCriterion, ConsultRequest, Consultation, Contact,
-    ContactMethod, Envelope, FileAssessmentRequest, FileSupportPlanRequest, FormKind,
-    GetCaseRequest, GetMessageRequest, GetSentMessageRequest, GrantDisclosureRequest, HelpRequest,
-    OpenCase, Payload, PlanAction, PlanReview, PurposeOfUse, RecordContactRequest,
-    RecordReviewRequest, ReportActionProgressRequest, ReportCircumstances,
-    RequestInformationRequest, ReviewDecision, RevokeDisclosureRequest, RiskLevel, Role,
-    SendRequest, Sensitivity, Sex, SupportPlan, decide_help_request_request, help_request_decision,
-    payload,
+    AcknowledgeInstructionRequest, ActingUser, ActionProgressState, AgencyClockEvent,
+    AgencyClockEventKind, AnswerConsultationRequest, AnswerInformationRequestRequest,
+    AssessIncidentRequest, Assessment, CaseFile, CloseCaseRequest, CloseConcernRequest,
+    CloseIncidentRequest, ClosureCriterion, ConcernState, ConsultRequest, Consultation, Contact,
+    ContactMethod, DeadlineAlert, DeadlineState, Envelope, ExportFormat, ExportReferralLogRequest,
+    FileAssessmentRequest, FileSupportPlanRequest, FormKind, GetCaseRequest, GetConcernRequest,
+    GetMessageRequest, GetResidentialIncidentRequest, GetSentMessageRequest,
+    GrantDisclosureRequest, HealthNoticeKind, HelpRequest, IncidentChild, IncidentReport,
+    IncidentRole, IncidentSeverity, InjuredPerson, InstructionAcknowledgementKind,
+    InvestigationStatus, InvolvedChild, LinkCaseRequest, LinkReferralRequest,
+    LinkWrittenReportRequest, ListInvestigationsRequest, ListProtectionInstructionsRequest,
+    ListReferralsRequest, ListServicesRequest, MandatoryReportGround, MonthlyReferralLogRequest,
+    OpenCase, Payload, PlanAction, PlanReview, ProblemBehaviour, ProtectionMeasure, PurposeOfUse,
+    RecordAgencyClockEventRequest, RecordAllegationRequest, RecordAnswerRequest,
+    RecordContactRequest, RecordIncidentRequest, RecordPhoneReportRequest, RecordReviewRequest,
+    ReferIncidentRequest, ReferInjuredChildRequest, ReferPupilRequest, ReferrerDetails,
+    RegisterPreventiveRequest, ReportActionProgressRequest, ReportBypassingDirectorRequest,
+    ReportCircumstances, ReportConcernRequest, ReporterStatus, RequestInformationRequest,
+    ReviewDecision, RevokeDisclosureRequest, RiskLevel, RiskTier, Role, SendNoticeRequest,
+    SendProtectionInstructionRequest, SendReferralLogRequest, SendRequest, Sensitivity,
+    ServiceEvent, Sex, SupportPlan, UpdateInvestigationRequest, UpdateServiceRequest,
+    decide_help_request_request, help_request_decision, payload,
 };
 use referral_tests::{
     Backend, StaffClient, TestHub, envelope,
@@ -75,6 +91,8 @@ struct Child {
     mother: &'static str,
     father: &'static str,
     father_address: &'static str,
+    /// A member of staff an allegation about her accuses, by name (not in the directory).
+    accused: &'static str,
 }
 
 impl Child {
@@ -95,6 +113,7 @@ impl Child {
             mother: "Гүлмира Бақытжанқызы Жұмабаева",
             father: "Сұлтан Ерболұлы Жұмабаев",
             father_address: "Маңғыстау облысы, Ақтау қ., 14-шағын аудан, 3-үй, 71-пәтер",
+            accused: "Бауыржан Талғатұлы Есенбеков",
         }
     }
 
@@ -152,7 +171,8 @@ impl Child {
     }
 
     /// What must not appear, each with what it is: her full name and every part of it of four
-    /// letters or more, both IINs, the addresses, the parents' full names and their parts.
+    /// letters or more, both IINs, the addresses, the parents' full names and their parts, and
+    /// the full name (and parts) of the member of staff an allegation accuses.
     fn personal_data(&self) -> Vec<(String, String)> {
         let mut data = vec![
             ("child's full name".to_owned(), self.full_name.to_owned()),
@@ -172,11 +192,16 @@ impl Child {
                 "father's address".to_owned(),
                 self.father_address.to_owned(),
             ),
+            (
+                "the accused staff member's full name".to_owned(),
+                self.accused.to_owned(),
+            ),
         ];
         for (whose, name) in [
             ("child's", self.full_name),
             ("mother's", self.mother),
             ("father's", self.father),
+            ("accused staff member's", self.accused),
         ] {
             for part in name.split(' ').filter(|p| p.chars().count() >= 4) {
                 data.push((format!("a part of the {whose} name"), part.to_owned()));
@@ -403,8 +428,12 @@ async fn open_case(hub: &TestHub, k_id: &str, key: &str, curator: &str) -> (Stri
 /// from another agency (linked by her IIN's keyed hash), a case worked from contact to closure
 /// with other agencies taking part, reads of it through the hub, a disclosure grant, the glass
 /// broken, her disclosure history; reports about her that concern a residential institution,
-/// consultations, and refusals that concern her. Add each new feature that touches a child's
-/// record here.
+/// consultations, and refusals that concern her; then the agencies' own work about her (issue
+/// 5): the school's safeguarding concerns and an allegation against a member of staff, her
+/// referral to an NGO and the log J, an incident at her institution referred to the commission,
+/// the police and health and a report bypassing its director, the police and health working
+/// her case, a protection instruction, and the agency clocks running out; each service also
+/// refusing a request about her. Add each new feature that touches a child's record here.
 async fn scenario(hub: &TestHub, child: &Child, refusals: &mut Refusals) {
     let case = referral_and_case_opened(hub, child).await;
     same_child_referred_again(hub, child, &case).await;
@@ -417,6 +446,21 @@ async fn scenario(hub: &TestHub, child: &Child, refusals: &mut Refusals) {
     reports_about_her_institution(hub, child, refusals).await;
     consultations(hub, child, refusals).await;
     refused_requests(hub, child, refusals).await;
+    let (case, unconfirmed_concern) = safeguarding_concerns_about_her(hub, child, refusals).await;
+    let allegation = allegation_against_staff(hub, child, refusals).await;
+    let service = referred_to_the_ngo(hub, child, refusals).await;
+    let incident = incidents_at_her_institution(hub, child, refusals).await;
+    let work = AgencyWork {
+        case,
+        unconfirmed_concern,
+        allegation,
+        service,
+        incident,
+    };
+    police_link_her_case(hub, child, &work, refusals).await;
+    health_notices_about_her(hub, child, &work, refusals).await;
+    protection_instruction_about_her(hub, child, &work, refusals).await;
+    agency_clocks_run_out_and_log_j_sent(hub, &work).await;
     hub.gateway()
         .settle()
         .await
@@ -985,6 +1029,862 @@ async fn refused_requests(hub: &TestHub, child: &Child, refusals: &mut Refusals)
         Code::PermissionDenied,
         result,
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agencies' own work about her (issue 5).
+
+/// What the agencies' own work about her left for the steps after it.
+struct AgencyWork {
+    /// The case opened on the school's written report of her concern.
+    case: String,
+    /// The concern phoned and never confirmed in writing.
+    unconfirmed_concern: String,
+    /// The allegation nobody acknowledges.
+    allegation: String,
+    /// Her service at ngo-1.
+    service: String,
+    /// The residential institution's report D of the incident involving her.
+    incident: String,
+}
+
+/// The DEADLINE_ALERTs about `subject` in `staff`'s inbox, each opened.
+async fn alerts_about(staff: &StaffClient, subject: &str) -> Vec<DeadlineAlert> {
+    let mut alerts = Vec::new();
+    for item in staff.inbox_of(FormKind::DeadlineAlert).await {
+        if let Some(payload::Form::DeadlineAlert(alert)) = received(staff, &item.message_id)
+            .await
+            .payload
+            .and_then(|p| p.form)
+            && alert
+                .deadline
+                .as_ref()
+                .is_some_and(|d| d.subject_reference == subject)
+        {
+            alerts.push(alert);
+        }
+    }
+    alerts
+}
+
+/// School 1's safeguarding procedure about her: a concern with a bad field refused; a concern
+/// reported, phoned, linked to the school's K (which names residential-1 as her home), the K
+/// decided by the commission (the answer), an answer recorded again refused, the concern
+/// closed; a second concern phoned and never confirmed in writing; a clock event straight at the
+/// gateway with her IIN as subject and her name as the responsible user refused. Returns the case
+/// and the unconfirmed concern.
+async fn safeguarding_concerns_about_her(
+    hub: &TestHub,
+    child: &Child,
+    refusals: &mut Refusals,
+) -> (String, String) {
+    let t = today(hub);
+    let teacher = hub.staff("school-1", "safety-team").await;
+    let lead = hub.staff("school-1", "safeguarding-lead").await;
+    let concern = |key: &str| ReportConcernRequest {
+        idempotency_key: key.into(),
+        pupil_name: child.full_name.into(),
+        pupil_class: "5 «А»".into(),
+        what_happened: format!(
+            "{} қолында көгерген іздер бар; мекенжайы: {}, ЖСН {}",
+            child.first_name(),
+            child.address,
+            child.iin
+        ),
+        observed_on: Some(cd(t)),
+        at_risk_now: false,
+    };
+    let result = teacher
+        .safeguarding()
+        .report_concern(teacher.req(ReportConcernRequest {
+            pupil_class: String::new(),
+            observed_on: Some(cd(t + 1.days())),
+            ..concern("npd-concern-bad")
+        }))
+        .await;
+    refusals.record(
+        "a concern about her with bad fields",
+        Code::InvalidArgument,
+        result,
+    );
+    let reported = teacher
+        .safeguarding()
+        .report_concern(teacher.req(concern("npd-concern")))
+        .await
+        .expect("the concern is reported")
+        .into_inner();
+    let id = reported.concern_id;
+    let phone = |id: &str, at: Timestamp| RecordPhoneReportRequest {
+        concern_id: id.into(),
+        phoned_at: Some(referral_core::time::to_proto(at)),
+    };
+    let result = lead
+        .safeguarding()
+        .record_phone_report(lead.req(phone(&id, hub.clock.now() + SignedDuration::from_hours(2))))
+        .await;
+    refusals.record(
+        "a phone report in the future",
+        Code::InvalidArgument,
+        result,
+    );
+    lead.safeguarding()
+        .record_phone_report(lead.req(phone(&id, hub.clock.now())))
+        .await
+        .expect("the lead phones the service");
+
+    let mut k = child.help_request(t);
+    k.circumstances = Some(ReportCircumstances {
+        child_residence_agency_id: "residential-1".into(),
+        ..Default::default()
+    });
+    let k_id = lead
+        .submit_k("npd-safeguarding-k", "", k)
+        .await
+        .expect("the school's written report");
+    hub.delivered(&k_id).await;
+    let linked = lead
+        .safeguarding()
+        .link_written_report(lead.req(LinkWrittenReportRequest {
+            concern_id: id.clone(),
+            help_request_message_id: k_id.clone(),
+        }))
+        .await
+        .expect("the K confirms the phone call")
+        .into_inner();
+    assert_eq!(linked.state, ConcernState::ReferredInWriting as i32);
+    let (case, decision) = open_case(hub, &k_id, "npd-safeguarding-decision", "curator-1").await;
+    hub.delivered(&decision).await;
+    assert_eq!(
+        lead.safeguarding()
+            .get_concern(lead.req(GetConcernRequest {
+                concern_id: id.clone(),
+            }))
+            .await
+            .expect("the concern reads")
+            .into_inner()
+            .state,
+        ConcernState::Answered as i32,
+        "the commission's decision answers the concern"
+    );
+    let result = lead
+        .safeguarding()
+        .record_answer(lead.req(RecordAnswerRequest {
+            concern_id: id.clone(),
+            answer_note: format!("{} ісі ашылды", child.full_name),
+        }))
+        .await;
+    refusals.record(
+        "an answer recorded for an answered concern",
+        Code::FailedPrecondition,
+        result,
+    );
+    lead.safeguarding()
+        .close_concern(lead.req(CloseConcernRequest {
+            concern_id: id,
+            reason: format!("Комиссия {} ісін ашты", child.first_name()),
+        }))
+        .await
+        .expect("the concern is closed");
+
+    let unconfirmed = teacher
+        .safeguarding()
+        .report_concern(teacher.req(ReportConcernRequest {
+            what_happened: format!("{} бүгін де жылап келді", child.full_name),
+            ..concern("npd-concern-2")
+        }))
+        .await
+        .expect("a second concern")
+        .into_inner()
+        .concern_id;
+    lead.safeguarding()
+        .record_phone_report(lead.req(phone(&unconfirmed, hub.clock.now())))
+        .await
+        .expect("phoned, never confirmed");
+
+    let result = hub
+        .gateway_client_as("school-1")
+        .await
+        .record_agency_clock_event(RecordAgencyClockEventRequest {
+            idempotency_key: "npd-clock-event-iin".into(),
+            acting_user: Some(ActingUser {
+                user_id: "safeguarding-lead".into(),
+                agency_id: "school-1".into(),
+                role: Role::SafeguardingLead as i32,
+                display_name: child.mother.into(),
+            }),
+            event: Some(AgencyClockEvent {
+                kind: AgencyClockEventKind::ConcernPhoned as i32,
+                subject_reference: child.iin.clone(),
+                occurred_at: Some(referral_core::time::to_proto(hub.clock.now())),
+                responsible_user_id: child.full_name.into(),
+                ..Default::default()
+            }),
+        })
+        .await;
+    refusals.record(
+        "a clock event with her IIN as its subject, at the gateway",
+        Code::InvalidArgument,
+        result,
+    );
+    (case, unconfirmed)
+}
+
+/// A teacher reports an allegation about her against a member of staff named (not in the
+/// directory); one naming the accused both by user and by name is refused. Nobody acknowledges
+/// it. Returns the allegation.
+async fn allegation_against_staff(hub: &TestHub, child: &Child, refusals: &mut Refusals) -> String {
+    let teacher = hub.staff("school-1", "safety-team").await;
+    let allegation = |key: &str, user: &str| RecordAllegationRequest {
+        idempotency_key: key.into(),
+        accused_user_id: user.into(),
+        accused_name: child.accused.into(),
+        allegation: format!("{} {}-ны итеріп жіберді", child.accused, child.first_name()),
+        happened_on: Some(cd(today(hub))),
+    };
+    let result = teacher
+        .safeguarding()
+        .record_allegation(teacher.req(allegation("npd-allegation-both", "safeguarding-deputy")))
+        .await;
+    refusals.record(
+        "an allegation naming the accused twice",
+        Code::InvalidArgument,
+        result,
+    );
+    let recorded = teacher
+        .safeguarding()
+        .record_allegation(teacher.req(allegation("npd-allegation", "")))
+        .await
+        .expect("the allegation is recorded")
+        .into_inner();
+    assert_eq!(recorded.assigned_to_user_id, "director");
+    recorded.allegation_id
+}
+
+/// The safety team refers her to ngo-1 (a referral with bad fields refused first); the NGO
+/// accepts and reports a week's progress naming her (a decline without a reason refused); the
+/// log J of the month is read and exported as CSV (an unknown format refused), and sending it
+/// before the month has ended refused. Returns her service.
+async fn referred_to_the_ngo(hub: &TestHub, child: &Child, refusals: &mut Refusals) -> String {
+    let t = today(hub);
+    let school = hub.staff("school-1", "safety-team").await;
+    let referral = |key: &str| ReferPupilRequest {
+        idempotency_key: key.into(),
+        pupil_full_name: child.full_name.into(),
+        class_name: "5 «А»".into(),
+        date_of_birth: Some(cd(child.date_of_birth)),
+        risk_tier: RiskTier::HighRisk as i32,
+        ngo_agency_id: "ngo-1".into(),
+        support_requested: format!("{} үшін психологтың кеңестері", child.first_name()),
+        reason: format!("{} үйде зорлық көреді ({})", child.full_name, child.address),
+        contact_person: child.mother.into(),
+        contact_phone: "+7 702 000 0002".into(),
+    };
+    let result = school
+        .school_referrals()
+        .refer_pupil(school.req(ReferPupilRequest {
+            date_of_birth: Some(cd(t + 1.days())),
+            risk_tier: RiskTier::NotAtRisk as i32,
+            ngo_agency_id: child.address.into(),
+            ..referral("npd-refer-bad")
+        }))
+        .await;
+    refusals.record(
+        "a referral of her with bad fields",
+        Code::InvalidArgument,
+        result,
+    );
+    let record = school
+        .school_referrals()
+        .refer_pupil(school.req(referral("npd-refer")))
+        .await
+        .expect("the school refers her")
+        .into_inner();
+    hub.delivered(&record.message_id).await;
+
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    let service = ngo
+        .ngo_services()
+        .list_services(ngo.req(ListServicesRequest {
+            include_ended: false,
+        }))
+        .await
+        .expect("the NGO lists its services")
+        .into_inner()
+        .services
+        .into_iter()
+        .find(|s| s.referral_reference == record.referral_id)
+        .expect("the NGO received her referral")
+        .service_id;
+    let step = |key: &str, event: ServiceEvent| UpdateServiceRequest {
+        service_id: service.clone(),
+        idempotency_key: key.into(),
+        event: event as i32,
+        ..Default::default()
+    };
+    let result = ngo
+        .ngo_services()
+        .update_service(ngo.req(step("npd-decline", ServiceEvent::Declined)))
+        .await;
+    refusals.record("a decline without a reason", Code::InvalidArgument, result);
+    for request in [
+        UpdateServiceRequest {
+            support_received: format!("{} апта сайын психологпен кездеседі", child.first_name()),
+            ..step("npd-accept", ServiceEvent::Accepted)
+        },
+        UpdateServiceRequest {
+            note: format!(
+                "{} екі кездесуге келді, анасы {} қатысты",
+                child.full_name, child.mother
+            ),
+            ..step("npd-week-1", ServiceEvent::WeeklyProgress)
+        },
+    ] {
+        let answer = ngo
+            .ngo_services()
+            .update_service(ngo.req(request))
+            .await
+            .expect("the NGO's step")
+            .into_inner();
+        hub.delivered(&answer.message_id).await;
+    }
+
+    let (year, month) = (i32::from(t.year()), i32::from(t.month()));
+    let log = school
+        .school_referrals()
+        .monthly_referral_log(school.req(MonthlyReferralLogRequest { year, month }))
+        .await
+        .expect("the log J reads")
+        .into_inner();
+    assert!(log.rows.iter().any(|r| r.pupil_name == child.full_name));
+    let export = |format: ExportFormat| ExportReferralLogRequest {
+        year,
+        month,
+        format: format as i32,
+    };
+    let csv = school
+        .school_referrals()
+        .export_referral_log(school.req(export(ExportFormat::Csv)))
+        .await
+        .expect("the log J as CSV")
+        .into_inner();
+    assert!(String::from_utf8_lossy(&csv.content).contains(child.full_name));
+    let result = school
+        .school_referrals()
+        .export_referral_log(school.req(export(ExportFormat::Unspecified)))
+        .await;
+    refusals.record("the log J in no format", Code::InvalidArgument, result);
+    let result = school
+        .school_referrals()
+        .send_referral_log(school.req(SendReferralLogRequest {
+            year,
+            month,
+            idempotency_key: "npd-log-early".into(),
+        }))
+        .await;
+    refusals.record(
+        "the log J sent before the month ended",
+        Code::FailedPrecondition,
+        result,
+    );
+    service
+}
+
+/// Residential-1's staff record a fight in which she was injured (report D, her IIN given); the
+/// director assesses it (a bad assessment refused) and refers it to the commission and the
+/// police in one action; the staff refer her injury to health (with a bad IIN refused first);
+/// the director closes it. A member of staff reports the director hurting her, bypassing the
+/// director (who cannot file it). Returns report D.
+async fn incidents_at_her_institution(
+    hub: &TestHub,
+    child: &Child,
+    refusals: &mut Refusals,
+) -> String {
+    let t = today(hub);
+    let staff = hub.staff("residential-1", "staff").await;
+    let director = hub.staff("residential-1", "director").await;
+    let fight = IncidentReport {
+        report_date: Some(cd(t)),
+        reporter_name: "Жанар Төлеуқызы Сағындықова".into(),
+        reporter_status: ReporterStatus::Staff as i32,
+        incident_date: Some(cd(t)),
+        description: format!("Жатақханада {} ұрып жіберді", child.first_name()),
+        behaviours: vec![ProblemBehaviour::FightOrPhysicalAggression as i32],
+        anyone_harmed: true,
+        number_harmed: 1,
+        injured: vec![InjuredPerson {
+            full_name: child.full_name.into(),
+            injuries: "қолы сынған".into(),
+        }],
+        sent_for_medical_help: true,
+        children: vec![
+            InvolvedChild {
+                full_name: child.full_name.into(),
+                role: IncidentRole::Victim as i32,
+                risk_tier: RiskTier::AtRisk as i32,
+                iin: child.iin.clone(),
+            },
+            InvolvedChild {
+                full_name: "Дәурен Серікұлы Ахметов".into(),
+                role: IncidentRole::Perpetrator as i32,
+                risk_tier: RiskTier::HighRisk as i32,
+                iin: String::new(),
+            },
+        ],
+        ..Default::default()
+    };
+    let incident = staff
+        .school_incidents()
+        .record_incident(staff.req(RecordIncidentRequest {
+            idempotency_key: "npd-res-fight".into(),
+            incident: Some(fight),
+            risk_of_injury: false,
+        }))
+        .await
+        .expect("report D recorded")
+        .into_inner()
+        .incident_id;
+    let assessment = |severity: i32, grounds: Vec<i32>| AssessIncidentRequest {
+        incident_id: incident.clone(),
+        severity,
+        grounds,
+        grounds_other: String::new(),
+    };
+    let result = director
+        .residential()
+        .assess_incident(director.req(assessment(0, vec![99])))
+        .await;
+    refusals.record(
+        "an assessment with bad fields",
+        Code::InvalidArgument,
+        result,
+    );
+    director
+        .residential()
+        .assess_incident(director.req(assessment(
+            IncidentSeverity::Severe as i32,
+            vec![MandatoryReportGround::PhysicalViolenceWithInjury as i32],
+        )))
+        .await
+        .expect("assessed");
+    let referrer = || {
+        Some(ReferrerDetails {
+            position: "тәрбиеші".into(),
+            phone: "+7 704 000 0002".into(),
+        })
+    };
+    let referred = director
+        .residential()
+        .refer_incident(director.req(ReferIncidentRequest {
+            incident_id: incident.clone(),
+            referrer: referrer(),
+            children: Vec::new(),
+        }))
+        .await
+        .expect("referred to the commission and the police")
+        .into_inner()
+        .incident
+        .expect("the incident");
+    hub.delivered(&referred.commission_message_id).await;
+    hub.delivered(&referred.police_message_id).await;
+
+    let injured = |iin: &str| IncidentChild {
+        full_name: child.full_name.into(),
+        iin: iin.into(),
+        date_of_birth: Some(cd(child.date_of_birth)),
+        injuries: "қолы сынған".into(),
+        ..Default::default()
+    };
+    let result = staff
+        .residential()
+        .refer_injured_child(staff.req(ReferInjuredChildRequest {
+            idempotency_key: "npd-res-health-bad".into(),
+            incident_id: incident.clone(),
+            child: Some(injured(&child.bad_iin)),
+            referrer: referrer(),
+        }))
+        .await;
+    refusals.record(
+        "her injury referred with a bad IIN",
+        Code::InvalidArgument,
+        result,
+    );
+    let health = staff
+        .residential()
+        .refer_injured_child(staff.req(ReferInjuredChildRequest {
+            idempotency_key: "npd-res-health".into(),
+            incident_id: incident.clone(),
+            child: Some(injured(&child.iin)),
+            referrer: referrer(),
+        }))
+        .await
+        .expect("her injury referred to health")
+        .into_inner();
+    hub.delivered(&health.message_id).await;
+    let version = director
+        .residential()
+        .get_residential_incident(director.req(GetResidentialIncidentRequest {
+            incident_id: incident.clone(),
+        }))
+        .await
+        .expect("the incident reads")
+        .into_inner()
+        .version;
+    director
+        .residential()
+        .close_incident(director.req(CloseIncidentRequest {
+            incident_id: incident.clone(),
+            base_version: version,
+        }))
+        .await
+        .expect("referred to both: it closes");
+
+    let bypass = ReportBypassingDirectorRequest {
+        idempotency_key: "npd-bypass".into(),
+        incident_date: Some(cd(t)),
+        severity: IncidentSeverity::Severe as i32,
+        grounds: vec![MandatoryReportGround::CorporalPunishmentWithHarm as i32],
+        grounds_other: String::new(),
+        description: format!("Директор {} ұрды", child.full_name),
+        children: vec![IncidentChild {
+            role: IncidentRole::Victim as i32,
+            injured: true,
+            injuries: "көгерген".into(),
+            ..injured(&child.iin)
+        }],
+        referrer: referrer(),
+    };
+    let result = director
+        .residential()
+        .report_bypassing_director(director.req(bypass.clone()))
+        .await;
+    refusals.record(
+        "the director filing a report bypassing the director",
+        Code::PermissionDenied,
+        result,
+    );
+    let reported = staff
+        .residential()
+        .report_bypassing_director(staff.req(bypass))
+        .await
+        .expect("the report bypassing the director")
+        .into_inner()
+        .incident
+        .expect("the report");
+    hub.delivered(&reported.commission_message_id).await;
+    hub.delivered(&reported.police_message_id).await;
+    incident
+}
+
+/// The curator asks the police about her case; the inspector links it, as the victim's, to the
+/// investigation of the institution's incident; a summary naming her refused, an update made;
+/// her preventive registration refused (she is the victim).
+async fn police_link_her_case(
+    hub: &TestHub,
+    child: &Child,
+    work: &AgencyWork,
+    refusals: &mut Refusals,
+) {
+    let t = today(hub);
+    let curator = hub.staff("commission", "curator-1").await;
+    curator
+        .case_files()
+        .request_information(curator.req(RequestInformationRequest {
+            case_reference: work.case.clone(),
+            base_version: version(&curator, &work.case).await,
+            idempotency_key: "npd-ask-police".into(),
+            recipient_agency_id: "police-1".into(),
+            questions: format!("{} ({}) бойынша тергеу барысы?", child.full_name, child.iin),
+            answer_by: Some(cd(t + 7.days())),
+        }))
+        .await
+        .expect("the police are asked");
+    hub.deliver_everything().await;
+    let inspector = hub.staff("police-1", "inspector").await;
+    let investigation = inspector
+        .investigations()
+        .list_investigations(inspector.req(ListInvestigationsRequest {
+            include_closed: true,
+        }))
+        .await
+        .expect("the inspector lists")
+        .into_inner()
+        .investigations
+        .into_iter()
+        .find(|i| i.incident_reference == work.incident)
+        .expect("the institution's referral opened an investigation")
+        .investigation_id;
+    let linked = inspector
+        .investigations()
+        .link_case(inspector.req(LinkCaseRequest {
+            investigation_id: investigation.clone(),
+            case_reference: work.case.clone(),
+            child_role: IncidentRole::Victim as i32,
+        }))
+        .await
+        .expect("her case linked to the incident's investigation")
+        .into_inner()
+        .investigation
+        .expect("the investigation");
+    assert!(linked.cases.iter().any(|c| c.case_reference == work.case));
+    let update = |key: &str, summary: String| UpdateInvestigationRequest {
+        investigation_id: investigation.clone(),
+        status: InvestigationStatus::Opened as i32,
+        status_on: Some(cd(t)),
+        idempotency_key: key.into(),
+        summary,
+        ..Default::default()
+    };
+    let result = inspector
+        .investigations()
+        .update_investigation(inspector.req(update(
+            "npd-update-naming",
+            format!("{} (ЖСН {}) жауап алынды", child.full_name, child.iin),
+        )))
+        .await;
+    refusals.record("an update naming her", Code::InvalidArgument, result);
+    let opened = inspector
+        .investigations()
+        .update_investigation(
+            inspector.req(update("npd-update", "Іс қозғалды / Возбуждено дело".into())),
+        )
+        .await
+        .expect("the investigation opened")
+        .into_inner();
+    hub.delivered(&opened.message_id).await;
+    let result = inspector
+        .investigations()
+        .register_preventive(inspector.req(RegisterPreventiveRequest {
+            case_reference: work.case.clone(),
+            registered_on: Some(cd(t)),
+            grounds: format!("{} төбелеске қатысты", child.full_name),
+            idempotency_key: "npd-register".into(),
+        }))
+        .await;
+    refusals.record(
+        "her preventive registration (she is the victim)",
+        Code::FailedPrecondition,
+        result,
+    );
+}
+
+/// The curator asks health-1 about her case; the doctor notes her admission on the
+/// institution's referral of her injury (held, waiting for a case), links it to her case, and
+/// notes her treatment; an admission again, and a notice with bad fields, refused.
+async fn health_notices_about_her(
+    hub: &TestHub,
+    child: &Child,
+    work: &AgencyWork,
+    refusals: &mut Refusals,
+) {
+    let t = today(hub);
+    let curator = hub.staff("commission", "curator-1").await;
+    curator
+        .case_files()
+        .request_information(curator.req(RequestInformationRequest {
+            case_reference: work.case.clone(),
+            base_version: version(&curator, &work.case).await,
+            idempotency_key: "npd-ask-health".into(),
+            recipient_agency_id: "health-1".into(),
+            questions: format!("{} емделді ме?", child.full_name),
+            answer_by: Some(cd(t + 7.days())),
+        }))
+        .await
+        .expect("health is asked");
+    hub.deliver_everything().await;
+    let doctor = hub.staff("health-1", "doctor").await;
+    let injury = doctor
+        .health_notices()
+        .list_referrals(doctor.req(ListReferralsRequest {}))
+        .await
+        .expect("the doctor lists")
+        .into_inner()
+        .referrals
+        .into_iter()
+        .find(|r| r.case_reference.is_empty() && r.incident_reference == work.incident)
+        .expect("the institution's referral of her injury")
+        .referral_id;
+    let notice = |key: &str, kind: HealthNoticeKind| SendNoticeRequest {
+        referral_id: injury.clone(),
+        kind: kind as i32,
+        on: Some(cd(t)),
+        facility: "Аудандық аурухана, травматология".into(),
+        note: format!("{}: қолы гипсте", child.first_name()),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    doctor
+        .health_notices()
+        .send_notice(doctor.req(notice("npd-admitted", HealthNoticeKind::Admitted)))
+        .await
+        .expect("admitted, held");
+    let result = doctor
+        .health_notices()
+        .send_notice(doctor.req(notice("npd-admitted-2", HealthNoticeKind::Admitted)))
+        .await;
+    refusals.record(
+        "her admission noted twice",
+        Code::FailedPrecondition,
+        result,
+    );
+    let result = doctor
+        .health_notices()
+        .send_notice(doctor.req(SendNoticeRequest {
+            facility: String::new(),
+            on: Some(cd(t + 2.days())),
+            ..notice("npd-notice-bad", HealthNoticeKind::Treatment)
+        }))
+        .await;
+    refusals.record("a notice with bad fields", Code::InvalidArgument, result);
+    doctor
+        .health_notices()
+        .link_referral(doctor.req(LinkReferralRequest {
+            referral_id: injury.clone(),
+            case_reference: work.case.clone(),
+        }))
+        .await
+        .expect("her injury's referral linked to her case");
+    let treated = doctor
+        .health_notices()
+        .send_notice(doctor.req(notice("npd-treatment", HealthNoticeKind::Treatment)))
+        .await
+        .expect("treatment")
+        .into_inner();
+    hub.delivered(&treated.message_id).await;
+    hub.deliver_everything().await;
+    assert_eq!(get_case(&curator, &work.case).await.health_notices.len(), 2);
+}
+
+/// The curator instructs residential-1, where she lives, to move her (an instruction with bad
+/// fields refused first); its director acknowledges it.
+async fn protection_instruction_about_her(
+    hub: &TestHub,
+    child: &Child,
+    work: &AgencyWork,
+    refusals: &mut Refusals,
+) {
+    let t = today(hub);
+    let curator = hub.staff("commission", "curator-1").await;
+    let instruction = |key: &str, base_version: u64| SendProtectionInstructionRequest {
+        idempotency_key: key.into(),
+        case_reference: work.case.clone(),
+        base_version,
+        recipient_agency_id: "residential-1".into(),
+        measure: ProtectionMeasure::MoveToAnotherInstitution as i32,
+        measure_other: String::new(),
+        new_placement: "№2 балалар үйі, Абай к-сі 5".into(),
+        carry_out_by: Some(cd(t + 3.days())),
+        decision_reference: "КТІЖК-7/2026".into(),
+        decision_date: Some(cd(t)),
+        reason: format!("{} директордан қорғау керек", child.full_name),
+        confidentiality_weighed: true,
+        weighing_reason: format!(
+            "{} ауыстырылады; оқиға мазмұны берілмейді",
+            child.first_name()
+        ),
+    };
+    let base = version(&curator, &work.case).await;
+    let result = curator
+        .protection_instructions()
+        .send_protection_instruction(curator.req(SendProtectionInstructionRequest {
+            measure: 0,
+            new_placement: child.address.into(),
+            carry_out_by: Some(cd(t - 1.days())),
+            ..instruction("npd-instruction-bad", base)
+        }))
+        .await;
+    refusals.record(
+        "a protection instruction with bad fields",
+        Code::InvalidArgument,
+        result,
+    );
+    let sent = curator
+        .protection_instructions()
+        .send_protection_instruction(curator.req(instruction("npd-instruction", base)))
+        .await
+        .expect("the institution instructed")
+        .into_inner();
+    hub.delivered(&sent.message_id).await;
+    let director = hub.staff("residential-1", "director").await;
+    let listed = director
+        .residential()
+        .list_protection_instructions(director.req(ListProtectionInstructionsRequest {}))
+        .await
+        .expect("the director lists instructions")
+        .into_inner()
+        .instructions;
+    assert_eq!(listed.len(), 1);
+    director
+        .residential()
+        .acknowledge_instruction(director.req(AcknowledgeInstructionRequest {
+            idempotency_key: "npd-instruction-ack".into(),
+            instruction_message_id: sent.message_id,
+            kind: InstructionAcknowledgementKind::Acknowledged as i32,
+            on: Some(cd(t)),
+            note: format!("{} туралы нұсқау қабылданды", child.first_name()),
+        }))
+        .await
+        .expect("acknowledged");
+    hub.deliver_everything().await;
+}
+
+/// The clock moves to the first of next month: the agency clocks run out (the unconfirmed phone
+/// call, the unacknowledged allegation, the NGO's weekly report) and their alerts reach the
+/// school's lead, its director and the NGO; the log J of the month ended is sent to the
+/// commission, which opens it.
+async fn agency_clocks_run_out_and_log_j_sent(hub: &TestHub, work: &AgencyWork) {
+    let t = today(hub);
+    let (year, month) = (i32::from(t.year()), i32::from(t.month()));
+    let first_of_next = t.last_of_month() + 1.day();
+    hub.clock.set(
+        first_of_next
+            .at(9, 0, 0, 0)
+            .to_zoned(TimeZone::get("Asia/Almaty").unwrap())
+            .unwrap()
+            .timestamp(),
+    );
+    hub.gateway()
+        .settle()
+        .await
+        .expect("the deadline engine settles");
+    hub.deliver_everything().await;
+    let lead = hub.staff("school-1", "safeguarding-lead").await;
+    let director = hub.staff("school-1", "director").await;
+    let ngo = hub.staff("ngo-1", "case-manager").await;
+    for (who, staff, subject) in [
+        ("the lead", &lead, &work.unconfirmed_concern),
+        ("the director", &director, &work.allegation),
+        ("the NGO", &ngo, &work.service),
+    ] {
+        let alerts = alerts_about(staff, subject).await;
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.state == DeadlineState::Overdue as i32
+                    || a.state == DeadlineState::Escalated as i32),
+            "{who} is alerted: {alerts:?}"
+        );
+    }
+
+    let sent = director
+        .school_referrals()
+        .send_referral_log(director.req(SendReferralLogRequest {
+            year,
+            month,
+            idempotency_key: "npd-log-sent".into(),
+        }))
+        .await
+        .expect("the log J sent")
+        .into_inner();
+    hub.delivered(&sent.message_id).await;
+    let secretary = hub.staff("commission", "secretary").await;
+    match received(&secretary, &sent.message_id)
+        .await
+        .payload
+        .and_then(|p| p.form)
+    {
+        Some(payload::Form::ReferralLog(log)) => assert!(!log.rows.is_empty()),
+        other => panic!("expected a log J, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
