@@ -54,7 +54,9 @@ fn clock_key(incident_id: &str, step: &str) -> String {
     format!("incident:{incident_id}:{step}")
 }
 
-fn sha_of<M: prost::Message>(m: &M) -> String {
+/// The fingerprint of a request, kept beside its idempotency key: the same key with another
+/// request is refused. Every request of the school's services is fingerprinted so.
+pub(crate) fn sha_of<M: prost::Message>(m: &M) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(m.encode_to_vec()))
 }

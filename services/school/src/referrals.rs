@@ -14,6 +14,8 @@
 
 mod log;
 
+use std::collections::HashMap;
+
 use jiff::{Timestamp, civil::Date};
 use prost::Message as _;
 use referral_agency::{AgencyHost, PushOutcome, acting_user, forms::form};
@@ -38,13 +40,15 @@ use sha2::{Digest as _, Sha256};
 use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
-use crate::validation;
+use crate::{api::sha_of, validation};
 
 pub use log::HEADINGS as LOG_HEADINGS;
 
+/// A referral's columns, and the id the gateway gave its SERVICE_REFERRAL (none while queued).
 const COLUMNS: &str = "referral_id, referral, message_key, ngo_agency_id, service_name, status, \
     business_status, support_received, reason, date_checked, cancellation_key, created_at, \
-    created_by_name";
+    created_by_name, (SELECT s.message_id FROM sent_messages s \
+    WHERE s.idempotency_key = service_referrals.message_key) AS message_id";
 
 /// The statuses after which a referral takes no more steps.
 const ENDED: [ReferralStatus; 3] = [
@@ -52,10 +56,6 @@ const ENDED: [ReferralStatus; 3] = [
     ReferralStatus::Completed,
     ReferralStatus::Cancelled,
 ];
-
-fn sha_of<M: prost::Message>(m: &M) -> String {
-    hex::encode(Sha256::digest(m.encode_to_vec()))
-}
 
 /// A `sent_messages` key for a client's idempotency key: hashed, so that any key the staff API
 /// accepts makes a key the gateway accepts, and namespaced by what is sent.
@@ -264,6 +264,7 @@ struct Row {
     cancellation_key: Option<String>,
     created_at: i64,
     created_by: String,
+    message_id: Option<String>,
 }
 
 fn read_row(r: &sqlx::any::AnyRow) -> ServiceResult<Row> {
@@ -283,6 +284,7 @@ fn read_row(r: &sqlx::any::AnyRow) -> ServiceResult<Row> {
         cancellation_key: r.try_get(10)?,
         created_at: r.try_get(11)?,
         created_by: r.try_get(12)?,
+        message_id: r.try_get(13)?,
     })
 }
 
@@ -296,6 +298,52 @@ async fn load(conn: &mut AnyConnection, id: &str) -> ServiceResult<Option<Row>> 
     .as_ref()
     .map(read_row)
     .transpose()
+}
+
+/// A referral and the updates the NGO sent about it.
+async fn load_record(conn: &mut AnyConnection, id: &str) -> ServiceResult<ServiceReferralRecord> {
+    let row = load(conn, id).await?.ok_or_else(not_found)?;
+    let updates = sqlx::query(
+        "SELECT referral_id, update_sent FROM service_referral_updates \
+         WHERE referral_id = $1 ORDER BY received_at, message_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(record(row, updates_by_referral(&updates)?.remove(id)))
+}
+
+/// The updates of `rows` (`referral_id`, `update_sent`), by referral, each in the order read.
+fn updates_by_referral(
+    rows: &[sqlx::any::AnyRow],
+) -> ServiceResult<HashMap<String, Vec<ServiceUpdate>>> {
+    let mut by_referral: HashMap<String, Vec<ServiceUpdate>> = HashMap::new();
+    for r in rows {
+        let update = ServiceUpdate::decode(r.try_get::<Vec<u8>, _>(1)?.as_slice())
+            .map_err(ServiceError::internal)?;
+        by_referral.entry(r.try_get(0)?).or_default().push(update);
+    }
+    Ok(by_referral)
+}
+
+/// A referral as the staff API shows it, with the updates the NGO sent about it.
+fn record(row: Row, updates: Option<Vec<ServiceUpdate>>) -> ServiceReferralRecord {
+    ServiceReferralRecord {
+        referral_id: row.id,
+        referral: Some(row.referral),
+        ngo_agency_id: row.ngo,
+        service_name: row.service_name,
+        message_id: row.message_id.unwrap_or_default(),
+        status: row.status as i32,
+        business_status: row.business as i32,
+        support_received: row.support_received,
+        reason: row.reason,
+        date_checked: date_of(row.date_checked.as_deref()).map(to_calendar_date),
+        cancellation_requested: row.cancellation_key.is_some(),
+        updates: updates.unwrap_or_default(),
+        created_at: Some(time::micros_to_proto(row.created_at)),
+        created_by: row.created_by,
+    }
 }
 
 fn date_of(text: Option<&str>) -> Option<Date> {
@@ -344,47 +392,9 @@ impl SchoolReferralsApi {
         }
     }
 
-    async fn record(
-        &self,
-        conn: &mut AnyConnection,
-        row: Row,
-    ) -> ServiceResult<ServiceReferralRecord> {
-        let message_id = self.host.sent_message_id(&row.message_key).await?;
-        let updates = sqlx::query(
-            "SELECT update_sent FROM service_referral_updates WHERE referral_id = $1 \
-             ORDER BY received_at, message_id",
-        )
-        .bind(row.id.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| {
-            ServiceUpdate::decode(r.try_get::<Vec<u8>, _>(0)?.as_slice())
-                .map_err(ServiceError::internal)
-        })
-        .collect::<ServiceResult<Vec<_>>>()?;
-        Ok(ServiceReferralRecord {
-            referral_id: row.id,
-            referral: Some(row.referral),
-            ngo_agency_id: row.ngo,
-            service_name: row.service_name,
-            message_id: message_id.unwrap_or_default(),
-            status: row.status as i32,
-            business_status: row.business as i32,
-            support_received: row.support_received,
-            reason: row.reason,
-            date_checked: date_of(row.date_checked.as_deref()).map(to_calendar_date),
-            cancellation_requested: row.cancellation_key.is_some(),
-            updates,
-            created_at: Some(time::micros_to_proto(row.created_at)),
-            created_by: row.created_by,
-        })
-    }
-
     async fn get(&self, id: &str) -> ServiceResult<ServiceReferralRecord> {
         let mut conn = self.host.pool().acquire().await?;
-        let row = load(&mut conn, id).await?.ok_or_else(not_found)?;
-        self.record(&mut conn, row).await
+        load_record(&mut conn, id).await
     }
 
     fn check_refer(&self, r: &ReferPupilRequest, today: Date) -> ServiceResult<()> {
@@ -581,12 +591,22 @@ impl SchoolReferralsApi {
         .bind(month_key(y, m))
         .fetch_all(&mut *conn)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let row = read_row(r)?;
-            out.push(self.record(&mut conn, row).await?);
-        }
-        Ok(out)
+        let updates = sqlx::query(
+            "SELECT u.referral_id, u.update_sent FROM service_referral_updates u \
+             JOIN service_referrals r ON r.referral_id = u.referral_id \
+             WHERE r.month = $1 ORDER BY u.received_at, u.message_id",
+        )
+        .bind(month_key(y, m))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut updates = updates_by_referral(&updates)?;
+        rows.iter()
+            .map(|r| {
+                let row = read_row(r)?;
+                let updates = updates.remove(&row.id);
+                Ok(record(row, updates))
+            })
+            .collect()
     }
 
     /// J of a month: its period runs from the first of the month to its end, or to today.
@@ -657,8 +677,7 @@ impl SchoolReferralsApi {
         .bind(row.id.as_str())
         .execute(&mut *conn)
         .await?;
-        let row = load(&mut conn, &row.id).await?.ok_or_else(not_found)?;
-        self.record(&mut conn, row).await
+        load_record(&mut conn, &row.id).await
     }
 
     async fn request_cancellation(

@@ -55,6 +55,7 @@ use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
 use self::store::{allegation_not_found, concern_not_found};
+use crate::api::sha_of;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
@@ -65,11 +66,6 @@ const MAX_ALLEGATIONS: i64 = 500;
 #[derive(Debug, Clone)]
 pub struct SafeguardingApi {
     host: AgencyHost,
-}
-
-fn sha_of<M: prost::Message>(m: &M) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(m.encode_to_vec()))
 }
 
 /// The lead and the deputy take a concern's steps.

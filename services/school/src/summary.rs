@@ -257,21 +257,27 @@ pub const XLSX_CONTENT_TYPE: &str =
 /// Cyrillic right): a row of Kazakh headings, a row of Russian headings, a row of values.
 pub fn csv(e: &IncidentSummary) -> Vec<u8> {
     let cols = columns(e);
+    csv_table([
+        cols.iter().map(|c| c.kk.to_owned()).collect(),
+        cols.iter().map(|c| c.ru.to_owned()).collect(),
+        cols.iter()
+            .map(|c| match &c.value {
+                Value::Text(t) => t.clone(),
+                Value::Count(n) => n.to_string(),
+            })
+            .collect(),
+    ])
+}
+
+/// A table as CSV (RFC 4180, UTF-8 with a byte-order mark so that spreadsheet programs read the
+/// Cyrillic right), a line per row: the writer of both exports, E and J.
+pub(crate) fn csv_table(rows: impl IntoIterator<Item = Vec<String>>) -> Vec<u8> {
     let mut out = String::from("\u{FEFF}");
-    let mut row = |cells: Vec<String>| {
+    for cells in rows {
         let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
         out.push_str(&line.join(","));
         out.push_str("\r\n");
-    };
-    row(cols.iter().map(|c| c.kk.to_owned()).collect());
-    row(cols.iter().map(|c| c.ru.to_owned()).collect());
-    row(cols
-        .iter()
-        .map(|c| match &c.value {
-            Value::Text(t) => t.clone(),
-            Value::Count(n) => n.to_string(),
-        })
-        .collect());
+    }
     out.into_bytes()
 }
 

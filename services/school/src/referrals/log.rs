@@ -22,9 +22,7 @@ pub const HEADINGS: [(&str, &str); 6] = [
     ("Тексерген күн", "Дата проверки"),
 ];
 
-pub const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
-pub const XLSX_CONTENT_TYPE: &str =
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+pub use crate::summary::{CSV_CONTENT_TYPE, XLSX_CONTENT_TYPE};
 
 /// The file name of an export.
 pub fn file_name(agency_id: &str, j: &ReferralLog, extension: &str) -> String {
@@ -54,26 +52,14 @@ fn cells(row: &ReferralLogRow) -> [String; 6] {
 /// J as CSV (RFC 4180, UTF-8 with a byte-order mark so that spreadsheet programs read the
 /// Cyrillic right): a row of Kazakh headings, a row of Russian headings, a row per referral.
 pub fn csv(j: &ReferralLog) -> Vec<u8> {
-    let mut out = String::from("\u{FEFF}");
-    let mut line = |cells: &[String]| {
-        let fields: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
-        out.push_str(&fields.join(","));
-        out.push_str("\r\n");
-    };
-    line(&HEADINGS.map(|(kk, _)| kk.to_owned()));
-    line(&HEADINGS.map(|(_, ru)| ru.to_owned()));
-    for row in &j.rows {
-        line(&cells(row));
-    }
-    out.into_bytes()
-}
-
-fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value.to_owned()
-    }
+    crate::summary::csv_table(
+        [
+            HEADINGS.map(|(kk, _)| kk.to_owned()).to_vec(),
+            HEADINGS.map(|(_, ru)| ru.to_owned()).to_vec(),
+        ]
+        .into_iter()
+        .chain(j.rows.iter().map(|row| cells(row).to_vec())),
+    )
 }
 
 /// J as an XLSX workbook with one sheet laid out like the CSV.
