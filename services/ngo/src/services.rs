@@ -23,7 +23,7 @@ use referral_core::{
     FieldViolations, ServiceError, ServiceResult,
     db::Row as _,
     time,
-    validate::{self, LONG_TEXT_MAX, Text},
+    validate::{self, LONG_TEXT, LONG_TEXT_MAX, REQUIRED_LONG_TEXT, Text},
 };
 use referral_proto::v1::{
     ActingUser, ActionProgress, ActionProgressState, AgencyClockEvent, AgencyClockEventKind,
@@ -308,9 +308,11 @@ fn view(row: &Row) -> NgoService {
     }
 }
 
-fn case_manager(user: &ActingUser) -> ServiceResult<()> {
+/// The acting user of `request`, when a case manager: the services are theirs alone.
+fn case_manager<T>(request: &Request<T>) -> ServiceResult<ActingUser> {
+    let user = acting_user(request)?;
     if user.role == Role::NgoCaseManager as i32 {
-        Ok(())
+        Ok(user)
     } else {
         Err(ServiceError::PermissionDenied(
             "services are the NGO case managers' work".into(),
@@ -338,13 +340,7 @@ fn check_update(request: &UpdateServiceRequest, today: Date) -> ServiceResult<Se
         }
         Ok(e) => e,
     };
-    let required = |yes: bool| {
-        if yes {
-            Text::required(1, LONG_TEXT_MAX).multiline()
-        } else {
-            Text::optional(LONG_TEXT_MAX).multiline()
-        }
-    };
+    let required = |yes: bool| if yes { REQUIRED_LONG_TEXT } else { LONG_TEXT };
     validate::text(
         &mut v,
         "reason",
@@ -462,7 +458,6 @@ impl NgoServicesApi {
         user: ActingUser,
         request: UpdateServiceRequest,
     ) -> ServiceResult<UpdateServiceResponse> {
-        case_manager(&user)?;
         let today = self.host.today();
         let event = check_update(&request, today)?;
         let key = message_key(&request.idempotency_key);
@@ -890,8 +885,7 @@ impl ngo_services_server::NgoServices for NgoServicesApi {
         &self,
         request: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        let user = acting_user(&request)?;
-        case_manager(&user)?;
+        case_manager(&request)?;
         let include_ended = request.into_inner().include_ended;
         let mut conn = self
             .host
@@ -922,8 +916,7 @@ impl ngo_services_server::NgoServices for NgoServicesApi {
         &self,
         request: Request<GetServiceRequest>,
     ) -> Result<Response<NgoService>, Status> {
-        let user = acting_user(&request)?;
-        case_manager(&user)?;
+        case_manager(&request)?;
         let id = request.into_inner().service_id;
         let mut v = FieldViolations::new();
         service_id_check(&mut v, &id);
@@ -944,7 +937,7 @@ impl ngo_services_server::NgoServices for NgoServicesApi {
         &self,
         request: Request<UpdateServiceRequest>,
     ) -> Result<Response<UpdateServiceResponse>, Status> {
-        let user = acting_user(&request)?;
+        let user = case_manager(&request)?;
         Ok(Response::new(
             self.update(user, request.into_inner()).await?,
         ))
@@ -954,8 +947,7 @@ impl ngo_services_server::NgoServices for NgoServicesApi {
         &self,
         request: Request<ListMeetingNoticesRequest>,
     ) -> Result<Response<ListMeetingNoticesResponse>, Status> {
-        let user = acting_user(&request)?;
-        case_manager(&user)?;
+        case_manager(&request)?;
         let id = request.into_inner().service_id;
         let mut v = FieldViolations::new();
         validate::text(&mut v, "service_id", &id, Text::optional(100));

@@ -23,7 +23,7 @@ use referral_core::{
     FieldViolations, ServiceError, ServiceResult,
     db::Row as _,
     time,
-    validate::{self, LONG_TEXT_MAX, PERSON_NAME, Text, to_calendar_date},
+    validate::{self, LONG_TEXT, PERSON_NAME, REQUIRED_LONG_TEXT, Text, to_calendar_date},
 };
 use referral_proto::v1::{
     ActingUser, AgencyKind, ConfidentialityLabel, Envelope, ExportFormat, ExportReferralLogRequest,
@@ -358,14 +358,6 @@ fn reference_check(v: &mut FieldViolations, field: &str, value: &str) {
     }
 }
 
-fn long(required: bool) -> Text {
-    if required {
-        Text::required(1, LONG_TEXT_MAX).multiline()
-    } else {
-        Text::optional(LONG_TEXT_MAX).multiline()
-    }
-}
-
 /// The `SchoolReferrals` service of one school or residential institution.
 #[derive(Debug, Clone)]
 pub struct SchoolReferralsApi {
@@ -437,9 +429,9 @@ impl SchoolReferralsApi {
             &mut v,
             "support_requested",
             &r.support_requested,
-            long(true),
+            REQUIRED_LONG_TEXT,
         );
-        validate::text(&mut v, "reason", &r.reason, long(true));
+        validate::text(&mut v, "reason", &r.reason, REQUIRED_LONG_TEXT);
         validate::text(&mut v, "contact_person", &r.contact_person, PERSON_NAME);
         validate::text(
             &mut v,
@@ -688,7 +680,7 @@ impl SchoolReferralsApi {
         let mut v = FieldViolations::new();
         reference_check(&mut v, "referral_id", &request.referral_id);
         validate::idempotency_key(&request.idempotency_key, "idempotency_key", &mut v);
-        validate::text(&mut v, "reason", &request.reason, long(true));
+        validate::text(&mut v, "reason", &request.reason, REQUIRED_LONG_TEXT);
         v.into_result()?;
         let key = key_for("service-cancellation", &request.idempotency_key);
         let mut tx = self.host.begin().await?;
@@ -803,7 +795,7 @@ impl SchoolReferralsApi {
             Some(_) => {}
         }
         validate::text(&mut v, "place", &request.place, Text::required(1, 200));
-        validate::text(&mut v, "note", &request.note, long(false));
+        validate::text(&mut v, "note", &request.note, LONG_TEXT);
         v.into_result()?;
         let meeting_at = meeting_at.unwrap_or(now);
         let sha = sha_of(&request);
