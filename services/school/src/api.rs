@@ -35,6 +35,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     clocks,
+    idempotency::{replayed, sha_of},
     summary::{self, MonthReport},
     validation,
 };
@@ -52,13 +53,6 @@ pub struct SchoolIncidentsApi {
 /// The idempotency key of an incident's clock event: one per incident and step.
 fn clock_key(incident_id: &str, step: &str) -> String {
     format!("incident:{incident_id}:{step}")
-}
-
-/// The fingerprint of a request, kept beside its idempotency key: the same key with another
-/// request is refused. Every request of the school's services is fingerprinted so.
-pub(crate) fn sha_of<M: prost::Message>(m: &M) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(m.encode_to_vec()))
 }
 
 /// `,1,5,`: a list of codes one of which `LIKE '%,5,%'` finds.
@@ -296,20 +290,18 @@ impl SchoolIncidentsApi {
         key: &str,
         sha: &str,
     ) -> ServiceResult<Option<Incident>> {
-        let found = sqlx::query(
-            "SELECT incident_id, request_sha256 FROM school_incidents WHERE idempotency_key = $1",
+        let Some(id) = replayed(
+            conn,
+            "school_incidents",
+            "incident_id",
+            key,
+            sha,
+            "incident report",
         )
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(found) = found else { return Ok(None) };
-        let recorded: String = found.try_get("request_sha256")?;
-        if recorded != sha {
-            return Err(ServiceError::AlreadyExists(
-                "this idempotency key was already used for another incident report".into(),
-            ));
-        }
-        let id: String = found.try_get("incident_id")?;
+        .await?
+        else {
+            return Ok(None);
+        };
         let row = load(conn, &id).await?.ok_or_else(not_found)?;
         Ok(Some(self.incident(row)))
     }

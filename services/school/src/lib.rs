@@ -39,6 +39,7 @@
 
 mod api;
 pub mod clocks;
+mod idempotency;
 pub mod referrals;
 pub mod safeguarding;
 pub mod summary;

@@ -40,7 +40,10 @@ use sha2::{Digest as _, Sha256};
 use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
-use crate::{api::sha_of, validation};
+use crate::{
+    idempotency::{replayed, sha_of},
+    validation,
+};
 
 pub use log::HEADINGS as LOG_HEADINGS;
 
@@ -450,27 +453,22 @@ impl SchoolReferralsApi {
         let today = self.host.today();
         self.check_refer(&request, today)?;
         let sha = sha_of(&request);
+        let key = key_for("service-referral", &request.idempotency_key);
         let mut tx = self.host.begin().await?;
-        if let Some(seen) = sqlx::query(
-            "SELECT referral_id, request_sha256, message_key FROM service_referrals \
-             WHERE idempotency_key = $1",
+        if let Some(id) = replayed(
+            &mut tx,
+            "service_referrals",
+            "referral_id",
+            &request.idempotency_key,
+            &sha,
+            "referral",
         )
-        .bind(request.idempotency_key.as_str())
-        .fetch_optional(&mut *tx)
         .await?
         {
             tx.rollback().await?;
-            if seen.try_get::<String, _>(1)? != sha {
-                return Err(ServiceError::AlreadyExists(
-                    "this idempotency key was already used for another referral".into(),
-                ));
-            }
-            let id: String = seen.try_get(0)?;
-            let key: String = seen.try_get(2)?;
             return self.push_referral(&id, &key).await;
         }
         let id = format!("SR-{}", uuid::Uuid::now_v7().simple());
-        let key = key_for("service-referral", &request.idempotency_key);
         let ngo = self
             .host
             .directory()
@@ -801,20 +799,17 @@ impl SchoolReferralsApi {
         let sha = sha_of(&request);
         let key = key_for("safety-meeting", &request.idempotency_key);
         let mut tx = self.host.begin().await?;
-        if let Some(seen) = sqlx::query(
-            "SELECT meeting_id, request_sha256 FROM safety_meetings WHERE idempotency_key = $1",
+        if let Some(id) = replayed(
+            &mut tx,
+            "safety_meetings",
+            "meeting_id",
+            &request.idempotency_key,
+            &sha,
+            "meeting",
         )
-        .bind(request.idempotency_key.as_str())
-        .fetch_optional(&mut *tx)
         .await?
         {
             tx.rollback().await?;
-            if seen.try_get::<String, _>(1)? != sha {
-                return Err(ServiceError::AlreadyExists(
-                    "this idempotency key was already used for another meeting".into(),
-                ));
-            }
-            let id: String = seen.try_get(0)?;
             return self.push_meeting(&id, &key).await;
         }
         let row = load(&mut tx, &request.referral_id)

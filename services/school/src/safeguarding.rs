@@ -40,7 +40,7 @@ pub mod validation;
 use jiff::Timestamp;
 use referral_agency::{AgencyHost, acting_user, checks};
 use referral_core::{
-    FieldViolations, ServiceError, ServiceResult, db::Row as _, time, validate::REQUIRED_LONG_TEXT,
+    FieldViolations, ServiceError, ServiceResult, time, validate::REQUIRED_LONG_TEXT,
 };
 use referral_proto::v1::{
     AcknowledgeAllegationRequest, ActingUser, AgencyClockEvent, AgencyClockEventKind, AgencyKind,
@@ -55,7 +55,7 @@ use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
 use self::store::{allegation_not_found, concern_not_found};
-use crate::api::sha_of;
+use crate::idempotency::{replayed, sha_of};
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
@@ -203,22 +203,17 @@ impl SafeguardingApi {
         })?;
         let sha = sha_of(&request);
         let mut conn = self.host.pool().acquire().await?;
-        let earlier = sqlx::query(
-            "SELECT absence_id, request_sha256 FROM safeguarding_lead_absences \
-             WHERE idempotency_key = $1",
+        let earlier = replayed(
+            &mut conn,
+            "safeguarding_lead_absences",
+            "absence_id",
+            &request.idempotency_key,
+            &sha,
+            "absence",
         )
-        .bind(&request.idempotency_key)
-        .fetch_optional(&mut *conn)
         .await?;
         let absence_id = match earlier {
-            Some(row) => {
-                if row.try_get::<String, _>("request_sha256")? != sha {
-                    return Err(ServiceError::AlreadyExists(
-                        "this idempotency key was already used for another absence".into(),
-                    ));
-                }
-                row.try_get("absence_id")?
-            }
+            Some(id) => id,
             None => {
                 let id = uuid::Uuid::now_v7().to_string();
                 let inserted = sqlx::query(
@@ -318,15 +313,15 @@ impl SafeguardingApi {
             observed_on.ok_or_else(|| ServiceError::invalid_field("observed_on", "required"))?;
         let sha = sha_of(&request);
         let mut tx = self.host.begin().await?;
-        if let Some(id) = self
-            .replayed(
-                &mut tx,
-                "safeguarding_concerns",
-                "concern_id",
-                &request.idempotency_key,
-                &sha,
-            )
-            .await?
+        if let Some(id) = replayed(
+            &mut tx,
+            "safeguarding_concerns",
+            "concern_id",
+            &request.idempotency_key,
+            &sha,
+            "request",
+        )
+        .await?
         {
             let concern = store::load_concern(&mut tx, &id)
                 .await?
@@ -370,31 +365,6 @@ impl SafeguardingApi {
             "safeguarding concern reported"
         );
         Ok(concern)
-    }
-
-    /// The id of the row recorded under `key` by the same request; ALREADY_EXISTS when the key
-    /// was used for another.
-    async fn replayed(
-        &self,
-        conn: &mut AnyConnection,
-        table: &'static str,
-        id_column: &'static str,
-        key: &str,
-        sha: &str,
-    ) -> ServiceResult<Option<String>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {id_column} AS id, request_sha256 FROM {table} WHERE idempotency_key = $1"
-        )))
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        if row.try_get::<String, _>("request_sha256")? != sha {
-            return Err(ServiceError::AlreadyExists(
-                "this idempotency key was already used for another request".into(),
-            ));
-        }
-        Ok(Some(row.try_get("id")?))
     }
 
     /// The concern, when `user` may see it; NOT_FOUND otherwise (as for an unknown id).
@@ -860,15 +830,15 @@ impl SafeguardingApi {
             happened_on.ok_or_else(|| ServiceError::invalid_field("happened_on", "required"))?;
         let sha = sha_of(&request);
         let mut tx = self.host.begin().await?;
-        if let Some(id) = self
-            .replayed(
-                &mut tx,
-                "safeguarding_allegations",
-                "allegation_id",
-                &request.idempotency_key,
-                &sha,
-            )
-            .await?
+        if let Some(id) = replayed(
+            &mut tx,
+            "safeguarding_allegations",
+            "allegation_id",
+            &request.idempotency_key,
+            &sha,
+            "request",
+        )
+        .await?
         {
             let allegation = store::load_allegation(&mut tx, &id)
                 .await?
