@@ -13,6 +13,8 @@
 //! change, the change is undone; a single refused delivery is marked REFUSED and the others stand.
 //! A delivery the gateway cannot take yet stays queued and is pushed again by the background task.
 
+use std::collections::HashMap;
+
 use jiff::{Timestamp, civil::Date};
 use prost::Message as _;
 use referral_agency::{AgencyHost, GatewayFailure, PushOutcome, acting_user, forms::form};
@@ -307,35 +309,44 @@ async fn links(conn: &mut AnyConnection, id: &str) -> ServiceResult<Vec<Link>> {
     .collect()
 }
 
+/// The columns [`delivery_of`] reads, of `investigation_deliveries d` joined with `sent_messages s`.
+const DELIVERY_COLUMNS: &str = "d.change_key, d.case_reference, d.refused, s.message_id";
+
+/// One delivery from a row of [`DELIVERY_COLUMNS`], with the key of its change.
+fn delivery_of(r: &sqlx::any::AnyRow) -> ServiceResult<(String, InvestigationDelivery)> {
+    let message_id = r.try_get::<Option<String>, _>(3)?.unwrap_or_default();
+    let state = if r.try_get::<i64, _>(2)? == 1 {
+        CaseDeliveryState::Refused
+    } else if message_id.is_empty() {
+        CaseDeliveryState::Queued
+    } else {
+        CaseDeliveryState::Sent
+    };
+    Ok((
+        r.try_get(0)?,
+        InvestigationDelivery {
+            case_reference: r.try_get(1)?,
+            state: state as i32,
+            message_id,
+        },
+    ))
+}
+
 /// The deliveries of one change, in the order they were queued.
 async fn deliveries(
     conn: &mut AnyConnection,
     change_key: &str,
 ) -> ServiceResult<Vec<InvestigationDelivery>> {
-    sqlx::query(
-        "SELECT d.case_reference, d.refused, s.message_id FROM investigation_deliveries d \
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELIVERY_COLUMNS} FROM investigation_deliveries d \
          LEFT JOIN sent_messages s ON s.idempotency_key = d.message_key \
-         WHERE d.change_key = $1 ORDER BY d.queued_at, d.case_reference",
-    )
+         WHERE d.change_key = $1 ORDER BY d.queued_at, d.case_reference"
+    )))
     .bind(change_key)
     .fetch_all(&mut *conn)
     .await?
     .iter()
-    .map(|r| {
-        let message_id = r.try_get::<Option<String>, _>(2)?.unwrap_or_default();
-        let state = if r.try_get::<i64, _>(1)? == 1 {
-            CaseDeliveryState::Refused
-        } else if message_id.is_empty() {
-            CaseDeliveryState::Queued
-        } else {
-            CaseDeliveryState::Sent
-        };
-        Ok(InvestigationDelivery {
-            case_reference: r.try_get(0)?,
-            state: state as i32,
-            message_id,
-        })
-    })
+    .map(|r| Ok(delivery_of(r)?.1))
     .collect()
 }
 
@@ -349,10 +360,25 @@ pub(crate) async fn view(conn: &mut AnyConnection, row: &Row) -> ServiceResult<I
     .bind(row.id.as_str())
     .fetch_all(&mut *conn)
     .await?;
+    // Every change's deliveries in one query, each change's in the order they were queued.
+    let mut by_change: HashMap<String, Vec<InvestigationDelivery>> = HashMap::new();
+    for r in &sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELIVERY_COLUMNS} FROM investigation_deliveries d \
+         JOIN investigation_changes c ON c.message_key = d.change_key \
+         LEFT JOIN sent_messages s ON s.idempotency_key = d.message_key \
+         WHERE c.investigation_id = $1 ORDER BY d.queued_at, d.case_reference"
+    )))
+    .bind(row.id.as_str())
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let (change, delivery) = delivery_of(r)?;
+        by_change.entry(change).or_default().push(delivery);
+    }
     let mut history = Vec::with_capacity(changes.len());
     for r in &changes {
         let key: String = r.try_get(0)?;
-        let deliveries = deliveries(conn, &key).await?;
+        let deliveries = by_change.remove(&key).unwrap_or_default();
         history.push(InvestigationChange {
             update: Some(
                 InvestigationUpdate::decode(r.try_get::<Vec<u8>, _>(1)?.as_slice())
