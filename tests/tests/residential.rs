@@ -876,6 +876,26 @@ async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend
         .await
         .expect_err("acknowledged already");
     assert_eq!(twice.code(), Code::FailedPrecondition);
+    // The list shows each instruction with the message ids of its own acknowledgements.
+    let listed = director
+        .residential()
+        .list_protection_instructions(director.req(ListProtectionInstructionsRequest {}))
+        .await
+        .expect("listed")
+        .into_inner()
+        .instructions;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].state,
+        InstructionAcknowledgementKind::CarriedOut as i32
+    );
+    assert_eq!(listed[0].acknowledgement_message_ids.len(), 2);
+    assert!(
+        listed[0]
+            .acknowledgement_message_ids
+            .iter()
+            .all(|m| !m.is_empty())
+    );
     hub.deliver_everything().await;
     let file = curator
         .case_files()

@@ -232,7 +232,8 @@ fn health_key(idempotency_key: &str) -> String {
     format!("incident-health:{idempotency_key}")
 }
 
-fn sha_of<M: prost::Message>(m: &M) -> String {
+/// How a request is recognised when its idempotency key comes again.
+pub(crate) fn sha_of<M: prost::Message>(m: &M) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(m.encode_to_vec()))
 }

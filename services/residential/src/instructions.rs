@@ -7,6 +7,8 @@
 //! acknowledgement row and the queued message in one transaction, pushed after the commit; one
 //! the gateway refuses is undone (the state goes back), one it cannot take yet is pushed later.
 
+use std::collections::HashMap;
+
 use jiff::Timestamp;
 use prost::Message as _;
 use referral_agency::{AgencyHost, PushOutcome, checks, forms::form};
@@ -71,26 +73,41 @@ fn read_row(r: &sqlx::any::AnyRow) -> ServiceResult<Row> {
     })
 }
 
-async fn view(conn: &mut AnyConnection, row: Row) -> ServiceResult<ReceivedInstruction> {
-    let sent = sqlx::query(
-        "SELECT s.message_id FROM residential_acknowledgements a \
+/// The gateway's message ids of the acknowledgements of the instructions `scope` selects (one
+/// column: an instruction's message id), by instruction, each instruction's in the order made
+/// (empty while queued).
+async fn acknowledgement_ids(
+    conn: &mut AnyConnection,
+    scope: &str,
+    bind: Option<&str>,
+) -> ServiceResult<HashMap<String, Vec<String>>> {
+    let query = format!(
+        "SELECT a.instruction_message_id, s.message_id FROM residential_acknowledgements a \
          LEFT JOIN sent_messages s ON s.idempotency_key = a.message_key \
-         WHERE a.instruction_message_id = $1 ORDER BY a.created_at, a.message_key",
-    )
-    .bind(&row.message_id)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| Ok(r.try_get::<Option<String>, _>(0)?.unwrap_or_default()))
-    .collect::<ServiceResult<Vec<_>>>()?;
-    Ok(ReceivedInstruction {
+         WHERE a.instruction_message_id IN ({scope}) ORDER BY a.created_at, a.message_key"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(query));
+    if let Some(value) = bind {
+        query = query.bind(value.to_owned());
+    }
+    let mut ids: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &query.fetch_all(&mut *conn).await? {
+        ids.entry(r.try_get(0)?)
+            .or_default()
+            .push(r.try_get::<Option<String>, _>(1)?.unwrap_or_default());
+    }
+    Ok(ids)
+}
+
+fn view(row: Row, acknowledgement_message_ids: Vec<String>) -> ReceivedInstruction {
+    ReceivedInstruction {
         message_id: row.message_id,
         commission_agency_id: row.commission,
         instruction: Some(row.instruction),
         received_at: Some(time::micros_to_proto(row.received_at)),
         state: i32::try_from(row.state).unwrap_or_default(),
-        acknowledgement_message_ids: sent,
-    })
+        acknowledgement_message_ids,
+    }
 }
 
 async fn load(conn: &mut AnyConnection, message_id: &str) -> ServiceResult<Option<Row>> {
@@ -108,29 +125,30 @@ async fn load(conn: &mut AnyConnection, message_id: &str) -> ServiceResult<Optio
 /// Every instruction received, newest first.
 pub(crate) async fn list(host: &AgencyHost) -> ServiceResult<ListProtectionInstructionsResponse> {
     let mut conn = host.pool().acquire().await?;
+    let newest = "SELECT message_id FROM residential_instructions \
+                  ORDER BY received_at DESC, message_id LIMIT 500";
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM residential_instructions ORDER BY received_at DESC, message_id \
-         LIMIT 500"
+        "SELECT {COLUMNS} FROM residential_instructions WHERE message_id IN ({newest}) \
+         ORDER BY received_at DESC, message_id"
     )))
     .fetch_all(&mut *conn)
     .await?
     .iter()
     .map(read_row)
     .collect::<ServiceResult<Vec<_>>>()?;
-    let mut instructions = Vec::with_capacity(rows.len());
-    for row in rows {
-        instructions.push(view(&mut conn, row).await?);
-    }
+    let mut acknowledged = acknowledgement_ids(&mut conn, newest, None).await?;
+    let instructions = rows
+        .into_iter()
+        .map(|row| {
+            let ids = acknowledged.remove(&row.message_id).unwrap_or_default();
+            view(row, ids)
+        })
+        .collect();
     Ok(ListProtectionInstructionsResponse { instructions })
 }
 
 fn message_key(idempotency_key: &str) -> String {
     format!("instruction-ack:{idempotency_key}")
-}
-
-fn sha_of(request: &AcknowledgeInstructionRequest) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(request.encode_to_vec()))
 }
 
 /// Acknowledges an instruction, or reports it carried out.
@@ -154,7 +172,7 @@ pub(crate) async fn acknowledge(
     v.into_result()?;
     let kind = kind.unwrap_or_default();
     let key = message_key(&request.idempotency_key);
-    let sha = sha_of(&request);
+    let sha = crate::incidents::sha_of(&request);
     let now = host.clock().now();
     let mut tx = host.begin().await?;
     if let Some(seen) = sqlx::query(
@@ -263,7 +281,11 @@ async fn push_and_answer(
     let row = load(&mut conn, instruction_id)
         .await?
         .ok_or_else(|| ServiceError::NotFound("no such protection instruction".into()))?;
-    view(&mut conn, row).await
+    let ids = acknowledgement_ids(&mut conn, "$1", Some(instruction_id))
+        .await?
+        .remove(instruction_id)
+        .unwrap_or_default();
+    Ok(view(row, ids))
 }
 
 /// The gateway refused an acknowledgement: the instruction gets back the state it replaced.
