@@ -25,7 +25,7 @@
 //!   ([`file_acknowledgement`], inside the inbox's transaction) and shown in the `CaseFile`
 //!   ([`records`]).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use jiff::Timestamp;
 use prost::Message as _;
@@ -394,24 +394,28 @@ pub async fn records(
     .bind(case_reference)
     .fetch_all(&mut *conn)
     .await?;
+    // Every instruction's acknowledgements in one query, each's in the order received.
+    let mut filed: HashMap<String, Vec<InstructionAcknowledgement>> = HashMap::new();
+    for a in &sqlx::query(
+        "SELECT a.instruction_key, a.acknowledgement FROM case_instructions i \
+         JOIN case_instruction_acknowledgements a ON a.instruction_key = i.instruction_key \
+         WHERE i.case_reference = $1 ORDER BY a.received_at, a.message_id",
+    )
+    .bind(case_reference)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        filed.entry(a.try_get(0)?).or_default().push(
+            InstructionAcknowledgement::decode(a.try_get::<Vec<u8>, _>(1)?.as_slice())
+                .map_err(ServiceError::internal)?,
+        );
+    }
     let mut records = Vec::with_capacity(rows.len());
     for r in &rows {
         let key: String = r.try_get(0)?;
         let queued: Option<String> = r.try_get(6)?;
         let message_id: Option<String> = r.try_get(7)?;
-        let acknowledgements = sqlx::query(
-            "SELECT acknowledgement FROM case_instruction_acknowledgements \
-             WHERE instruction_key = $1 ORDER BY received_at, message_id",
-        )
-        .bind(&key)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|a| {
-            InstructionAcknowledgement::decode(a.try_get::<Vec<u8>, _>(0)?.as_slice())
-                .map_err(ServiceError::internal)
-        })
-        .collect::<ServiceResult<Vec<_>>>()?;
+        let acknowledgements = filed.remove(&key).unwrap_or_default();
         let reported = |kind: InstructionAcknowledgementKind| {
             acknowledgements.iter().any(|a| a.kind == kind as i32)
         };
