@@ -4,6 +4,7 @@
 //! * A severe incident goes to the commission and the police in one action, and to nobody else;
 //!   an injured child goes to health with only the medical part; a moderate or severe incident
 //!   is not closed before it went to both (FAILED_PRECONDITION, nothing changes), and is after.
+//!   An incident on each mandatory-report ground goes to both, each copy naming its ground.
 //! * A member of staff's report bypassing an implicated director reaches the commission and the
 //!   police, and the director's lists show nothing of it.
 //! * Acceptance 1: a boy living in the institution reports violence there at school; the school's
@@ -37,6 +38,7 @@ both_backends!(
     a_report_bypassing_the_director_is_kept_from_the_director,
     a_protection_instruction_reaches_the_institution_alone,
     an_instruction_goes_only_where_the_child_lives_and_never_past_an_incident_referral,
+    every_mandatory_report_ground_goes_to_the_commission_and_the_police,
 );
 
 const VICTIM: &str = "Ерасыл Қанатұлы Әбдіров";
@@ -1225,5 +1227,83 @@ async fn an_instruction_goes_only_where_the_child_lives_and_never_past_an_incide
         .await
         .expect_err("implicated by the bypassing report");
     assert_eq!(read.code(), Code::PermissionDenied, "{read:?}");
+    hub.shutdown().await;
+}
+
+/// DOMAIN.md section 3 (M:2932-2940): an incident on any of the mandatory-report grounds goes to
+/// the commission AND the police, each copy naming the ground.
+async fn every_mandatory_report_ground_goes_to_the_commission_and_the_police(backend: Backend) {
+    let hub = TestHub::start(backend).await;
+    let on = today(&hub);
+    let staff = hub.staff("residential-1", "staff").await;
+    let director = hub.staff("residential-1", "director").await;
+    let grounds = [
+        MandatoryReportGround::ThreatOfPhysicalViolence,
+        MandatoryReportGround::PhysicalViolenceWithInjury,
+        MandatoryReportGround::PhysicalViolenceWithWeapon,
+        MandatoryReportGround::SexualCommentsHarassment,
+        MandatoryReportGround::TakingMoney,
+        MandatoryReportGround::PeerHarassmentWithHarm,
+        MandatoryReportGround::CorporalPunishmentWithHarm,
+    ];
+    let mut incidents = Vec::new();
+    for ground in grounds {
+        let id = staff
+            .school_incidents()
+            .record_incident(staff.req(RecordIncidentRequest {
+                idempotency_key: format!("res-ground-{}", ground as i32),
+                incident: Some(fight(on)),
+                risk_of_injury: false,
+            }))
+            .await
+            .expect("report D recorded")
+            .into_inner()
+            .incident_id;
+        let assessed = director
+            .residential()
+            .assess_incident(director.req(AssessIncidentRequest {
+                incident_id: id.clone(),
+                severity: IncidentSeverity::Moderate as i32,
+                grounds: vec![ground as i32],
+                grounds_other: String::new(),
+            }))
+            .await
+            .expect("assessed")
+            .into_inner();
+        assert!(assessed.must_refer, "{ground:?}");
+        let referred = director
+            .residential()
+            .refer_incident(director.req(ReferIncidentRequest {
+                incident_id: id.clone(),
+                referrer: referrer(),
+                children: Vec::new(),
+            }))
+            .await
+            .expect("referred")
+            .into_inner()
+            .incident
+            .unwrap();
+        assert_eq!(
+            referred.referral_state,
+            IncidentReferralState::Referred as i32,
+            "{ground:?}"
+        );
+        assert!(!referred.commission_message_id.is_empty(), "{ground:?}");
+        assert!(!referred.police_message_id.is_empty(), "{ground:?}");
+        incidents.push((id, ground));
+    }
+    hub.deliver_everything().await;
+    for agency in ["commission", "police-1"] {
+        let received = referrals_to(&hub, agency).await;
+        assert_eq!(received.len(), grounds.len(), "{agency}");
+        for (id, ground) in &incidents {
+            let referral = received
+                .iter()
+                .map(referral_of)
+                .find(|r| &r.incident_reference == id)
+                .unwrap_or_else(|| panic!("{agency} lacks the referral on {ground:?}"));
+            assert_eq!(referral.grounds, vec![*ground as i32], "{agency}");
+        }
+    }
     hub.shutdown().await;
 }
