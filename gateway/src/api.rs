@@ -514,13 +514,15 @@ impl Shared {
 
         // 4. The form itself.
         let now = self.clock.now();
+        // Forms judge their dates in the sender's district.
+        let tz = directory
+            .district(&caller.district)
+            .and_then(|d| jiff::tz::TimeZone::get(&d.time_zone).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC);
+        let today = now.to_zoned(tz.clone()).date();
         let mut v = FieldViolations::new();
         match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
             Some(payload::Form::HelpRequest(k)) => {
-                let tz = directory
-                    .district(&caller.district)
-                    .and_then(|d| jiff::tz::TimeZone::get(&d.time_zone).ok())
-                    .unwrap_or(jiff::tz::TimeZone::UTC);
                 validate::help_request(k, now, &tz, &mut v, "envelope.payload.help_request");
             }
             Some(payload::Form::HelpRequestDecision(d)) => {
@@ -561,7 +563,7 @@ impl Shared {
             Some(payload::Form::PreventiveRegistration(r)) => {
                 police_forms::preventive_registration(
                     r,
-                    police_forms::today(caller, &directory, now),
+                    today,
                     &mut v,
                     "envelope.payload.preventive_registration",
                 )
@@ -590,13 +592,13 @@ impl Shared {
                 }
             }
             Some(form) if service_forms::is_service_form(form) => {
-                service_forms::check(&env, caller, &directory, now, &mut v)
+                service_forms::check(&env, caller, today, &mut v)
             }
             Some(
                 form @ (payload::Form::IncidentReferral(_)
                 | payload::Form::ProtectionInstruction(_)
                 | payload::Form::InstructionAcknowledgement(_)),
-            ) => protection_forms::check(form, &env.in_reply_to, caller, &directory, now, &mut v),
+            ) => protection_forms::check(form, &env.in_reply_to, today, &mut v),
             // No rule routes the other forms; they are refused above.
             _ => {}
         }

@@ -8,7 +8,6 @@
 use jiff::civil::Date;
 use referral_core::{
     FieldViolations,
-    directory::{AgencyEntry, Directory},
     validate::{self, Text},
 };
 use referral_proto::v1::{
@@ -17,15 +16,6 @@ use referral_proto::v1::{
 };
 
 const REFERENCE: Text = Text::required(1, 100);
-
-/// Today in `caller`'s district.
-pub(crate) fn today(caller: &AgencyEntry, directory: &Directory, now: jiff::Timestamp) -> Date {
-    let tz = directory
-        .district(&caller.district)
-        .and_then(|d| jiff::tz::TimeZone::get(&d.time_zone).ok())
-        .unwrap_or(jiff::tz::TimeZone::UTC);
-    now.to_zoned(tz).date()
-}
 
 /// The child's role an update carries: absent (UNSPECIFIED) or a known role.
 pub(crate) fn investigation_child_role(u: &InvestigationUpdate, v: &mut FieldViolations, p: &str) {

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 use jiff::civil::Date;
 use referral_core::{
     FieldViolations, ServiceError, ServiceResult,
-    directory::{AgencyEntry, Directory},
+    directory::AgencyEntry,
     iin,
-    validate::{self, LONG_TEXT_MAX, PERSON_NAME, SHORT_TEXT, Text},
+    validate::{self, PERSON_NAME, SHORT_TEXT, Text},
 };
 use referral_proto::v1::{ActingUser, AgencyKind, Envelope, Sensitivity};
 use referral_proto::v1::{
@@ -35,25 +35,10 @@ pub(crate) const MAX_CHILDREN: usize = 50;
 /// Longest reference (incident, case, decision).
 const REFERENCE: Text = Text::required(1, 100);
 const PHONE: Text = Text::required(3, 50);
-const LONG: Text = Text::optional(LONG_TEXT_MAX).multiline();
-const REQUIRED_LONG: Text = Text::required(1, LONG_TEXT_MAX).multiline();
 const PLACEMENT: Text = Text::required(1, 500);
 
-/// Checks one of the protection forms of a message sent by `caller`, judging dates in the
-/// caller's district.
-pub(crate) fn check(
-    form: &payload::Form,
-    in_reply_to: &str,
-    caller: &AgencyEntry,
-    directory: &Directory,
-    now: jiff::Timestamp,
-    v: &mut FieldViolations,
-) {
-    let tz = directory
-        .district(&caller.district)
-        .and_then(|d| jiff::tz::TimeZone::get(&d.time_zone).ok())
-        .unwrap_or(jiff::tz::TimeZone::UTC);
-    let today = now.to_zoned(tz).date();
+/// Checks one of the protection forms of a message; `today` is the sender's district's date.
+pub(crate) fn check(form: &payload::Form, in_reply_to: &str, today: Date, v: &mut FieldViolations) {
     match form {
         payload::Form::IncidentReferral(r) => {
             incident_referral(r, today, v, "envelope.payload.incident_referral")
@@ -140,7 +125,12 @@ fn child(c: &IncidentChild, medical: bool, today: Date, v: &mut FieldViolations,
         );
     }
     if c.injured {
-        validate::text(v, &format!("{p}.injuries"), &c.injuries, REQUIRED_LONG);
+        validate::text(
+            v,
+            &format!("{p}.injuries"),
+            &c.injuries,
+            validate::REQUIRED_LONG_TEXT,
+        );
     } else {
         if !c.injuries.is_empty() {
             v.add(format!("{p}.injuries"), "only for an injured child");
@@ -231,7 +221,7 @@ pub(crate) fn incident_referral(
             v,
             &format!("{p}.description"),
             &r.description,
-            REQUIRED_LONG,
+            validate::REQUIRED_LONG_TEXT,
         );
     }
     if r.children.is_empty() {
@@ -370,7 +360,12 @@ pub(crate) fn protection_instruction(
         ),
         Some(_) => {}
     }
-    validate::text(v, &format!("{p}.reason"), &i.reason, REQUIRED_LONG);
+    validate::text(
+        v,
+        &format!("{p}.reason"),
+        &i.reason,
+        validate::REQUIRED_LONG_TEXT,
+    );
     validate::text(
         v,
         &format!("{p}.instructed_by"),
@@ -438,7 +433,7 @@ pub(crate) fn instruction_acknowledgement(
         v.add(format!("{p}.kind"), "required: acknowledged or carried out");
     }
     past_date(v, format!("{p}.on"), a.on.as_ref(), today);
-    validate::text(v, &format!("{p}.note"), &a.note, LONG);
+    validate::text(v, &format!("{p}.note"), &a.note, validate::LONG_TEXT);
     validate::text(
         v,
         &format!("{p}.acknowledged_by"),

@@ -17,12 +17,12 @@
 //! another reference; the NGO keeps a cancellation request or meeting notice only for the service
 //! of the referral its `referral_message_id` names, with that referral's reference.
 
-use jiff::{Timestamp, civil::Date, tz::TimeZone};
+use jiff::civil::Date;
 use referral_core::{
     FieldViolations, ServiceError, ServiceResult,
-    directory::{AgencyEntry, Directory},
+    directory::AgencyEntry,
     time,
-    validate::{self, LONG_TEXT_MAX, PERSON_NAME, Text},
+    validate::{self, PERSON_NAME, Text},
 };
 use referral_proto::v1::{
     AgencyKind, CalendarDate, Envelope, FormKind, PurposeOfUse, ReferralLog, ReferralLogRow,
@@ -49,19 +49,8 @@ pub(crate) fn is_service_form(form: &payload::Form) -> bool {
     )
 }
 
-/// Checks a service form in `env`, sent by `caller`, at `now`.
-pub(crate) fn check(
-    env: &Envelope,
-    caller: &AgencyEntry,
-    directory: &Directory,
-    now: Timestamp,
-    v: &mut FieldViolations,
-) {
-    let tz = directory
-        .district(&caller.district)
-        .and_then(|d| TimeZone::get(&d.time_zone).ok())
-        .unwrap_or(TimeZone::UTC);
-    let today = now.to_zoned(tz).date();
+/// Checks a service form in `env`, sent by `caller`; `today` is the caller's district's date.
+pub(crate) fn check(env: &Envelope, caller: &AgencyEntry, today: Date, v: &mut FieldViolations) {
     if !env.case_reference.is_empty() {
         v.add(
             "envelope.case_reference",
@@ -124,9 +113,9 @@ fn unset(d: Option<&CalendarDate>) -> bool {
 
 fn long(required: bool) -> Text {
     if required {
-        Text::required(1, LONG_TEXT_MAX).multiline()
+        validate::REQUIRED_LONG_TEXT
     } else {
-        Text::optional(LONG_TEXT_MAX).multiline()
+        validate::LONG_TEXT
     }
 }
 
@@ -558,7 +547,7 @@ mod tests {
             event: ServiceEvent::Declined as i32,
             status: ReferralStatus::Rejected as i32,
             business_status: ServiceBusinessStatus::Declined as i32,
-            reported_at: Some(time::to_proto(Timestamp::UNIX_EPOCH)),
+            reported_at: Some(time::to_proto(jiff::Timestamp::UNIX_EPOCH)),
             reason: "Орын жоқ".into(),
             reported_by: "Ирина Ким".into(),
             ..Default::default()
