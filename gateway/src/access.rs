@@ -277,8 +277,20 @@ pub(crate) async fn case_facts(
                 .conflicting_parties
                 .extend(opposite_parties(&r.incident_reference, &r.incident_role));
         }
-        fold_incident_circumstances(conn, &r, &mut facts).await?;
     }
+    // The circumstances of every report's incident, in one query (see
+    // `fold_incident_circumstances`).
+    let circumstances = sqlx::query(
+        "SELECT i.implicated_agency_id, i.residence_agency_id \
+         FROM referrals r JOIN incident_referrals i \
+         ON i.district_id = r.district_id AND i.referring_agency_id = r.referring_agency_id \
+         AND i.incident_reference = r.incident_reference \
+         WHERE r.case_reference = $1 AND r.incident_reference <> ''",
+    )
+    .bind(case_reference)
+    .fetch_all(&mut *conn)
+    .await?;
+    fold_circumstance_rows(&circumstances, &mut facts)?;
     Ok(Some(facts))
 }
 
@@ -306,7 +318,15 @@ pub(crate) async fn fold_incident_circumstances(
     .bind(&r.incident_reference)
     .fetch_all(&mut *conn)
     .await?;
-    for row in &rows {
+    fold_circumstance_rows(&rows, facts)
+}
+
+/// Folds rows of `incident_referrals` (implicated and residence agency ids) into `facts`.
+fn fold_circumstance_rows(
+    rows: &[sqlx::any::AnyRow],
+    facts: &mut CaseFacts,
+) -> Result<(), sqlx::Error> {
+    for row in rows {
         let implicated: String = row.try_get("implicated_agency_id")?;
         let residence: String = row.try_get("residence_agency_id")?;
         for agency in [&implicated, &residence] {
