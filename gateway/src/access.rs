@@ -10,7 +10,7 @@ use hmac::{KeyInit as _, Mac as _};
 use prost::Message as _;
 use referral_core::{
     FieldViolations, ServiceError, ServiceResult,
-    directory::{AgencyEntry, role_fits_kind, role_name},
+    directory::{AgencyEntry, Directory, role_fits_kind, role_name},
     time, validate,
 };
 use referral_proto::v1::{
@@ -19,7 +19,8 @@ use referral_proto::v1::{
     FilterCaseReadRequest, FormKind, GrantDisclosureRequest, HelpRequest, IncidentRole,
     LinkedReferral, ListDisclosureGrantsRequest, ListDisclosureGrantsResponse,
     ListDisclosuresRequest, ListDisclosuresResponse, Payload, PurposeOfUse, ReadCaseRequest,
-    RevokeDisclosureRequest, Role, Sensitivity, case_source_client::CaseSourceClient, payload,
+    ReportCircumstances, RevokeDisclosureRequest, Role, Sensitivity,
+    case_source_client::CaseSourceClient, payload,
 };
 use sha2::Sha256;
 use sqlx::{Any, Row as _, Transaction};
@@ -339,6 +340,49 @@ fn fold_circumstance_rows(
         }
     }
     Ok(())
+}
+
+/// Checks a report's circumstances (a K's or an incident referral's) against the directory: the
+/// residence a child lives in is another residential institution of the caller's district, an
+/// implicated director's agency a school or residential institution of it. Returns both ids,
+/// trimmed (empty when not named).
+pub(crate) fn check_circumstances<'a>(
+    directory: &Directory,
+    caller: &AgencyEntry,
+    circumstances: &'a ReportCircumstances,
+    prefix: &str,
+    v: &mut FieldViolations,
+) -> (&'a str, &'a str) {
+    let residence = circumstances.child_residence_agency_id.trim();
+    if !residence.is_empty() {
+        match directory.agency(residence) {
+            Some(a) if a.kind() == AgencyKind::Residential && a.district == caller.district => {
+                if a.id == caller.id {
+                    v.add(
+                        format!("{prefix}.child_residence_agency_id"),
+                        "cannot be the referring agency itself",
+                    );
+                }
+            }
+            _ => v.add(
+                format!("{prefix}.child_residence_agency_id"),
+                "must be a residential institution of the district",
+            ),
+        }
+    }
+    let implicated = circumstances.implicated_director_agency_id.trim();
+    if !implicated.is_empty() {
+        match directory.agency(implicated) {
+            Some(a)
+                if matches!(a.kind(), AgencyKind::Residential | AgencyKind::School)
+                    && a.district == caller.district => {}
+            _ => v.add(
+                format!("{prefix}.implicated_director_agency_id"),
+                "must be a school or residential institution of the district",
+            ),
+        }
+    }
+    (residence, implicated)
 }
 
 /// Remembers a case; false when one with this reference exists already.
@@ -983,37 +1027,14 @@ impl Shared {
     ) -> ServiceResult<SendAccess> {
         let directory = self.directory();
         let circumstances = k.circumstances.clone().unwrap_or_default();
-        let prefix = "envelope.payload.help_request.circumstances";
         let mut v = FieldViolations::new();
-        let residence = circumstances.child_residence_agency_id.trim();
-        if !residence.is_empty() {
-            match directory.agency(residence) {
-                Some(a) if a.kind() == AgencyKind::Residential && a.district == caller.district => {
-                    if a.id == caller.id {
-                        v.add(
-                            format!("{prefix}.child_residence_agency_id"),
-                            "cannot be the referring agency itself",
-                        );
-                    }
-                }
-                _ => v.add(
-                    format!("{prefix}.child_residence_agency_id"),
-                    "must be a residential institution of the district",
-                ),
-            }
-        }
-        let implicated = circumstances.implicated_director_agency_id.trim();
-        if !implicated.is_empty() {
-            match directory.agency(implicated) {
-                Some(a)
-                    if matches!(a.kind(), AgencyKind::Residential | AgencyKind::School)
-                        && a.district == caller.district => {}
-                _ => v.add(
-                    format!("{prefix}.implicated_director_agency_id"),
-                    "must be a school or residential institution of the district",
-                ),
-            }
-        }
+        let (residence, implicated) = check_circumstances(
+            &directory,
+            caller,
+            &circumstances,
+            "envelope.payload.help_request.circumstances",
+            &mut v,
+        );
         v.into_result()?;
         let pseudonym = k.child.as_ref().and_then(|c| self.pseudonym(&c.iin));
         // Earlier referrals of the same child: only the commission is told.

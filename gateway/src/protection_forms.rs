@@ -507,35 +507,15 @@ impl Shared {
                  an injured child's, to health",
             ));
         }
-        let directory = self.directory();
         let circumstances = r.circumstances.clone().unwrap_or_default();
-        let prefix = "envelope.payload.incident_referral.circumstances";
         let mut v = FieldViolations::new();
-        let residence = circumstances.child_residence_agency_id.trim();
-        if !residence.is_empty() {
-            match directory.agency(residence) {
-                Some(a)
-                    if a.kind() == AgencyKind::Residential
-                        && a.district == caller.district
-                        && a.id != caller.id => {}
-                _ => v.add(
-                    format!("{prefix}.child_residence_agency_id"),
-                    "must be another residential institution of the district",
-                ),
-            }
-        }
-        let implicated = circumstances.implicated_director_agency_id.trim();
-        if !implicated.is_empty() {
-            match directory.agency(implicated) {
-                Some(a)
-                    if matches!(a.kind(), AgencyKind::Residential | AgencyKind::School)
-                        && a.district == caller.district => {}
-                _ => v.add(
-                    format!("{prefix}.implicated_director_agency_id"),
-                    "must be a school or residential institution of the district",
-                ),
-            }
-        }
+        let (residence, implicated) = access::check_circumstances(
+            &self.directory(),
+            caller,
+            &circumstances,
+            "envelope.payload.incident_referral.circumstances",
+            &mut v,
+        );
         v.into_result()?;
         if recipient.id == residence || recipient.id == implicated {
             return Err(denied("nothing of this report may reach that agency"));
