@@ -1966,6 +1966,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reports_circumstances_name_agencies_of_the_callers_district_of_the_right_kind() {
+        let agency = |id: &str, kind: &str, district: &str| AgencyEntry {
+            id: id.into(),
+            kind: kind.into(),
+            district: district.into(),
+            name_kk: String::new(),
+            name_ru: String::new(),
+            endpoint: String::new(),
+        };
+        let directory = Directory {
+            districts: Vec::new(),
+            agencies: vec![
+                agency("residential-1", "residential", "d-1"),
+                agency("residential-2", "residential", "d-1"),
+                agency("school-1", "school", "d-1"),
+                agency("police-1", "police", "d-1"),
+                agency("residential-9", "residential", "d-2"),
+            ],
+            staff: Vec::new(),
+        };
+        let caller = directory.agency("residential-1").unwrap();
+        let check = |residence: &str, implicated: &str| {
+            let c = ReportCircumstances {
+                child_residence_agency_id: residence.into(),
+                implicated_director_agency_id: implicated.into(),
+                ..ReportCircumstances::default()
+            };
+            let mut v = FieldViolations::new();
+            let named = check_circumstances(&directory, caller, &c, "c", &mut v);
+            let named = (named.0.to_owned(), named.1.to_owned());
+            let fields: Vec<String> = v.iter().map(|x| x.field.clone()).collect();
+            (named, fields)
+        };
+        let (named, fields) = check(" residential-2 ", "school-1");
+        assert_eq!(named, ("residential-2".into(), "school-1".into()));
+        assert!(fields.is_empty(), "{fields:?}");
+        assert_eq!(check("", "").1, Vec::<String>::new());
+        // The caller itself, another kind, another district, or unknown: named, never accepted.
+        for residence in ["residential-1", "school-1", "residential-9", "nobody"] {
+            assert_eq!(
+                check(residence, "").1,
+                ["c.child_residence_agency_id"],
+                "{residence}"
+            );
+        }
+        for implicated in ["police-1", "residential-9", "nobody"] {
+            assert_eq!(
+                check("", implicated).1,
+                ["c.implicated_director_agency_id"],
+                "{implicated}"
+            );
+        }
+        // The caller's own director may be implicated (a report bypassing them).
+        assert!(check("", "residential-1").1.is_empty());
+    }
+
+    #[test]
     fn the_pseudonym_is_keyed_and_stable() {
         let a = child_pseudonym(b"secret-a", "120315600123").unwrap();
         assert_eq!(a, child_pseudonym(b"secret-a", " 120315600123 ").unwrap());
