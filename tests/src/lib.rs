@@ -178,6 +178,45 @@ pub fn start_instant() -> Timestamp {
     "2026-11-20T04:30:00Z".parse().expect("a valid instant")
 }
 
+/// The district's time zone.
+pub fn almaty() -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::get("Asia/Almaty").expect("the zone database knows Asia/Almaty")
+}
+
+/// The fields an `INVALID_ARGUMENT` names, in its order.
+pub fn fields(status: &tonic::Status) -> Vec<String> {
+    referral_core::error::field_violations(status)
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+/// Asserts that `status` is `INVALID_ARGUMENT` naming (at least) each of `names`.
+pub fn assert_named(status: &tonic::Status, names: &[&str]) {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let named = fields(status);
+    for name in names {
+        assert!(named.iter().any(|f| f == name), "{name} not in {named:?}");
+    }
+}
+
+/// Every deadline state, as a `ListDeadlinesRequest` filter.
+pub fn all_deadline_states() -> Vec<i32> {
+    use referral_proto::v1::DeadlineState as S;
+    [
+        S::Pending,
+        S::Warned,
+        S::Due,
+        S::Overdue,
+        S::Escalated,
+        S::Met,
+        S::Cancelled,
+    ]
+    .into_iter()
+    .map(|s| s as i32)
+    .collect()
+}
+
 impl TestHub {
     /// Starts the gateway and every agency of the demo district.
     pub async fn start(backend: Backend) -> Self {
@@ -640,6 +679,17 @@ impl TestHub {
         .unwrap()
     }
 
+    /// Today in the district, by the manual clock.
+    pub fn today(&self) -> jiff::civil::Date {
+        self.clock.now().to_zoned(almaty()).date()
+    }
+
+    /// Runs the gateway's engine for what is due now and delivers what it raised.
+    pub async fn settle(&self) {
+        self.gateway().settle().await.expect("the gateway settles");
+        self.deliver_everything().await;
+    }
+
     /// Waits until every message the gateway has acknowledged so far is delivered.
     pub async fn deliver_everything(&self) {
         let queued: Vec<String> =
@@ -919,6 +969,127 @@ impl StaffClient {
             }))
             .await
             .map(|r| r.into_inner().records)
+    }
+
+    /// Reads a case file (`GetCase`, no purpose of use: the curator's own case), or the refusal.
+    pub async fn get_case(
+        &self,
+        case_reference: &str,
+    ) -> Result<referral_proto::v1::CaseFile, tonic::Status> {
+        self.case_files()
+            .get_case(self.req(referral_proto::v1::GetCaseRequest {
+                case_reference: case_reference.into(),
+                ..Default::default()
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The version of a case file, as its curator reads it.
+    pub async fn case_version(&self, case_reference: &str) -> u64 {
+        self.get_case(case_reference)
+            .await
+            .expect("the case reads")
+            .summary
+            .expect("a case file has a summary")
+            .version
+    }
+
+    /// The curator files the sample assessment L (medium risk) on `on` and then a support plan
+    /// M of `rows` on the case; the case's version after M.
+    pub async fn file_assessment_and_plan(
+        &self,
+        case_reference: &str,
+        plan_key: &str,
+        on: jiff::civil::Date,
+        rows: Vec<referral_proto::v1::PlanAction>,
+    ) -> u64 {
+        use referral_proto::v1::{FileAssessmentRequest, FileSupportPlanRequest, RiskLevel};
+        let version = self
+            .case_files()
+            .file_assessment(self.req(FileAssessmentRequest {
+                case_reference: case_reference.into(),
+                base_version: self.case_version(case_reference).await,
+                assessment: Some(samples::sample_assessment(on)),
+                risk_level: RiskLevel::Medium as i32,
+            }))
+            .await
+            .expect("L filed")
+            .into_inner()
+            .version;
+        self.case_files()
+            .file_support_plan(self.req(FileSupportPlanRequest {
+                case_reference: case_reference.into(),
+                base_version: version,
+                idempotency_key: plan_key.into(),
+                plan: Some(samples::sample_plan(on, rows)),
+                first_review_on: None,
+            }))
+            .await
+            .expect("M filed")
+            .into_inner()
+            .version
+    }
+
+    /// The agency's deadlines in every state (of one case, or all with `case_reference` empty),
+    /// as its staff list them.
+    pub async fn all_deadlines(&self, case_reference: &str) -> Vec<referral_proto::v1::Deadline> {
+        self.client
+            .clone()
+            .list_deadlines(self.req(referral_proto::v1::ListDeadlinesRequest {
+                case_reference: case_reference.into(),
+                states: all_deadline_states(),
+                page_size: 500,
+                ..Default::default()
+            }))
+            .await
+            .expect("the deadlines list")
+            .into_inner()
+            .deadlines
+    }
+
+    /// The agency's deadlines about one subject (a concern, an incident, a service…), every state.
+    pub async fn deadlines_about(&self, subject: &str) -> Vec<referral_proto::v1::Deadline> {
+        let mut deadlines = self.all_deadlines("").await;
+        deadlines.retain(|d| d.subject_reference == subject);
+        deadlines
+    }
+
+    /// Every DEADLINE_ALERT in the agency's inbox, each opened, oldest first.
+    pub async fn deadline_alerts(&self) -> Vec<referral_proto::v1::DeadlineAlert> {
+        use referral_proto::v1::{FormKind, GetMessageRequest, payload};
+        let mut alerts = Vec::new();
+        for item in self.inbox_of(FormKind::DeadlineAlert).await {
+            let form = self
+                .client
+                .clone()
+                .get_message(self.req(GetMessageRequest {
+                    message_id: item.message_id,
+                }))
+                .await
+                .expect("the alert opens")
+                .into_inner()
+                .envelope
+                .and_then(|e| e.payload)
+                .and_then(|p| p.form);
+            let Some(payload::Form::DeadlineAlert(alert)) = form else {
+                panic!("a DEADLINE_ALERT carries an alert");
+            };
+            alerts.push(alert);
+        }
+        alerts
+    }
+
+    /// The DEADLINE_ALERTs in the agency's inbox about `subject`, each opened, oldest first.
+    pub async fn alerts_about(&self, subject: &str) -> Vec<referral_proto::v1::DeadlineAlert> {
+        let mut alerts = self.deadline_alerts().await;
+        alerts.retain(|alert| {
+            alert
+                .deadline
+                .as_ref()
+                .is_some_and(|d| d.subject_reference == subject)
+        });
+        alerts
     }
 
     /// The same connection, calling with another bearer token.

@@ -15,20 +15,15 @@
 
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp, civil::Date, tz::TimeZone};
-use referral_core::{error::field_violations, time, validate::to_calendar_date};
+use jiff::{SignedDuration, Timestamp, civil::Date};
+use referral_core::{time, validate::to_calendar_date};
 use referral_proto::v1::{
     ActingUser, AgencyClockEvent, AgencyClockEventKind as E, Deadline, DeadlineKind as D,
-    DeadlineState as S, FileAssessmentRequest, FileSupportPlanRequest, FormKind, GetCaseRequest,
-    GetMessageRequest, Incident, IncidentReport, IncidentRole, InjuredPerson,
-    InvestigationStepRequest, InvolvedChild, ListDeadlinesRequest, ProblemBehaviour,
-    RecordAgencyClockEventRequest, RecordIncidentRequest, ReporterStatus, RiskLevel, RiskTier,
-    Role, SubmitHelpRequestRequest, payload,
+    DeadlineState as S, FormKind, Incident, IncidentReport, IncidentRole, InjuredPerson,
+    InvestigationStepRequest, InvolvedChild, ProblemBehaviour, RecordAgencyClockEventRequest,
+    RecordIncidentRequest, ReporterStatus, RiskTier, Role, SubmitHelpRequestRequest,
 };
-use referral_tests::{
-    Backend, StaffClient, TestHub, both_backends,
-    samples::{row, sample_assessment, sample_plan},
-};
+use referral_tests::{Backend, StaffClient, TestHub, almaty, both_backends, fields, samples::row};
 use tonic::Code;
 
 both_backends!(
@@ -39,31 +34,8 @@ both_backends!(
     refused_clock_events_store_nothing,
 );
 
-fn almaty() -> TimeZone {
-    TimeZone::get("Asia/Almaty").unwrap()
-}
-
-fn today(hub: &TestHub) -> Date {
-    hub.clock.now().to_zoned(almaty()).date()
-}
-
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
-}
-
-fn all_states() -> Vec<i32> {
-    [
-        S::Pending,
-        S::Warned,
-        S::Due,
-        S::Overdue,
-        S::Escalated,
-        S::Met,
-        S::Cancelled,
-    ]
-    .iter()
-    .map(|s| *s as i32)
-    .collect()
 }
 
 /// An incident report on `on`, with an injured pupil or without.
@@ -125,20 +97,7 @@ async fn step(staff: &StaffClient, id: &str, finish: bool) {
 
 /// The agency's deadlines of one subject (any state), through its staff API, in creation order.
 async fn deadlines_of(staff: &StaffClient, subject: &str) -> Vec<Deadline> {
-    let mut list: Vec<Deadline> = staff
-        .client
-        .clone()
-        .list_deadlines(staff.req(ListDeadlinesRequest {
-            states: all_states(),
-            ..Default::default()
-        }))
-        .await
-        .expect("the deadlines list")
-        .into_inner()
-        .deadlines
-        .into_iter()
-        .filter(|d| d.subject_reference == subject)
-        .collect();
+    let mut list = staff.deadlines_about(subject).await;
     list.sort_by_key(|d| (d.kind, d.action_number));
     list
 }
@@ -160,39 +119,19 @@ fn kind_state(d: &Deadline) -> (D, S) {
 
 /// The DEADLINE_ALERT messages in `staff`'s inbox about `subject`: (state, addressed role).
 async fn alerts_about(staff: &StaffClient, subject: &str) -> Vec<(S, Role)> {
-    let mut out = Vec::new();
-    for item in staff.inbox_of(FormKind::DeadlineAlert).await {
-        let message = staff
-            .client
-            .clone()
-            .get_message(staff.req(GetMessageRequest {
-                message_id: item.message_id,
-            }))
-            .await
-            .expect("the alert reads")
-            .into_inner();
-        let Some(payload::Form::DeadlineAlert(alert)) = message
-            .envelope
-            .and_then(|e| e.payload)
-            .and_then(|p| p.form)
-        else {
-            panic!("a DEADLINE_ALERT carries an alert");
-        };
-        if alert.deadline.as_ref().unwrap().subject_reference == subject {
-            out.push((
+    let mut out: Vec<(S, Role)> = staff
+        .alerts_about(subject)
+        .await
+        .iter()
+        .map(|alert| {
+            (
                 S::try_from(alert.state).unwrap(),
                 Role::try_from(alert.addressed_to_role).unwrap(),
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     out.sort_by_key(|(s, r)| (*s as i32, *r as i32));
     out
-}
-
-/// Settles the engine and delivers what it raised.
-async fn settle(hub: &TestHub) {
-    hub.gateway().settle().await.unwrap();
-    hub.deliver_everything().await;
 }
 
 /// A clock event recorded directly with the gateway, as `agency`'s service would.
@@ -245,10 +184,10 @@ async fn a_schools_incidents_run_their_investigation_clocks(backend: Backend) {
     let urgent = record(
         &hub.staff("school-1", "safety-team").await,
         "clock-urgent-1",
-        incident(today(&hub), true),
+        incident(hub.today(), true),
     )
     .await;
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(
         &hub.staff("school-1", "director").await,
         &urgent.incident_id,
@@ -262,7 +201,7 @@ async fn a_schools_incidents_run_their_investigation_clocks(backend: Backend) {
 
     // Not started by the end of the day: overdue, told to the team and to the director.
     hub.clock.set(ts("2026-11-20T18:59:59Z"));
-    settle(&hub).await;
+    hub.settle().await;
     assert!(
         !alerts_about(
             &hub.staff("school-1", "director").await,
@@ -273,7 +212,7 @@ async fn a_schools_incidents_run_their_investigation_clocks(backend: Backend) {
         .any(|(s, _)| *s == S::Overdue)
     );
     hub.clock.set(ts("2026-11-20T19:00:01Z"));
-    settle(&hub).await;
+    hub.settle().await;
     let alerts = alerts_about(
         &hub.staff("school-1", "director").await,
         &urgent.incident_id,
@@ -319,7 +258,7 @@ async fn a_schools_incidents_run_their_investigation_clocks(backend: Backend) {
         false,
     )
     .await;
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(
         &hub.staff("school-1", "director").await,
         &urgent.incident_id,
@@ -334,7 +273,7 @@ async fn a_schools_incidents_run_their_investigation_clocks(backend: Backend) {
         true,
     )
     .await;
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(
         &hub.staff("school-1", "director").await,
         &urgent.incident_id,
@@ -347,10 +286,10 @@ async fn a_schools_incidents_run_their_investigation_clocks(backend: Backend) {
     let calm = record(
         &hub.staff("school-1", "safety-team").await,
         "clock-calm-1",
-        incident(today(&hub), false),
+        incident(hub.today(), false),
     )
     .await;
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(&hub.staff("school-1", "director").await, &calm.incident_id).await;
     assert_eq!(kind_state(&list[0]), (D::InvestigationStart, S::Pending));
     assert_eq!(due_day(&list[0]), jiff::civil::date(2026, 12, 1));
@@ -368,7 +307,7 @@ async fn an_incident_recorded_while_the_gateway_is_down_reaches_it_once(backend:
     let recorded = record(
         &hub.staff("school-1", "safety-team").await,
         "clock-offline-1",
-        incident(today(&hub), true),
+        incident(hub.today(), true),
     )
     .await;
     assert_eq!(
@@ -387,7 +326,7 @@ async fn an_incident_recorded_while_the_gateway_is_down_reaches_it_once(backend:
     tokio::time::timeout(Duration::from_secs(60), arrived)
         .await
         .expect("the retry loop pushes the queued event");
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(
         &hub.staff("school-1", "director").await,
         &recorded.incident_id,
@@ -406,10 +345,10 @@ async fn an_incident_recorded_while_the_gateway_is_down_reaches_it_once(backend:
     record(
         &hub.staff("school-1", "safety-team").await,
         "clock-offline-1",
-        incident(today(&hub), true),
+        incident(hub.today(), true),
     )
     .await;
-    settle(&hub).await;
+    hub.settle().await;
     assert_eq!(hub.gateway_count("agency_clock_events").await, 2);
     assert_eq!(hub.agency_count("school-1", "clock_events").await, 2);
     let list = deadlines_of(
@@ -425,50 +364,20 @@ async fn an_incident_recorded_while_the_gateway_is_down_reaches_it_once(backend:
 /// Opens a case whose plan gives row 1 to ngo-1; the ACTION_ASSIGNMENT's message id.
 async fn assignment_to_ngo(hub: &TestHub) -> String {
     let case = hub.open_case("clock-ngo").await;
-    let curator = hub.staff("commission", "curator-1").await;
-    let v = curator
-        .case_files()
-        .get_case(curator.req(GetCaseRequest {
-            case_reference: case.clone(),
-            ..Default::default()
-        }))
+    let t = hub.today();
+    hub.staff("commission", "curator-1")
         .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap()
-        .version;
-    let t = today(hub);
-    let v = curator
-        .case_files()
-        .file_assessment(curator.req(FileAssessmentRequest {
-            case_reference: case.clone(),
-            base_version: v,
-            assessment: Some(sample_assessment(t)),
-            risk_level: RiskLevel::Medium as i32,
-        }))
-        .await
-        .expect("L filed")
-        .into_inner()
-        .version;
-    curator
-        .case_files()
-        .file_support_plan(curator.req(FileSupportPlanRequest {
-            case_reference: case,
-            base_version: v,
-            idempotency_key: "clock-ngo-plan".into(),
-            plan: Some(sample_plan(
-                t,
-                vec![row(
-                    1,
-                    t.checked_add(jiff::Span::new().days(60)).unwrap(),
-                    "ngo-1",
-                )],
-            )),
-            first_review_on: None,
-        }))
-        .await
-        .expect("M filed");
+        .file_assessment_and_plan(
+            &case,
+            "clock-ngo-plan",
+            t,
+            vec![row(
+                1,
+                t.checked_add(jiff::Span::new().days(60)).unwrap(),
+                "ngo-1",
+            )],
+        )
+        .await;
     hub.deliver_everything().await;
     let rows = hub
         .staff("ngo-1", "case-manager")
@@ -493,7 +402,7 @@ async fn an_ngos_service_reports_weekly(backend: Backend) {
     ngo_event(&hub, "svc-started-1", started)
         .await
         .expect("recorded");
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(&hub.staff("ngo-1", "case-manager").await, "service-1").await;
     assert_eq!(list.len(), 1);
     assert_eq!(kind_state(&list[0]), (D::WeeklyProgress, S::Pending));
@@ -513,7 +422,7 @@ async fn an_ngos_service_reports_weekly(backend: Backend) {
     )
     .await
     .expect("recorded");
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(&hub.staff("ngo-1", "case-manager").await, "service-1").await;
     assert_eq!(list.len(), 2);
     assert_eq!(kind_state(&list[0]), (D::WeeklyProgress, S::Met));
@@ -529,9 +438,9 @@ async fn an_ngos_service_reports_weekly(backend: Backend) {
     )
     .await
     .expect("recorded");
-    settle(&hub).await;
+    hub.settle().await;
     hub.clock.set(ts("2027-01-10T00:00:00Z"));
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(&hub.staff("ngo-1", "case-manager").await, "service-1").await;
     assert_eq!(kind_state(&list[1]), (D::WeeklyProgress, S::Cancelled));
     assert!(
@@ -567,7 +476,7 @@ async fn the_safeguarding_clocks_run_and_the_commissions_decision_answers(backen
         lead_says(E::ConcernPhoned, "concern-1", phoned),
     )
     .await;
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(
         &hub.staff("school-1", "safeguarding-lead").await,
         "concern-1",
@@ -576,7 +485,7 @@ async fn the_safeguarding_clocks_run_and_the_commissions_decision_answers(backen
     assert_eq!(kind_state(&list[0]), (D::WrittenConfirmation, S::Pending));
     assert_eq!(due_at(&list[0]), ts("2026-11-21T06:15:00Z"));
     hub.clock.set(ts("2026-11-21T06:14:59Z"));
-    settle(&hub).await;
+    hub.settle().await;
     assert_eq!(
         kind_state(
             &deadlines_of(
@@ -589,7 +498,7 @@ async fn the_safeguarding_clocks_run_and_the_commissions_decision_answers(backen
         S::Due
     );
     hub.clock.set(ts("2026-11-21T06:15:00Z"));
-    settle(&hub).await;
+    hub.settle().await;
     assert_eq!(
         kind_state(
             &deadlines_of(
@@ -618,7 +527,7 @@ async fn the_safeguarding_clocks_run_and_the_commissions_decision_answers(backen
         .submit_help_request(lead.req(SubmitHelpRequestRequest {
             idempotency_key: "concern-1-k".into(),
             recipient_agency_id: String::new(),
-            help_request: Some(referral_core::validate::sample_help_request(today(&hub))),
+            help_request: Some(referral_core::validate::sample_help_request(hub.today())),
         }))
         .await
         .expect("K submitted")
@@ -628,7 +537,7 @@ async fn the_safeguarding_clocks_run_and_the_commissions_decision_answers(backen
     let mut written = lead_says(E::ConcernReportedInWriting, "concern-1", hub.clock.now());
     written.related_message_id = k.clone();
     lead_event("concern-1-written", written).await;
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(
         &hub.staff("school-1", "safeguarding-lead").await,
         "concern-1",
@@ -646,24 +555,19 @@ async fn the_safeguarding_clocks_run_and_the_commissions_decision_answers(backen
     // The commission decides the K: the answer has come.
     let secretary = hub.staff("commission", "secretary").await;
     let decided = secretary
-        .client
-        .clone()
-        .decide_help_request(secretary.req(referral_proto::v1::DecideHelpRequestRequest {
-            message_id: k.clone(),
-            idempotency_key: "concern-1-decision".into(),
-            outcome: Some(
-                referral_proto::v1::decide_help_request_request::Outcome::NoFurtherAction(
-                    referral_proto::v1::NoFurtherAction {
-                        reason: "the school's measures are enough".into(),
-                    },
-                ),
+        .decide(
+            &k,
+            "concern-1-decision",
+            referral_proto::v1::decide_help_request_request::Outcome::NoFurtherAction(
+                referral_proto::v1::NoFurtherAction {
+                    reason: "the school's measures are enough".into(),
+                },
             ),
-        }))
+        )
         .await
-        .expect("decided")
-        .into_inner();
+        .expect("decided");
     hub.delivered(&decided.decision_message_id).await;
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(
         &hub.staff("school-1", "safeguarding-lead").await,
         "concern-1",
@@ -678,7 +582,7 @@ async fn the_safeguarding_clocks_run_and_the_commissions_decision_answers(backen
         lead_says(E::AllegationRecorded, "allegation-1", hub.clock.now()),
     )
     .await;
-    settle(&hub).await;
+    hub.settle().await;
     let list = deadlines_of(
         &hub.staff("school-1", "safeguarding-lead").await,
         "allegation-1",
@@ -695,7 +599,7 @@ async fn the_safeguarding_clocks_run_and_the_commissions_decision_answers(backen
         ),
     )
     .await;
-    settle(&hub).await;
+    hub.settle().await;
     assert_eq!(
         kind_state(
             &deadlines_of(
@@ -720,7 +624,7 @@ async fn refused_clock_events_store_nothing(backend: Backend) {
         .submit_help_request(other.req(SubmitHelpRequestRequest {
             idempotency_key: "other-school-k".into(),
             recipient_agency_id: String::new(),
-            help_request: Some(referral_core::validate::sample_help_request(today(&hub))),
+            help_request: Some(referral_core::validate::sample_help_request(hub.today())),
         }))
         .await
         .expect("K submitted")
@@ -766,11 +670,7 @@ async fn refused_clock_events_store_nothing(backend: Backend) {
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let fields: Vec<String> = field_violations(&err)
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
-    assert_eq!(fields, ["event.related_message_id"]);
+    assert_eq!(fields(&err), ["event.related_message_id"]);
     // Bad fields, all named at once; an IIN as subject named and never echoed.
     let iin = (0..100)
         .find_map(|serial| {
@@ -801,13 +701,10 @@ async fn refused_clock_events_store_nothing(backend: Backend) {
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let mut fields: Vec<String> = field_violations(&err)
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
-    fields.sort();
+    let mut named = fields(&err);
+    named.sort();
     assert_eq!(
-        fields,
+        named,
         [
             "event.occurred_at",
             "event.related_message_id",

@@ -11,14 +11,14 @@
 //! months; closure. At every step the test checks what each agency received and what it could
 //! not see.
 
-use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
+use jiff::{SignedDuration, ToSpan as _, civil::Date};
 use referral_core::iin::Iin;
 use referral_proto::v1::{
     AcknowledgeInstructionRequest, ActionProgressState, CaseFile, CaseStage, CloseCaseRequest,
     ClosureCriterion, ConcernState, DeadlineKind, DeadlineState, FileAssessmentRequest,
     FileSupportPlanRequest, FormKind, GetCaseRequest, GetConcernRequest, HealthNoticeKind,
     HelpRequest, IncidentRole, InstructionAcknowledgementKind, InvestigationStatus,
-    LinkCaseRequest, LinkWrittenReportRequest, ListDeadlinesRequest, ListInvestigationsRequest,
+    LinkCaseRequest, LinkWrittenReportRequest, ListInvestigationsRequest,
     ListProtectionInstructionsRequest, ListReferralsRequest, ListServicesRequest, OpenCase,
     PlanReview, ProtectionMeasure, PurposeOfUse, RecordReviewRequest, RegisterPreventiveRequest,
     ReportActionProgressRequest, ReportCircumstances, ReportConcernRequest,
@@ -37,18 +37,10 @@ const INCIDENT: &str = "SCH1-2026-031";
 const VICTIM_NAME: &str = "Арман Болатұлы Қасымов";
 const OFFENDER_NAME: &str = "Ерлан Асқарұлы Сейітов";
 
-fn almaty() -> TimeZone {
-    TimeZone::get("Asia/Almaty").unwrap()
-}
-
-fn today(hub: &TestHub) -> Date {
-    hub.clock.now().to_zoned(almaty()).date()
-}
-
 /// A K from the school about one of the two boys: he lives in the institution (nothing may flow
 /// back to it), and the report belongs to one incident, in which he has `role`.
 fn k_about(hub: &TestHub, name: &str, serial: u16, role: IncidentRole) -> HelpRequest {
-    let mut k = referral_core::validate::sample_help_request(today(hub));
+    let mut k = referral_core::validate::sample_help_request(hub.today());
     let child = k.child.as_mut().unwrap();
     let born: Date = child.iin.parse::<Iin>().unwrap().birth_date();
     child.full_name = name.into();
@@ -122,26 +114,8 @@ async fn deadline_states(
     kind: DeadlineKind,
 ) -> Vec<DeadlineState> {
     staff
-        .client
-        .clone()
-        .list_deadlines(staff.req(ListDeadlinesRequest {
-            case_reference: case.into(),
-            states: vec![
-                DeadlineState::Pending as i32,
-                DeadlineState::Warned as i32,
-                DeadlineState::Due as i32,
-                DeadlineState::Overdue as i32,
-                DeadlineState::Escalated as i32,
-                DeadlineState::Met as i32,
-                DeadlineState::Cancelled as i32,
-            ],
-            page_size: 100,
-            ..Default::default()
-        }))
+        .all_deadlines(case)
         .await
-        .expect("deadlines list")
-        .into_inner()
-        .deadlines
         .into_iter()
         .filter(|d| d.kind == kind as i32)
         .map(|d| DeadlineState::try_from(d.state).unwrap())
@@ -155,43 +129,17 @@ async fn school_deadlines(staff: &StaffClient, kind: DeadlineKind) -> Vec<Deadli
 
 /// The weekly progress deadlines of an NGO's service.
 async fn weekly_deadlines(ngo: &StaffClient, service_id: &str) -> Vec<DeadlineState> {
-    ngo.client
-        .clone()
-        .list_deadlines(ngo.req(ListDeadlinesRequest {
-            states: all_states(),
-            page_size: 100,
-            ..Default::default()
-        }))
+    ngo.deadlines_about(service_id)
         .await
-        .expect("deadlines list")
-        .into_inner()
-        .deadlines
         .into_iter()
-        .filter(|d| {
-            d.kind == DeadlineKind::WeeklyProgress as i32 && d.subject_reference == service_id
-        })
+        .filter(|d| d.kind == DeadlineKind::WeeklyProgress as i32)
         .map(|d| DeadlineState::try_from(d.state).unwrap())
         .collect()
 }
 
-fn all_states() -> Vec<i32> {
-    [
-        DeadlineState::Pending,
-        DeadlineState::Warned,
-        DeadlineState::Due,
-        DeadlineState::Overdue,
-        DeadlineState::Escalated,
-        DeadlineState::Met,
-        DeadlineState::Cancelled,
-    ]
-    .into_iter()
-    .map(|s| s as i32)
-    .collect()
-}
-
 async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let start = today(&hub);
+    let start = hub.today();
 
     // 0. The boy tells a teacher; the teacher reports the concern, which goes to the school's
     //    safeguarding lead (P:66-80).
@@ -317,7 +265,7 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
                 idempotency_key: format!("{case}-ask-{agency}"),
                 recipient_agency_id: agency.into(),
                 questions: "Оқиға туралы не белгілі? / Что известно об инциденте?".into(),
-                answer_by: Some(cd(today(&hub) + 7.days())),
+                answer_by: Some(cd(hub.today() + 7.days())),
             }))
             .await
             .expect("information requested");
@@ -514,7 +462,7 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
             .file_assessment(curator.req(FileAssessmentRequest {
                 case_reference: case.clone(),
                 base_version: v,
-                assessment: Some(sample_assessment(today(&hub))),
+                assessment: Some(sample_assessment(hub.today())),
                 risk_level: RiskLevel::Medium as i32,
             }))
             .await
@@ -526,10 +474,10 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
         [DeadlineState::Met],
         "the assessment was filed in time"
     );
-    assert!(today(&hub) <= start + 21.days());
+    assert!(hub.today() <= start + 21.days());
 
     // 5. M for the victim with rows for an NGO and for the school.
-    let t = today(&hub);
+    let t = hub.today();
     let v = version(&get_case(&curator1, &victim_case).await);
     curator1
         .case_files()
@@ -691,7 +639,7 @@ async fn the_manuals_scenario_runs_end_to_end(backend: Backend) {
     // 6. A review within 6 months, then closure.
     hub.clock.advance(SignedDuration::from_hours(150 * 24));
     let curator1 = hub.staff("commission", "curator-1").await;
-    let t = today(&hub);
+    let t = hub.today();
     let v = version(&get_case(&curator1, &victim_case).await);
     curator1
         .case_files()

@@ -28,7 +28,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use jiff::{SignedDuration, Timestamp, ToSpan as _, civil::Date, tz::TimeZone};
+use jiff::{SignedDuration, Timestamp, ToSpan as _, civil::Date};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     metrics::{
@@ -47,7 +47,7 @@ use referral_proto::v1::{
     AgencyClockEventKind, AnswerConsultationRequest, AnswerInformationRequestRequest,
     AssessIncidentRequest, Assessment, CaseFile, CloseCaseRequest, CloseConcernRequest,
     CloseIncidentRequest, ClosureCriterion, ConcernState, ConsultRequest, Consultation, Contact,
-    ContactMethod, DeadlineAlert, DeadlineState, Envelope, ExportFormat, ExportReferralLogRequest,
+    ContactMethod, DeadlineState, Envelope, ExportFormat, ExportReferralLogRequest,
     FileAssessmentRequest, FileSupportPlanRequest, FormKind, GetCaseRequest, GetConcernRequest,
     GetMessageRequest, GetResidentialIncidentRequest, GetSentMessageRequest,
     GrantDisclosureRequest, HealthNoticeKind, HelpRequest, IncidentChild, IncidentReport,
@@ -67,7 +67,7 @@ use referral_proto::v1::{
     decide_help_request_request, help_request_decision, payload,
 };
 use referral_tests::{
-    Backend, StaffClient, TestHub, envelope,
+    Backend, StaffClient, TestHub, almaty, envelope,
     samples::{cd, row, sample_assessment, sample_plan},
 };
 use tonic::{Code, Status};
@@ -344,13 +344,6 @@ impl Refusals {
     }
 }
 
-fn today(hub: &TestHub) -> Date {
-    hub.clock
-        .now()
-        .to_zoned(TimeZone::get("Asia/Almaty").unwrap())
-        .date()
-}
-
 async fn get_case(curator: &StaffClient, case: &str) -> CaseFile {
     read_case(curator, case, PurposeOfUse::CareManagement, "")
         .await
@@ -471,7 +464,7 @@ async fn scenario(hub: &TestHub, child: &Child, refusals: &mut Refusals) {
 async fn referral_and_case_opened(hub: &TestHub, child: &Child) -> String {
     let director = hub.staff("school-1", "director").await;
     let k_id = director
-        .submit_k("npd-help-request", "", child.help_request(today(hub)))
+        .submit_k("npd-help-request", "", child.help_request(hub.today()))
         .await
         .expect("the school refers the child");
     hub.delivered(&k_id).await;
@@ -488,7 +481,7 @@ async fn same_child_referred_again(hub: &TestHub, child: &Child, case: &str) {
         .submit_k(
             "npd-help-request-health",
             "",
-            child.help_request(today(hub)),
+            child.help_request(hub.today()),
         )
         .await
         .expect("the hospital refers the same child");
@@ -503,7 +496,7 @@ async fn same_child_referred_again(hub: &TestHub, child: &Child, case: &str) {
 /// The case worked: a contact, an information request the hospital answers, L, M with rows for
 /// the NGO and the school, progress reported on a row; and a stale change refused on the way.
 async fn case_worked(hub: &TestHub, child: &Child, case: &str, refusals: &mut Refusals) {
-    let t = today(hub);
+    let t = hub.today();
     let curator = hub.staff("commission", "curator-1").await;
     let files = curator.case_files();
     let contact = Contact {
@@ -624,7 +617,7 @@ async fn case_reviewed_and_closed(
     case: &str,
     refusals: &mut Refusals,
 ) {
-    let t = today(hub);
+    let t = hub.today();
     let curator = hub.staff("commission", "curator-1").await;
     let files = curator.case_files();
     files
@@ -807,7 +800,7 @@ async fn disclosure_history_listed(hub: &TestHub, case: &str) {
 /// member of its staff reports its director: the police receive the report directly, the
 /// decision is withheld from the institution, and its director cannot see the report.
 async fn reports_about_her_institution(hub: &TestHub, child: &Child, refusals: &mut Refusals) {
-    let t = today(hub);
+    let t = hub.today();
     let lead = hub.staff("school-1", "safeguarding-lead").await;
     let mut k = child.help_request(t);
     k.circumstances = Some(ReportCircumstances {
@@ -969,7 +962,7 @@ async fn consultations(hub: &TestHub, child: &Child, refusals: &mut Refusals) {
 
 /// Invalid input about her and a forbidden flow, at the agency services and at the gateway.
 async fn refused_requests(hub: &TestHub, child: &Child, refusals: &mut Refusals) {
-    let t = today(hub);
+    let t = hub.today();
     let director = hub.staff("school-1", "director").await;
 
     let mut bad_iin = child.help_request(t);
@@ -1048,25 +1041,6 @@ struct AgencyWork {
     incident: String,
 }
 
-/// The DEADLINE_ALERTs about `subject` in `staff`'s inbox, each opened.
-async fn alerts_about(staff: &StaffClient, subject: &str) -> Vec<DeadlineAlert> {
-    let mut alerts = Vec::new();
-    for item in staff.inbox_of(FormKind::DeadlineAlert).await {
-        if let Some(payload::Form::DeadlineAlert(alert)) = received(staff, &item.message_id)
-            .await
-            .payload
-            .and_then(|p| p.form)
-            && alert
-                .deadline
-                .as_ref()
-                .is_some_and(|d| d.subject_reference == subject)
-        {
-            alerts.push(alert);
-        }
-    }
-    alerts
-}
-
 /// School 1's safeguarding procedure about her: a concern with a bad field refused; a concern
 /// reported, phoned, linked to the school's K (which names residential-1 as her home), the K
 /// decided by the commission (the answer), an answer recorded again refused, the concern
@@ -1078,7 +1052,7 @@ async fn safeguarding_concerns_about_her(
     child: &Child,
     refusals: &mut Refusals,
 ) -> (String, String) {
-    let t = today(hub);
+    let t = hub.today();
     let teacher = hub.staff("school-1", "safety-team").await;
     let lead = hub.staff("school-1", "safeguarding-lead").await;
     let concern = |key: &str| ReportConcernRequest {
@@ -1239,7 +1213,7 @@ async fn allegation_against_staff(hub: &TestHub, child: &Child, refusals: &mut R
         accused_user_id: user.into(),
         accused_name: child.accused.into(),
         allegation: format!("{} {}-ны итеріп жіберді", child.accused, child.first_name()),
-        happened_on: Some(cd(today(hub))),
+        happened_on: Some(cd(hub.today())),
     };
     let result = teacher
         .safeguarding()
@@ -1265,7 +1239,7 @@ async fn allegation_against_staff(hub: &TestHub, child: &Child, refusals: &mut R
 /// log J of the month is read and exported as CSV (an unknown format refused), and sending it
 /// before the month has ended refused. Returns her service.
 async fn referred_to_the_ngo(hub: &TestHub, child: &Child, refusals: &mut Refusals) -> String {
-    let t = today(hub);
+    let t = hub.today();
     let school = hub.staff("school-1", "safety-team").await;
     let referral = |key: &str| ReferPupilRequest {
         idempotency_key: key.into(),
@@ -1399,7 +1373,7 @@ async fn incidents_at_her_institution(
     child: &Child,
     refusals: &mut Refusals,
 ) -> String {
-    let t = today(hub);
+    let t = hub.today();
     let staff = hub.staff("residential-1", "staff").await;
     let director = hub.staff("residential-1", "director").await;
     let fight = IncidentReport {
@@ -1584,7 +1558,7 @@ async fn police_link_her_case(
     work: &AgencyWork,
     refusals: &mut Refusals,
 ) {
-    let t = today(hub);
+    let t = hub.today();
     let curator = hub.staff("commission", "curator-1").await;
     curator
         .case_files()
@@ -1676,7 +1650,7 @@ async fn health_notices_about_her(
     work: &AgencyWork,
     refusals: &mut Refusals,
 ) {
-    let t = today(hub);
+    let t = hub.today();
     let curator = hub.staff("commission", "curator-1").await;
     curator
         .case_files()
@@ -1762,7 +1736,7 @@ async fn protection_instruction_about_her(
     work: &AgencyWork,
     refusals: &mut Refusals,
 ) {
-    let t = today(hub);
+    let t = hub.today();
     let curator = hub.staff("commission", "curator-1").await;
     let instruction = |key: &str, base_version: u64| SendProtectionInstructionRequest {
         idempotency_key: key.into(),
@@ -1832,13 +1806,13 @@ async fn protection_instruction_about_her(
 /// school's lead, its director and the NGO; the log J of the month ended is sent to the
 /// commission, which opens it.
 async fn agency_clocks_run_out_and_log_j_sent(hub: &TestHub, work: &AgencyWork) {
-    let t = today(hub);
+    let t = hub.today();
     let (year, month) = (i32::from(t.year()), i32::from(t.month()));
     let first_of_next = t.last_of_month() + 1.day();
     hub.clock.set(
         first_of_next
             .at(9, 0, 0, 0)
-            .to_zoned(TimeZone::get("Asia/Almaty").unwrap())
+            .to_zoned(almaty())
             .unwrap()
             .timestamp(),
     );
@@ -1855,7 +1829,7 @@ async fn agency_clocks_run_out_and_log_j_sent(hub: &TestHub, work: &AgencyWork) 
         ("the director", &director, &work.allegation),
         ("the NGO", &ngo, &work.service),
     ] {
-        let alerts = alerts_about(staff, subject).await;
+        let alerts = staff.alerts_about(subject).await;
         assert!(
             alerts
                 .iter()
@@ -2130,7 +2104,7 @@ fn assert_no_personal_data(child: &Child, captured: &Captured) {
 async fn no_personal_data_in_logs_traces_metrics_or_errors(backend: Backend) {
     capture();
     let hub = TestHub::start(backend).await;
-    let child = Child::new(today(&hub));
+    let child = Child::new(hub.today());
     let mut refusals = Refusals::default();
     scenario(&hub, &child, &mut refusals).await;
     hub.shutdown().await;

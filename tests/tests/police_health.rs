@@ -5,38 +5,18 @@
 //! a case cannot report on it; the referring school never sees the investigation's content. Each
 //! on SQLite and on PostgreSQL, through the real services and the real gateway.
 
-use jiff::{ToSpan as _, civil::Date, tz::TimeZone};
+use jiff::{ToSpan as _, civil::Date};
 use referral_proto::v1::{
-    ActingUser, CaseFile, ConfidentialityLabel, Envelope, FormKind, GetCaseRequest,
-    GetInvestigationRequest, HealthNotice, HealthNoticeKind, InvestigationStatus,
-    InvestigationUpdate, ListInvestigationsRequest, ListReferralsRequest, Payload, PurposeOfUse,
-    RequestInformationRequest, Role, SendNoticeRequest, SendRequest, UpdateInvestigationRequest,
-    payload,
+    ActingUser, ConfidentialityLabel, Envelope, FormKind, GetInvestigationRequest, HealthNotice,
+    HealthNoticeKind, InvestigationStatus, InvestigationUpdate, ListInvestigationsRequest,
+    ListReferralsRequest, Payload, PurposeOfUse, RequestInformationRequest, Role,
+    SendNoticeRequest, SendRequest, UpdateInvestigationRequest, payload,
 };
-use referral_tests::{Backend, StaffClient, TestHub, both_backends, samples::cd};
+use referral_tests::{Backend, StaffClient, TestHub, both_backends, fields, samples::cd};
 use tonic::Code;
 
-fn today(hub: &TestHub) -> Date {
-    hub.clock
-        .now()
-        .to_zoned(TimeZone::get("Asia/Almaty").unwrap())
-        .date()
-}
-
-async fn get_case(curator: &StaffClient, case: &str) -> CaseFile {
-    curator
-        .case_files()
-        .get_case(curator.req(GetCaseRequest {
-            case_reference: case.into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("the case file reads")
-        .into_inner()
-}
-
 async fn ask(hub: &TestHub, curator: &StaffClient, case: &str, agency: &str) {
-    let version = get_case(curator, case).await.summary.unwrap().version;
+    let version = curator.case_version(case).await;
     curator
         .case_files()
         .request_information(curator.req(RequestInformationRequest {
@@ -45,7 +25,7 @@ async fn ask(hub: &TestHub, curator: &StaffClient, case: &str, agency: &str) {
             idempotency_key: format!("{case}-ask-{agency}"),
             recipient_agency_id: agency.into(),
             questions: "Не белгілі? / Что известно?".into(),
-            answer_by: Some(cd(today(hub) + 7.days())),
+            answer_by: Some(cd(hub.today() + 7.days())),
         }))
         .await
         .expect("information requested");
@@ -64,13 +44,6 @@ fn update(
         idempotency_key: key.into(),
         ..Default::default()
     }
-}
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    referral_core::error::field_violations(status)
-        .into_iter()
-        .map(|f| f.field)
-        .collect()
 }
 
 async fn denials(hub: &TestHub, case: &str) -> Vec<(String, String)> {
@@ -115,7 +88,7 @@ async fn updates_and_notices_reach_the_curator(backend: Backend) {
     ask(&hub, &curator, &case, "police-1").await;
     ask(&hub, &curator, &case, "health-1").await;
     hub.deliver_everything().await;
-    let t = today(&hub);
+    let t = hub.today();
 
     // The police received the request: an investigation, RECEIVED.
     let inspector = hub.staff("police-1", "inspector").await;
@@ -283,7 +256,7 @@ async fn updates_and_notices_reach_the_curator(backend: Backend) {
     hub.deliver_everything().await;
 
     // The curator's case file shows every update and notice, oldest first.
-    let file = get_case(&curator, &case).await;
+    let file = curator.get_case(&case).await.expect("the case file reads");
     let statuses: Vec<i32> = file
         .investigation_updates
         .iter()
@@ -310,8 +283,10 @@ async fn updates_and_notices_reach_the_curator(backend: Backend) {
         ]
     );
     assert!(
-        get_case(&curator, &other)
+        curator
+            .get_case(&other)
             .await
+            .expect("the case file reads")
             .investigation_updates
             .is_empty()
     );
@@ -430,14 +405,28 @@ async fn updates_and_notices_reach_the_curator(backend: Backend) {
     }
     hub.deliver_everything().await;
     assert!(
-        get_case(&curator, &other)
+        curator
+            .get_case(&other)
             .await
+            .expect("the case file reads")
             .investigation_updates
             .is_empty()
     );
-    assert!(get_case(&curator, &other).await.health_notices.is_empty());
+    assert!(
+        curator
+            .get_case(&other)
+            .await
+            .expect("the case file reads")
+            .health_notices
+            .is_empty()
+    );
     assert_eq!(
-        get_case(&curator, &case).await.investigation_updates.len(),
+        curator
+            .get_case(&case)
+            .await
+            .expect("the case file reads")
+            .investigation_updates
+            .len(),
         3
     );
     hub.shutdown().await;
@@ -452,7 +441,7 @@ async fn an_injured_childs_referral_waits_for_its_case(backend: Backend) {
         LinkReferralRequest,
     };
     let hub = TestHub::start(backend).await;
-    let t = today(&hub);
+    let t = hub.today();
     let referral = IncidentReferral {
         incident_reference: "D-RES-9".into(),
         purpose: IncidentReferralPurpose::MedicalCare as i32,
@@ -588,8 +577,10 @@ async fn an_injured_childs_referral_waits_for_its_case(backend: Backend) {
         .into_inner();
     assert!(!treated.message_id.is_empty());
     hub.deliver_everything().await;
-    let kinds: Vec<(i32, String)> = get_case(&curator, &case)
+    let kinds: Vec<(i32, String)> = curator
+        .get_case(&case)
         .await
+        .expect("the case file reads")
         .health_notices
         .iter()
         .map(|n| (n.kind, n.case_reference.clone()))

@@ -6,38 +6,24 @@
 //! case and reach it once linked. Impossible steps are FAILED_PRECONDITION with nothing changed,
 //! bad fields named. Each on SQLite and on PostgreSQL, through the real services and gateway.
 
-use jiff::{ToSpan as _, civil::Date, tz::TimeZone};
+use jiff::{ToSpan as _, civil::Date};
 use referral_core::iin::Iin;
 use referral_proto::v1::{
-    ActingUser, CaseDeliveryState, CaseFile, ConfidentialityLabel,
-    EndPreventiveRegistrationRequest, Envelope, FormKind, GetCaseRequest, GetInvestigationRequest,
-    HelpRequest, IncidentChild, IncidentReferral, IncidentReferralPurpose, IncidentReporter,
-    IncidentRole, IncidentSeverity, Investigation, InvestigationStatus, LinkCaseRequest,
-    ListInvestigationsRequest, MandatoryReportGround, OpenCase, Payload, PreventiveRegistration,
-    PreventiveRegistrationStatus, PurposeOfUse, RegisterPreventiveRequest, ReportCircumstances,
-    RequestInformationRequest, Role, SendRequest, Sex, UpdateInvestigationRequest,
-    decide_help_request_request::Outcome, help_request_decision, payload,
+    ActingUser, CaseDeliveryState, ConfidentialityLabel, EndPreventiveRegistrationRequest,
+    Envelope, FormKind, GetInvestigationRequest, HelpRequest, IncidentChild, IncidentReferral,
+    IncidentReferralPurpose, IncidentReporter, IncidentRole, IncidentSeverity, Investigation,
+    InvestigationStatus, LinkCaseRequest, ListInvestigationsRequest, MandatoryReportGround,
+    OpenCase, Payload, PreventiveRegistration, PreventiveRegistrationStatus, PurposeOfUse,
+    RegisterPreventiveRequest, ReportCircumstances, RequestInformationRequest, Role, SendRequest,
+    Sex, UpdateInvestigationRequest, decide_help_request_request::Outcome, help_request_decision,
+    payload,
 };
-use referral_tests::{Backend, StaffClient, TestHub, both_backends, samples::cd};
+use referral_tests::{Backend, StaffClient, TestHub, both_backends, fields, samples::cd};
 use tonic::Code;
-
-fn today(hub: &TestHub) -> Date {
-    hub.clock
-        .now()
-        .to_zoned(TimeZone::get("Asia/Almaty").unwrap())
-        .date()
-}
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    referral_core::error::field_violations(status)
-        .into_iter()
-        .map(|f| f.field)
-        .collect()
-}
 
 /// A K from school-1 about a child of incident `incident` with `role`.
 fn k(hub: &TestHub, name: &str, serial: u16, incident: &str, role: IncidentRole) -> HelpRequest {
-    let mut k = referral_core::validate::sample_help_request(today(hub));
+    let mut k = referral_core::validate::sample_help_request(hub.today());
     let child = k.child.as_mut().unwrap();
     let born: Date = child.iin.parse::<Iin>().unwrap().birth_date();
     child.full_name = name.into();
@@ -75,25 +61,9 @@ async fn open(hub: &TestHub, key: &str, k: HelpRequest, curator: &str) -> String
     }
 }
 
-async fn get_case(curator: &StaffClient, case: &str) -> Result<CaseFile, tonic::Status> {
-    curator
-        .case_files()
-        .get_case(curator.req(GetCaseRequest {
-            case_reference: case.into(),
-            ..Default::default()
-        }))
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// The curator asks the police about the case.
 async fn ask_police(hub: &TestHub, curator: &StaffClient, case: &str) {
-    let version = get_case(curator, case)
-        .await
-        .unwrap()
-        .summary
-        .unwrap()
-        .version;
+    let version = curator.case_version(case).await;
     curator
         .case_files()
         .request_information(curator.req(RequestInformationRequest {
@@ -102,7 +72,7 @@ async fn ask_police(hub: &TestHub, curator: &StaffClient, case: &str) {
             idempotency_key: format!("{case}-ask-police"),
             recipient_agency_id: "police-1".into(),
             questions: "Тергеу барысы? / Ход расследования?".into(),
-            answer_by: Some(cd(today(hub) + 7.days())),
+            answer_by: Some(cd(hub.today() + 7.days())),
         }))
         .await
         .expect("information requested");
@@ -215,7 +185,7 @@ fn registration_envelope(case: &str, investigation: &str, on: Date, key: &str) -
 
 async fn one_investigation_reaches_every_curator(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let t = today(&hub);
+    let t = hub.today();
     let victim_case = open(
         &hub,
         "pi-victim",
@@ -385,7 +355,7 @@ async fn one_investigation_reaches_every_curator(backend: Backend) {
         (&curator_1, &victim_case, IncidentRole::Victim),
         (&curator_2, &offender_case, IncidentRole::Perpetrator),
     ] {
-        let file = get_case(curator, case).await.expect("own case file");
+        let file = curator.get_case(case).await.expect("own case file");
         let got: Vec<(i32, &str, &str, i32)> = file
             .investigation_updates
             .iter()
@@ -423,8 +393,8 @@ async fn one_investigation_reaches_every_curator(backend: Backend) {
     assert_eq!(mine_2.len(), 2, "{mine_2:?}");
     assert!(mine_1.iter().all(|(c, _)| *c == victim_case));
     assert!(mine_2.iter().all(|(c, _)| *c == offender_case));
-    assert!(get_case(&curator_1, &offender_case).await.is_err());
-    assert!(get_case(&curator_2, &victim_case).await.is_err());
+    assert!(curator_1.get_case(&offender_case).await.is_err());
+    assert!(curator_2.get_case(&victim_case).await.is_err());
 
     // Preventive registration: refused for the victim, bad fields named, nothing stored.
     let register = |case: &str, key: &str| RegisterPreventiveRequest {
@@ -620,7 +590,8 @@ async fn one_investigation_reaches_every_curator(backend: Backend) {
     assert_eq!(after.history.len(), closed.history.len());
     hub.deliver_everything().await;
     assert_eq!(
-        get_case(&curator_1, &victim_case)
+        curator_1
+            .get_case(&victim_case)
             .await
             .unwrap()
             .investigation_updates
@@ -628,7 +599,8 @@ async fn one_investigation_reaches_every_curator(backend: Backend) {
         5
     );
     assert_eq!(
-        get_case(&curator_2, &offender_case)
+        curator_2
+            .get_case(&offender_case)
             .await
             .unwrap()
             .investigation_updates
@@ -639,7 +611,7 @@ async fn one_investigation_reaches_every_curator(backend: Backend) {
 }
 
 fn incident_referral(hub: &TestHub, child: &str) -> IncidentReferral {
-    let t = today(hub);
+    let t = hub.today();
     IncidentReferral {
         incident_reference: "D-RES-7".into(),
         purpose: IncidentReferralPurpose::Investigation as i32,
@@ -670,7 +642,7 @@ fn incident_referral(hub: &TestHub, child: &str) -> IncidentReferral {
 
 async fn a_direct_referral_waits_for_its_case(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let t = today(&hub);
+    let t = hub.today();
     let child = "Нұрлан Асқарұлы Беков";
     let institution = hub.gateway_client_as("residential-1").await;
     institution
@@ -777,7 +749,7 @@ async fn a_direct_referral_waits_for_its_case(backend: Backend) {
     assert_eq!(linked.history[0].deliveries.len(), 1);
     assert_eq!(list(&inspector).await.len(), 1);
     hub.deliver_everything().await;
-    let file = get_case(&curator, &case).await.unwrap();
+    let file = curator.get_case(&case).await.unwrap();
     assert_eq!(file.investigation_updates.len(), 1);
     let got = &file.investigation_updates[0];
     assert_eq!(got.status, InvestigationStatus::Opened as i32);
@@ -831,7 +803,7 @@ both_backends!(a_direct_referral_waits_for_its_case);
 /// victim; the police's latest update saying perpetrator is.
 async fn a_registration_needs_a_case_known_to_be_the_offenders(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let t = today(&hub);
+    let t = hub.today();
     let case = open(
         &hub,
         "pr-unknown",

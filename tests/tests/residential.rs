@@ -16,20 +16,20 @@
 //!
 //! Each on SQLite and on PostgreSQL, through the real services and the real gateway.
 
-use jiff::{ToSpan as _, civil::Date, tz::TimeZone};
+use jiff::{ToSpan as _, civil::Date};
 use referral_proto::v1::{
     AcknowledgeInstructionRequest, ActingUser, AssessIncidentRequest, CloseIncidentRequest,
-    ConfidentialityLabel, Envelope, FormKind, GetCaseRequest, GetMessageRequest,
-    GetResidentialIncidentRequest, HelpRequest, IncidentChild, IncidentReferral,
-    IncidentReferralPurpose, IncidentReferralState, IncidentReport, IncidentRole, IncidentSeverity,
-    InjuredPerson, InstructionAcknowledgementKind, InstructionState, InvolvedChild,
-    ListProtectionInstructionsRequest, MandatoryReportGround, Payload, ProblemBehaviour,
-    ProtectionMeasure, PurposeOfUse, RecordIncidentRequest, ReferIncidentRequest,
-    ReferInjuredChildRequest, ReferrerDetails, ReportBypassingDirectorRequest, ReportCircumstances,
-    ReporterStatus, RequestInformationRequest, RiskTier, Role, SendProtectionInstructionRequest,
-    SendRequest, Sensitivity, decide_help_request_request, help_request_decision, payload,
+    ConfidentialityLabel, Envelope, FormKind, GetMessageRequest, GetResidentialIncidentRequest,
+    HelpRequest, IncidentChild, IncidentReferral, IncidentReferralPurpose, IncidentReferralState,
+    IncidentReport, IncidentRole, IncidentSeverity, InjuredPerson, InstructionAcknowledgementKind,
+    InstructionState, InvolvedChild, ListProtectionInstructionsRequest, MandatoryReportGround,
+    Payload, ProblemBehaviour, ProtectionMeasure, PurposeOfUse, RecordIncidentRequest,
+    ReferIncidentRequest, ReferInjuredChildRequest, ReferrerDetails,
+    ReportBypassingDirectorRequest, ReportCircumstances, ReporterStatus, RequestInformationRequest,
+    RiskTier, Role, SendProtectionInstructionRequest, SendRequest, Sensitivity,
+    decide_help_request_request, help_request_decision, payload,
 };
-use referral_tests::{Backend, StaffClient, TestHub, both_backends, samples::cd};
+use referral_tests::{Backend, StaffClient, TestHub, assert_named, both_backends, samples::cd};
 use tonic::Code;
 
 both_backends!(
@@ -43,28 +43,6 @@ both_backends!(
 
 const VICTIM: &str = "Ерасыл Қанатұлы Әбдіров";
 const OFFENDER: &str = "Дәурен Серікұлы Ахметов";
-
-fn today(hub: &TestHub) -> Date {
-    hub.clock
-        .now()
-        .to_zoned(TimeZone::get("Asia/Almaty").unwrap())
-        .date()
-}
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    referral_core::error::field_violations(status)
-        .into_iter()
-        .map(|f| f.field)
-        .collect()
-}
-
-fn assert_named(status: &tonic::Status, names: &[&str]) {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let named = fields(status);
-    for name in names {
-        assert!(named.iter().any(|f| f == name), "{name} not in {named:?}");
-    }
-}
 
 /// A fight in the institution with one injured child, reported on `on`.
 fn fight(on: Date) -> IncidentReport {
@@ -158,7 +136,7 @@ async fn incidents_go_to_commission_and_police_at_once_and_injured_children_to_h
     backend: Backend,
 ) {
     let hub = TestHub::start(backend).await;
-    let on = today(&hub);
+    let on = hub.today();
     let staff = hub.staff("residential-1", "staff").await;
     let director = hub.staff("residential-1", "director").await;
     let d = staff
@@ -446,7 +424,7 @@ async fn incidents_go_to_commission_and_police_at_once_and_injured_children_to_h
 /// over (the commission's first), each exactly once.
 async fn a_referral_made_while_the_gateway_is_away_waits_and_goes_whole(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let on = today(&hub);
+    let on = hub.today();
     let director = hub.staff("residential-1", "director").await;
     let id = director
         .school_incidents()
@@ -520,7 +498,7 @@ async fn a_referral_made_while_the_gateway_is_away_waits_and_goes_whole(backend:
 
 async fn a_report_bypassing_the_director_is_kept_from_the_director(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let on = today(&hub);
+    let on = hub.today();
     let staff = hub.staff("residential-1", "staff").await;
     let director = hub.staff("residential-1", "director").await;
     let report = |key: &str| ReportBypassingDirectorRequest {
@@ -645,7 +623,7 @@ async fn open_case_from(
     let school = hub.staff(agency, user).await;
     let k = HelpRequest {
         circumstances: Some(circumstances),
-        ..referral_core::validate::sample_help_request(today(hub))
+        ..referral_core::validate::sample_help_request(hub.today())
     };
     let k_id = school
         .submit_k(&format!("{key}-help-request"), "", k)
@@ -670,21 +648,6 @@ async fn open_case_from(
     }
 }
 
-async fn version(curator: &StaffClient, case: &str) -> u64 {
-    curator
-        .case_files()
-        .get_case(curator.req(GetCaseRequest {
-            case_reference: case.into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("the case reads")
-        .into_inner()
-        .summary
-        .unwrap()
-        .version
-}
-
 fn instruction(case: &str, version: u64, key: &str, on: Date) -> SendProtectionInstructionRequest {
     SendProtectionInstructionRequest {
         idempotency_key: key.into(),
@@ -705,7 +668,7 @@ fn instruction(case: &str, version: u64, key: &str, on: Date) -> SendProtectionI
 
 async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let on = today(&hub);
+    let on = hub.today();
     let case = open_case_with(
         &hub,
         "acc1",
@@ -717,7 +680,7 @@ async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend
     .await;
     let curator = hub.staff("commission", "curator-1").await;
     let stranger = hub.staff("commission", "curator-2").await;
-    let v = version(&curator, &case).await;
+    let v = curator.case_version(&case).await;
 
     // Not weighed first: refused, the field named; bad fields named; a stranger refused.
     let unweighed = curator
@@ -899,15 +862,7 @@ async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend
             .all(|m| !m.is_empty())
     );
     hub.deliver_everything().await;
-    let file = curator
-        .case_files()
-        .get_case(curator.req(GetCaseRequest {
-            case_reference: case.clone(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let file = curator.get_case(&case).await.unwrap();
     assert_eq!(file.protection_instructions.len(), 1);
     let record = &file.protection_instructions[0];
     assert_eq!(record.instruction_message_id, sent.message_id);
@@ -931,7 +886,7 @@ async fn a_protection_instruction_reaches_the_institution_alone(backend: Backend
         },
     )
     .await;
-    let v = version(&curator, &implicated).await;
+    let v = curator.case_version(&implicated).await;
     let refused = curator
         .protection_instructions()
         .send_protection_instruction(curator.req(instruction(
@@ -1029,18 +984,6 @@ async fn of_case_to_institution(hub: &TestHub, case: &str) -> usize {
     n
 }
 
-async fn case_file(curator: &StaffClient, case: &str) -> referral_proto::v1::CaseFile {
-    curator
-        .case_files()
-        .get_case(curator.req(GetCaseRequest {
-            case_reference: case.into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("the case reads")
-        .into_inner()
-}
-
 /// An instruction names the child: it goes only to the institution the case's report says the
 /// child lives in. What an institution's own incident referral said of an incident (a director
 /// implicated) holds for every case opened on a K of the same referrer naming that incident, even
@@ -1049,24 +992,26 @@ async fn an_instruction_goes_only_where_the_child_lives_and_never_past_an_incide
     backend: Backend,
 ) {
     let hub = TestHub::start(backend).await;
-    let on = today(&hub);
+    let on = hub.today();
     let curator = hub.staff("commission", "curator-1").await;
     let commission = hub.gateway_client_as("commission").await;
 
     // A report naming no residence: residential-1 is told nothing, neither through the
     // commission's service (refused before anything is stored) nor straight at the gateway.
     let elsewhere = open_case_with(&hub, "nores", ReportCircumstances::default()).await;
-    let v = version(&curator, &elsewhere).await;
+    let v = curator.case_version(&elsewhere).await;
     let refused = curator
         .protection_instructions()
         .send_protection_instruction(curator.req(instruction(&elsewhere, v, "instr-nores", on)))
         .await
         .expect_err("the child does not live there");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert_eq!(version(&curator, &elsewhere).await, v);
+    assert_eq!(curator.case_version(&elsewhere).await, v);
     assert!(
-        case_file(&curator, &elsewhere)
+        curator
+            .get_case(&elsewhere)
             .await
+            .expect("the case reads")
             .protection_instructions
             .is_empty()
     );
@@ -1137,7 +1082,7 @@ async fn an_instruction_goes_only_where_the_child_lives_and_never_past_an_incide
         ..Default::default()
     };
     let implicated = open_case_with(&hub, "impl-incident", lives_there.clone()).await;
-    let v = version(&curator, &implicated).await;
+    let v = curator.case_version(&implicated).await;
     let refused = curator
         .protection_instructions()
         .send_protection_instruction(curator.req(instruction(
@@ -1149,7 +1094,7 @@ async fn an_instruction_goes_only_where_the_child_lives_and_never_past_an_incide
         .await
         .expect_err("the director is implicated by the incident referral");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    let file = case_file(&curator, &implicated).await;
+    let file = curator.get_case(&implicated).await.expect("the case reads");
     assert_eq!(file.protection_instructions.len(), 1);
     assert_eq!(
         file.protection_instructions[0].state,
@@ -1172,7 +1117,7 @@ async fn an_instruction_goes_only_where_the_child_lives_and_never_past_an_incide
     // The same reference from school 2 is school 2's own incident: its case's instruction
     // reaches residential-1.
     let other = open_case_from(&hub, ("school-2", "director"), "other-school", lives_there).await;
-    let v = version(&curator, &other).await;
+    let v = curator.case_version(&other).await;
     let sent = curator
         .protection_instructions()
         .send_protection_instruction(curator.req(instruction(&other, v, "instr-other", on)))
@@ -1234,7 +1179,7 @@ async fn an_instruction_goes_only_where_the_child_lives_and_never_past_an_incide
 /// the commission AND the police, each copy naming the ground.
 async fn every_mandatory_report_ground_goes_to_the_commission_and_the_police(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let on = today(&hub);
+    let on = hub.today();
     let staff = hub.staff("residential-1", "staff").await;
     let director = hub.staff("residential-1", "director").await;
     let grounds = [

@@ -15,18 +15,18 @@
 //! * impossible steps (a K linked twice, a closed concern closed, an acknowledgement by someone
 //!   else) are refused and change nothing; another school's K is refused.
 
-use jiff::{SignedDuration, Timestamp, civil::Date, tz::TimeZone};
-use referral_core::{error::field_violations, time, validate::to_calendar_date};
+use jiff::{SignedDuration, Timestamp, civil::Date};
+use referral_core::{time, validate::to_calendar_date};
 use referral_proto::v1::{
     AcknowledgeAllegationRequest, Allegation, AllegationState, CancelLeadAbsenceRequest,
     CloseConcernRequest, Concern, ConcernState, ConsultRequest, Consultation, Deadline,
-    DeadlineAlert, DeadlineKind, DeadlineState, FormKind, GetConcernRequest, GetMessageRequest,
-    LinkWrittenReportRequest, ListAllegationsRequest, ListConcernsRequest, ListDeadlinesRequest,
-    ListOverdueRequest, NoFurtherAction, RecordAllegationRequest, RecordAnswerRequest,
-    RecordConsultationRequest, RecordPhoneReportRequest, ReportConcernRequest, Role,
-    SetLeadAbsenceRequest, WatchDeadlinesRequest, decide_help_request_request::Outcome, payload,
+    DeadlineAlert, DeadlineKind, DeadlineState, GetConcernRequest, LinkWrittenReportRequest,
+    ListAllegationsRequest, ListConcernsRequest, ListDeadlinesRequest, ListOverdueRequest,
+    NoFurtherAction, RecordAllegationRequest, RecordAnswerRequest, RecordConsultationRequest,
+    RecordPhoneReportRequest, ReportConcernRequest, Role, SetLeadAbsenceRequest,
+    WatchDeadlinesRequest, decide_help_request_request::Outcome,
 };
-use referral_tests::{Backend, StaffClient, TestHub, both_backends};
+use referral_tests::{Backend, StaffClient, TestHub, almaty, both_backends};
 use tonic::Code;
 
 both_backends!(
@@ -36,14 +36,6 @@ both_backends!(
     allegations_reach_the_director_and_never_the_accused,
     an_allegation_against_the_director_never_reaches_the_director_as_a_deadline,
 );
-
-fn almaty() -> TimeZone {
-    TimeZone::get("Asia/Almaty").unwrap()
-}
-
-fn today(hub: &TestHub) -> Date {
-    hub.clock.now().to_zoned(almaty()).date()
-}
 
 fn at(date: Date, hour: i8, minute: i8) -> Timestamp {
     date.at(hour, minute, 0, 0)
@@ -129,10 +121,7 @@ async fn close(staff: &StaffClient, id: &str, reason: &str) -> Result<Concern, t
 
 fn fields(status: &tonic::Status) -> Vec<String> {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
+    referral_tests::fields(status)
 }
 
 /// A K from `agency`'s director (with a sample pupil); its gateway message id, once delivered.
@@ -142,41 +131,12 @@ async fn submit_k(hub: &TestHub, agency: &str, key: &str) -> String {
         .submit_k(
             key,
             "",
-            referral_core::validate::sample_help_request(today(hub)),
+            referral_core::validate::sample_help_request(hub.today()),
         )
         .await
         .expect("K submitted");
     hub.delivered(&k).await;
     k
-}
-
-/// Every deadline of the school about one concern or allegation, any state, as `staff` lists
-/// them through the staff API.
-async fn deadlines_of(staff: &StaffClient, subject: &str) -> Vec<Deadline> {
-    let all = [
-        DeadlineState::Pending,
-        DeadlineState::Warned,
-        DeadlineState::Due,
-        DeadlineState::Overdue,
-        DeadlineState::Escalated,
-        DeadlineState::Met,
-        DeadlineState::Cancelled,
-    ];
-    staff
-        .client
-        .clone()
-        .list_deadlines(staff.req(ListDeadlinesRequest {
-            states: all.iter().map(|s| *s as i32).collect(),
-            page_size: 500,
-            ..Default::default()
-        }))
-        .await
-        .expect("deadlines list")
-        .into_inner()
-        .deadlines
-        .into_iter()
-        .filter(|d| d.subject_reference == subject)
-        .collect()
 }
 
 fn one_of(deadlines: &[Deadline], kind: DeadlineKind) -> Deadline {
@@ -193,44 +153,9 @@ fn due_at(d: &Deadline) -> Timestamp {
     time::from_proto(d.due_at.as_ref().unwrap()).unwrap()
 }
 
-/// The deadline alerts in `staff`'s agency inbox about `subject`.
-async fn alerts_about(staff: &StaffClient, subject: &str) -> Vec<DeadlineAlert> {
-    let mut alerts = Vec::new();
-    for item in staff.inbox_of(FormKind::DeadlineAlert).await {
-        let message = staff
-            .client
-            .clone()
-            .get_message(staff.req(GetMessageRequest {
-                message_id: item.message_id,
-            }))
-            .await
-            .expect("the alert reads")
-            .into_inner();
-        let form = message
-            .envelope
-            .and_then(|e| e.payload)
-            .and_then(|p| p.form);
-        if let Some(payload::Form::DeadlineAlert(alert)) = form
-            && alert
-                .deadline
-                .as_ref()
-                .is_some_and(|d| d.subject_reference == subject)
-        {
-            alerts.push(alert);
-        }
-    }
-    alerts
-}
-
-/// Runs the engine and delivers what it raised.
-async fn settle(hub: &TestHub) {
-    hub.gateway().settle().await.unwrap();
-    hub.deliver_everything().await;
-}
-
 async fn concerns_go_to_the_lead_or_the_deputy_and_reporters_see_their_own(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let friday = today(&hub);
+    let friday = hub.today();
     let teacher = hub.staff("school-1", "safety-team").await;
     let director = hub.staff("school-1", "director").await;
 
@@ -368,7 +293,7 @@ async fn concerns_go_to_the_lead_or_the_deputy_and_reporters_see_their_own(backe
     assert_eq!(fourth.assigned_to_user_id, "safeguarding-lead");
 
     // A cancelled absence sends concerns to the lead again.
-    let tuesday = today(&hub);
+    let tuesday = hub.today();
     let away = lead
         .safeguarding()
         .set_lead_absence(lead.req(absence("absence-02", tuesday, tuesday)))
@@ -454,7 +379,7 @@ async fn concerns_go_to_the_lead_or_the_deputy_and_reporters_see_their_own(backe
 
 async fn a_phoned_concern_is_confirmed_in_writing_and_answered(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let friday = today(&hub);
+    let friday = hub.today();
     let teacher = hub.staff("school-1", "safety-team").await;
     let lead = hub.staff("school-1", "safeguarding-lead").await;
     let concern = report(
@@ -516,15 +441,15 @@ async fn a_phoned_concern_is_confirmed_in_writing_and_answered(backend: Backend)
     let phoned_at = hub.clock.now() - SignedDuration::from_mins(10);
     let phoned = phone(&lead, &id, phoned_at).await.unwrap();
     assert_eq!(phoned.state, ConcernState::Phoned as i32);
-    settle(&hub).await;
+    hub.settle().await;
     let written = one_of(
-        &deadlines_of(&lead, &id).await,
+        &lead.deadlines_about(&id).await,
         DeadlineKind::WrittenConfirmation,
     );
     assert_eq!(written.responsible_agency_id, "school-1");
     assert_eq!(written.responsible_user_id, "safeguarding-lead");
     assert_eq!(due_at(&written), phoned_at + SignedDuration::from_hours(24));
-    assert!(alerts_about(&lead, &id).await.is_empty());
+    assert!(lead.alerts_about(&id).await.is_empty());
 
     // Past 24 hours without the written report: the school is alerted.
     hub.clock
@@ -533,13 +458,13 @@ async fn a_phoned_concern_is_confirmed_in_writing_and_answered(backend: Backend)
         hub.staff("school-1", "safety-team").await,
         hub.staff("school-1", "safeguarding-lead").await,
     );
-    settle(&hub).await;
+    hub.settle().await;
     let written = one_of(
-        &deadlines_of(&lead, &id).await,
+        &lead.deadlines_about(&id).await,
         DeadlineKind::WrittenConfirmation,
     );
     assert_eq!(state(&written), DeadlineState::Overdue);
-    let alerts = alerts_about(&lead, &id).await;
+    let alerts = lead.alerts_about(&id).await;
     assert!(
         alerts
             .iter()
@@ -581,8 +506,8 @@ async fn a_phoned_concern_is_confirmed_in_writing_and_answered(backend: Backend)
     // Awaiting the answer, the concern cannot be closed.
     let early = close(&lead, &id, "Жабу").await.unwrap_err();
     assert_eq!(early.code(), Code::FailedPrecondition);
-    settle(&hub).await;
-    let deadlines = deadlines_of(&lead, &id).await;
+    hub.settle().await;
+    let deadlines = lead.deadlines_about(&id).await;
     assert_eq!(
         state(&one_of(&deadlines, DeadlineKind::WrittenConfirmation)),
         DeadlineState::Met
@@ -607,10 +532,10 @@ async fn a_phoned_concern_is_confirmed_in_writing_and_answered(backend: Backend)
     let answered = get(&lead, &id).await.unwrap();
     assert_eq!(answered.state, ConcernState::Answered as i32);
     assert_eq!(answered.answer_message_id, decision.decision_message_id);
-    settle(&hub).await;
+    hub.settle().await;
     assert_eq!(
         state(&one_of(
-            &deadlines_of(&lead, &id).await,
+            &lead.deadlines_about(&id).await,
             DeadlineKind::ProtectionServiceAnswer
         )),
         DeadlineState::Met
@@ -639,15 +564,15 @@ async fn a_phoned_concern_is_confirmed_in_writing_and_answered(backend: Backend)
         .await
         .unwrap();
     assert_eq!(closed.state, ConcernState::Closed as i32);
-    settle(&hub).await;
-    assert!(deadlines_of(&lead, &other.concern_id).await.is_empty());
+    hub.settle().await;
+    assert!(lead.deadlines_about(&other.concern_id).await.is_empty());
     hub.shutdown().await;
 }
 
 async fn no_answer_in_three_working_days_reminds_the_lead(backend: Backend) {
     let hub = TestHub::start(backend).await;
     // Friday 20 November 2026: 3 working days are Monday 23, Tuesday 24 and Wednesday 25.
-    let friday = today(&hub);
+    let friday = hub.today();
     assert_eq!(friday.weekday(), jiff::civil::Weekday::Friday);
     let teacher = hub.staff("school-1", "safety-team").await;
     let lead = hub.staff("school-1", "safeguarding-lead").await;
@@ -661,8 +586,8 @@ async fn no_answer_in_three_working_days_reminds_the_lead(backend: Backend) {
     let k = submit_k(&hub, "school-1", "k-school-1").await;
     // Written without a phone call first: no written-confirmation deadline, only the answer's.
     link(&lead, &id, &k).await.unwrap();
-    settle(&hub).await;
-    let deadlines = deadlines_of(&lead, &id).await;
+    hub.settle().await;
+    let deadlines = lead.deadlines_about(&id).await;
     assert_eq!(deadlines.len(), 1, "{deadlines:?}");
     let answer = one_of(&deadlines, DeadlineKind::ProtectionServiceAnswer);
     let wednesday = jiff::civil::date(2026, 11, 25);
@@ -676,8 +601,8 @@ async fn no_answer_in_three_working_days_reminds_the_lead(backend: Backend) {
     // Over the weekend and until Wednesday's end nothing is overdue.
     hub.clock.set(at(wednesday, 23, 59));
     let lead = hub.staff("school-1", "safeguarding-lead").await;
-    settle(&hub).await;
-    let alerts = alerts_about(&lead, &id).await;
+    hub.settle().await;
+    let alerts = lead.alerts_about(&id).await;
     assert!(
         alerts
             .iter()
@@ -687,8 +612,8 @@ async fn no_answer_in_three_working_days_reminds_the_lead(backend: Backend) {
     // Thursday: no answer in 3 working days; the lead is reminded to contact the service again.
     hub.clock.set(at(wednesday.tomorrow().unwrap(), 0, 1));
     let lead = hub.staff("school-1", "safeguarding-lead").await;
-    settle(&hub).await;
-    let alerts = alerts_about(&lead, &id).await;
+    hub.settle().await;
+    let alerts = lead.alerts_about(&id).await;
     let overdue = alerts
         .iter()
         .find(|a| a.state == DeadlineState::Overdue as i32)
@@ -708,10 +633,10 @@ async fn no_answer_in_three_working_days_reminds_the_lead(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(answered.state, ConcernState::Answered as i32);
-    settle(&hub).await;
+    hub.settle().await;
     assert_eq!(
         state(&one_of(
-            &deadlines_of(&lead, &id).await,
+            &lead.deadlines_about(&id).await,
             DeadlineKind::ProtectionServiceAnswer
         )),
         DeadlineState::Met
@@ -752,7 +677,7 @@ async fn acknowledge(staff: &StaffClient, id: &str) -> Result<Allegation, tonic:
 
 async fn allegations_reach_the_director_and_never_the_accused(backend: Backend) {
     let hub = TestHub::start(backend).await;
-    let friday = today(&hub);
+    let friday = hub.today();
     let teacher = hub.staff("school-1", "safety-team").await;
     let lead = hub.staff("school-1", "safeguarding-lead").await;
     let deputy = hub.staff("school-1", "safeguarding-deputy").await;
@@ -816,9 +741,9 @@ async fn allegations_reach_the_director_and_never_the_accused(backend: Backend) 
     assert_eq!(against_deputy.accused_name, "Сәуле Қайратқызы Ибраева");
     assert_eq!(against_deputy.state, AllegationState::Recorded as i32);
     let id = against_deputy.allegation_id.clone();
-    settle(&hub).await;
+    hub.settle().await;
     let due = one_of(
-        &deadlines_of(&director, &id).await,
+        &director.deadlines_about(&id).await,
         DeadlineKind::AllegationToDirector,
     );
     assert_eq!(due.responsible_user_id, "director");
@@ -860,10 +785,10 @@ async fn allegations_reach_the_director_and_never_the_accused(backend: Backend) 
     let twice = acknowledge(&director, &id).await.unwrap_err();
     assert_eq!(twice.code(), Code::FailedPrecondition);
     assert_eq!(allegations(&director).await, [received]);
-    settle(&hub).await;
+    hub.settle().await;
     assert_eq!(
         state(&one_of(
-            &deadlines_of(&director, &id).await,
+            &director.deadlines_about(&id).await,
             DeadlineKind::AllegationToDirector
         )),
         DeadlineState::Met
@@ -924,7 +849,7 @@ async fn an_allegation_against_the_director_never_reaches_the_director_as_a_dead
     backend: Backend,
 ) {
     let hub = TestHub::start(backend).await;
-    let friday = today(&hub);
+    let friday = hub.today();
     let teacher = hub.staff("school-1", "safety-team").await;
     let director = hub.staff("school-1", "director").await;
     let against = |key: &str, user: &str, on: Date| RecordAllegationRequest {
@@ -939,7 +864,7 @@ async fn an_allegation_against_the_director_never_reaches_the_director_as_a_dead
         .unwrap();
     assert_eq!(accused.assigned_to_user_id, "safeguarding-lead");
     let id = accused.allegation_id.clone();
-    settle(&hub).await;
+    hub.settle().await;
     // The director watches the school's deadlines (theirs and everyone's) from now on.
     let mut watch = director
         .client
@@ -952,13 +877,13 @@ async fn an_allegation_against_the_director_never_reaches_the_director_as_a_dead
     // Nobody acknowledges it: due by Monday's end, overdue, and escalated weeks later.
     let later = jiff::civil::date(2026, 12, 31);
     hub.clock.set(at(later, 10, 0));
-    settle(&hub).await;
+    hub.settle().await;
     let lead = hub.staff("school-1", "safeguarding-lead").await;
     let director = hub.staff("school-1", "director").await;
     let teacher = hub.staff("school-1", "safety-team").await;
 
     // The lead is told of every state, and lists it.
-    let to_lead = alerts_about(&lead, &id).await;
+    let to_lead = lead.alerts_about(&id).await;
     for s in [DeadlineState::Overdue, DeadlineState::Escalated] {
         assert!(
             to_lead.iter().any(|a| a.state == s as i32),
@@ -972,7 +897,7 @@ async fn an_allegation_against_the_director_never_reaches_the_director_as_a_dead
         "{to_lead:?}"
     );
     let theirs = one_of(
-        &deadlines_of(&lead, &id).await,
+        &lead.deadlines_about(&id).await,
         DeadlineKind::AllegationToDirector,
     );
     assert_eq!(state(&theirs), DeadlineState::Escalated);
@@ -980,8 +905,8 @@ async fn an_allegation_against_the_director_never_reaches_the_director_as_a_dead
 
     // The director: no alert in the inbox, nothing in the school's list, the overdue list, or the
     // lead's list asked for by name.
-    assert!(alerts_about(&director, &id).await.is_empty());
-    assert!(deadlines_of(&director, &id).await.is_empty());
+    assert!(director.alerts_about(&id).await.is_empty());
+    assert!(director.deadlines_about(&id).await.is_empty());
     let overdue = director
         .client
         .clone()
@@ -1015,24 +940,8 @@ async fn an_allegation_against_the_director_never_reaches_the_director_as_a_dead
         "{leads_by_name:?}"
     );
     // A teacher sees no alert addressed to someone else: none of the lead's.
-    assert!(alerts_about(&teacher, &id).await.is_empty());
-    for item in teacher.inbox_of(FormKind::DeadlineAlert).await {
-        let message = teacher
-            .client
-            .clone()
-            .get_message(teacher.req(GetMessageRequest {
-                message_id: item.message_id,
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        let Some(payload::Form::DeadlineAlert(alert)) = message
-            .envelope
-            .and_then(|e| e.payload)
-            .and_then(|p| p.form)
-        else {
-            panic!("a deadline alert item carries an alert");
-        };
+    assert!(teacher.alerts_about(&id).await.is_empty());
+    for alert in teacher.deadline_alerts().await {
         assert!(
             addressed_to(&alert, "safety-team", Role::SafetyTeamMember),
             "{alert:?}"
@@ -1048,9 +957,9 @@ async fn an_allegation_against_the_director_never_reaches_the_director_as_a_dead
     .await
     .unwrap();
     assert_eq!(ordinary.assigned_to_user_id, "director");
-    settle(&hub).await;
+    hub.settle().await;
     hub.clock.set(at(jiff::civil::date(2027, 2, 26), 10, 0));
-    settle(&hub).await;
+    hub.settle().await;
     let mut watched = Vec::new();
     while !watched
         .iter()
@@ -1072,12 +981,13 @@ async fn an_allegation_against_the_director_never_reaches_the_director_as_a_dead
     );
     let director = hub.staff("school-1", "director").await;
     assert!(
-        alerts_about(&director, &ordinary.allegation_id)
+        director
+            .alerts_about(&ordinary.allegation_id)
             .await
             .iter()
             .any(|a| a.state == DeadlineState::Escalated as i32),
         "the director is told of their own"
     );
-    assert!(alerts_about(&director, &id).await.is_empty());
+    assert!(director.alerts_about(&id).await.is_empty());
     hub.shutdown().await;
 }

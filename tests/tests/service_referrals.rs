@@ -27,23 +27,19 @@
 use std::io::Cursor;
 
 use calamine::{Data, Reader as _, Xlsx, open_workbook_from_rs};
-use jiff::{SignedDuration, ToSpan as _, civil::Date, tz::TimeZone};
-use referral_core::{error::field_violations, time, validate::to_calendar_date};
+use jiff::{SignedDuration, ToSpan as _};
+use referral_core::{time, validate::to_calendar_date};
 use referral_proto::v1::{
-    ActionProgressState, AgencyClockEventKind, CaseFile, DeadlineKind, DeadlineState, Envelope,
-    ExportFormat, ExportReferralLogRequest, FileAssessmentRequest, FileSupportPlanRequest,
-    FormKind, GetCaseRequest, GetMessageRequest, GetServiceReferralRequest, GetServiceRequest,
-    ListDeadlinesRequest, ListMeetingNoticesRequest, ListSafetyMeetingsRequest,
+    ActionProgressState, AgencyClockEventKind, DeadlineKind, DeadlineState, Envelope, ExportFormat,
+    ExportReferralLogRequest, FormKind, GetMessageRequest, GetServiceReferralRequest,
+    GetServiceRequest, ListDeadlinesRequest, ListMeetingNoticesRequest, ListSafetyMeetingsRequest,
     ListServiceReferralsRequest, ListServicesRequest, MonthlyReferralLogRequest, NgoService,
     Payload, PurposeOfUse, RecordMeetingAttendanceRequest, RecordReferralCheckRequest,
-    ReferPupilRequest, ReferralStatus, RequestServiceCancellationRequest, RiskLevel, RiskTier,
+    ReferPupilRequest, ReferralStatus, RequestServiceCancellationRequest, RiskTier,
     ScheduleSafetyMeetingRequest, SendReferralLogRequest, ServiceBusinessStatus, ServiceEvent,
     ServiceReferralRecord, ServiceSource, ServiceUpdate, UpdateServiceRequest, payload,
 };
-use referral_tests::{
-    Backend, StaffClient, TestHub, both_backends,
-    samples::{row, sample_assessment, sample_plan},
-};
+use referral_tests::{Backend, StaffClient, TestHub, almaty, both_backends, fields, samples::row};
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
 
@@ -58,14 +54,6 @@ both_backends!(
 );
 
 const PUPIL: &str = "Ерасыл Нұрланұлы Қасымов";
-
-fn almaty() -> TimeZone {
-    TimeZone::get("Asia/Almaty").unwrap()
-}
-
-fn today(hub: &TestHub) -> Date {
-    hub.clock.now().to_zoned(almaty()).date()
-}
 
 fn referral(key: &str, pupil: &str, ngo: &str) -> ReferPupilRequest {
     ReferPupilRequest {
@@ -146,13 +134,6 @@ async fn take_step(
     assert!(!answer.message_id.is_empty(), "the step is sent");
     hub.delivered(&answer.message_id).await;
     Ok(answer.service.unwrap())
-}
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 /// The gateway's messages of one form kind, as (recipient, message id).
@@ -334,7 +315,7 @@ async fn a_referral_runs_from_the_school_to_the_ngo_and_back(backend: Backend) {
 
     // A session scheduled today and held, then the weekly report.
     let schedule = UpdateServiceRequest {
-        session_on: Some(to_calendar_date(today(&hub))),
+        session_on: Some(to_calendar_date(hub.today())),
         ..step(
             &svc.service_id,
             "step-schedule",
@@ -425,7 +406,7 @@ async fn a_referral_runs_from_the_school_to_the_ngo_and_back(backend: Backend) {
         .school_referrals()
         .record_referral_check(school.req(RecordReferralCheckRequest {
             referral_id: record.referral_id.clone(),
-            checked_on: Some(to_calendar_date(today(&hub) + 1.day())),
+            checked_on: Some(to_calendar_date(hub.today() + 1.day())),
         }))
         .await
         .unwrap_err();
@@ -434,12 +415,12 @@ async fn a_referral_runs_from_the_school_to_the_ngo_and_back(backend: Backend) {
         .school_referrals()
         .record_referral_check(school.req(RecordReferralCheckRequest {
             referral_id: record.referral_id.clone(),
-            checked_on: Some(to_calendar_date(today(&hub))),
+            checked_on: Some(to_calendar_date(hub.today())),
         }))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(checked.date_checked, Some(to_calendar_date(today(&hub))));
+    assert_eq!(checked.date_checked, Some(to_calendar_date(hub.today())));
 
     // Completed: the school sees fulfilment completed; nothing more can happen.
     let done = take_step(
@@ -477,7 +458,7 @@ async fn a_declined_referral_cannot_be_completed_and_strangers_are_refused(backe
     // Bad fields are named, and nothing is stored or sent.
     let mut bad = referral("refer-bad-01", "", "police-1");
     bad.risk_tier = RiskTier::NotAtRisk as i32;
-    bad.date_of_birth = Some(to_calendar_date(today(&hub) + 1.day()));
+    bad.date_of_birth = Some(to_calendar_date(hub.today() + 1.day()));
     bad.reason.clear();
     let refused = school
         .school_referrals()
@@ -495,7 +476,7 @@ async fn a_declined_referral_cannot_be_completed_and_strangers_are_refused(backe
             "reason"
         ]
     );
-    let t = today(&hub);
+    let t = hub.today();
     let none = school
         .school_referrals()
         .list_service_referrals(school.req(ListServiceReferralsRequest {
@@ -755,47 +736,14 @@ async fn a_declined_referral_cannot_be_completed_and_strangers_are_refused(backe
     hub.shutdown().await;
 }
 
-async fn get_case(curator: &StaffClient, case: &str) -> CaseFile {
-    curator
-        .case_files()
-        .get_case(curator.req(GetCaseRequest {
-            case_reference: case.into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission(backend: Backend) {
     let hub = TestHub::start(backend).await;
     let case = hub.open_case("svc-case").await;
     let curator = hub.staff("commission", "curator-1").await;
-    let t = today(&hub);
-    let v = get_case(&curator, &case).await.summary.unwrap().version;
-    let v = curator
-        .case_files()
-        .file_assessment(curator.req(FileAssessmentRequest {
-            case_reference: case.clone(),
-            base_version: v,
-            assessment: Some(sample_assessment(t)),
-            risk_level: RiskLevel::Medium as i32,
-        }))
-        .await
-        .expect("L filed")
-        .into_inner()
-        .version;
+    let t = hub.today();
     curator
-        .case_files()
-        .file_support_plan(curator.req(FileSupportPlanRequest {
-            case_reference: case.clone(),
-            base_version: v,
-            idempotency_key: "svc-plan".into(),
-            plan: Some(sample_plan(t, vec![row(1, t + 30.days(), "ngo-1")])),
-            first_review_on: None,
-        }))
-        .await
-        .expect("M filed");
+        .file_assessment_and_plan(&case, "svc-plan", t, vec![row(1, t + 30.days(), "ngo-1")])
+        .await;
     hub.deliver_everything().await;
 
     let ngo = hub.staff("ngo-1", "case-manager").await;
@@ -819,7 +767,7 @@ async fn an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission(ba
         ..step(&svc.service_id, "row-week-1", ServiceEvent::WeeklyProgress)
     };
     take_step(&hub, &ngo, progress).await.unwrap();
-    let file = get_case(&curator, &case).await;
+    let file = curator.get_case(&case).await.expect("the case reads");
     let action = &file.cycles.last().unwrap().actions[0];
     assert_eq!(action.progress, ActionProgressState::InProgress as i32);
 
@@ -893,7 +841,7 @@ async fn an_assigned_plan_row_is_a_service_reporting_weekly_to_the_commission(ba
     )
     .await
     .unwrap();
-    let file = get_case(&curator, &case).await;
+    let file = curator.get_case(&case).await.expect("the case reads");
     let action = &file.cycles.last().unwrap().actions[0];
     assert_eq!(action.progress, ActionProgressState::Completed as i32);
     hub.gateway().settle().await.unwrap();
@@ -925,11 +873,11 @@ async fn the_monthly_log_j_is_exported_and_reaches_the_commission(backend: Backe
         .school_referrals()
         .record_referral_check(school.req(RecordReferralCheckRequest {
             referral_id: second.referral_id.clone(),
-            checked_on: Some(to_calendar_date(today(&hub))),
+            checked_on: Some(to_calendar_date(hub.today())),
         }))
         .await
         .unwrap();
-    let t = today(&hub);
+    let t = hub.today();
     let (year, month) = (i32::from(t.year()), i32::from(t.month()));
 
     let j = school
@@ -1341,7 +1289,7 @@ async fn a_refused_step_never_reaches_the_engine_and_forms_apply_only_to_the_ref
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
-    let t = today(&hub);
+    let t = hub.today();
     let month = || ListServiceReferralsRequest {
         year: i32::from(t.year()),
         month: i32::from(t.month()),
