@@ -59,8 +59,17 @@ fn text_rule(
     validate::text(v, &field, value, rule);
 }
 
+/// Whether a date field is absent (or all zero).
+pub(crate) fn is_unset(d: Option<&CalendarDate>) -> bool {
+    d.is_none_or(|d| *d == CalendarDate::default())
+}
+
 /// A required calendar date; `None` (with a violation) when it is missing or not a real date.
-fn required_date(v: &mut FieldViolations, field: String, d: Option<&CalendarDate>) -> Option<Date> {
+pub(crate) fn required_date(
+    v: &mut FieldViolations,
+    field: String,
+    d: Option<&CalendarDate>,
+) -> Option<Date> {
     let date = d.and_then(validate::calendar_date);
     if date.is_none() {
         v.add(field, "required: a real calendar date");
@@ -69,7 +78,11 @@ fn required_date(v: &mut FieldViolations, field: String, d: Option<&CalendarDate
 }
 
 /// An optional calendar date: absent (or all zero) is fine, otherwise it must be real.
-fn optional_date(v: &mut FieldViolations, field: String, d: Option<&CalendarDate>) -> Option<Date> {
+pub(crate) fn optional_date(
+    v: &mut FieldViolations,
+    field: String,
+    d: Option<&CalendarDate>,
+) -> Option<Date> {
     match d {
         None => None,
         Some(d) if *d == CalendarDate::default() => None,
@@ -80,6 +93,37 @@ fn optional_date(v: &mut FieldViolations, field: String, d: Option<&CalendarDate
             }
             date
         }
+    }
+}
+
+/// A required date (see [`required_date`]) that is not after `today`.
+pub(crate) fn required_past_date(
+    v: &mut FieldViolations,
+    field: String,
+    d: Option<&CalendarDate>,
+    today: Date,
+) -> Option<Date> {
+    let date = required_date(v, field.clone(), d)?;
+    not_after(v, field, date, today)
+}
+
+/// An optional date (see [`optional_date`]) that, when given, is not after `today`.
+pub(crate) fn optional_past_date(
+    v: &mut FieldViolations,
+    field: String,
+    d: Option<&CalendarDate>,
+    today: Date,
+) -> Option<Date> {
+    let date = optional_date(v, field.clone(), d)?;
+    not_after(v, field, date, today)
+}
+
+fn not_after(v: &mut FieldViolations, field: String, date: Date, today: Date) -> Option<Date> {
+    if date > today {
+        v.add(field, "must not be in the future");
+        None
+    } else {
+        Some(date)
     }
 }
 

@@ -11,9 +11,10 @@ use referral_core::{
     validate::{self, Text},
 };
 use referral_proto::v1::{
-    CalendarDate, IncidentRole, InvestigationUpdate, PreventiveRegistration,
-    PreventiveRegistrationStatus,
+    IncidentRole, InvestigationUpdate, PreventiveRegistration, PreventiveRegistrationStatus,
 };
+
+use crate::forms;
 
 const REFERENCE: Text = Text::required(1, 100);
 
@@ -24,29 +25,6 @@ pub(crate) fn investigation_child_role(u: &InvestigationUpdate, v: &mut FieldVio
             format!("{p}.child_role"),
             "must be a known role: victim, perpetrator, both or witness",
         );
-    }
-}
-
-fn past_date(
-    v: &mut FieldViolations,
-    field: String,
-    d: Option<&CalendarDate>,
-    today: Date,
-) -> Option<Date> {
-    match d
-        .filter(|d| **d != CalendarDate::default())
-        .map(validate::calendar_date)
-    {
-        None => None,
-        Some(None) => {
-            v.add(field, "must be a real calendar date");
-            None
-        }
-        Some(Some(date)) if date > today => {
-            v.add(field, "must not be in the future");
-            None
-        }
-        Some(Some(date)) => Some(date),
     }
 }
 
@@ -73,7 +51,8 @@ pub(crate) fn preventive_registration(
     if status == PreventiveRegistrationStatus::Unspecified {
         v.add(field("status"), "required: registered or ended");
     }
-    let registered = past_date(v, field("registered_on"), r.registered_on.as_ref(), today);
+    let registered =
+        forms::optional_past_date(v, field("registered_on"), r.registered_on.as_ref(), today);
     if registered.is_none() && !v.contains(&field("registered_on")) {
         v.add(field("registered_on"), "required: a real calendar date");
     }
@@ -85,7 +64,7 @@ pub(crate) fn preventive_registration(
     );
     validate::no_identity(v, &field("grounds"), &r.grounds);
     validate::text(v, &field("inspector"), &r.inspector, validate::PERSON_NAME);
-    let ended = past_date(v, field("ended_on"), r.ended_on.as_ref(), today);
+    let ended = forms::optional_past_date(v, field("ended_on"), r.ended_on.as_ref(), today);
     if status == PreventiveRegistrationStatus::Ended {
         match (ended, registered) {
             (None, _) if !v.contains(&field("ended_on")) => {
@@ -118,6 +97,8 @@ pub(crate) fn preventive_registration(
 
 #[cfg(test)]
 mod tests {
+    use referral_proto::v1::CalendarDate;
+
     use super::*;
 
     fn cd(y: i16, m: i8, d: i8) -> CalendarDate {

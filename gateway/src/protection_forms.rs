@@ -18,15 +18,16 @@ use referral_core::{
 };
 use referral_proto::v1::{ActingUser, AgencyKind, Envelope, Sensitivity};
 use referral_proto::v1::{
-    CalendarDate, IncidentChild, IncidentReferral, IncidentReferralPurpose, IncidentRole,
-    IncidentSeverity, InstructionAcknowledgement, InstructionAcknowledgementKind,
-    MandatoryReportGround, ProtectionInstruction, ProtectionMeasure, payload,
+    IncidentChild, IncidentReferral, IncidentReferralPurpose, IncidentRole, IncidentSeverity,
+    InstructionAcknowledgement, InstructionAcknowledgementKind, MandatoryReportGround,
+    ProtectionInstruction, ProtectionMeasure, payload,
 };
 use sqlx::{Any, Transaction};
 
 use crate::{
     Shared,
     access::{self, SendAccess},
+    forms,
     policy::{Action, Sections, Situation},
 };
 
@@ -57,30 +58,6 @@ pub(crate) fn check(form: &payload::Form, in_reply_to: &str, today: Date, v: &mu
     }
 }
 
-/// A required date that is real and not after `today`.
-fn past_date(
-    v: &mut FieldViolations,
-    field: String,
-    d: Option<&CalendarDate>,
-    today: Date,
-) -> Option<Date> {
-    match d.and_then(validate::calendar_date) {
-        None => {
-            v.add(field, "required: a real calendar date");
-            None
-        }
-        Some(date) if date > today => {
-            v.add(field, "must not be in the future");
-            None
-        }
-        Some(date) => Some(date),
-    }
-}
-
-fn is_unset(d: Option<&CalendarDate>) -> bool {
-    d.is_none_or(|d| *d == CalendarDate::default())
-}
-
 /// One child of a referral. `medical`: the referral of an injured child to health.
 fn child(c: &IncidentChild, medical: bool, today: Date, v: &mut FieldViolations, p: &str) {
     validate::text(v, &format!("{p}.full_name"), &c.full_name, PERSON_NAME);
@@ -90,8 +67,8 @@ fn child(c: &IncidentChild, medical: bool, today: Date, v: &mut FieldViolations,
             "must be a valid IIN of 12 digits, or empty when unknown",
         );
     }
-    if !is_unset(c.date_of_birth.as_ref()) {
-        past_date(
+    if !forms::is_unset(c.date_of_birth.as_ref()) {
+        forms::required_past_date(
             v,
             format!("{p}.date_of_birth"),
             c.date_of_birth.as_ref(),
@@ -167,13 +144,14 @@ pub(crate) fn incident_referral(
     }
     let medical = purpose == IncidentReferralPurpose::MedicalCare;
     validate::text(v, &format!("{p}.institution"), &r.institution, SHORT_TEXT);
-    let happened = past_date(
+    let happened = forms::required_past_date(
         v,
         format!("{p}.incident_date"),
         r.incident_date.as_ref(),
         today,
     );
-    let referred = past_date(v, format!("{p}.referred_on"), r.referred_on.as_ref(), today);
+    let referred =
+        forms::required_past_date(v, format!("{p}.referred_on"), r.referred_on.as_ref(), today);
     if let (Some(happened), Some(referred)) = (happened, referred)
         && referred < happened
     {
@@ -330,14 +308,14 @@ pub(crate) fn protection_instruction(
         &i.child_full_name,
         PERSON_NAME,
     );
-    past_date(
+    forms::required_past_date(
         v,
         format!("{p}.child_date_of_birth"),
         i.child_date_of_birth.as_ref(),
         today,
     );
     measure(i.measure, &i.measure_other, &i.new_placement, v, p);
-    let decided = past_date(
+    let decided = forms::required_past_date(
         v,
         format!("{p}.decision_date"),
         i.decision_date.as_ref(),
@@ -432,7 +410,7 @@ pub(crate) fn instruction_acknowledgement(
     {
         v.add(format!("{p}.kind"), "required: acknowledged or carried out");
     }
-    past_date(v, format!("{p}.on"), a.on.as_ref(), today);
+    forms::required_past_date(v, format!("{p}.on"), a.on.as_ref(), today);
     validate::text(v, &format!("{p}.note"), &a.note, validate::LONG_TEXT);
     validate::text(
         v,
@@ -628,7 +606,7 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use referral_proto::v1::IncidentReporter;
+    use referral_proto::v1::{CalendarDate, IncidentReporter};
 
     use super::*;
 

@@ -25,13 +25,13 @@ use referral_core::{
     validate::{self, PERSON_NAME, Text},
 };
 use referral_proto::v1::{
-    AgencyKind, CalendarDate, Envelope, FormKind, PurposeOfUse, ReferralLog, ReferralLogRow,
-    ReferralStatus, RiskTier, SafetyMeetingNotice, ServiceBusinessStatus, ServiceEvent,
-    ServiceReferral, ServiceUpdate, payload,
+    AgencyKind, Envelope, FormKind, PurposeOfUse, ReferralLog, ReferralLogRow, ReferralStatus,
+    RiskTier, SafetyMeetingNotice, ServiceBusinessStatus, ServiceEvent, ServiceReferral,
+    ServiceUpdate, payload,
 };
 use sqlx::{Any, Transaction};
 
-use crate::store;
+use crate::{forms, store};
 
 /// Longest reference (the school's referral or meeting reference, the NGO's service id).
 const REFERENCE_MAX: usize = 100;
@@ -99,18 +99,6 @@ fn reference(v: &mut FieldViolations, field: &str, value: &str, required: bool) 
     }
 }
 
-fn required_date(v: &mut FieldViolations, field: &str, d: Option<&CalendarDate>) -> Option<Date> {
-    let date = d.and_then(validate::calendar_date);
-    if date.is_none() {
-        v.add(field, "required: a real calendar date");
-    }
-    date
-}
-
-fn unset(d: Option<&CalendarDate>) -> bool {
-    d.is_none_or(|d| *d == CalendarDate::default())
-}
-
 fn long(required: bool) -> Text {
     if required {
         validate::REQUIRED_LONG_TEXT
@@ -139,11 +127,13 @@ pub(crate) fn service_referral(r: &ServiceReferral, today: Date, v: &mut FieldVi
         &r.class_name,
         Text::required(1, 20),
     );
-    let referred_on = required_date(v, &format!("{p}.referred_on"), r.referred_on.as_ref());
+    let referred_on = forms::required_date(v, format!("{p}.referred_on"), r.referred_on.as_ref());
     if referred_on.is_some_and(|d| d > today) {
         v.add(format!("{p}.referred_on"), "must not be in the future");
     }
-    if let Some(born) = required_date(v, &format!("{p}.date_of_birth"), r.date_of_birth.as_ref()) {
+    if let Some(born) =
+        forms::required_date(v, format!("{p}.date_of_birth"), r.date_of_birth.as_ref())
+    {
         let on = referred_on.unwrap_or(today);
         let age = validate::age_years(born, on);
         if born > on || age >= validate::MAX_CHILD_AGE_YEARS {
@@ -325,15 +315,15 @@ pub(crate) fn service_update(
     let field = format!("{p}.session_on");
     match event {
         Some(ServiceEvent::SessionScheduled) => {
-            required_date(v, &field, u.session_on.as_ref());
+            forms::required_date(v, field.clone(), u.session_on.as_ref());
         }
         Some(ServiceEvent::SessionHeld | ServiceEvent::ChildUnattended)
-            if !unset(u.session_on.as_ref()) =>
+            if !forms::is_unset(u.session_on.as_ref()) =>
         {
-            required_date(v, &field, u.session_on.as_ref());
+            forms::required_date(v, field.clone(), u.session_on.as_ref());
         }
         Some(ServiceEvent::SessionHeld | ServiceEvent::ChildUnattended) => {}
-        _ if !unset(u.session_on.as_ref()) => {
+        _ if !forms::is_unset(u.session_on.as_ref()) => {
             v.add(field, "only for a session scheduled, held or unattended")
         }
         _ => {}
@@ -386,8 +376,8 @@ pub(crate) fn referral_log(j: &ReferralLog, today: Date, v: &mut FieldViolations
     if month.is_none() {
         v.add(format!("{p}.month"), "year 2000 to 2100 and month 1 to 12");
     }
-    let from = required_date(v, &format!("{p}.period_from"), j.period_from.as_ref());
-    let to = required_date(v, &format!("{p}.period_to"), j.period_to.as_ref());
+    let from = forms::required_date(v, format!("{p}.period_from"), j.period_from.as_ref());
+    let to = forms::required_date(v, format!("{p}.period_to"), j.period_to.as_ref());
     if let (Some(first), Some(from), Some(to)) = (month, from, to) {
         let in_month = |d: Date| d.year() == first.year() && d.month() == first.month();
         if !in_month(from) || !in_month(to) || from > to {
@@ -429,7 +419,8 @@ fn log_row(row: &ReferralLogRow, period: Option<(Date, Date)>, v: &mut FieldViol
         &row.contact_person,
         PERSON_NAME,
     );
-    let referred = required_date(v, &format!("{p}.date_referred"), row.date_referred.as_ref());
+    let referred =
+        forms::required_date(v, format!("{p}.date_referred"), row.date_referred.as_ref());
     if let (Some(d), Some((from, to))) = (referred, period)
         && (d < from || d > to)
     {
@@ -438,8 +429,9 @@ fn log_row(row: &ReferralLogRow, period: Option<(Date, Date)>, v: &mut FieldViol
             "must lie within the log's period",
         );
     }
-    if !unset(row.date_checked.as_ref()) {
-        let checked = required_date(v, &format!("{p}.date_checked"), row.date_checked.as_ref());
+    if !forms::is_unset(row.date_checked.as_ref()) {
+        let checked =
+            forms::required_date(v, format!("{p}.date_checked"), row.date_checked.as_ref());
         if let (Some(c), Some(r)) = (checked, referred)
             && c < r
         {
