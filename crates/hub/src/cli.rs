@@ -333,6 +333,19 @@ impl Staff {
         agency_time_zone(self.directory.as_ref(), &self.agency)
     }
 
+    /// Today in the agency's district, by the system clock (what relative dates resolve on).
+    pub(crate) fn local_today(&self) -> jiff::civil::Date {
+        Timestamp::now().to_zoned(self.tz()).date()
+    }
+
+    /// Tells a person how to retry a change safely, when its idempotency key was generated
+    /// (`None` when the person gave one); scripts reading JSON are not told.
+    pub(crate) fn hint_key(&self, generated_key: Option<&str>) {
+        if let Some(key) = generated_key.filter(|_| self.format == Format::Human) {
+            crate::case_cli::print_key_hint(key);
+        }
+    }
+
     /// An agency's id with its name, when the directory knows it.
     pub(crate) fn agency_label(&self, id: &str) -> String {
         match self.directory.as_ref().and_then(|d| d.agency(id)) {

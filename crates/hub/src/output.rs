@@ -172,6 +172,11 @@ pub fn local_time(t: Option<&prost_types::Timestamp>, tz: &TimeZone) -> String {
         .unwrap_or_default()
 }
 
+/// A calendar date for scripts: `YYYY-MM-DD`, or JSON null when absent.
+pub fn json_date(d: Option<referral_proto::v1::CalendarDate>) -> Option<String> {
+    d.map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
+}
+
 /// An instant for scripts: RFC 3339 in UTC, or JSON null when absent.
 pub fn json_time(t: Option<&prost_types::Timestamp>) -> serde_json::Value {
     t.and_then(instant)

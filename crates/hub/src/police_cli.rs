@@ -14,7 +14,7 @@ use referral_proto::v1::{
 use serde_json::json;
 
 use crate::{
-    case_cli::{KeyArg, print_key_hint},
+    case_cli::KeyArg,
     cli::Staff,
     dates::DateSpec,
     output::{Format, Table, enum_name, one_line, print_json},
@@ -163,7 +163,7 @@ impl Staff {
     /// `police …`.
     pub async fn police(self, command: PoliceCommand) -> anyhow::Result<()> {
         let mut client = InvestigationsClient::new(self.channel.clone());
-        let today = jiff::Timestamp::now().to_zoned(self.tz()).date();
+        let today = self.local_today();
         let (investigation, key) = match command {
             PoliceCommand::List { all } => {
                 let items = client
@@ -257,9 +257,7 @@ impl Staff {
             }
         };
         self.print_investigations(&investigation.into_iter().collect::<Vec<_>>());
-        if let Some(key) = key.filter(|_| self.format == Format::Human) {
-            print_key_hint(&key);
-        }
+        self.hint_key(key.as_deref());
         Ok(())
     }
 

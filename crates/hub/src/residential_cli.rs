@@ -23,10 +23,10 @@ use referral_proto::v1::{
 use serde_json::json;
 
 use crate::{
-    case_cli::{KeyArg, print_key_hint},
+    case_cli::KeyArg,
     cli::Staff,
     dates::DateSpec,
-    output::{Format, Table, enum_name, one_line, print_json},
+    output::{Format, Table, enum_name, json_date, one_line, print_json},
 };
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -261,7 +261,7 @@ fn instruction_json(i: &ReceivedInstruction) -> serde_json::Value {
             "PROTECTION_MEASURE_",
         ),
         "new_placement": body.new_placement,
-        "carry_out_by": body.carry_out_by.map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)),
+        "carry_out_by": json_date(body.carry_out_by),
         "decision_reference": body.decision_reference,
         "state": enum_name(
             InstructionAcknowledgementKind::try_from(i.state).unwrap_or_default().as_str_name(),
@@ -274,7 +274,7 @@ impl Staff {
     /// `residential …`.
     pub async fn residential(self, command: ResidentialCommand) -> anyhow::Result<()> {
         let mut client = ResidentialIncidentsClient::new(self.channel.clone());
-        let today = jiff::Timestamp::now().to_zoned(self.tz()).date();
+        let today = self.local_today();
         let (incident, key) = match command {
             ResidentialCommand::Assess {
                 incident_id,
@@ -394,9 +394,7 @@ impl Staff {
                     .map_err(|s| self.fail(s, "acknowledgement"))?
                     .into_inner();
                 self.print_instructions(&[reply]);
-                if generated && self.format == Format::Human {
-                    print_key_hint(&key);
-                }
+                self.hint_key(generated.then_some(key.as_str()));
                 return Ok(());
             }
         };
@@ -429,9 +427,7 @@ impl Staff {
                 println!("  version {}", incident.version);
             }
         }
-        if let Some(key) = key.filter(|_| self.format == Format::Human) {
-            print_key_hint(&key);
-        }
+        self.hint_key(key.as_deref());
         Ok(())
     }
 
@@ -468,7 +464,7 @@ impl Staff {
 
     /// `instruct`: the commission's protection instruction.
     pub async fn instruct(self, args: InstructArgs) -> anyhow::Result<()> {
-        let today = jiff::Timestamp::now().to_zoned(self.tz()).date();
+        let today = self.local_today();
         let (key, generated) = args.key.key();
         let weighed = args.weighed_because.is_some();
         let reply = ProtectionInstructionsClient::new(self.channel.clone())
@@ -508,7 +504,7 @@ impl Staff {
                     );
                 }
                 if generated {
-                    print_key_hint(&key);
+                    self.hint_key(generated.then_some(key.as_str()));
                 }
             }
         }

@@ -21,10 +21,12 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::{
-    case_cli::{KeyArg, print_key_hint},
+    case_cli::KeyArg,
     cli::{PAGE_SIZE, Staff, all_pages},
     dates::{DateSpec, SignedAt},
-    output::{Fields, Format, Table, enum_name, json_time, local_time, one_line, print_json},
+    output::{
+        Fields, Format, Table, enum_name, json_date, json_time, local_time, one_line, print_json,
+    },
 };
 
 #[derive(Debug, Subcommand)]
@@ -193,7 +195,7 @@ fn concern_json(c: &Concern) -> serde_json::Value {
         "pupil_name": c.pupil_name,
         "pupil_class": c.pupil_class,
         "what_happened": c.what_happened,
-        "observed_on": c.observed_on.map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)),
+        "observed_on": json_date(c.observed_on),
         "at_risk_now": c.at_risk_now,
         "reported_by": c.reported_by_user_id,
         "reported_at": json_time(c.reported_at.as_ref()),
@@ -224,7 +226,7 @@ fn allegation_json(a: &Allegation) -> serde_json::Value {
         "accused_user_id": a.accused_user_id,
         "accused_name": a.accused_name,
         "allegation": a.allegation,
-        "happened_on": a.happened_on.map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)),
+        "happened_on": json_date(a.happened_on),
         "recorded_by": a.recorded_by_user_id,
         "recorded_at": json_time(a.recorded_at.as_ref()),
         "assigned_to": a.assigned_to_user_id,
@@ -233,14 +235,11 @@ fn allegation_json(a: &Allegation) -> serde_json::Value {
 }
 
 fn absence_json(a: &LeadAbsence) -> serde_json::Value {
-    let day = |d: Option<referral_proto::v1::CalendarDate>| {
-        d.map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
-    };
     json!({
         "absence_id": a.absence_id,
         "lead": a.lead_user_id,
-        "first_day": day(a.first_day),
-        "last_day": day(a.last_day),
+        "first_day": json_date(a.first_day),
+        "last_day": json_date(a.last_day),
         "note": a.note,
         "cancelled_at": json_time(a.cancelled_at.as_ref()),
     })
@@ -254,7 +253,7 @@ impl Staff {
     /// `safeguarding …`.
     pub async fn safeguarding(self, command: SafeguardingCommand) -> anyhow::Result<()> {
         let mut client = self.safeguarding_client();
-        let today = jiff::Timestamp::now().to_zoned(self.tz()).date();
+        let today = self.local_today();
         match command {
             SafeguardingCommand::Concern(args) => {
                 let (key, generated) = args.key.key();
@@ -271,9 +270,7 @@ impl Staff {
                     .map_err(|s| self.fail(s, "concern"))?
                     .into_inner();
                 self.print_concern(&concern, "concern reported / алаңдаушылық хабарланды");
-                if generated && self.format == Format::Human {
-                    print_key_hint(&key);
-                }
+                self.hint_key(generated.then_some(key.as_str()));
             }
             SafeguardingCommand::Concerns { states } => {
                 let items: Vec<Concern> = all_pages(|page_token| {
@@ -406,9 +403,7 @@ impl Staff {
                     "allegation recorded; due at the director within 1 working day / \
                      директор бір жұмыс күні ішінде алады",
                 );
-                if generated && self.format == Format::Human {
-                    print_key_hint(&key);
-                }
+                self.hint_key(generated.then_some(key.as_str()));
             }
             SafeguardingCommand::Allegations => {
                 let items = client

@@ -25,10 +25,10 @@ use referral_proto::v1::{
 use serde_json::json;
 
 use crate::{
-    case_cli::{KeyArg, print_key_hint},
+    case_cli::KeyArg,
     cli::Staff,
     dates::DateSpec,
-    output::{Format, Table, enum_name, local_time, one_line, print_json},
+    output::{Format, Table, enum_name, json_date, local_time, one_line, print_json},
 };
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -241,7 +241,7 @@ fn referral_json(r: &ServiceReferralRecord) -> serde_json::Value {
         "status": status_name(r.status, r.business_status),
         "support_received": r.support_received,
         "reason": r.reason,
-        "date_checked": r.date_checked.map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)),
+        "date_checked": json_date(r.date_checked),
         "cancellation_requested": r.cancellation_requested,
         "updates": r.updates.len(),
     })
@@ -265,7 +265,7 @@ impl Staff {
     /// `referrals …`.
     pub async fn referrals(self, command: ReferralsCommand) -> anyhow::Result<()> {
         let mut client = SchoolReferralsClient::new(self.channel.clone());
-        let today = jiff::Timestamp::now().to_zoned(self.tz()).date();
+        let today = self.local_today();
         let (records, key) = match command {
             ReferralsCommand::Refer {
                 pupil,
@@ -376,9 +376,7 @@ impl Staff {
                         local_time(meeting.meeting_at.as_ref(), &self.tz())
                     ),
                 }
-                if generated && self.format == Format::Human {
-                    print_key_hint(&key);
-                }
+                self.hint_key(generated.then_some(key.as_str()));
                 return Ok(());
             }
             ReferralsCommand::Attendance { meeting_id, absent } => {
@@ -432,9 +430,7 @@ impl Staff {
                     .map_err(|s| self.fail(s, "send"))?
                     .into_inner();
                 println!("log J sent / J жіберілді: {}", sent.message_id);
-                if generated && self.format == Format::Human {
-                    print_key_hint(&key);
-                }
+                self.hint_key(generated.then_some(key.as_str()));
                 return Ok(());
             }
         };
@@ -455,24 +451,20 @@ impl Staff {
                         r.service_name.clone(),
                         status_name(r.status, r.business_status),
                         one_line(&r.support_received),
-                        r.date_checked
-                            .map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
-                            .unwrap_or_default(),
+                        json_date(r.date_checked).unwrap_or_default(),
                     ]);
                 }
                 print!("{}", table.render());
             }
         }
-        if let Some(key) = key.filter(|_| self.format == Format::Human) {
-            print_key_hint(&key);
-        }
+        self.hint_key(key.as_deref());
         Ok(())
     }
 
     /// `services …`.
     pub async fn services(self, command: ServicesCommand) -> anyhow::Result<()> {
         let mut client = NgoServicesClient::new(self.channel.clone());
-        let today = jiff::Timestamp::now().to_zoned(self.tz()).date();
+        let today = self.local_today();
         let (items, key) = match command {
             ServicesCommand::List { all } => {
                 let services = client
@@ -561,9 +553,7 @@ impl Staff {
                 print!("{}", table.render());
             }
         }
-        if let Some(key) = key.filter(|_| self.format == Format::Human) {
-            print_key_hint(&key);
-        }
+        self.hint_key(key.as_deref());
         Ok(())
     }
 }
