@@ -1151,14 +1151,32 @@ async fn school_notice(
         .message_id
 }
 
-async fn a_refused_step_never_reaches_the_engine_and_forms_apply_only_to_the_referral_they_answer(
-    backend: Backend,
+/// Two referrals to ngo-1 (keys `refer-{series}01`, `refer-{series}02`, the first of the boy),
+/// the first's service accepted with step `step-{series}01`: the school's and the NGO's staff,
+/// both referrals, the first's service and the service as accepted.
+async fn two_referrals_first_accepted(
+    hub: &TestHub,
+    series: &str,
+) -> (
+    StaffClient,
+    StaffClient,
+    ServiceReferralRecord,
+    ServiceReferralRecord,
+    NgoService,
+    NgoService,
 ) {
-    let hub = TestHub::start(backend).await;
     let school = hub.staff("school-1", "safety-team").await;
     let ngo = hub.staff("ngo-1", "case-manager").await;
-    let first = refer(&school, referral("refer-0101", PUPIL, "ngo-1")).await;
-    let second = refer(&school, referral("refer-0102", "Әлия Маратқызы", "ngo-1")).await;
+    let first = refer(
+        &school,
+        referral(&format!("refer-{series}01"), PUPIL, "ngo-1"),
+    )
+    .await;
+    let second = refer(
+        &school,
+        referral(&format!("refer-{series}02"), "Әлия Маратқызы", "ngo-1"),
+    )
+    .await;
     hub.deliver_everything().await;
     let svc = services(&ngo)
         .await
@@ -1166,12 +1184,42 @@ async fn a_refused_step_never_reaches_the_engine_and_forms_apply_only_to_the_ref
         .find(|s| s.referral_reference == first.referral_id)
         .expect("the first referral's service");
     let accepted = take_step(
-        &hub,
+        hub,
         &ngo,
-        step(&svc.service_id, "step-0101", ServiceEvent::Accepted),
+        step(
+            &svc.service_id,
+            &format!("step-{series}01"),
+            ServiceEvent::Accepted,
+        ),
     )
     .await
     .unwrap();
+    (school, ngo, first, second, svc, accepted)
+}
+
+/// Takes the gateway message key the NGO's step `step_key` will go under, by an update on the
+/// `second` referral (delivered), so that the gateway refuses that step for good.
+async fn take_at_gateway(hub: &TestHub, second: &ServiceReferralRecord, step_key: &str) {
+    let taken = ngo_update(
+        hub,
+        &step_message_key(step_key),
+        &second.message_id,
+        &second.referral_id,
+        ServiceEvent::Accepted,
+        ReferralStatus::Accepted,
+        ServiceBusinessStatus::Accepted,
+    )
+    .await
+    .expect("a valid update");
+    hub.delivered(&taken).await;
+}
+
+async fn a_refused_step_never_reaches_the_engine_and_forms_apply_only_to_the_referral_they_answer(
+    backend: Backend,
+) {
+    let hub = TestHub::start(backend).await;
+    let (school, ngo, first, second, svc, accepted) =
+        two_referrals_first_accepted(&hub, "01").await;
     hub.gateway().settle().await.unwrap();
     let started = AgencyClockEventKind::ServiceStarted.as_str_name();
     assert_eq!(engine_events(&hub, &svc.service_id).await, [started]);
@@ -1185,18 +1233,7 @@ async fn a_refused_step_never_reaches_the_engine_and_forms_apply_only_to_the_ref
 
     // The key the NGO's completion will go under is taken at the gateway already (by an update
     // on the second referral): the gateway refuses the completion for good.
-    let taken = ngo_update(
-        &hub,
-        &step_message_key("step-0102"),
-        &second.message_id,
-        &second.referral_id,
-        ServiceEvent::Accepted,
-        ReferralStatus::Accepted,
-        ServiceBusinessStatus::Accepted,
-    )
-    .await
-    .expect("a valid update");
-    hub.delivered(&taken).await;
+    take_at_gateway(&hub, &second, "step-0102").await;
     let refused = ngo
         .ngo_services()
         .update_service(ngo.req(step(&svc.service_id, "step-0102", ServiceEvent::Completed)))
@@ -1325,36 +1362,9 @@ async fn a_refused_step_under_a_later_one_is_not_undone_and_the_later_ones_clock
     backend: Backend,
 ) {
     let hub = TestHub::start(backend).await;
-    let school = hub.staff("school-1", "safety-team").await;
-    let ngo = hub.staff("ngo-1", "case-manager").await;
-    let first = refer(&school, referral("refer-0201", PUPIL, "ngo-1")).await;
-    let second = refer(&school, referral("refer-0202", "Әлия Маратқызы", "ngo-1")).await;
-    hub.deliver_everything().await;
-    let svc = services(&ngo)
-        .await
-        .into_iter()
-        .find(|s| s.referral_reference == first.referral_id)
-        .expect("the first referral's service");
-    take_step(
-        &hub,
-        &ngo,
-        step(&svc.service_id, "step-0201", ServiceEvent::Accepted),
-    )
-    .await
-    .unwrap();
+    let (school, ngo, first, second, svc, _) = two_referrals_first_accepted(&hub, "02").await;
     // The first report's key is taken at the gateway already.
-    let taken = ngo_update(
-        &hub,
-        &step_message_key("step-0202"),
-        &second.message_id,
-        &second.referral_id,
-        ServiceEvent::Accepted,
-        ReferralStatus::Accepted,
-        ServiceBusinessStatus::Accepted,
-    )
-    .await
-    .expect("a valid update");
-    hub.delivered(&taken).await;
+    take_at_gateway(&hub, &second, "step-0202").await;
 
     // Two weekly reports while the gateway is away: kept, their messages queued, their clock
     // events held (the engine hears of a step only once its message is acknowledged).
