@@ -166,6 +166,8 @@ pub(crate) struct Shared {
     pub(crate) views: views::ViewFilter,
     /// The key of the children's pseudonyms (HMAC of the IIN).
     pub(crate) child_link_secret: Vec<u8>,
+    /// The gateway's Prometheus registry (served on the admin port).
+    pub(crate) metrics: referral_core::metrics::Metrics,
 }
 
 impl Shared {
@@ -280,6 +282,7 @@ impl Gateway {
                 .context("the need-to-know policy does not load")?,
             views: views::ViewFilter::new().context("the field classes do not load")?,
             child_link_secret: config.child_link_secret,
+            metrics: referral_core::metrics::Metrics::new("gateway"),
         });
         Ok(Self {
             listener,
@@ -291,6 +294,16 @@ impl Gateway {
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The gateway's metrics, for the admin port.
+    pub fn metrics(&self) -> referral_core::metrics::Metrics {
+        self.shared.metrics.clone()
+    }
+
+    /// The gateway's store, for the admin port's readiness check.
+    pub fn database(&self) -> referral_core::db::Database {
+        self.shared.db.clone()
     }
 
     pub fn handle(&self) -> GatewayHandle {

@@ -71,6 +71,8 @@ pub(crate) struct Context {
     pub(crate) stopping: CancellationToken,
     /// One push of the clock events at a time, so they go out in order.
     pub(crate) clock_events_round: tokio::sync::Mutex<()>,
+    /// The service's Prometheus registry (served on the admin port).
+    pub(crate) metrics: referral_core::metrics::Metrics,
 }
 
 impl Context {
@@ -192,6 +194,7 @@ impl AgencyService {
                 extension,
                 stopping: CancellationToken::new(),
                 clock_events_round: tokio::sync::Mutex::new(()),
+                metrics: referral_core::metrics::Metrics::new(&config.agency_id),
             }),
         })
     }
@@ -199,6 +202,16 @@ impl AgencyService {
     /// The port the service listens on (the real one when built with port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The service's metrics, for the admin port.
+    pub fn metrics(&self) -> referral_core::metrics::Metrics {
+        self.context.metrics.clone()
+    }
+
+    /// The service's store, for the admin port's readiness check.
+    pub fn database(&self) -> referral_core::db::Database {
+        self.context.store.database()
     }
 
     pub fn agency_id(&self) -> &str {

@@ -85,6 +85,11 @@ impl Store {
     }
 
     /// The pool, for an extension's reads.
+    /// The database handle (for the admin port's readiness check).
+    pub(crate) fn database(&self) -> Database {
+        self.db.clone()
+    }
+
     pub(crate) fn pool(&self) -> &referral_core::db::AnyPool {
         self.db.pool()
     }

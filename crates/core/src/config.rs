@@ -42,6 +42,11 @@ pub struct HubConfig {
     /// Where certificates are read from; defaults to `<data_dir>/pki`.
     #[serde(default)]
     pub pki_dir: Option<PathBuf>,
+    /// The plain-HTTP admin port (`/healthz`, `/readyz`, `/metrics`) of a component run alone
+    /// (`REFERRAL_HUB__ADMIN_LISTEN=0.0.0.0:9400`); none serves no admin port. `up` gives the
+    /// gateway this address and each agency the next ports in directory order.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     #[serde(default)]
     pub gateway: GatewaySection,
     #[serde(default)]

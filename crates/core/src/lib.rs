@@ -11,6 +11,7 @@ pub mod db;
 pub mod directory;
 pub mod error;
 pub mod iin;
+pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod telemetry;
