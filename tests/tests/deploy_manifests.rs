@@ -72,6 +72,8 @@ fn text(v: &Value) -> String {
 /// Settings `env` gives that no field of [`HubConfig`] reads (dotted figment paths), and the
 /// configuration the real loader makes of `env`. Unset variables (and the working directory) are
 /// those of a fresh jail.
+// `Jail::expect_with` takes a closure returning figment's (large) error type.
+#[allow(clippy::result_large_err)]
 fn load(env: &BTreeMap<String, String>) -> (Vec<String>, Result<HubConfig, String>) {
     let mut result = None;
     Jail::expect_with(|jail| {
