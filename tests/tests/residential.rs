@@ -368,54 +368,61 @@ async fn incidents_go_to_commission_and_police_at_once_and_injured_children_to_h
         .expect_err("closed already");
     assert_eq!(again.code(), Code::FailedPrecondition);
 
-    // A light incident closes without a referral; a moderate one does not.
-    let light = staff
-        .school_incidents()
-        .record_incident(staff.req(RecordIncidentRequest {
-            idempotency_key: "res-fight-2".into(),
-            incident: Some(fight(on)),
-            risk_of_injury: false,
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .incident_id;
-    let moderate = staff
-        .school_incidents()
-        .record_incident(staff.req(RecordIncidentRequest {
-            idempotency_key: "res-fight-3".into(),
-            incident: Some(fight(on)),
-            risk_of_injury: false,
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .incident_id;
-    for (incident, severity) in [
-        (&light, IncidentSeverity::Light),
-        (&moderate, IncidentSeverity::Moderate),
+    // A light incident with no mandatory-report ground closes without a referral; a moderate one
+    // does not, nor does a "light" one carrying a ground (M:2932-2940: the grounds are what makes
+    // an incident moderate or severe).
+    let mut recorded = Vec::new();
+    for key in ["res-fight-2", "res-fight-3", "res-fight-4"] {
+        recorded.push(
+            staff
+                .school_incidents()
+                .record_incident(staff.req(RecordIncidentRequest {
+                    idempotency_key: key.into(),
+                    incident: Some(fight(on)),
+                    risk_of_injury: false,
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .incident_id,
+        );
+    }
+    let [light, light_with_ground, moderate] = <[String; 3]>::try_from(recorded).unwrap();
+    let harassment = vec![MandatoryReportGround::PeerHarassmentWithHarm as i32];
+    for (incident, severity, grounds) in [
+        (&light, IncidentSeverity::Light, vec![]),
+        (
+            &light_with_ground,
+            IncidentSeverity::Light,
+            harassment.clone(),
+        ),
+        (&moderate, IncidentSeverity::Moderate, harassment),
     ] {
-        director
+        let assessed = director
             .residential()
             .assess_incident(director.req(AssessIncidentRequest {
                 incident_id: incident.clone(),
                 severity: severity as i32,
-                grounds: vec![MandatoryReportGround::PeerHarassmentWithHarm as i32],
+                grounds,
                 grounds_other: String::new(),
             }))
             .await
-            .expect("assessed");
+            .expect("assessed")
+            .into_inner();
+        assert_eq!(assessed.must_refer, incident != &light, "{severity:?}");
     }
     close(&director, &light, 1)
         .await
-        .expect("a light one closes");
-    let refused = close(&director, &moderate, 1)
-        .await
-        .expect_err("a moderate one never referred");
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    let unchanged = get(&director, &moderate).await.unwrap();
-    assert!(!unchanged.closed);
-    assert_eq!(unchanged.version, 1);
+        .expect("a light one without a ground closes");
+    for incident in [&light_with_ground, &moderate] {
+        let refused = close(&director, incident, 1)
+            .await
+            .expect_err("never referred");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        let unchanged = get(&director, incident).await.unwrap();
+        assert!(!unchanged.closed);
+        assert_eq!(unchanged.version, 1);
+    }
     hub.shutdown().await;
 }
 

@@ -200,7 +200,7 @@ async fn view(conn: &mut AnyConnection, work: &Work) -> ServiceResult<Residentia
         severity: work.severity as i32,
         grounds: work.grounds.clone(),
         grounds_other: work.grounds_other.clone(),
-        must_refer: validation::must_refer(work.severity),
+        must_refer: validation::must_refer(work.severity, &work.grounds),
         referral_state: state as i32,
         commission_message_id: commission,
         police_message_id: police,
@@ -360,7 +360,7 @@ impl ResidentialIncidentsApi {
             "",
             &request.grounds,
             &request.grounds_other,
-            severity.is_some_and(validation::must_refer),
+            severity.is_some_and(validation::severity_requires_referral),
         );
         v.into_result()?;
         let severity = severity.unwrap_or_default();
@@ -747,10 +747,12 @@ impl ResidentialIncidentsApi {
             ));
         }
         let (state, _, _) = referral_state(&mut tx, &work).await?;
-        if validation::must_refer(work.severity) && state != IncidentReferralState::Referred {
+        if validation::must_refer(work.severity, &work.grounds)
+            && state != IncidentReferralState::Referred
+        {
             return Err(ServiceError::FailedPrecondition(
-                "a moderate or severe incident is closed only after it went to the commission \
-                 and the police (ReferIncident)"
+                "a moderate or severe incident, or one with a mandatory-report ground, is closed \
+                 only after it went to the commission and the police (ReferIncident)"
                     .into(),
             ));
         }

@@ -62,11 +62,19 @@ pub fn grounds(v: &mut FieldViolations, prefix: &str, list: &[i32], other: &str,
 }
 
 /// Whether a severity obliges the institution to refer to the commission and the police.
-pub fn must_refer(severity: IncidentSeverity) -> bool {
+pub fn severity_requires_referral(severity: IncidentSeverity) -> bool {
     matches!(
         severity,
         IncidentSeverity::Moderate | IncidentSeverity::Severe
     )
+}
+
+/// Whether an assessed incident must go to the commission and the police before it is closed:
+/// moderate and severe incidents must (M:2932-2933), and the grounds listed there (M:2934-2940)
+/// are what makes an incident one of those, whatever severity it was labelled with. A "light"
+/// incident carrying a weapon or an injury is still referred.
+pub fn must_refer(severity: IncidentSeverity, grounds: &[i32]) -> bool {
+    severity_requires_referral(severity) || !grounds.is_empty()
 }
 
 pub fn referrer(v: &mut FieldViolations, field: &str, r: Option<&ReferrerDetails>) {
@@ -184,8 +192,10 @@ mod tests {
 
     #[test]
     fn only_moderate_and_severe_must_be_referred() {
-        assert!(!must_refer(IncidentSeverity::Light));
-        assert!(must_refer(IncidentSeverity::Moderate));
-        assert!(must_refer(IncidentSeverity::Severe));
+        assert!(!must_refer(IncidentSeverity::Light, &[]));
+        assert!(must_refer(IncidentSeverity::Moderate, &[]));
+        assert!(must_refer(IncidentSeverity::Severe, &[]));
+        let weapon = [MandatoryReportGround::PhysicalViolenceWithWeapon as i32];
+        assert!(must_refer(IncidentSeverity::Light, &weapon));
     }
 }
