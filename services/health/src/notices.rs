@@ -541,15 +541,29 @@ impl HealthNoticesApi {
         }
         tx.commit().await?;
         tracing::info!(referral = %target.id, held = keys.len(), "referral linked to its case");
+        let mut refused = Vec::new();
         for key in &keys {
-            if let PushOutcome::NotNow(failure) = self
+            match self
                 .host
                 .push_message(key)
                 .await
                 .map_err(ServiceError::from)?
             {
-                tracing::warn!(?failure, "a held health notice waits for the gateway");
+                PushOutcome::NotNow(failure) => {
+                    tracing::warn!(?failure, "a held health notice waits for the gateway");
+                }
+                PushOutcome::Refused(failure) => refused.push((key, failure)),
+                PushOutcome::Sent(_) | PushOutcome::Unknown => {}
             }
+        }
+        // A held notice the gateway refuses for good is undone, newest first (each undo restores
+        // the referral's state before that notice), and the health worker is told why; the
+        // referral stays linked and the notices it accepted stand.
+        for (key, _) in refused.iter().rev() {
+            undo(&self.host, key).await?;
+        }
+        if let Some((_, first)) = refused.into_iter().next() {
+            return Err(first.into_service_error());
         }
         self.answer_link(&target.id).await
     }
