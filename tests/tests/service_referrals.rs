@@ -411,6 +411,31 @@ async fn a_referral_runs_from_the_school_to_the_ngo_and_back(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(fields(&future), ["checked_on"]);
+    // Nor before the date referred: refused, and nothing recorded.
+    let referred_on = record
+        .referral
+        .as_ref()
+        .and_then(|r| r.referred_on.as_ref())
+        .and_then(referral_core::validate::calendar_date)
+        .expect("the referral has its date");
+    assert!(
+        referred_on < hub.today(),
+        "the clock moved on since the referral"
+    );
+    let before_referral = school
+        .school_referrals()
+        .record_referral_check(school.req(RecordReferralCheckRequest {
+            referral_id: record.referral_id.clone(),
+            checked_on: Some(to_calendar_date(referred_on - 1.day())),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&before_referral), ["checked_on"]);
+    assert_eq!(
+        referral_of(&school, &record.referral_id).await.date_checked,
+        None,
+        "a refused check changes nothing"
+    );
     let checked = school
         .school_referrals()
         .record_referral_check(school.req(RecordReferralCheckRequest {
