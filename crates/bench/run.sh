@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every benchmark of BENCHMARKS.md: installs what the reference points need (nginx, the
+# PostgreSQL server and pgbench) when missing, builds the release binaries, then
+# `referral-bench all`. Arguments go to referral-bench, e.g. `crates/bench/run.sh --json` or
+# `crates/bench/run.sh` with `read-path` in place of `all`: `crates/bench/run.sh read-path`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+need_apt=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v pgbench >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 \
+    || need_apt+=(postgresql-contrib)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The bench starts the release `referral-hub up` as a child process: build both.
+cargo build --release -p referral-hub -p referral-bench
+command=all
+case "${1:-}" in
+    read-path|durable-k|footprint|all) command=$1; shift ;;
+esac
+exec target/release/referral-bench "$command" "$@"

@@ -1,0 +1,203 @@
+//! The K submission load: `clients` staff clients of school 1, each on its own TLS connection,
+//! submitting help requests K (each about another child) back to back through the school's staff
+//! API, which stores it and sends it through the gateway; then the wait until the gateway has
+//! delivered every acknowledged one to the commission.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use referral_core::{db::Database, iin::Iin};
+use referral_proto::v1::{
+    HelpRequest, Sex, SubmitHelpRequestRequest, agency_staff_client::AgencyStaffClient,
+};
+use tonic::transport::Channel;
+
+use crate::{hub::HubSetup, stats::Samples};
+
+/// What one load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadRun {
+    pub clients: usize,
+    /// Submissions acknowledged (the gateway stored them) in the measured window.
+    pub acknowledged: u64,
+    /// Submissions refused or failed, by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// Acknowledgement latencies.
+    pub latency: Samples,
+    /// From the window's start until the last client's last answer.
+    pub submit_elapsed: Duration,
+    /// From the window's start until the gateway had delivered every acknowledged message.
+    pub delivered_elapsed: Duration,
+}
+
+impl LoadRun {
+    /// Acknowledged-and-delivered messages per second.
+    pub fn delivered_per_second(&self) -> f64 {
+        self.acknowledged as f64 / self.delivered_elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Acknowledged messages per second (the submitting side alone).
+    pub fn acknowledged_per_second(&self) -> f64 {
+        self.acknowledged as f64 / self.submit_elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A valid K about the `n`-th invented child: the sample K with another IIN (and birthday).
+pub fn k_about(n: u64, today: jiff::civil::Date) -> HelpRequest {
+    let mut k = referral_core::validate::sample_help_request(today);
+    let child = k.child.as_mut().expect("the sample K names a child");
+    let born = today
+        .saturating_sub(jiff::Span::new().years(12).months(3).days(10))
+        .saturating_sub(jiff::Span::new().days(((n / 9_000) % 25) as i64));
+    let iin = (0..10_000_u64)
+        .map(|i| ((n % 9_000) + i) % 10_000)
+        .find_map(|serial| Iin::generate(born, Sex::Female, serial as u16))
+        .expect("some serial has a check digit");
+    child.iin = iin.into_string();
+    child.date_of_birth = Some(referral_proto::v1::CalendarDate {
+        year: i32::from(born.year()),
+        month: i32::from(born.month()),
+        day: i32::from(born.day()),
+    });
+    k
+}
+
+/// A prepared load: connections open, token minted.
+pub struct Load {
+    clients: Vec<AgencyStaffClient<Channel>>,
+    token: String,
+    gateway_store: Database,
+    next: Arc<AtomicU64>,
+    run_id: String,
+}
+
+impl Load {
+    pub async fn prepare(hub: &HubSetup, clients: usize) -> anyhow::Result<Self> {
+        let mut connected = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            connected.push(AgencyStaffClient::new(hub.staff_channel("school-1").await?));
+        }
+        Ok(Self {
+            clients: connected,
+            token: hub.token("school-1", "director")?,
+            gateway_store: hub.gateway_store().await?,
+            next: Arc::new(AtomicU64::new(0)),
+            run_id: format!("bench-{}", std::process::id()),
+        })
+    }
+
+    /// Submits for `window` with every client; then waits (at most `drain_limit`) until the
+    /// gateway has delivered everything it acknowledged.
+    pub async fn run(&self, window: Duration, drain_limit: Duration) -> anyhow::Result<LoadRun> {
+        let today = jiff::Timestamp::now()
+            .to_zoned(jiff::tz::TimeZone::get("Asia/Almaty")?)
+            .date();
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in &self.clients {
+            let mut client = client.clone();
+            let stop = stop.clone();
+            let next = self.next.clone();
+            let token =
+                format!("Bearer {}", self.token).parse::<tonic::metadata::MetadataValue<_>>()?;
+            let run_id = self.run_id.clone();
+            tasks.spawn(async move {
+                let mut latency = Samples::new();
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                let mut acknowledged = 0_u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let mut request = tonic::Request::new(SubmitHelpRequestRequest {
+                        idempotency_key: format!("{run_id}-{n}"),
+                        recipient_agency_id: String::new(),
+                        help_request: Some(k_about(n, today)),
+                    });
+                    request
+                        .metadata_mut()
+                        .insert("authorization", token.clone());
+                    let sent = Instant::now();
+                    match client.submit_help_request(request).await {
+                        Ok(_) => {
+                            latency.record(sent.elapsed());
+                            acknowledged += 1;
+                        }
+                        Err(status) => {
+                            *errors.entry(format!("{:?}", status.code())).or_default() += 1;
+                        }
+                    }
+                }
+                (acknowledged, latency, errors)
+            });
+        }
+        tokio::time::sleep(window).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut run = LoadRun {
+            clients: self.clients.len(),
+            acknowledged: 0,
+            errors: BTreeMap::new(),
+            latency: Samples::new(),
+            submit_elapsed: Duration::ZERO,
+            delivered_elapsed: Duration::ZERO,
+        };
+        while let Some(joined) = tasks.join_next().await {
+            let (acknowledged, latency, errors) = joined?;
+            run.acknowledged += acknowledged;
+            run.latency.extend(latency);
+            for (code, n) in errors {
+                *run.errors.entry(code).or_default() += n;
+            }
+        }
+        run.submit_elapsed = started.elapsed();
+        self.drained(started + run.submit_elapsed + drain_limit)
+            .await?;
+        run.delivered_elapsed = started.elapsed();
+        Ok(run)
+    }
+
+    /// Waits until the gateway holds no queued message. The hub is another process whose
+    /// deliveries we cannot subscribe to, so this polls its store, for at most until `deadline`.
+    pub async fn drained(&self, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            let queued: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE state = 'queued'")
+                    .fetch_one(self.gateway_store.pool())
+                    .await
+                    .context("cannot count the gateway's queued messages")?;
+            if queued == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{queued} messages still queued at the drain deadline");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_load_k_is_valid_and_about_another_child() {
+        let today = jiff::civil::date(2026, 11, 20);
+        let mut iins = std::collections::BTreeSet::new();
+        for n in [0, 1, 2, 8_999, 9_000, 123_456] {
+            let k = k_about(n, today);
+            let mut v = referral_core::FieldViolations::new();
+            let now: jiff::Timestamp = "2026-11-20T04:30:00Z".parse().unwrap();
+            let tz = jiff::tz::TimeZone::get("Asia/Almaty").unwrap();
+            referral_core::validate::help_request(&k, now, &tz, &mut v, "help_request");
+            assert!(v.into_result().is_ok(), "K {n} is invalid");
+            assert!(iins.insert(k.child.unwrap().iin), "K {n} repeats a child");
+        }
+    }
+}
