@@ -1464,7 +1464,7 @@ impl Shared {
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(self.attempt_timeout())
             .connect_lazy();
-        let mut client = CaseSourceClient::new(channel);
+        let mut client = CaseSourceClient::new(referral_core::trace_context::traced(channel));
         client
             .export_case(ExportCaseRequest {
                 case_reference: facts.id.clone(),

@@ -375,6 +375,32 @@ impl Shared {
             _ => env.case_reference.clone(),
         };
         let result = self.accept_checked(caller, env).await;
+        // Ids, kind and outcome on the request's span (`referral_core::telemetry::request_span`);
+        // the recipient only once the gateway knows it is an agency of its directory.
+        let span = tracing::Span::current();
+        span.record("sender", caller.id.as_str());
+        span.record("form_kind", form_kind.as_str_name());
+        match &result {
+            Ok(sent) => {
+                span.record("message_id", sent.message_id.as_str());
+                span.record("recipient", recipient.as_str());
+                let outcome = if sent.duplicate {
+                    "duplicate"
+                } else {
+                    "accepted"
+                };
+                span.record("outcome", outcome);
+            }
+            Err(ServiceError::PermissionDenied(_)) => {
+                span.record("outcome", "denied");
+            }
+            Err(ServiceError::InvalidArgument(_)) => {
+                span.record("outcome", "invalid");
+            }
+            Err(_) => {
+                span.record("outcome", "refused");
+            }
+        }
         // Every refusal by the rules (who may act, routing, need to know) is an audit event;
         // the refused message itself stored nothing.
         if let Err(ServiceError::PermissionDenied(_)) = &result {

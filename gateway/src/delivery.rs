@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jiff::{SignedDuration, Timestamp};
 use prost::Message as _;
-use referral_core::{pki::ComponentIdentity, time, tls};
+use referral_core::{pki::ComponentIdentity, time, tls, trace_context};
 use referral_proto::v1::{
     DeliverRequest, Envelope, agency_inbox_client::AgencyInboxClient, payload,
 };
@@ -19,6 +19,7 @@ use sqlx::Row as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
 
 use crate::{
     Shared,
@@ -46,6 +47,33 @@ struct Due {
     recipient: String,
     payload_sha256: String,
     attempts: i64,
+    form_kind: String,
+    /// The `traceparent` of the Send call that accepted the message.
+    trace_context: Option<String>,
+}
+
+/// The span of one delivery attempt: a client span in the trace of the Send call that accepted
+/// the message (its stored `traceparent`), so that the recipient's server span is its child and
+/// the worker's log lines about the message carry its trace id.
+fn delivery_span(due: &Due) -> tracing::Span {
+    let span = tracing::info_span!(
+        "delivery",
+        otel.kind = "client",
+        rpc.method = "/referral.v1.AgencyInbox/Deliver",
+        message_id = %due.message_id,
+        form_kind = %due.form_kind,
+        recipient = %due.recipient,
+        attempt = due.attempts + 1,
+        trace_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let parent = due
+        .trace_context
+        .as_deref()
+        .map(trace_context::stored_context)
+        .unwrap_or_default();
+    trace_context::continue_trace(&span, parent);
+    span
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -73,10 +101,14 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                         break;
                     };
                     let shared = shared.clone();
-                    tasks.spawn(async move {
-                        deliver(&shared, channel, due).await;
-                        drop(permit);
-                    });
+                    let span = delivery_span(&due);
+                    tasks.spawn(
+                        async move {
+                            deliver(&shared, channel, due).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
@@ -112,7 +144,8 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Error> {
     let now_us = time::to_micros(now);
     let rows = sqlx::query(
-        "SELECT o.message_id, m.recipient_agency_id, m.payload_sha256, m.delivery_attempts \
+        "SELECT o.message_id, m.recipient_agency_id, m.payload_sha256, m.delivery_attempts, \
+         m.form_kind, m.trace_context \
          FROM outbox o JOIN messages m ON m.message_id = o.message_id \
          WHERE o.next_attempt_at <= $1 AND (o.lease_until IS NULL OR o.lease_until <= $1) \
          ORDER BY o.next_attempt_at LIMIT 32",
@@ -141,6 +174,8 @@ async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Er
                 recipient: row.try_get("recipient_agency_id")?,
                 payload_sha256: row.try_get("payload_sha256")?,
                 attempts: row.try_get("delivery_attempts")?,
+                form_kind: row.try_get("form_kind")?,
+                trace_context: row.try_get("trace_context")?,
             });
         }
     }
@@ -204,11 +239,12 @@ async fn deliver(shared: &Shared, channel: Channel, due: Due) {
     let envelope = match due_envelope(shared, &due).await {
         Ok(e) => e,
         Err(code) => {
+            tracing::Span::current().record("outcome", code);
             let _ = record_failure(shared, &due, code).await;
             return;
         }
     };
-    let mut client = AgencyInboxClient::new(channel);
+    let mut client = AgencyInboxClient::new(trace_context::traced(channel));
     let attempt = tokio::time::timeout(
         shared.attempt_timeout(),
         client.deliver(DeliverRequest {
@@ -216,6 +252,12 @@ async fn deliver(shared: &Shared, channel: Channel, due: Due) {
         }),
     )
     .await;
+    let span = tracing::Span::current();
+    match &attempt {
+        Ok(Ok(_)) => span.record("outcome", "delivered"),
+        Ok(Err(status)) => span.record("outcome", tracing::field::debug(status.code())),
+        Err(_) => span.record("outcome", "TIMEOUT"),
+    };
     let outcome = match attempt {
         Ok(Ok(_)) => record_delivery(shared, &due, &envelope).await,
         Ok(Err(status)) => {
@@ -296,6 +338,8 @@ pub(crate) async fn record_delivery_for_test(
         recipient: row.recipient_agency_id,
         payload_sha256: row.payload_sha256,
         attempts: row.delivery_attempts,
+        form_kind: row.form_kind,
+        trace_context: None,
     };
     record_delivery(shared, &due, &envelope).await
 }

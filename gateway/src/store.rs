@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         "need to know: incident referrals' circumstances, the police's word on a child's role",
         include_str!("../migrations/0006_incident_circumstances.sql"),
     ),
+    (
+        7,
+        "the trace context of the Send call that accepted a message",
+        include_str!("../migrations/0007_trace_context.sql"),
+    ),
 ];
 
 /// Delivery state of a message as stored.
@@ -177,8 +182,8 @@ pub(crate) async fn enqueue_message(
     sqlx::query(
         "INSERT INTO messages (message_id, sender_agency_id, idempotency_key, \
          recipient_agency_id, form_kind, in_reply_to, envelope, payload_sha256, created_at, state, \
-         sealed_payload, payload_key_id, action_number, accepted_seq) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         sealed_payload, payload_key_id, action_number, accepted_seq, trace_context) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&env.message_id)
     .bind(&env.sender_agency_id)
@@ -194,6 +199,8 @@ pub(crate) async fn enqueue_message(
     .bind(sealed.map(|s| s.key_id))
     .bind(action_number)
     .bind(seq)
+    // The delivery worker continues the trace of the call that stored the message.
+    .bind(referral_core::trace_context::current_traceparent())
     .execute(&mut **tx)
     .await?;
     sqlx::query("INSERT INTO outbox (message_id, next_attempt_at) VALUES ($1, $2)")

@@ -28,6 +28,7 @@ use referral_core::{
     auth::TokenVerifier,
     db::{Any, AnyPool, EmbeddedMigration, Transaction},
     directory::{AgencyEntry, Directory},
+    trace_context::TracedChannel,
 };
 use referral_proto::v1::{
     ActingUser, AgencyClockEvent, AgencyKind, Envelope, RecordCaseEventRequest,
@@ -35,7 +36,7 @@ use referral_proto::v1::{
 };
 use sqlx::AnyConnection;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, server::Router};
+use tonic::transport::server::Router;
 
 use crate::{
     auth::StaffAuth,
@@ -344,7 +345,7 @@ impl AgencyHost {
 
     /// A client of the gateway's API, over this agency's mutual-TLS channel (filtered case reads,
     /// disclosure grants, the disclosure history).
-    pub fn gateway(&self) -> referral_proto::v1::gateway_client::GatewayClient<Channel> {
+    pub fn gateway(&self) -> referral_proto::v1::gateway_client::GatewayClient<TracedChannel> {
         self.context.gateway.client()
     }
 
@@ -355,7 +356,7 @@ impl AgencyHost {
     }
 
     /// A client of the gateway's deadline service, over this agency's mutual-TLS channel.
-    pub fn deadlines(&self) -> DeadlinesClient<Channel> {
+    pub fn deadlines(&self) -> DeadlinesClient<TracedChannel> {
         self.context.gateway.deadlines()
     }
 

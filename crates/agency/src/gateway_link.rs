@@ -8,6 +8,7 @@ use referral_core::{
     pki::{ComponentIdentity, TlsMaterial},
     server::MAX_MESSAGE_BYTES,
     tls::client_tls,
+    trace_context::{TracedChannel, traced},
 };
 use referral_proto::v1::{
     CaseView, DeliveryStatus, Envelope, GetDeliveryStatusRequest, ReadCaseRequest,
@@ -15,10 +16,7 @@ use referral_proto::v1::{
     RecordCaseEventResponse, SendRequest, SendResponse, deadlines_client::DeadlinesClient,
     gateway_client::GatewayClient,
 };
-use tonic::{
-    Code, Status,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, Status, transport::Endpoint};
 
 use crate::error::BuildError;
 
@@ -82,8 +80,8 @@ impl GatewayFailure {
 /// A cheap, cloneable handle to the gateway.
 #[derive(Debug, Clone)]
 pub(crate) struct GatewayLink {
-    client: GatewayClient<Channel>,
-    deadlines: DeadlinesClient<Channel>,
+    client: GatewayClient<TracedChannel>,
+    deadlines: DeadlinesClient<TracedChannel>,
 }
 
 impl GatewayLink {
@@ -100,6 +98,8 @@ impl GatewayLink {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .connect_lazy();
+        // Every call carries the caller's trace context.
+        let channel = traced(channel);
         let client = GatewayClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -153,7 +153,7 @@ impl GatewayLink {
 
     /// A client of the gateway's API on the same channel (the commission's case-file calls:
     /// filtered reads, grants, the disclosure history).
-    pub fn client(&self) -> GatewayClient<Channel> {
+    pub fn client(&self) -> GatewayClient<TracedChannel> {
         self.client.clone()
     }
 
@@ -184,7 +184,7 @@ impl GatewayLink {
     }
 
     /// A client of the gateway's deadline service, on the same channel.
-    pub(crate) fn deadlines(&self) -> DeadlinesClient<Channel> {
+    pub(crate) fn deadlines(&self) -> DeadlinesClient<TracedChannel> {
         self.deadlines.clone()
     }
 }

@@ -43,6 +43,17 @@ impl InboxApi {
         // The extension acts inside the receipt's transaction only: nothing here calls the
         // gateway back while the gateway waits for this answer.
         let duplicate = self.context.store.receive(&envelope, now, hook).await?;
+        // Ids and kinds on the request's span (`referral_core::telemetry::request_span`).
+        let span = tracing::Span::current();
+        span.record("message_id", envelope.message_id.as_str());
+        span.record("sender", envelope.sender_agency_id.as_str());
+        span.record(
+            "form_kind",
+            FormKind::try_from(envelope.form_kind)
+                .unwrap_or(FormKind::Unspecified)
+                .as_str_name(),
+        );
+        span.record("outcome", if duplicate { "duplicate" } else { "received" });
         tracing::info!(
             message_id = %envelope.message_id,
             sender = %envelope.sender_agency_id,

@@ -1,7 +1,8 @@
 //! Handing a pending message to the gateway: the one path every outgoing message takes, so that
 //! the acknowledgement is always recorded the same way.
 
-use referral_core::ServiceError;
+use referral_core::{ServiceError, trace_context};
+use tracing::Instrument as _;
 
 use crate::{
     error::{AgencyError, AgencyResult, internal},
@@ -21,9 +22,35 @@ pub(crate) enum Pushed {
 
 /// Sends the envelope of a pending row and, when the gateway acknowledges it, records the message
 /// id (and what depends on it) in one transaction.
+///
+/// The call is a client span in the trace of the request that queued the message (its stored
+/// `traceparent`), whether it is pushed at once or later by a retry loop.
 pub(crate) async fn push(context: &Context, pending: &SentRow) -> AgencyResult<Pushed> {
+    let span = tracing::info_span!(
+        "push",
+        otel.kind = "client",
+        rpc.method = "/referral.v1.Gateway/Send",
+        form_kind = pending.form_kind.as_str_name(),
+        recipient = %pending.recipient_agency_id,
+        trace_id = tracing::field::Empty,
+        message_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let parent = pending
+        .trace_context
+        .as_deref()
+        .map(trace_context::stored_context)
+        .unwrap_or_default();
+    trace_context::continue_trace(&span, parent);
+    push_in(context, pending).instrument(span).await
+}
+
+async fn push_in(context: &Context, pending: &SentRow) -> AgencyResult<Pushed> {
+    let span = tracing::Span::current();
     match context.gateway.send(pending.envelope.clone()).await {
         Ok(ack) => {
+            span.record("message_id", ack.message_id.as_str());
+            span.record("outcome", if ack.duplicate { "duplicate" } else { "sent" });
             let row = context
                 .store
                 .mark_sent(&pending.idempotency_key, &ack, context.clock.now())
@@ -37,6 +64,7 @@ pub(crate) async fn push(context: &Context, pending: &SentRow) -> AgencyResult<P
             Ok(Pushed::Sent(Box::new(row)))
         }
         Err(failure) => {
+            span.record("outcome", tracing::field::debug(failure.code()));
             tracing::warn!(
                 idempotency_key = %pending.idempotency_key,
                 code = ?failure.code(),

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         "clock events ordered by a counter row",
         include_str!("../migrations/0005_clock_event_order.sql"),
     ),
+    (
+        6,
+        "the trace context of a queued message",
+        include_str!("../migrations/0006_trace_context.sql"),
+    ),
 ];
 
 /// The component name of an agency's store: `agency-<id>` (a file or a schema of its own).

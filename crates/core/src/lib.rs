@@ -17,6 +17,7 @@ pub mod server;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod trace_context;
 pub mod validate;
 
 pub use clock::Clock;

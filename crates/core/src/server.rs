@@ -28,7 +28,7 @@ pub fn builder(tls: ServerTlsConfig) -> Result<Server, tonic::transport::Error> 
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(256)
         .load_shed(true)
-        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path())))
+        .trace_fn(crate::telemetry::request_span))
 }
 
 /// The health and reflection services every component adds to its router.

@@ -1,5 +1,11 @@
-//! Logs and traces. Every component logs through `tracing`; when an OTLP endpoint is configured,
-//! spans are also exported with OpenTelemetry.
+//! Logs and traces. Every component logs through `tracing`, human-readable by default and JSON
+//! when configured. Every span also goes through OpenTelemetry, so that it has a trace id that
+//! log lines carry and that travels to the next component (see [`crate::trace_context`]); spans
+//! are exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or the `telemetry.otlp_endpoint` setting, which wins) is
+//! set. The exporter reads the other standard `OTEL_*` variables itself (headers, timeout,
+//! compression, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`);
+//! `OTEL_TRACES_EXPORTER=none` or `OTEL_SDK_DISABLED=true` turn export off.
 //!
 //! Personal data never goes into a span field or a log line: handlers log ids (message ids,
 //! agency ids, user ids) and outcomes, never a child's name, IIN or address.
@@ -11,6 +17,7 @@ use opentelemetry_sdk::{
     trace::{SdkTracer, SdkTracerProvider},
 };
 use serde::Deserialize;
+use tonic::codegen::http;
 use tracing::Subscriber;
 use tracing_subscriber::{
     EnvFilter, Layer as _, fmt::MakeWriter, layer::SubscriberExt as _, registry::LookupSpan,
@@ -65,36 +72,80 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Starts logging (and trace export when configured) for the process.
+/// Starts logging (and trace export when configured) for the process, and sets W3C trace
+/// context as the propagator of every call between components.
 pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .map_err(|e| anyhow::anyhow!("invalid log filter: {e}"))?;
-    let mut guard = TelemetryGuard::default();
-    let tracer = match &config.otlp_endpoint {
-        Some(endpoint) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build()?;
-            let provider = SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(
-                    Resource::builder()
-                        .with_service_name(service_name.to_owned())
-                        .build(),
-                )
-                .build();
-            let tracer = provider.tracer(service_name.to_owned());
-            guard.provider = Some(provider);
-            Some(tracer)
+    crate::trace_context::install_propagator();
+    let mut resource = Resource::builder();
+    // `OTEL_SERVICE_NAME`, read by the resource builder itself, names the service when set.
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
+        resource = resource.with_service_name(service_name.to_owned());
+    }
+    let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
+    if let Some(endpoint) = export_endpoint(config) {
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        // The setting overrides the environment; without it the exporter reads `OTEL_*`.
+        if let Some(endpoint) = endpoint {
+            exporter = exporter.with_endpoint(endpoint);
         }
-        None => None,
+        provider = provider.with_batch_exporter(exporter.build()?);
+    }
+    // Without an exporter the provider still gives every span its ids (so that logs carry a
+    // trace id and calls carry a `traceparent`); finished spans are simply dropped.
+    let provider = provider.build();
+    let tracer = provider.tracer(service_name.to_owned());
+    let guard = TelemetryGuard {
+        provider: Some(provider),
     };
-    subscriber(filter, config, std::io::stderr, tracer)
+    subscriber(filter, config, std::io::stderr, Some(tracer))
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))?;
     Ok(guard)
+}
+
+/// Whether spans are exported, and to which endpoint when the setting names one: `None` for no
+/// export, `Some(None)` for the exporter's own `OTEL_*` environment.
+fn export_endpoint(config: &TelemetryConfig) -> Option<Option<String>> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+    {
+        return None;
+    }
+    match config.otlp_endpoint.as_deref().map(str::trim) {
+        Some(endpoint) if !endpoint.is_empty() => Some(Some(endpoint.to_owned())),
+        _ => (env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+            || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some())
+        .then_some(None),
+    }
+}
+
+/// The span of one gRPC request, made by every server (`server::builder`'s `trace_fn`): named
+/// `grpc`, a server span whose parent is the trace context the caller sent, with the method,
+/// a request id (the caller's `x-request-id` when it is a short safe token, else a new UUID v7)
+/// and the trace id, so that every log line of the call carries both. Handlers record the ids,
+/// kinds and outcome of what they did in the empty fields (`message_id`, `form_kind`, `sender`,
+/// `recipient`, `outcome`); never personal data.
+pub fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        "grpc",
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = %request.uri().path(),
+        request_id = %crate::trace_context::request_id(request.headers()),
+        trace_id = Empty,
+        message_id = Empty,
+        form_kind = Empty,
+        sender = Empty,
+        recipient = Empty,
+        outcome = Empty,
+    );
+    crate::trace_context::continue_trace(&span, crate::trace_context::extract(request.headers()));
+    span
 }
 
 /// The subscriber every component logs through: `filter`, log lines in the format of `config`
@@ -114,9 +165,11 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let fmt = match config.format {
+        // Colours only for a person at a terminal, not in a collected log file.
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -140,5 +193,90 @@ pub fn init_for_tests() {
             )
             .with_test_writer()
             .try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// A request's log line, in the default text format, carries the caller's request id and the
+    /// trace id of the `traceparent` it sent; a request without either gets a new request id and
+    /// a new trace.
+    #[test]
+    fn text_lines_inside_a_request_carry_its_request_id_and_trace_id() {
+        crate::trace_context::install_propagator();
+        let log = Buffer::default();
+        let config = TelemetryConfig {
+            filter: "info".into(),
+            ..TelemetryConfig::default()
+        };
+        let tracer = SdkTracerProvider::builder().build().tracer("test");
+        let subscriber = subscriber(EnvFilter::new("info"), &config, log.clone(), Some(tracer));
+        tracing::subscriber::with_default(subscriber, || {
+            let request = http::Request::builder()
+                .uri("/referral.v1.Gateway/Send")
+                .header("x-request-id", "req-0001")
+                .header(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )
+                .body(())
+                .unwrap();
+            request_span(&request).in_scope(|| tracing::info!("inside the call"));
+            let bare = http::Request::builder().uri("/x").body(()).unwrap();
+            request_span(&bare).in_scope(|| tracing::info!("inside another call"));
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        // Without the colour codes a terminal would get.
+        let text = text
+            .split('\u{1b}')
+            .enumerate()
+            .map(|(i, part)| {
+                if i == 0 {
+                    part
+                } else {
+                    part.split_once('m').map_or(part, |p| p.1)
+                }
+            })
+            .collect::<String>();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("request_id=req-0001"), "{text}");
+        assert!(
+            lines[0].contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{text}"
+        );
+        assert!(lines[0].contains("inside the call"), "{text}");
+        assert!(lines[1].contains("request_id="), "{text}");
+        assert!(lines[1].contains("trace_id="), "{text}");
+        assert!(
+            !lines[1].contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{text}"
+        );
     }
 }

@@ -23,7 +23,7 @@ const SENT: &str = "sent";
 macro_rules! sent_columns {
     () => {
         "idempotency_key, message_id, recipient_agency_id, form_kind, request_sha256, envelope, \
-         created_at, sent_at, delivery_state, referral_status, answer_envelope"
+         created_at, sent_at, delivery_state, referral_status, answer_envelope, trace_context"
     };
 }
 
@@ -42,6 +42,8 @@ pub(crate) struct SentRow {
     pub(crate) delivery_state: DeliveryState,
     pub(crate) referral_status: ReferralStatus,
     pub(crate) answer: Option<Envelope>,
+    /// The `traceparent` of the call that queued the message (see `referral_core::trace_context`).
+    pub(crate) trace_context: Option<String>,
 }
 
 impl SentRow {
@@ -59,6 +61,7 @@ impl SentRow {
             delivery_state: delivery_state(&row.try_get::<String, _>(8)?),
             referral_status: referral_status(&row.try_get::<String, _>(9)?),
             answer: answer.as_deref().map(decode).transpose()?,
+            trace_context: row.try_get(11)?,
         })
     }
 
@@ -92,8 +95,9 @@ pub(crate) async fn insert_pending(
     let inserted = sqlx::query(
         "INSERT INTO sent_messages (idempotency_key, message_id, status, recipient_agency_id, \
          form_kind, in_reply_to, acting_user_id, request_sha256, envelope, created_at, sent_at, \
-         delivery_state, referral_status, answer_message_id, answer_envelope, updated_at) \
-         VALUES ($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $11, NULL, NULL, $9) \
+         delivery_state, referral_status, answer_message_id, answer_envelope, updated_at, \
+         trace_context) \
+         VALUES ($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $11, NULL, NULL, $9, $12) \
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(new.idempotency_key)
@@ -107,6 +111,7 @@ pub(crate) async fn insert_pending(
     .bind(now)
     .bind(DeliveryState::Unspecified.as_str_name())
     .bind(ReferralStatus::Requested.as_str_name())
+    .bind(referral_core::trace_context::current_traceparent())
     .execute(&mut *conn)
     .await?
     .rows_affected();
