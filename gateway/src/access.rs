@@ -666,6 +666,7 @@ pub(crate) async fn record_denial(shared: &Shared, audit: Audit<'_>) -> ServiceR
     append_audit(&mut tx, now_us, &audit).await?;
     tx.commit().await?;
     shared.ledger_appended();
+    shared.gateway_metrics.policy_denied(audit.form_kind);
     tracing::info!(
         event = audit.event,
         agency = %audit.agency_id,

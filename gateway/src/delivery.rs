@@ -236,6 +236,7 @@ async fn due_envelope(shared: &Shared, due: &Due) -> Result<Envelope, &'static s
 }
 
 async fn deliver(shared: &Shared, channel: Channel, due: Due) {
+    shared.gateway_metrics.attempting(&due.recipient, due.attempts);
     let envelope = match due_envelope(shared, &due).await {
         Ok(e) => e,
         Err(code) => {
@@ -314,6 +315,7 @@ async fn record_delivery(
     tx.commit().await?;
     // A delivery starts clocks (a help request's decision runs from its receipt).
     shared.engine_wake.notify_one();
+    shared.gateway_metrics.delivered(&due.recipient);
     tracing::info!(message_id = %due.message_id, recipient = %due.recipient, "message delivered");
     let _ = shared.events.send(DeliveryEvent::Delivered {
         message_id: due.message_id.clone(),
@@ -460,6 +462,7 @@ async fn record_failure(shared: &Shared, due: &Due, code: &str) -> Result<(), sq
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    shared.gateway_metrics.failed_attempt(&due.recipient);
     let _ = shared.events.send(DeliveryEvent::AttemptFailed {
         message_id: due.message_id.clone(),
         attempts,

@@ -11,6 +11,7 @@ pub mod deadlines;
 pub mod delivery;
 mod forms;
 pub mod ledger;
+mod metrics;
 mod police_forms;
 pub mod policy;
 mod protection_forms;
@@ -168,6 +169,8 @@ pub(crate) struct Shared {
     pub(crate) child_link_secret: Vec<u8>,
     /// The gateway's Prometheus registry (served on the admin port).
     pub(crate) metrics: referral_core::metrics::Metrics,
+    /// The gateway's own families on that registry (outbox, deliveries, deadlines, denials).
+    pub(crate) gateway_metrics: metrics::GatewayMetrics,
 }
 
 impl Shared {
@@ -263,6 +266,9 @@ impl Gateway {
         }
         let (events, _) = broadcast::channel(1024);
         let (alerts, _) = broadcast::channel(4096);
+        let registry = referral_core::metrics::Metrics::new("gateway");
+        let gateway_metrics =
+            metrics::GatewayMetrics::register(&registry, db.clone(), config.clock.clone());
         let shared = Arc::new(Shared {
             db,
             clock: config.clock,
@@ -282,7 +288,8 @@ impl Gateway {
                 .context("the need-to-know policy does not load")?,
             views: views::ViewFilter::new().context("the field classes do not load")?,
             child_link_secret: config.child_link_secret,
-            metrics: referral_core::metrics::Metrics::new("gateway"),
+            metrics: registry,
+            gateway_metrics,
         });
         Ok(Self {
             listener,
@@ -375,6 +382,11 @@ impl GatewayHandle {
 
     pub fn clock(&self) -> &Clock {
         &self.shared.clock
+    }
+
+    /// The gateway's metrics (what its admin port serves).
+    pub fn metrics(&self) -> referral_core::metrics::Metrics {
+        self.shared.metrics.clone()
     }
 
     /// Deadline alerts from now on, as `WatchDeadlines` streams them.

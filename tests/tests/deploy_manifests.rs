@@ -29,6 +29,17 @@ use serde_norway::Value;
 const PREFIX: &str = "REFERRAL_HUB__";
 const ADMIN_PORT: u16 = 9400;
 
+/// OpenTelemetry's standard variables a container may set beside the configuration's own (read
+/// by the SDK and the telemetry module, not by the configuration loader). Any other `OTEL_…`
+/// name is a misspelling.
+const OTEL_VARIABLES: [&str; 5] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+];
+
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
@@ -134,8 +145,16 @@ fn port_of(addr: &str) -> u16 {
 /// configuration.
 fn check_env(what: &str, env: &BTreeMap<String, String>) -> HubConfig {
     for name in env.keys() {
-        assert!(name.starts_with(PREFIX), "{what}: {name} is not a setting");
+        assert!(
+            name.starts_with(PREFIX) || OTEL_VARIABLES.contains(&name.as_str()),
+            "{what}: {name} is not a setting"
+        );
     }
+    // Traces go to the deployment's collector through the standard variable.
+    assert!(
+        env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "{what}: no OTEL_EXPORTER_OTLP_ENDPOINT"
+    );
     let (ignored, config) = load(env);
     assert!(
         ignored.is_empty(),
@@ -298,6 +317,22 @@ fn compose_containers_are_configured_as_the_code_reads_them() {
     let demo = Directory::load(&deploy_dir().join("container-district.toml")).unwrap();
     let expected: BTreeSet<String> = demo.agencies.iter().map(|a| a.id.clone()).collect();
     assert_eq!(agencies, expected, "one compose service per agency");
+
+    // Prometheus scrapes every component's admin port.
+    let prometheus = documents(&deploy_dir().join("prometheus.yml")).remove(0);
+    let targets: BTreeSet<String> = seq(&prometheus, "scrape_configs")
+        .iter()
+        .flat_map(|job| seq(job, "static_configs"))
+        .flat_map(|c| seq(c, "targets"))
+        .map(text)
+        .collect();
+    for component in agencies.iter().map(String::as_str).chain(["gateway"]) {
+        let target = format!("{component}:{ADMIN_PORT}");
+        assert!(
+            targets.contains(&target),
+            "Prometheus does not scrape {target}"
+        );
+    }
 }
 
 /// Every Kubernetes object of `deploy/k8s`, by kind.
@@ -408,7 +443,8 @@ fn kubernetes_deployments_are_configured_as_the_code_reads_them() {
             .collect();
         let grpc = ports[&"grpc".to_owned()];
         assert_eq!(ports.get("admin"), Some(&ADMIN_PORT), "{what}: admin port");
-        for probe in ["livenessProbe", "readinessProbe"] {
+        // The admin server's routes (crates/core/src/admin.rs).
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
             let get = container.get(probe).and_then(|p| p.get("httpGet"));
             let get = get.unwrap_or_else(|| panic!("{what}: no {probe}"));
             assert_eq!(
@@ -416,6 +452,7 @@ fn kubernetes_deployments_are_configured_as_the_code_reads_them() {
                 "admin",
                 "{what}: {probe} port"
             );
+            assert_eq!(s(get, "path"), path, "{what}: {probe} path");
         }
 
         let service = services
@@ -533,8 +570,8 @@ fn a_misspelt_variable_is_caught() {
         BTreeMap::from([
             (name.to_owned(), "0.0.0.0:7400".to_owned()),
             (
-                "REFERRAL_HUB__TELEMETRY__OTLP_ENDPOINT".to_owned(),
-                "http://c:4317".to_owned(),
+                "REFERRAL_HUB__TELEMETRY__FORMAT".to_owned(),
+                "json".to_owned(),
             ),
         ])
     };

@@ -49,6 +49,7 @@ pub mod extension;
 pub mod forms;
 mod gateway_link;
 mod inbox;
+mod metrics;
 mod outbound;
 pub mod replies;
 mod service;

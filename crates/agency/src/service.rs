@@ -177,6 +177,8 @@ impl AgencyService {
 
         let gateway = GatewayLink::new(&config.gateway_endpoint, &config.tls)?;
         let store = Store::open_with(&config.storage, &agency.id, migrations).await?;
+        let metrics = referral_core::metrics::Metrics::new(&config.agency_id);
+        crate::metrics::register(&metrics, store.database(), config.clock.clone());
         tracing::info!(agency_id = %agency.id, port, "agency service built");
         Ok(Self {
             listener,
@@ -194,7 +196,7 @@ impl AgencyService {
                 extension,
                 stopping: CancellationToken::new(),
                 clock_events_round: tokio::sync::Mutex::new(()),
-                metrics: referral_core::metrics::Metrics::new(&config.agency_id),
+                metrics,
             }),
         })
     }

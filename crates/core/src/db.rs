@@ -64,7 +64,25 @@ pub struct Database {
     pool: AnyPool,
     backend: Backend,
     component: String,
+    /// The newest migration [`open`](Self::open) ran, which [`check_ready`](Self::check_ready)
+    /// looks for; `None` for a store opened without migrating it.
+    newest_migration: Option<i64>,
 }
+
+/// Why a store is not ready to serve. The text names the component and the reason's kind only:
+/// never a connection string or a driver's message.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("the {component} store is unreachable")]
+    Unreachable { component: String },
+    #[error("the {component} store's migrations have not run")]
+    NotMigrated { component: String },
+    #[error("the {component} store did not answer within {READY_TIMEOUT:?}")]
+    Timeout { component: String },
+}
+
+/// How long a readiness check waits for the store.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The schema (PostgreSQL) or file stem (SQLite) of a component: `school-1` becomes `school_1`.
 pub fn store_name(component: &str) -> String {
@@ -87,8 +105,9 @@ impl Database {
         component: &str,
         migrations: &'static [EmbeddedMigration],
     ) -> Result<Self, DbError> {
-        let db = Self::connect(storage, component).await?;
+        let mut db = Self::connect(storage, component).await?;
         db.migrate(migrations).await?;
+        db.newest_migration = migrations.iter().map(|(version, _, _)| *version).max();
         Ok(db)
     }
 
@@ -166,6 +185,7 @@ impl Database {
             pool,
             backend,
             component: component.to_owned(),
+            newest_migration: None,
         })
     }
 
@@ -210,6 +230,45 @@ impl Database {
     /// Starts a transaction: every multi-statement write goes through one.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         self.pool.begin().await
+    }
+
+    /// Whether the store can serve: it answers within [`READY_TIMEOUT`] and the newest
+    /// migration this component embeds is recorded as applied (`_sqlx_migrations`). The
+    /// admin port's `/readyz` asks this.
+    pub async fn check_ready(&self) -> Result<(), NotReady> {
+        let component = self.component.clone();
+        let check = async {
+            match self.newest_migration {
+                Some(version) => sqlx::query_scalar::<_, i64>(
+                    "SELECT COUNT(*) FROM _sqlx_migrations WHERE version = $1 AND success",
+                )
+                .bind(version)
+                .fetch_one(&self.pool)
+                .await
+                .map(|applied| applied > 0),
+                None => sqlx::query_scalar::<_, i64>("SELECT 1")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map(|_| true),
+            }
+        };
+        match tokio::time::timeout(READY_TIMEOUT, check).await {
+            Err(_) => Err(NotReady::Timeout { component }),
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(NotReady::NotMigrated { component }),
+            // A missing migrations table (PostgreSQL's undefined_table, SQLite's "no such
+            // table") is a store nobody migrated; anything else (a closed pool, a refused
+            // connection, a timeout acquiring one) is an unreachable store.
+            Ok(Err(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some("42P01") || e.message().contains("no such table") =>
+            {
+                Err(NotReady::NotMigrated { component })
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(component = %self.component, error = %e, "store unreachable");
+                Err(NotReady::Unreachable { component })
+            }
+        }
     }
 
     pub async fn close(&self) {

@@ -6,6 +6,8 @@
 //! IIN or address, and never a case reference (that would also make the label set unbounded).
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -43,6 +45,10 @@ impl MetricConstructor<Histogram> for LatencyBuckets {
     }
 }
 
+/// Reads values kept in a component's store (outbox depth, deadlines by state) into its gauges
+/// just before a scrape encodes them.
+type Refresher = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// One component's metrics. Cheap to clone; every clone records into the same registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -50,6 +56,7 @@ pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<MethodLabels, Histogram, LatencyBuckets>,
+    refreshers: Arc<Mutex<Vec<Refresher>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +90,7 @@ impl Metrics {
             registry: Arc::new(Mutex::new(registry)),
             requests,
             latency,
+            refreshers: Arc::default(),
         }
     }
 
@@ -97,6 +105,42 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .register(name, help, metric);
+    }
+
+    /// Adds a refresher: an async read of values the component keeps in its store, run before
+    /// every scrape (by [`refresh`](Self::refresh)). It should log its own failures and leave
+    /// the gauges as they were.
+    pub fn add_refresher<F, Fut>(&self, refresh: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.refreshers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(move || Box::pin(refresh())));
+    }
+
+    /// Runs every refresher, together, for at most `timeout`; a scrape then encodes whatever
+    /// they managed to update. Says whether they all finished in time.
+    pub async fn refresh(&self, timeout: Duration) -> bool {
+        let refreshers = self
+            .refreshers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let all = async {
+            let mut running = tokio::task::JoinSet::new();
+            for refresh in refreshers {
+                running.spawn(refresh());
+            }
+            while running.join_next().await.is_some() {}
+        };
+        let finished = tokio::time::timeout(timeout, all).await.is_ok();
+        if !finished {
+            tracing::warn!(component = %self.component, "metrics refresh timed out; serving the previous values");
+        }
+        finished
     }
 
     /// Records one answered gRPC call.

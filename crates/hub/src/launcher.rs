@@ -3,6 +3,11 @@
 //! and `audit verify` checks the gateway's ledger offline. All of them build components with the
 //! components' own `build` functions, so the two modes cannot drift apart.
 //!
+//! Every component also serves its plain-HTTP admin port (`/healthz`, `/readyz`, `/metrics`,
+//! `referral_core::admin`): `up` puts the gateway's on `admin_listen` (127.0.0.1:9400 unless
+//! configured) and each agency's on the following ports in directory order; `gateway` and
+//! `agency --id` serve one when `admin_listen` is set.
+//!
 //! In development mode the first start creates the development PKI, the token issuer's keys and
 //! the gateway's payload key file under the data directory; in production mode nothing is
 //! generated and the files must exist (payload keys must be configured).
@@ -16,6 +21,7 @@ use anyhow::{Context as _, bail};
 use referral_agency::{AgencyConfig, AgencyService};
 use referral_core::{
     Clock,
+    admin::AdminServer,
     auth::{DevIssuer, TokenVerifier},
     directory::{AgencyEntry, Directory, role_name},
     pki::{ComponentIdentity, TlsFiles, TlsMaterial, ensure_dev_pki},
@@ -40,6 +46,10 @@ use crate::{
 /// How long components get to finish calls in flight after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
+/// Where `up` serves the gateway's admin port when `admin_listen` is not set; the agencies' admin
+/// ports follow it (9401, 9402, … in directory order).
+const UP_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9400);
+
 /// One built component, bound to its port and ready to serve.
 enum Component {
     Gateway(Gateway),
@@ -51,10 +61,31 @@ struct Built {
     name: String,
     kind: String,
     listen: SocketAddr,
+    /// The component's admin port, when it serves one.
+    admin: Option<AdminServer>,
     component: Component,
 }
 
 impl Component {
+    /// Binds the component's admin port on `addr`.
+    async fn admin(&self, addr: SocketAddr) -> anyhow::Result<AdminServer> {
+        let (metrics, database) = match self {
+            Self::Gateway(gateway) => (gateway.metrics(), gateway.database()),
+            Self::Agency(agency) => (agency.metrics(), agency.database()),
+        };
+        AdminServer::bind(addr, metrics, database)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the admin port"))
+    }
+
+    /// Binds the admin port on `addr` when one is given.
+    async fn admin_on(&self, addr: Option<SocketAddr>) -> anyhow::Result<Option<AdminServer>> {
+        Ok(match addr {
+            Some(addr) => Some(self.admin(addr).await?),
+            None => None,
+        })
+    }
+
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         match self {
             Self::Gateway(gateway) => gateway.run_until_stopped(shutdown).await,
@@ -83,13 +114,16 @@ pub async fn up(settings: &Settings, format: Format) -> anyhow::Result<()> {
     let gateway_listen = SocketAddr::new(settings.config.gateway.listen.ip(), gateway.port());
     // In one process the agencies reach the gateway where it is actually bound.
     let gateway_endpoint = format!("https://{}", dial_address(gateway_listen));
+    let admin_base = settings.config.admin_listen.unwrap_or(UP_ADMIN_LISTEN);
+    let component = Component::Gateway(gateway);
     built.push(Built {
         name: "gateway".into(),
         kind: "gateway".into(),
         listen: gateway_listen,
-        component: Component::Gateway(gateway),
+        admin: Some(component.admin(admin_base).await?),
+        component,
     });
-    for agency in &directory.agencies {
+    for (n, agency) in directory.agencies.iter().enumerate() {
         let listen = listen_address(&agency.endpoint)
             .with_context(|| format!("cannot start {}", agency.id))?;
         let service = build_agency(
@@ -101,11 +135,14 @@ pub async fn up(settings: &Settings, format: Format) -> anyhow::Result<()> {
             clock.clone(),
         )
         .await?;
+        let listen = SocketAddr::new(listen.ip(), service.port());
+        let component = Component::Agency(service);
         built.push(Built {
             name: agency.id.clone(),
             kind: agency.kind.clone(),
-            listen: SocketAddr::new(listen.ip(), service.port()),
-            component: Component::Agency(service),
+            listen,
+            admin: Some(component.admin(nth_admin_port(admin_base, n + 1)?).await?),
+            component,
         });
     }
 
@@ -124,11 +161,13 @@ pub async fn gateway(settings: &Settings) -> anyhow::Result<()> {
     let gateway = build_gateway(settings, &directory, listen, Clock::system()).await?;
     let listen = SocketAddr::new(listen.ip(), gateway.port());
     tracing::info!(%listen, directory = %source, "gateway listening");
+    let component = Component::Gateway(gateway);
     let built = Built {
         name: "gateway".into(),
         kind: "gateway".into(),
         listen,
-        component: Component::Gateway(gateway),
+        admin: component.admin_on(settings.config.admin_listen).await?,
+        component,
     };
     run_all(vec![built], &mut signals).await
 }
@@ -167,11 +206,13 @@ pub async fn agency(
     .await?;
     let listen = SocketAddr::new(listen.ip(), service.port());
     tracing::info!(agency_id = id, %listen, gateway = %settings.config.gateway.endpoint, "agency service listening");
+    let component = Component::Agency(service);
     let built = Built {
         name: entry.id.clone(),
         kind: entry.kind.clone(),
         listen,
-        component: Component::Agency(service),
+        admin: component.admin_on(settings.config.admin_listen).await?,
+        component,
     };
     run_all(vec![built], &mut signals).await
 }
@@ -436,6 +477,19 @@ fn dial_address(listen: SocketAddr) -> SocketAddr {
     }
 }
 
+/// The admin address of `up`'s `n`th component (the gateway is 0): `base`'s port plus `n`, or
+/// port 0 for each when `base` asks for any free port.
+fn nth_admin_port(base: SocketAddr, n: usize) -> anyhow::Result<SocketAddr> {
+    if base.port() == 0 {
+        return Ok(base);
+    }
+    let port = u16::try_from(n)
+        .ok()
+        .and_then(|n| base.port().checked_add(n))
+        .with_context(|| format!("admin ports from {base} run past 65535 for {n} components"))?;
+    Ok(SocketAddr::new(base.ip(), port))
+}
+
 /// Ctrl-C (SIGINT) and SIGTERM, registered before anything starts so that a signal during
 /// start-up is not lost (or fatal).
 struct Signals {
@@ -467,6 +521,13 @@ async fn run_all(built: Vec<Built>, signals: &mut Signals) -> anyhow::Result<()>
     for b in built {
         let token = shutdown.clone();
         let name = b.name;
+        if let Some(admin) = b.admin {
+            let (token, name) = (token.clone(), format!("{name}'s admin port"));
+            tasks.spawn(async move {
+                let result = admin.run_until_stopped(token).await;
+                (name, result.map_err(anyhow::Error::from))
+            });
+        }
         tasks.spawn(async move {
             let result = b.component.run(token).await;
             (name, result)
@@ -535,7 +596,8 @@ fn print_banner(
                     .agency(&b.name)
                     .map(|a| a.endpoint.clone())
                     .unwrap_or_else(|| format!("https://{}", dial_address(b.listen)));
-                json!({"name": b.name, "kind": b.kind, "listen": b.listen.to_string(), "endpoint": endpoint})
+                let admin = b.admin.as_ref().and_then(|a| a.local_addr().ok()).map(|a| a.to_string());
+                json!({"name": b.name, "kind": b.kind, "listen": b.listen.to_string(), "admin": admin, "endpoint": endpoint})
             })
             .collect();
         let users: Vec<_> = if dev {
@@ -571,13 +633,24 @@ fn print_banner(
         ));
     }
     out.push('\n');
-    let mut components = Table::new(["COMPONENT", "KIND", "LISTENS ON", "NAME"]);
+    let mut components = Table::new(["COMPONENT", "KIND", "LISTENS ON", "ADMIN", "NAME"]);
     for b in built {
         let name = directory
             .agency(&b.name)
             .map(|a| a.name_ru.clone())
             .unwrap_or_else(|| "Шлюз / Gateway".into());
-        components.row([b.name.clone(), b.kind.clone(), b.listen.to_string(), name]);
+        let admin = b
+            .admin
+            .as_ref()
+            .and_then(|a| a.local_addr().ok())
+            .map_or_else(|| "-".to_owned(), |a| format!("http://{a}"));
+        components.row([
+            b.name.clone(),
+            b.kind.clone(),
+            b.listen.to_string(),
+            admin,
+            name,
+        ]);
     }
     out.push_str(&components.render());
 
@@ -678,6 +751,19 @@ mod tests {
                 .unwrap(),
             b"form"
         );
+    }
+
+    #[test]
+    fn up_gives_agencies_the_admin_ports_after_the_gateways() {
+        let base: SocketAddr = "127.0.0.1:9400".parse().unwrap();
+        assert_eq!(nth_admin_port(base, 0).unwrap(), base);
+        assert_eq!(
+            nth_admin_port(base, 3).unwrap(),
+            "127.0.0.1:9403".parse().unwrap()
+        );
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(nth_admin_port(any, 5).unwrap(), any);
+        assert!(nth_admin_port("127.0.0.1:65535".parse().unwrap(), 1).is_err());
     }
 
     #[test]

@@ -189,6 +189,10 @@ async fn advance(
             state = model::state_name(DeadlineState::try_from(alert.state).unwrap_or_default()),
             "deadline alert raised"
         );
+        shared.gateway_metrics.alert_raised(
+            d.kind,
+            DeadlineState::try_from(alert.state).unwrap_or_default(),
+        );
         let _ = shared.alerts.send(alert.clone());
     }
     Ok((true, u64::try_from(raised.len()).unwrap_or(0), messages))
