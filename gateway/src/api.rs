@@ -242,6 +242,175 @@ fn payload_case_reference(form: &payload::Form) -> Option<&str> {
     }
 }
 
+/// Step 1 of a send: the envelope's shape (idempotency key, recipient, a known form kind whose
+/// form the payload carries, purpose of use, label, case reference length, acting user).
+pub(crate) fn check_shape(env: &Envelope) -> ServiceResult<()> {
+    let mut v = FieldViolations::new();
+    validate::idempotency_key(&env.idempotency_key, "envelope.idempotency_key", &mut v);
+    if env.recipient_agency_id.trim().is_empty() {
+        v.add("envelope.recipient_agency_id", "required");
+    }
+    let form_kind = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
+    if form_kind == FormKind::Unspecified {
+        v.add("envelope.form_kind", "required: a known form kind");
+    }
+    match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
+        None => v.add("envelope.payload", "required"),
+        Some(form) if form_kind != FormKind::Unspecified && payload_kind(form) != form_kind => {
+            v.add("envelope.payload", "must carry the form named by form_kind")
+        }
+        Some(_) => {}
+    }
+    if PurposeOfUse::try_from(env.purpose_of_use).unwrap_or(PurposeOfUse::Unspecified)
+        == PurposeOfUse::Unspecified
+    {
+        v.add(
+            "envelope.purpose_of_use",
+            "required: a known purpose of use",
+        );
+    }
+    if ConfidentialityLabel::try_from(env.confidentiality)
+        .unwrap_or(ConfidentialityLabel::Unspecified)
+        == ConfidentialityLabel::Unspecified
+    {
+        v.add("envelope.confidentiality", "required: a known label");
+    }
+    if env.case_reference.chars().count() > 100 {
+        v.add("envelope.case_reference", "at most 100 characters");
+    }
+    let acting = env.acting_user.clone().unwrap_or_default();
+    if env.acting_user.is_none() {
+        v.add("envelope.acting_user", "required");
+    } else {
+        if acting.user_id.trim().is_empty() || acting.user_id.len() > 200 {
+            v.add(
+                "envelope.acting_user.user_id",
+                "required, at most 200 characters",
+            );
+        }
+        if Role::try_from(acting.role).unwrap_or(Role::Unspecified) == Role::Unspecified {
+            v.add("envelope.acting_user.role", "required: a known role");
+        }
+    }
+    v.into_result()
+}
+
+/// Step 4 of a send: the form itself, judged in the sender's district on `now` (every field of
+/// the payload, and the envelope's case reference against the payload's, filled in when the
+/// sender left it empty). The caller and recipient have passed the routing rules.
+pub(crate) fn check_form(
+    env: &mut Envelope,
+    caller: &AgencyEntry,
+    recipient_id: &str,
+    now: jiff::Timestamp,
+    directory: &referral_core::directory::Directory,
+) -> FieldViolations {
+    // Forms judge their dates in the sender's district.
+    let tz = directory
+        .district(&caller.district)
+        .and_then(|d| jiff::tz::TimeZone::get(&d.time_zone).ok())
+        .unwrap_or(jiff::tz::TimeZone::UTC);
+    let today = now.to_zoned(tz.clone()).date();
+    let mut v = FieldViolations::new();
+    match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
+        Some(payload::Form::HelpRequest(k)) => {
+            validate::help_request(k, now, &tz, &mut v, "envelope.payload.help_request");
+        }
+        Some(payload::Form::HelpRequestDecision(d)) => {
+            validate_decision(d, &env.in_reply_to, &mut v)
+        }
+        Some(payload::Form::InformationRequest(r)) => {
+            forms::information_request(r, &mut v, "envelope.payload.information_request")
+        }
+        Some(payload::Form::InformationResponse(r)) => forms::information_response(
+            r,
+            &env.in_reply_to,
+            &mut v,
+            "envelope.payload.information_response",
+        ),
+        Some(payload::Form::ActionAssignment(a)) => forms::action_assignment(
+            a,
+            recipient_id,
+            &mut v,
+            "envelope.payload.action_assignment",
+        ),
+        Some(payload::Form::ActionProgress(a)) => forms::action_progress(
+            a,
+            &env.in_reply_to,
+            &mut v,
+            "envelope.payload.action_progress",
+        ),
+        Some(payload::Form::ReviewMinutes(m)) => {
+            forms::review_minutes(m, &mut v, "envelope.payload.review_minutes")
+        }
+        Some(payload::Form::InvestigationUpdate(u)) => {
+            forms::investigation_update(u, &mut v, "envelope.payload.investigation_update");
+            police_forms::investigation_child_role(
+                u,
+                &mut v,
+                "envelope.payload.investigation_update",
+            );
+        }
+        Some(payload::Form::PreventiveRegistration(r)) => police_forms::preventive_registration(
+            r,
+            today,
+            &mut v,
+            "envelope.payload.preventive_registration",
+        ),
+        Some(payload::Form::HealthNotice(n)) => {
+            forms::health_notice(n, &mut v, "envelope.payload.health_notice")
+        }
+        Some(payload::Form::Consultation(c)) => {
+            validate::consultation(c, &mut v, "envelope.payload.consultation")
+        }
+        Some(payload::Form::ConsultationAnswer(a)) => forms::consultation_answer(
+            a,
+            &env.in_reply_to,
+            &mut v,
+            "envelope.payload.consultation_answer",
+        ),
+        Some(payload::Form::IncidentSummary(e)) => {
+            forms::incident_summary(e, &mut v, "envelope.payload.incident_summary");
+            if PurposeOfUse::try_from(env.purpose_of_use).ok()
+                != Some(PurposeOfUse::AggregateReporting)
+            {
+                v.add(
+                    "envelope.purpose_of_use",
+                    "an incident summary is aggregate reporting",
+                );
+            }
+        }
+        Some(form) if service_forms::is_service_form(form) => {
+            service_forms::check(&env, caller, today, &mut v)
+        }
+        Some(
+            form @ (payload::Form::IncidentReferral(_)
+            | payload::Form::ProtectionInstruction(_)
+            | payload::Form::InstructionAcknowledgement(_)),
+        ) => protection_forms::check(form, &env.in_reply_to, today, &mut v),
+        // No rule routes the other forms; they are refused above.
+        _ => {}
+    }
+    // A case message belongs to its case: the envelope names the payload's case (and is
+    // given it when the sender left it empty), so the ledger and the deadline engine see it.
+    if let Some(case) = env
+        .payload
+        .as_ref()
+        .and_then(|p| p.form.as_ref())
+        .and_then(payload_case_reference)
+    {
+        if env.case_reference.is_empty() {
+            env.case_reference = case.to_owned();
+        } else if env.case_reference != case {
+            v.add(
+                "envelope.case_reference",
+                "must be the case reference the payload carries",
+            );
+        }
+    }
+    v
+}
+
 /// A reply that must agree with the message it answers: an information response carries the
 /// request's case, a progress report the assignment's case and row number. Checked against the
 /// original's metadata (`original` is its stored envelope, without payload, and
@@ -431,54 +600,9 @@ impl Shared {
         mut env: Envelope,
     ) -> ServiceResult<SendResponse> {
         // 1. The envelope's shape.
-        let mut v = FieldViolations::new();
-        validate::idempotency_key(&env.idempotency_key, "envelope.idempotency_key", &mut v);
-        if env.recipient_agency_id.trim().is_empty() {
-            v.add("envelope.recipient_agency_id", "required");
-        }
+        check_shape(&env)?;
         let form_kind = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
-        if form_kind == FormKind::Unspecified {
-            v.add("envelope.form_kind", "required: a known form kind");
-        }
-        match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
-            None => v.add("envelope.payload", "required"),
-            Some(form) if form_kind != FormKind::Unspecified && payload_kind(form) != form_kind => {
-                v.add("envelope.payload", "must carry the form named by form_kind")
-            }
-            Some(_) => {}
-        }
-        if PurposeOfUse::try_from(env.purpose_of_use).unwrap_or(PurposeOfUse::Unspecified)
-            == PurposeOfUse::Unspecified
-        {
-            v.add(
-                "envelope.purpose_of_use",
-                "required: a known purpose of use",
-            );
-        }
-        if ConfidentialityLabel::try_from(env.confidentiality)
-            .unwrap_or(ConfidentialityLabel::Unspecified)
-            == ConfidentialityLabel::Unspecified
-        {
-            v.add("envelope.confidentiality", "required: a known label");
-        }
-        if env.case_reference.chars().count() > 100 {
-            v.add("envelope.case_reference", "at most 100 characters");
-        }
         let acting = env.acting_user.clone().unwrap_or_default();
-        if env.acting_user.is_none() {
-            v.add("envelope.acting_user", "required");
-        } else {
-            if acting.user_id.trim().is_empty() || acting.user_id.len() > 200 {
-                v.add(
-                    "envelope.acting_user.user_id",
-                    "required, at most 200 characters",
-                );
-            }
-            if Role::try_from(acting.role).unwrap_or(Role::Unspecified) == Role::Unspecified {
-                v.add("envelope.acting_user.role", "required: a known role");
-            }
-        }
-        v.into_result()?;
 
         // 2. Who may act: the certificate vouches only for its own agency and its own staff.
         if !env.sender_agency_id.is_empty() && env.sender_agency_id != caller.id {
@@ -540,112 +664,7 @@ impl Shared {
 
         // 4. The form itself.
         let now = self.clock.now();
-        // Forms judge their dates in the sender's district.
-        let tz = directory
-            .district(&caller.district)
-            .and_then(|d| jiff::tz::TimeZone::get(&d.time_zone).ok())
-            .unwrap_or(jiff::tz::TimeZone::UTC);
-        let today = now.to_zoned(tz.clone()).date();
-        let mut v = FieldViolations::new();
-        match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
-            Some(payload::Form::HelpRequest(k)) => {
-                validate::help_request(k, now, &tz, &mut v, "envelope.payload.help_request");
-            }
-            Some(payload::Form::HelpRequestDecision(d)) => {
-                validate_decision(d, &env.in_reply_to, &mut v)
-            }
-            Some(payload::Form::InformationRequest(r)) => {
-                forms::information_request(r, &mut v, "envelope.payload.information_request")
-            }
-            Some(payload::Form::InformationResponse(r)) => forms::information_response(
-                r,
-                &env.in_reply_to,
-                &mut v,
-                "envelope.payload.information_response",
-            ),
-            Some(payload::Form::ActionAssignment(a)) => forms::action_assignment(
-                a,
-                &recipient.id,
-                &mut v,
-                "envelope.payload.action_assignment",
-            ),
-            Some(payload::Form::ActionProgress(a)) => forms::action_progress(
-                a,
-                &env.in_reply_to,
-                &mut v,
-                "envelope.payload.action_progress",
-            ),
-            Some(payload::Form::ReviewMinutes(m)) => {
-                forms::review_minutes(m, &mut v, "envelope.payload.review_minutes")
-            }
-            Some(payload::Form::InvestigationUpdate(u)) => {
-                forms::investigation_update(u, &mut v, "envelope.payload.investigation_update");
-                police_forms::investigation_child_role(
-                    u,
-                    &mut v,
-                    "envelope.payload.investigation_update",
-                );
-            }
-            Some(payload::Form::PreventiveRegistration(r)) => {
-                police_forms::preventive_registration(
-                    r,
-                    today,
-                    &mut v,
-                    "envelope.payload.preventive_registration",
-                )
-            }
-            Some(payload::Form::HealthNotice(n)) => {
-                forms::health_notice(n, &mut v, "envelope.payload.health_notice")
-            }
-            Some(payload::Form::Consultation(c)) => {
-                validate::consultation(c, &mut v, "envelope.payload.consultation")
-            }
-            Some(payload::Form::ConsultationAnswer(a)) => forms::consultation_answer(
-                a,
-                &env.in_reply_to,
-                &mut v,
-                "envelope.payload.consultation_answer",
-            ),
-            Some(payload::Form::IncidentSummary(e)) => {
-                forms::incident_summary(e, &mut v, "envelope.payload.incident_summary");
-                if PurposeOfUse::try_from(env.purpose_of_use).ok()
-                    != Some(PurposeOfUse::AggregateReporting)
-                {
-                    v.add(
-                        "envelope.purpose_of_use",
-                        "an incident summary is aggregate reporting",
-                    );
-                }
-            }
-            Some(form) if service_forms::is_service_form(form) => {
-                service_forms::check(&env, caller, today, &mut v)
-            }
-            Some(
-                form @ (payload::Form::IncidentReferral(_)
-                | payload::Form::ProtectionInstruction(_)
-                | payload::Form::InstructionAcknowledgement(_)),
-            ) => protection_forms::check(form, &env.in_reply_to, today, &mut v),
-            // No rule routes the other forms; they are refused above.
-            _ => {}
-        }
-        // A case message belongs to its case: the envelope names the payload's case (and is
-        // given it when the sender left it empty), so the ledger and the deadline engine see it.
-        if let Some(case) = env
-            .payload
-            .as_ref()
-            .and_then(|p| p.form.as_ref())
-            .and_then(payload_case_reference)
-        {
-            if env.case_reference.is_empty() {
-                env.case_reference = case.to_owned();
-            } else if env.case_reference != case {
-                v.add(
-                    "envelope.case_reference",
-                    "must be the case reference the payload carries",
-                );
-            }
-        }
-        v.into_result()?;
+        check_form(&mut env, caller, &recipient.id, now, &directory).into_result()?;
 
         // 5. Store: idempotency, reply checks, message, outbox and ledger in one transaction.
         let payload_bytes = env

@@ -69,7 +69,7 @@ impl InboxApi {
 
 /// The minimal checks of a delivered envelope: it has an id and a sender, it is for this agency,
 /// and its payload is the form its kind says. The gateway validated the form itself.
-fn check_envelope(envelope: &Envelope, own_id: &str) -> FieldViolations {
+pub(crate) fn check_envelope(envelope: &Envelope, own_id: &str) -> FieldViolations {
     let mut v = FieldViolations::new();
     if envelope.message_id.trim().is_empty() {
         v.add("envelope.message_id", "required");
