@@ -141,6 +141,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 
 /// Leases the messages that are due. A lease is taken with a conditional update, so two workers
 /// (two replicas) never push the same row at the same time.
+///
+/// A case's messages reach each recipient in the order they were accepted: a row is not leased
+/// while an earlier row of the same recipient and case is still in the outbox (waiting for its
+/// retry or being pushed); it becomes due when that one is delivered. The cost: a message its
+/// recipient keeps refusing holds back the later messages of its case to that recipient (the
+/// outbox's oldest age shows it), never other cases or recipients.
 async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Error> {
     let now_us = time::to_micros(now);
     let rows = sqlx::query(
@@ -148,6 +154,8 @@ async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Er
          m.form_kind, m.trace_context \
          FROM outbox o JOIN messages m ON m.message_id = o.message_id \
          WHERE o.next_attempt_at <= $1 AND (o.lease_until IS NULL OR o.lease_until <= $1) \
+         AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.recipient_agency_id = o.recipient_agency_id \
+         AND e.case_reference = o.case_reference AND e.accepted_seq < o.accepted_seq) \
          ORDER BY o.next_attempt_at LIMIT 32",
     )
     .bind(now_us)
@@ -182,11 +190,15 @@ async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Er
     Ok(claimed)
 }
 
-/// The earliest instant at which some outbox row can be attempted.
+/// The earliest instant at which some outbox row can be attempted (a row held back behind an
+/// earlier message of its case is not: it becomes due when that one is delivered, which wakes
+/// the worker).
 async fn next_due(shared: &Shared) -> Result<Option<Timestamp>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at \
-         THEN lease_until ELSE next_attempt_at END) AS next FROM outbox",
+        "SELECT MIN(CASE WHEN o.lease_until IS NOT NULL AND o.lease_until > o.next_attempt_at \
+         THEN o.lease_until ELSE o.next_attempt_at END) AS next FROM outbox o \
+         WHERE NOT EXISTS (SELECT 1 FROM outbox e WHERE e.recipient_agency_id = o.recipient_agency_id \
+         AND e.case_reference = o.case_reference AND e.accepted_seq < o.accepted_seq)",
     )
     .fetch_one(shared.db.pool())
     .await?;
@@ -496,7 +508,9 @@ mod tests {
         PlanAction, PurposeOfUse, Role, payload,
     };
 
-    use super::{backoff, purge_payloads, record_delivery_for_test};
+    use super::{
+        backoff, claim_due, next_due, purge_payloads, record_delivery_for_test, record_failure,
+    };
     use crate::{Gateway, GatewayConfig, PayloadSealer, ledger, store};
 
     const RETENTION: SignedDuration = SignedDuration::from_hours(24);
@@ -774,6 +788,96 @@ mod tests {
             Some(later)
         );
         rotated.shared().db.close().await;
+    }
+
+    /// A help request envelope to `to` filed under `case` (empty: no case).
+    fn case_message(case: &str, to: &str) -> Envelope {
+        let mut env = help_request();
+        env.recipient_agency_id = to.into();
+        env.case_reference = case.into();
+        env
+    }
+
+    async fn claimed_ids(hub: &Hub) -> Vec<String> {
+        let mut ids: Vec<String> = claim_due(hub.shared(), hub.clock.now())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.message_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_later_message_of_a_case_waits_until_the_earlier_one_is_delivered() {
+        let hub = hub().await;
+        // Accepted in this order: two of case 1 to the commission, one of case 1 to the police,
+        // one of case 2 and one without case to the commission.
+        let first = case_message("KZ-2026-1", "commission");
+        let second = case_message("KZ-2026-1", "commission");
+        let police = case_message("KZ-2026-1", "police");
+        let other_case = case_message("KZ-2026-2", "commission");
+        let no_case = case_message("", "commission");
+        let no_case_later = case_message("", "commission");
+        for env in [
+            &first,
+            &second,
+            &police,
+            &other_case,
+            &no_case,
+            &no_case_later,
+        ] {
+            hub.enqueue(env).await;
+        }
+        let mut expected = vec![
+            first.message_id.clone(),
+            police.message_id.clone(),
+            other_case.message_id.clone(),
+            no_case.message_id.clone(),
+            no_case_later.message_id.clone(),
+        ];
+        expected.sort();
+        assert_eq!(
+            claimed_ids(&hub).await,
+            expected,
+            "everything but the second message of case 1 to the commission"
+        );
+
+        // The first fails and waits for its retry: the second still waits behind it, and the
+        // worker's next wake-up is the first's retry, not the second's (past) due time.
+        let due = claim_due(
+            hub.shared(),
+            hub.clock.now() + SignedDuration::from_hours(1),
+        )
+        .await
+        .unwrap();
+        let first_due = due
+            .into_iter()
+            .find(|d| d.message_id == first.message_id)
+            .expect("the first is leased again once its lease ends");
+        record_failure(hub.shared(), &first_due, "UNAVAILABLE")
+            .await
+            .unwrap();
+        assert!(claimed_ids(&hub).await.is_empty());
+        let retry = next_due(hub.shared())
+            .await
+            .unwrap()
+            .expect("a row is due later");
+        assert!(retry > hub.clock.now(), "the held-back row is not due now");
+        hub.clock.advance(SignedDuration::from_mins(10));
+        assert_eq!(
+            claimed_ids(&hub).await,
+            vec![first.message_id.clone()],
+            "only the first, however late the second is"
+        );
+
+        // Delivered: now the second is due.
+        record_delivery_for_test(hub.shared(), &first.message_id)
+            .await
+            .unwrap();
+        assert_eq!(claimed_ids(&hub).await, vec![second.message_id.clone()]);
+        hub.shared().db.close().await;
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         "the trace context of the Send call that accepted a message",
         include_str!("../migrations/0007_trace_context.sql"),
     ),
+    (
+        8,
+        "delivery order: outbox rows know their recipient, case and acceptance sequence",
+        include_str!("../migrations/0008_delivery_order.sql"),
+    ),
 ];
 
 /// Delivery state of a message as stored.
@@ -203,11 +208,18 @@ pub(crate) async fn enqueue_message(
     .bind(referral_core::trace_context::current_traceparent())
     .execute(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO outbox (message_id, next_attempt_at) VALUES ($1, $2)")
-        .bind(&env.message_id)
-        .bind(now_us)
-        .execute(&mut **tx)
-        .await?;
+    // Recipient, case and sequence let the worker keep a case's messages in order (0008).
+    sqlx::query(
+        "INSERT INTO outbox (message_id, next_attempt_at, recipient_agency_id, case_reference, \
+         accepted_seq) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&env.message_id)
+    .bind(now_us)
+    .bind(&env.recipient_agency_id)
+    .bind((!env.case_reference.is_empty()).then(|| env.case_reference.clone()))
+    .bind(seq)
+    .execute(&mut **tx)
+    .await?;
     Ok(seq)
 }
 
