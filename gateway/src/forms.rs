@@ -622,12 +622,18 @@ pub(crate) fn incident_summary(e: &IncidentSummary, v: &mut FieldViolations, pre
     if !(1..=12).contains(&e.month) {
         v.add(format!("{prefix}.month"), "a month from 1 to 12");
     }
-    let reported = e.reported_by_pupils
-        + e.reported_by_teachers
-        + e.reported_by_staff
-        + e.reported_by_parents
-        + e.reported_by_others;
-    if reported != e.total_reports {
+    // Summed wide: counts near u32::MAX must be refused, not overflow.
+    let reported: u64 = [
+        e.reported_by_pupils,
+        e.reported_by_teachers,
+        e.reported_by_staff,
+        e.reported_by_parents,
+        e.reported_by_others,
+    ]
+    .into_iter()
+    .map(u64::from)
+    .sum();
+    if reported != u64::from(e.total_reports) {
         v.add(
             format!("{prefix}.total_reports"),
             "must equal the reports counted by who reported them",
@@ -660,6 +666,24 @@ mod tests {
 
     fn fields(v: &FieldViolations) -> Vec<&str> {
         v.iter().map(|f| f.field.as_str()).collect()
+    }
+
+    // Found by the case_forms fuzz target: counts whose sum overflows u32 panicked (debug) or
+    // wrapped around to match a small total (release).
+    #[test]
+    fn an_incident_summary_with_huge_counts_is_refused_without_overflow() {
+        let summary = IncidentSummary {
+            school_name: "School 1".into(),
+            year: 2026,
+            month: 11,
+            total_reports: 1,
+            reported_by_pupils: u32::MAX,
+            reported_by_teachers: 2,
+            ..Default::default()
+        };
+        let mut v = FieldViolations::new();
+        incident_summary(&summary, &mut v, "e");
+        assert_eq!(fields(&v), ["e.total_reports"]);
     }
 
     #[test]
