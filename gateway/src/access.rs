@@ -1467,9 +1467,13 @@ impl Shared {
             .connect_lazy();
         let mut client = CaseSourceClient::new(referral_core::trace_context::traced(channel));
         client
-            .export_case(ExportCaseRequest {
-                case_reference: facts.id.clone(),
-            })
+            // The smaller of our own timeout and what is left of the read being served.
+            .export_case(referral_core::limits::outbound_request(
+                ExportCaseRequest {
+                    case_reference: facts.id.clone(),
+                },
+                self.attempt_timeout(),
+            ))
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| {

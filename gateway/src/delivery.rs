@@ -136,7 +136,9 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
         }
     }
-    tasks.shutdown().await;
+    // Graceful shutdown: the pushes under way finish (each bounded by the attempt timeout) and
+    // record their outcome, so that no row is left leased by a worker that is gone.
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Leases the messages that are due. A lease is taken with a conditional update, so two workers

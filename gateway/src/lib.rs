@@ -98,6 +98,9 @@ pub struct GatewayConfig {
     /// The deployment's secret for the children's pseudonyms (HMAC-SHA-256 of the IIN). Every
     /// replica needs the same one, and it must outlive restarts, or referrals stop linking.
     pub child_link_secret: Vec<u8>,
+    /// The server's limits (per-call timeout, concurrency, rate per calling agency, message
+    /// size).
+    pub limits: referral_core::limits::ServerLimits,
 }
 
 /// The default time a delivered payload is kept: 7 days.
@@ -136,6 +139,7 @@ impl GatewayConfig {
                 .iter()
                 .flat_map(|u| *u.as_bytes())
                 .collect(),
+            limits: referral_core::limits::ServerLimits::default(),
         }
     }
 }
@@ -220,6 +224,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     run_deadline_engine: bool,
     run_delivery_worker: bool,
+    limits: referral_core::limits::ServerLimits,
 }
 
 /// A handle for tests and the launcher: observe deliveries, read states, verify the ledger.
@@ -296,6 +301,7 @@ impl Gateway {
             shared,
             run_deadline_engine: config.run_deadline_engine,
             run_delivery_worker: config.run_delivery_worker,
+            limits: config.limits,
         })
     }
 
@@ -337,7 +343,12 @@ impl Gateway {
         let (health, reflection) =
             server::health_and_reflection(&["referral.v1.Gateway", "referral.v1.Deadlines"])
                 .await?;
-        let router = server::builder(tls::server_tls(&self.shared.tls))?
+        let mut builder = server::builder(
+            tls::server_tls(&self.shared.tls),
+            &self.limits,
+            self.shared.metrics.clone(),
+        )?;
+        let router = builder
             .add_service(health)
             .add_service(reflection)
             .add_service(tonic::service::interceptor::InterceptedService::new(

@@ -48,6 +48,8 @@ pub struct HubOptions {
     /// Run the deadline engine in the background (otherwise only `GatewayHandle::settle`
     /// drives it, so that a test decides exactly when it looks at the clock).
     pub run_deadline_engine: bool,
+    /// Every component's server limits (the defaults unless a test sets small ones).
+    pub limits: referral_core::limits::ServerLimits,
 }
 
 impl Default for HubOptions {
@@ -56,6 +58,7 @@ impl Default for HubOptions {
             start_agencies: true,
             run_delivery_worker: true,
             run_deadline_engine: true,
+            limits: referral_core::limits::ServerLimits::default(),
         }
     }
 }
@@ -410,6 +413,7 @@ impl TestHub {
                 self.clock.clone(),
             )?,
             clock: self.clock.clone(),
+            limits: self.options.limits,
         })
     }
 
@@ -779,6 +783,7 @@ async fn launch_gateway(
     );
     config.run_delivery_worker = options.run_delivery_worker;
     config.run_deadline_engine = options.run_deadline_engine;
+    config.limits = options.limits;
     config.payload_sealer = payload_sealer.clone();
     // One children's-pseudonym secret per hub (its store), the same for restarts and replicas.
     config.child_link_secret =
@@ -839,6 +844,7 @@ async fn launch_gateway(
 }
 
 /// A staff member's authenticated client.
+#[derive(Clone)]
 pub struct StaffClient {
     pub client: AgencyStaffClient<Channel>,
     pub token: String,

@@ -280,6 +280,7 @@ async fn ten_thousand_cases_raise_exactly_the_expected_alerts(backend: Backend) 
             start_agencies: false,
             run_delivery_worker: false,
             run_deadline_engine: false,
+            ..Default::default()
         },
     )
     .await;

@@ -382,6 +382,7 @@ async fn a_row_moved_to_another_agency_gets_its_own_clock(backend: Backend) {
             start_agencies: false,
             run_delivery_worker: false,
             run_deadline_engine: false,
+            ..Default::default()
         },
     )
     .await;

@@ -23,6 +23,7 @@
 use std::sync::Arc;
 
 use jiff::{Timestamp, civil::Date, tz::TimeZone};
+use referral_core::server::Router;
 use referral_core::{
     Clock, ServiceResult,
     auth::TokenVerifier,
@@ -36,7 +37,6 @@ use referral_proto::v1::{
 };
 use sqlx::AnyConnection;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::Router;
 
 use crate::{
     auth::StaffAuth,

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use referral_core::{
+    limits::outbound_request,
     pki::{ComponentIdentity, TlsMaterial},
     server::MAX_MESSAGE_BYTES,
     tls::client_tls,
@@ -22,7 +23,8 @@ use crate::error::BuildError;
 
 /// How long connecting to the gateway may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one call to the gateway may take.
+/// How long one call to the gateway may take; a call made while serving one carries the smaller
+/// of this and what is left of the served call's deadline (`limits::outbound_request`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why a gateway call did not succeed.
@@ -59,6 +61,10 @@ impl GatewayFailure {
         use referral_core::ServiceError;
         match self {
             Self::Refused(status) => ServiceError::Refused(status),
+            // The hub is overloaded: passed on, so that the caller backs off.
+            Self::Unreachable(status) if status.code() == Code::ResourceExhausted => {
+                ServiceError::Refused(status)
+            }
             Self::Unreachable(_) => {
                 ServiceError::Unavailable("the gateway cannot be reached: try again".into())
             }
@@ -115,9 +121,12 @@ impl GatewayLink {
     pub(crate) async fn send(&self, envelope: Envelope) -> Result<SendResponse, GatewayFailure> {
         self.client
             .clone()
-            .send(SendRequest {
-                envelope: Some(envelope),
-            })
+            .send(outbound_request(
+                SendRequest {
+                    envelope: Some(envelope),
+                },
+                CALL_TIMEOUT,
+            ))
             .await
             .map(tonic::Response::into_inner)
             .map_err(GatewayFailure::classify)
@@ -130,9 +139,12 @@ impl GatewayLink {
     ) -> Result<DeliveryStatus, GatewayFailure> {
         self.client
             .clone()
-            .get_delivery_status(GetDeliveryStatusRequest {
-                message_id: message_id.to_owned(),
-            })
+            .get_delivery_status(outbound_request(
+                GetDeliveryStatusRequest {
+                    message_id: message_id.to_owned(),
+                },
+                CALL_TIMEOUT,
+            ))
             .await
             .map(tonic::Response::into_inner)
             .map_err(GatewayFailure::classify)
@@ -145,7 +157,7 @@ impl GatewayLink {
     ) -> Result<CaseView, GatewayFailure> {
         self.client
             .clone()
-            .read_case(request)
+            .read_case(outbound_request(request, CALL_TIMEOUT))
             .await
             .map(tonic::Response::into_inner)
             .map_err(GatewayFailure::classify)
@@ -164,7 +176,7 @@ impl GatewayLink {
     ) -> Result<RecordCaseEventResponse, GatewayFailure> {
         self.client
             .clone()
-            .record_case_event(request)
+            .record_case_event(outbound_request(request, CALL_TIMEOUT))
             .await
             .map(tonic::Response::into_inner)
             .map_err(GatewayFailure::classify)
@@ -177,7 +189,7 @@ impl GatewayLink {
     ) -> Result<RecordAgencyClockEventResponse, GatewayFailure> {
         self.client
             .clone()
-            .record_agency_clock_event(request)
+            .record_agency_clock_event(outbound_request(request, CALL_TIMEOUT))
             .await
             .map(tonic::Response::into_inner)
             .map_err(GatewayFailure::classify)

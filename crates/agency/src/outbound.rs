@@ -79,6 +79,10 @@ async fn push_in(context: &Context, pending: &SentRow) -> AgencyResult<Pushed> {
 /// is not reachable (their pending message is kept).
 pub(crate) fn failure_error(failure: GatewayFailure, retry_hint: &str) -> AgencyError {
     match failure {
+        // The hub is overloaded: the caller is told so, to back off (the pending row is kept).
+        GatewayFailure::Unreachable(status) if status.code() == tonic::Code::ResourceExhausted => {
+            AgencyError::GatewayRefused(status)
+        }
         GatewayFailure::Unreachable(_) => ServiceError::Unavailable(retry_hint.to_owned()).into(),
         GatewayFailure::Refused(status) => AgencyError::GatewayRefused(status),
         GatewayFailure::Misconfigured(status) => internal(anyhow::anyhow!(

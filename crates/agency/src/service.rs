@@ -6,6 +6,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use jiff::tz::TimeZone;
+use referral_core::server::Router;
 use referral_core::{
     Clock,
     auth::TokenVerifier,
@@ -20,9 +21,7 @@ use referral_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
-};
+use tonic::{server::NamedService, service::interceptor::InterceptedService};
 
 use crate::{
     auth::{GatewayOnly, StaffAuth},
@@ -50,6 +49,8 @@ pub struct AgencyConfig {
     /// Verifies the staff's bearer tokens for this agency.
     pub token_verifier: TokenVerifier,
     pub clock: Clock,
+    /// The server's limits (per-call timeout, concurrency, rate per caller, message size).
+    pub limits: referral_core::limits::ServerLimits,
 }
 
 /// What every handler of one agency shares.
@@ -97,6 +98,7 @@ pub struct AgencyService {
     listener: TcpListener,
     port: u16,
     tls: TlsMaterial,
+    limits: referral_core::limits::ServerLimits,
     context: Arc<Context>,
 }
 
@@ -184,6 +186,7 @@ impl AgencyService {
             listener,
             port,
             tls: config.tls,
+            limits: config.limits,
             context: Arc::new(Context {
                 agency,
                 kind: expected_kind,
@@ -232,9 +235,10 @@ impl AgencyService {
             listener,
             port,
             tls,
+            limits,
             context,
         } = self;
-        let router = Self::router(&tls, &context).await?;
+        let router = Self::router(&tls, &limits, &context).await?;
         tracing::info!(agency_id = %context.agency.id, port, "agency service listening");
         let background = context.extension().map(|(ext, host)| {
             let stop = context.stopping.clone();
@@ -268,7 +272,11 @@ impl AgencyService {
     }
 
     /// The agency's server, top to bottom.
-    async fn router(tls: &TlsMaterial, context: &Arc<Context>) -> anyhow::Result<Router> {
+    async fn router(
+        tls: &TlsMaterial,
+        limits: &referral_core::limits::ServerLimits,
+        context: &Arc<Context>,
+    ) -> anyhow::Result<Router> {
         let inbox = AgencyInboxServer::new(InboxApi::new(context.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let staff = AgencyStaffServer::new(StaffApi::new(context.clone()))
@@ -284,9 +292,9 @@ impl AgencyService {
         let (health, reflection) = server::health_and_reflection(&serving).await?;
         let staff_auth = StaffAuth::new(&context.agency.id, context.token_verifier.clone());
         let router =
-            // TLS with optional client certificates, request timeout, per-connection concurrency
-            // limit, load shedding and a trace span per call: shared by every component.
-            server::builder(server_tls(tls))?
+            // TLS with optional client certificates, a trace span per call, request metrics,
+            // load shedding, rate limit, deadline and message size: shared by every component.
+            server::builder(server_tls(tls), limits, context.metrics.clone())?
                 // Health and reflection: open to any TLS client, they reveal no data.
                 .add_service(health)
                 .add_service(reflection)

@@ -53,6 +53,10 @@ pub struct HubConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub delivery: DeliverySettings,
+    /// Every gRPC server's limits (`[limits]`, `REFERRAL_HUB__LIMITS__…`): per-call timeout,
+    /// concurrency, rate per calling agency, message size (`crate::limits`).
+    #[serde(default)]
+    pub limits: crate::limits::ServerLimits,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     /// The deadline engine's periods and the holiday calendar file.

@@ -228,8 +228,17 @@ impl Database {
     }
 
     /// Starts a transaction: every multi-statement write goes through one.
+    ///
+    /// On SQLite it is `BEGIN IMMEDIATE`, which takes the write lock at once (waiting for it
+    /// up to the busy timeout). A deferred transaction that reads and then writes fails with
+    /// `database is locked` at once, without waiting, when another connection committed a
+    /// write in between (WAL mode cannot upgrade its stale snapshot): under concurrent calls
+    /// (tests/tests/overload.rs) that was an `INTERNAL` answer for a message already sent.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        self.pool.begin().await
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
     /// Whether the store can serve: it answers within [`READY_TIMEOUT`] and the newest

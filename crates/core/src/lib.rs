@@ -12,6 +12,7 @@ pub mod db;
 pub mod directory;
 pub mod error;
 pub mod iin;
+pub mod limits;
 pub mod metrics;
 pub mod pki;
 pub mod server;

@@ -1,12 +1,25 @@
 //! One way to serve gRPC: bind first (port 0 allowed), then serve a router with TLS, health,
 //! reflection and graceful shutdown. Every component's server is built here.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, ServerTlsConfig, server::Router};
+use tonic::transport::{Server, ServerTlsConfig};
+use tower::layer::util::{Identity, Stack};
+
+use crate::{
+    limits::{ServerLimits, ServerStack},
+    metrics::Metrics,
+};
+
+/// A server with the hub's stack (see [`builder`]), to which services are added.
+pub type HubServer = Server<Stack<ServerStack, Identity>>;
+
+/// The router of a server built by [`builder`]: what components and agency extensions add their
+/// services to.
+pub type Router = tonic::transport::server::Router<Stack<ServerStack, Identity>>;
 
 /// The largest request any component accepts. Larger messages are refused by the decoder from
 /// the length prefix, before the body is buffered.
@@ -17,18 +30,26 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// The server with the settings every component shares, top to bottom:
+/// The server with the settings every component shares, outermost first:
 /// - TLS with optional client certificates (the interceptors decide who may call what);
-/// - a request timeout, so a stuck handler cannot hold a connection forever;
-/// - a per-connection concurrency limit and load shedding, so one noisy peer cannot starve others;
-/// - a tracing span per request carrying only the gRPC path (never a payload).
-pub fn builder(tls: ServerTlsConfig) -> Result<Server, tonic::transport::Error> {
+/// - a tracing span per request carrying only the gRPC path (never a payload);
+/// - the stack of [`crate::limits`], from `limits`: request metrics into `metrics`, load shedding
+///   over a global concurrency limit, a rate limit per calling agency, the per-call deadline
+///   (propagated to the calls a handler makes) and the message size limit. Overload and rate
+///   limits are answered `RESOURCE_EXHAUSTED`, a passed deadline `DEADLINE_EXCEEDED`.
+///
+/// tonic's own per-connection limits and timeout are left off: the stack does both, once per
+/// server instead of once per connection, with the statuses above (tonic's timeout answers
+/// `CANCELLED`).
+pub fn builder(
+    tls: ServerTlsConfig,
+    limits: &ServerLimits,
+    metrics: Metrics,
+) -> Result<HubServer, tonic::transport::Error> {
     Ok(Server::builder()
         .tls_config(tls)?
-        .timeout(Duration::from_secs(30))
-        .concurrency_limit_per_connection(256)
-        .load_shed(true)
-        .trace_fn(crate::telemetry::request_span))
+        .trace_fn(crate::telemetry::request_span)
+        .layer(ServerStack::new(limits, metrics)))
 }
 
 /// The health and reflection services every component adds to its router.

@@ -390,6 +390,7 @@ async fn build_gateway(
         payload_sealer: payload_sealer(settings)?,
         child_link_secret: child_link_secret(settings)?,
         policy_dir: settings.config.gateway.policy_dir.clone(),
+        limits: settings.config.limits,
         payload_retention: jiff::SignedDuration::from_hours(
             24 * i64::from(settings.config.gateway.payload_retention_days),
         ),
@@ -430,6 +431,7 @@ async fn build_agency(
         directory: directory.clone(),
         token_verifier,
         clock,
+        limits: settings.config.limits,
     };
     let built = match agency.kind() {
         AgencyKind::School => referral_school::build(config).await,

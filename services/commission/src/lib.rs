@@ -56,13 +56,12 @@ use std::sync::{Arc, LazyLock};
 use jiff::Timestamp;
 pub use referral_agency::{AgencyConfig, AgencyService};
 use referral_agency::{AgencyExtension, AgencyHost, OpenedCase};
+use referral_core::server::Router;
 use referral_core::{ServiceResult, db::EmbeddedMigration, server::MAX_MESSAGE_BYTES};
 use referral_proto::v1::{AgencyKind, Envelope, case_files_server::CaseFilesServer};
 use sqlx::AnyConnection;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
-};
+use tonic::{server::NamedService, service::interceptor::InterceptedService};
 
 pub use crate::{
     case::CaseError,

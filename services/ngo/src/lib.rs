@@ -35,13 +35,12 @@ use std::{
 use jiff::Timestamp;
 pub use referral_agency::{AgencyConfig, AgencyService};
 use referral_agency::{AgencyExtension, AgencyHost};
+use referral_core::server::Router;
 use referral_core::{ServiceResult, db::EmbeddedMigration};
 use referral_proto::v1::{AgencyKind, Envelope, ngo_services_server::NgoServicesServer};
 use sqlx::AnyConnection;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
-};
+use tonic::{server::NamedService, service::interceptor::InterceptedService};
 
 /// The kind of agency this service runs.
 pub const KIND: AgencyKind = AgencyKind::Ngo;

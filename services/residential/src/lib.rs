@@ -41,6 +41,7 @@ use std::{
 use jiff::Timestamp;
 pub use referral_agency::{AgencyConfig, AgencyService};
 use referral_agency::{AgencyExtension, AgencyHost, OpenedCase, forms::form};
+use referral_core::server::Router;
 use referral_core::{ServiceResult, db::EmbeddedMigration};
 use referral_proto::v1::{
     ActingUser, AgencyKind, Envelope, payload::Form,
@@ -49,9 +50,7 @@ use referral_proto::v1::{
 use referral_school::IncidentsExtension;
 use sqlx::AnyConnection;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
-};
+use tonic::{server::NamedService, service::interceptor::InterceptedService};
 
 /// The kind of agency this service runs.
 pub const KIND: AgencyKind = AgencyKind::Residential;

@@ -53,15 +53,14 @@ use std::{
 pub use referral_agency::{AgencyConfig, AgencyService};
 use referral_agency::{AgencyExtension, AgencyHost};
 use referral_core::db::EmbeddedMigration;
+use referral_core::server::Router;
 use referral_deadlines::{DistrictCalendar, HolidayCalendar};
 use referral_proto::v1::{
     AgencyKind, safeguarding_server::SafeguardingServer,
     school_incidents_server::SchoolIncidentsServer, school_referrals_server::SchoolReferralsServer,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService, service::interceptor::InterceptedService, transport::server::Router,
-};
+use tonic::{server::NamedService, service::interceptor::InterceptedService};
 
 pub use crate::api::SchoolIncidentsApi;
 pub use crate::referrals::SchoolReferralsApi;
