@@ -265,7 +265,56 @@ async fn an_agency_over_its_rate_is_refused_while_another_is_served(backend: Bac
     }
 }
 
+/// A call whose downstream call (the school's Send to the gateway) would take longer than the
+/// server's per-call timeout is answered DEADLINE_EXCEEDED by the server when its deadline passes
+/// (the client sets none, so nothing on its side ends the call), not when the school's own
+/// 15-second timeout for gateway calls would end it; nothing half-done stays at the gateway.
+async fn a_short_deadline_is_kept_downstream(backend: Backend) {
+    let hub = TestHub::start_with(
+        backend,
+        HubOptions {
+            limits: ServerLimits {
+                request_timeout_ms: 500,
+                ..ServerLimits::default()
+            },
+            ..HubOptions::default()
+        },
+    )
+    .await;
+    let director = hub.staff("school-1", "director").await;
+    // Hold the gateway's ledger head, which every Send takes first.
+    let gateway_db = hub.gateway().database().clone();
+    let mut held = gateway_db.begin().await.unwrap();
+    sqlx::query("UPDATE ledger_head SET last_seq = last_seq")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let status = submit(&director, "short-deadline".into(), &hub)
+        .await
+        .expect_err("the gateway cannot answer in time");
+    let took = started.elapsed();
+    held.rollback().await.unwrap();
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    assert_eq!(
+        hub.gateway_count("messages").await,
+        0,
+        "the gateway kept nothing"
+    );
+}
+
 both_backends!(
     sheds_load_and_keeps_accepted_calls_fast,
     an_agency_over_its_rate_is_refused_while_another_is_served,
+    a_short_deadline_is_kept_downstream,
 );
