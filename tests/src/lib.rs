@@ -4,7 +4,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod load;
 pub mod postgres;
+pub mod process;
 pub mod samples;
 pub mod simulation;
 
@@ -50,6 +52,11 @@ pub struct HubOptions {
     pub run_deadline_engine: bool,
     /// Every component's server limits (the defaults unless a test sets small ones).
     pub limits: referral_core::limits::ServerLimits,
+    /// Run on the system clock instead of the manual one (tests of real outages, where retries
+    /// must happen on their own in real time).
+    pub real_clock: bool,
+    /// The gateway's delivery retry settings.
+    pub delivery: DeliverySettings,
 }
 
 impl Default for HubOptions {
@@ -59,6 +66,12 @@ impl Default for HubOptions {
             run_delivery_worker: true,
             run_deadline_engine: true,
             limits: referral_core::limits::ServerLimits::default(),
+            real_clock: false,
+            delivery: DeliverySettings {
+                initial_backoff_ms: 1_000,
+                max_backoff_ms: 60_000,
+                attempt_timeout_ms: 10_000,
+            },
         }
     }
 }
@@ -250,7 +263,11 @@ impl TestHub {
         let ca = CertificateAuthority::generate("referral-hub test CA")?;
         let ids: Vec<&str> = directory.agencies.iter().map(|a| a.id.as_str()).collect();
         let issuer = DevIssuer::ensure(&data_dir.path().join("issuer"), &ids)?;
-        let clock = Clock::manual(start_instant());
+        let clock = if options.real_clock {
+            Clock::system()
+        } else {
+            Clock::manual(start_instant())
+        };
         // A fresh payload key for this hub, through the key file path a deployment uses.
         let payload_key_file = data_dir.path().join("payload-keys");
         sealing::generate_key_file(&payload_key_file, "test-1")?;
@@ -774,11 +791,7 @@ async fn launch_gateway(
         TlsMaterial::new(ca, &ComponentIdentity::Gateway)?,
         storage.clone(),
         directory.clone(),
-        DeliverySettings {
-            initial_backoff_ms: 1_000,
-            max_backoff_ms: 60_000,
-            attempt_timeout_ms: 10_000,
-        },
+        options.delivery,
         clock.clone(),
     );
     config.run_delivery_worker = options.run_delivery_worker;

@@ -6,6 +6,9 @@
 //!
 //! Without the PostgreSQL server binaries the PostgreSQL variants of the tests are skipped with
 //! a loud message, unless `REQUIRE_POSTGRES=1`, which turns that into a failure (CI sets it).
+//!
+//! [`DedicatedCluster`] is a cluster of one test's own, which it can stop and start again (the
+//! database-outage test).
 
 use std::{
     path::{Path, PathBuf},
@@ -63,89 +66,190 @@ fn pg_command(bin: &Path, tool: &str, as_root: bool) -> Command {
     }
 }
 
-fn start_cluster() -> anyhow::Result<Cluster> {
-    let bin = bin_dir().context("PostgreSQL server binaries (initdb, pg_ctl) not found")?;
-    let as_root = running_as_root();
-    let dir = tempfile::Builder::new()
-        .prefix("referral-hub-pg-")
-        .tempdir()?
-        .keep();
-    if as_root {
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir)
-            .status()?;
-        if !status.success() {
-            bail!("cannot hand the cluster directory to the postgres user");
+/// A cluster's files and how to run its tools: what starting, stopping and the watchdog need.
+struct Installation {
+    bin: PathBuf,
+    as_root: bool,
+    /// The temporary directory: `data/`, the socket and `server.log`.
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Installation {
+    /// `initdb` in a new temporary directory, and a free port for the server. The port comes from
+    /// `bind(0)`, then is let go for the server to bind: another process could take it in
+    /// between (a small race, as for every port a test hands to a server it starts).
+    fn create() -> anyhow::Result<Self> {
+        let bin = bin_dir().context("PostgreSQL server binaries (initdb, pg_ctl) not found")?;
+        let as_root = running_as_root();
+        let dir = tempfile::Builder::new()
+            .prefix("referral-hub-pg-")
+            .tempdir()?
+            .keep();
+        if as_root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()?;
+            if !status.success() {
+                bail!("cannot hand the cluster directory to the postgres user");
+            }
         }
+        let out = pg_command(&bin, "initdb", as_root)
+            .args(["-D"])
+            .arg(dir.join("data"))
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ])
+            .stdout(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Ok(Self {
+            bin,
+            as_root,
+            dir,
+            port,
+        })
     }
-    let data = dir.join("data");
-    let out = pg_command(&bin, "initdb", as_root)
-        .args(["-D"])
-        .arg(&data)
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--no-sync",
-        ])
-        .stdout(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-         -c full_page_writes=off -c max_connections=400",
-        dir.display()
-    );
-    // `pg_ctl -w` returns once the server accepts connections: nothing to poll.
-    let out = pg_command(&bin, "pg_ctl", as_root)
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &options, "-l"])
-        .arg(dir.join("server.log"))
-        .args(["-w", "start"])
-        .stdout(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+
+    /// Starts the server; `pg_ctl -w` returns once it accepts connections: nothing to poll.
+    fn start(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=400",
+            self.port,
+            self.dir.display()
         );
+        let out = pg_command(&self.bin, "pg_ctl", self.as_root)
+            .arg("-D")
+            .arg(self.data())
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
-    let pg_ctl = bin.join("pg_ctl");
-    let stop = if as_root {
-        format!(
-            "runuser -u postgres -- {} -D {} -m immediate stop",
+
+    /// Stops the server in `mode` (`fast`: sessions are ended with `57P01 admin_shutdown`;
+    /// `immediate`: no clean-up, as a crash); `-w` returns once it has stopped.
+    fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        let out = pg_command(&self.bin, "pg_ctl", self.as_root)
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", mode, "-w", "stop"])
+            .stdout(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// A shell that waits for our stdin to close (when this process exits, however it exits),
+    /// then stops the server and removes the directory.
+    fn watchdog(&self) -> anyhow::Result<Child> {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let stop = format!(
+            "{}{} -D {} -m immediate stop",
+            if self.as_root {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
             pg_ctl.display(),
-            data.display()
-        )
-    } else {
-        format!(
-            "{} -D {} -m immediate stop",
-            pg_ctl.display(),
-            data.display()
-        )
-    };
-    let script = format!(
-        "read _ignored; {stop} >/dev/null 2>&1; rm -rf {}",
-        dir.display()
-    );
-    let watchdog = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+            self.data().display()
+        );
+        let script = format!(
+            "read _ignored; {stop} >/dev/null 2>&1; rm -rf {}",
+            self.dir.display()
+        );
+        Ok(Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?)
+    }
+}
+
+fn start_cluster() -> anyhow::Result<Cluster> {
+    let installation = Installation::create()?;
+    installation.start()?;
     Ok(Cluster {
-        port,
-        _watchdog: Mutex::new(watchdog),
+        port: installation.port,
+        _watchdog: Mutex::new(installation.watchdog()?),
     })
+}
+
+/// A PostgreSQL cluster of one test's own, which the test stops and starts again (on the same
+/// port, with the same data) to make the database unreachable for a while. Removed when the test
+/// process exits, like the shared one.
+pub struct DedicatedCluster {
+    installation: Installation,
+    _watchdog: Mutex<Child>,
+}
+
+impl DedicatedCluster {
+    /// Creates and starts a cluster; `None` (after a loud message) where PostgreSQL tests cannot
+    /// run, as [`available`] decides.
+    pub fn start() -> anyhow::Result<Option<Self>> {
+        if !available() {
+            return Ok(None);
+        }
+        let installation = Installation::create()?;
+        installation.start()?;
+        let watchdog = installation.watchdog()?;
+        Ok(Some(Self {
+            installation,
+            _watchdog: Mutex::new(watchdog),
+        }))
+    }
+
+    /// The URL of the cluster's `postgres` database.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.installation.port
+        )
+    }
+
+    pub fn port(&self) -> u16 {
+        self.installation.port
+    }
+
+    /// Stops the server, ending every session (`pg_ctl -m fast`): clients see their connections
+    /// closed and new ones refused, as when a database host goes away.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.installation.stop("fast")
+    }
+
+    /// Starts the server again on the same port, over the same data.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.installation.start()
+    }
 }
 
 /// Whether PostgreSQL tests can run here. Prints a loud message when they cannot, and panics

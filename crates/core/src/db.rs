@@ -34,6 +34,28 @@ pub struct StorageConfig {
     pub database_url: Option<SecretString>,
 }
 
+/// How long a PostgreSQL call waits for a pooled connection, connecting included. While the
+/// database is unreachable, sqlx retries a refused connection until this passes, then answers
+/// `PoolTimedOut`, which callers see as `UNAVAILABLE`: short, so that calls fail fast instead of
+/// hanging, and still far longer than a healthy pool makes anyone wait (a wait this long for
+/// one of 8 connections means the store is gone or badly overloaded, and the server's concurrency
+/// limit sheds load before that).
+pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a database error means the store cannot be reached right now (a retry later may
+/// succeed), not that the statement was wrong: no connection within the acquire timeout, a
+/// connection lost mid-call, or PostgreSQL's operator-intervention (`57P01` shutting down, `57P03`
+/// starting up…) and connection-exception (`08…`) classes.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        _ => false,
+    }
+}
+
 /// A migration embedded in the binary: (version, description, SQL).
 pub type EmbeddedMigration = (i64, &'static str, &'static str);
 
@@ -138,7 +160,7 @@ impl Database {
                 let set_path = format!("SET search_path TO \"{name}\"");
                 let pool = AnyPoolOptions::new()
                     .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(PG_ACQUIRE_TIMEOUT)
                     .after_connect(move |conn, _| {
                         let set_path = set_path.clone();
                         Box::pin(async move {

@@ -115,14 +115,15 @@ impl ServiceError {
 }
 
 impl From<sqlx::Error> for ServiceError {
-    /// Database errors: a unique-constraint violation means the thing already exists; a pool
-    /// timeout or closed pool means the store is unavailable; everything else is internal.
+    /// Database errors: a unique-constraint violation means the thing already exists; a store
+    /// that cannot be reached (`db::is_unavailable`: pool timeout or closed, connection lost,
+    /// server shutting down) is unavailable; everything else is internal.
     fn from(err: sqlx::Error) -> Self {
         match &err {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Self::AlreadyExists("a record with this key already exists".into())
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            err if crate::db::is_unavailable(err) => {
                 Self::Unavailable("the store is not available".into())
             }
             _ => Self::Internal(err.into()),
