@@ -15,9 +15,12 @@
 //! The background task [`run`] wakes after ledger appends, at the next transition instant of
 //! the injected clock, and on a poll interval (for entries other replicas appended); tests can
 //! run the same steps in their own task with [`settle`].
+//!
+//! [`feed`] relays to each replica's `WatchDeadlines` streams the alerts other replicas raised.
 
 mod agency_clocks;
 mod events;
+pub(crate) mod feed;
 mod ingest;
 mod model;
 mod service;

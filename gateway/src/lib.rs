@@ -10,6 +10,8 @@ pub mod api;
 pub mod deadlines;
 pub mod delivery;
 mod forms;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ledger;
 mod metrics;
 mod police_forms;
@@ -159,8 +161,11 @@ pub(crate) struct Shared {
     calendars: HashMap<String, DistrictCalendar>,
     /// Wakes the deadline engine: the ledger has new entries.
     pub(crate) engine_wake: Notify,
-    /// Deadline alerts as they are raised, for `WatchDeadlines`.
+    /// Deadline alerts as they are raised (here, or by another replica: `deadlines::feed`), for
+    /// `WatchDeadlines`.
     pub(crate) alerts: broadcast::Sender<DeadlineAlert>,
+    /// The alerts this replica's sweeps raised and broadcast themselves.
+    pub(crate) local_alerts: deadlines::feed::LocalAlerts,
     /// Seals payloads at rest and opens them.
     pub(crate) sealer: PayloadSealer,
     /// How long delivered payloads are kept.
@@ -287,6 +292,7 @@ impl Gateway {
             calendars,
             engine_wake: Notify::new(),
             alerts,
+            local_alerts: deadlines::feed::LocalAlerts::default(),
             sealer: config.payload_sealer,
             payload_retention: config.payload_retention,
             policy: policy::PolicyEngine::load(config.policy_dir.as_deref())
@@ -340,6 +346,10 @@ impl Gateway {
                 deadlines::run(self.shared.clone(), shutdown.clone()),
             )));
         }
+        // Whether or not this replica's engine runs, its watchers see every replica's alerts.
+        background.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            deadlines::feed::run(self.shared.clone(), shutdown.clone()),
+        )));
         let (health, reflection) =
             server::health_and_reflection(&["referral.v1.Gateway", "referral.v1.Deadlines"])
                 .await?;

@@ -47,6 +47,8 @@ pub mod deadlines;
 pub mod error;
 pub mod extension;
 pub mod forms;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway_link;
 mod inbox;
 mod metrics;

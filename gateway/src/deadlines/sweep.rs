@@ -10,7 +10,10 @@
 //! ledger entry exactly as a sent form is. After the commit the alerts go to `WatchDeadlines`.
 
 use jiff::Timestamp;
-use referral_core::{directory::AgencyEntry, time};
+use referral_core::{
+    directory::{AgencyEntry, Directory},
+    time,
+};
 use referral_deadlines::next_transition;
 use referral_proto::v1::{
     ActingUser, AgencyKind, ConfidentialityLabel, DeadlineAlert, DeadlineKind, DeadlineState,
@@ -140,21 +143,7 @@ async fn advance(
         if inserted == 0 {
             continue;
         }
-        let commission = directory
-            .agencies
-            .iter()
-            .find(|a| a.district == d.district_id && a.kind() == AgencyKind::Commission);
-        let recipients = if model::is_agency_clock(d.kind) {
-            let kind_of = |id: &str| directory.agency(id).map(|a| a.kind());
-            agency_clock_recipients(
-                &current,
-                to,
-                kind_of(&d.responsible_agency_id),
-                kind_of(&d.related_agency_id),
-            )
-        } else {
-            recipients(&current, to, commission)
-        };
+        let recipients = addressees(&directory, &current, to);
         let mut first = None;
         for (n, (agency, role, user)) in recipients.into_iter().enumerate() {
             let alert = DeadlineAlert {
@@ -181,6 +170,11 @@ async fn advance(
             raised.push(alert);
         }
     }
+    // Noted before the commit, so that this replica's alert feed, which can see the alert only
+    // after it, never relays what is broadcast below.
+    for alert in &raised {
+        shared.local_alerts.note(&alert.alert_id);
+    }
     tx.commit().await?;
     for alert in &raised {
         tracing::info!(
@@ -196,6 +190,30 @@ async fn advance(
         let _ = shared.alerts.send(alert.clone());
     }
     Ok((true, u64::try_from(raised.len()).unwrap_or(0), messages))
+}
+
+/// Who is told that `d` (an agency clock or a case clock) entered `state`, in order: (agency,
+/// role, user). The first is the addressee of the alert `WatchDeadlines` streams.
+pub(crate) fn addressees(
+    directory: &Directory,
+    d: &DeadlineRow,
+    state: DeadlineState,
+) -> Vec<(String, Role, String)> {
+    if model::is_agency_clock(d.kind) {
+        let kind_of = |id: &str| directory.agency(id).map(|a| a.kind());
+        agency_clock_recipients(
+            d,
+            state,
+            kind_of(&d.responsible_agency_id),
+            kind_of(&d.related_agency_id),
+        )
+    } else {
+        let commission = directory
+            .agencies
+            .iter()
+            .find(|a| a.district == d.district_id && a.kind() == AgencyKind::Commission);
+        recipients(d, state, commission)
+    }
 }
 
 /// Who is told that `d` entered `state`: (agency, role, user). Warned and due go to the
