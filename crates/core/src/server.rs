@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig};
 use tower::layer::util::{Identity, Stack};
@@ -84,6 +83,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        // TCP_NODELAY on every accepted connection: tonic applies its own `tcp_nodelay` only to
+        // listeners it binds itself, and without it Nagle's algorithm meets the peer's delayed
+        // ACK and holds small responses for about 40 ms (BENCHMARKS.md, read-path).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await
 }
