@@ -381,7 +381,7 @@ pub(crate) fn check_form(
             }
         }
         Some(form) if service_forms::is_service_form(form) => {
-            service_forms::check(&env, caller, today, &mut v)
+            service_forms::check(env, caller, today, &mut v)
         }
         Some(
             form @ (payload::Form::IncidentReferral(_)
