@@ -250,7 +250,9 @@ async fn due_envelope(shared: &Shared, due: &Due) -> Result<Envelope, &'static s
 }
 
 async fn deliver(shared: &Shared, channel: Channel, due: Due) {
-    shared.gateway_metrics.attempting(&due.recipient, due.attempts);
+    shared
+        .gateway_metrics
+        .attempting(&due.recipient, due.attempts);
     let envelope = match due_envelope(shared, &due).await {
         Ok(e) => e,
         Err(code) => {

@@ -291,7 +291,8 @@ impl Database {
             // table") is a store nobody migrated; anything else (a closed pool, a refused
             // connection, a timeout acquiring one) is an unreachable store.
             Ok(Err(sqlx::Error::Database(e)))
-                if e.code().as_deref() == Some("42P01") || e.message().contains("no such table") =>
+                if e.code().as_deref() == Some("42P01")
+                    || e.message().contains("no such table") =>
             {
                 Err(NotReady::NotMigrated { component })
             }
