@@ -1457,14 +1457,9 @@ impl Shared {
         let commission = directory.agency(&facts.commission).ok_or_else(|| {
             ServiceError::Unavailable("the case's commission is not listed".into())
         })?;
-        let identity = referral_core::pki::ComponentIdentity::Agency(commission.id.clone());
-        let channel = tonic::transport::Endpoint::from_shared(commission.endpoint.clone())
-            .map_err(ServiceError::internal)?
-            .tls_config(referral_core::tls::client_tls(&self.tls, &identity))
-            .map_err(ServiceError::internal)?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(self.attempt_timeout())
-            .connect_lazy();
+        let channel = self.agency_channel(&commission.id).ok_or_else(|| {
+            ServiceError::Unavailable("the case's commission has no usable endpoint".into())
+        })?;
         let mut client = CaseSourceClient::new(referral_core::trace_context::traced(channel));
         client
             // The smaller of our own timeout and what is left of the read being served.

@@ -180,6 +180,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: referral_core::metrics::Metrics,
     /// The gateway's own families on that registry (outbox, deliveries, deadlines, denials).
     pub(crate) gateway_metrics: metrics::GatewayMetrics,
+    /// One lazily connected mTLS channel per agency (by id and endpoint), shared by the
+    /// delivery worker and the case-file reads: HTTP/2 multiplexes the calls, and a read no
+    /// longer pays a TLS handshake.
+    agency_channels: std::sync::Mutex<HashMap<(String, String), tonic::transport::Channel>>,
 }
 
 impl Shared {
@@ -213,6 +217,32 @@ impl Shared {
 
     pub(crate) fn attempt_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.delivery.attempt_timeout_ms)
+    }
+
+    /// The channel to an agency's service, with the gateway's own certificate, made once per
+    /// agency and endpoint (a directory change of endpoint makes a new one). `None` when the
+    /// directory does not list the agency or its endpoint is not a usable URL.
+    pub(crate) fn agency_channel(&self, agency_id: &str) -> Option<tonic::transport::Channel> {
+        let endpoint = self.directory().agency(agency_id)?.endpoint.clone();
+        let key = (agency_id.to_owned(), endpoint);
+        let mut channels = self
+            .agency_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(&key) {
+            return Some(channel.clone());
+        }
+        let identity = referral_core::pki::ComponentIdentity::Agency(agency_id.to_owned());
+        let channel = tonic::transport::Endpoint::from_shared(key.1.clone())
+            .ok()?
+            .tls_config(tls::client_tls(&self.tls, &identity))
+            .ok()?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(self.attempt_timeout())
+            .connect_lazy();
+        channels.retain(|(id, _), _| id != agency_id);
+        channels.insert(key, channel.clone());
+        Some(channel)
     }
 
     /// How long a worker holds a row it is pushing; after that another worker may take it over.
@@ -301,6 +331,7 @@ impl Gateway {
             child_link_secret: config.child_link_secret,
             metrics: registry,
             gateway_metrics,
+            agency_channels: std::sync::Mutex::new(HashMap::new()),
         });
         Ok(Self {
             listener,
