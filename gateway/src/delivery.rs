@@ -7,18 +7,18 @@
 //! (`payload_retention`, by the injected clock) has passed and the deadline engine has applied
 //! its `message.accepted` ledger entry, the sealed payload is dropped and only the metadata stays.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use prost::Message as _;
-use referral_core::{pki::ComponentIdentity, time, tls, trace_context};
+use referral_core::{time, trace_context};
 use referral_proto::v1::{
     DeliverRequest, Envelope, agency_inbox_client::AgencyInboxClient, payload,
 };
 use sqlx::Row as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::Instrument as _;
 
 use crate::{
@@ -78,7 +78,6 @@ fn delivery_span(due: &Due) -> tracing::Span {
 
 /// Runs until `shutdown` is cancelled.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut channels: HashMap<String, Channel> = HashMap::new();
     let permits = Arc::new(Semaphore::new(PARALLEL_DELIVERIES));
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -89,7 +88,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         match claim_due(&shared, now).await {
             Ok(batch) => {
                 for due in batch {
-                    let channel = match channel_for(&shared, &mut channels, &due.recipient) {
+                    let channel = match shared.agency_channel(&due.recipient) {
                         Some(c) => c,
                         None => {
                             tracing::error!(message_id = %due.message_id, recipient = %due.recipient, "recipient has no usable endpoint");
@@ -141,25 +140,42 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// The failures (as `last_error` records them) that say the recipient refused the message itself
+/// (its gRPC code), or that the gateway cannot open its stored payload: such a row does not hold
+/// back the later messages of its case (see [`claim_due`]).
+macro_rules! refused_on_content {
+    () => {
+        "'InvalidArgument', 'FailedPrecondition', 'PermissionDenied', 'NotFound', \
+         'AlreadyExists', 'OutOfRange', 'Unimplemented', 'MISSING', 'UNREADABLE'"
+    };
+}
+
 /// Leases the messages that are due. A lease is taken with a conditional update, so two workers
 /// (two replicas) never push the same row at the same time.
 ///
 /// A case's messages reach each recipient in the order they were accepted: a row is not leased
 /// while an earlier row of the same recipient and case is still in the outbox (waiting for its
-/// retry or being pushed); it becomes due when that one is delivered. The cost: a message its
-/// recipient keeps refusing holds back the later messages of its case to that recipient (the
-/// outbox's oldest age shows it), never other cases or recipients.
+/// retry or being pushed); it becomes due when that one is delivered. Never other cases or
+/// recipients are held back.
+///
+/// Only a row that failed for want of the recipient (down, slow, overloaded: what a later
+/// message would meet too) holds back the rest of its case. A row the recipient refused on its
+/// content (`refused_on_content!`), or whose stored payload the gateway cannot open, is still
+/// retried with back-off, but the messages after it go on: one bad message from one agency
+/// must not stall what other agencies send about the same child.
 async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Error> {
     let now_us = time::to_micros(now);
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "SELECT o.message_id, m.recipient_agency_id, m.payload_sha256, m.delivery_attempts, \
          m.form_kind, m.trace_context \
          FROM outbox o JOIN messages m ON m.message_id = o.message_id \
          WHERE o.next_attempt_at <= $1 AND (o.lease_until IS NULL OR o.lease_until <= $1) \
          AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.recipient_agency_id = o.recipient_agency_id \
-         AND e.case_reference = o.case_reference AND e.accepted_seq < o.accepted_seq) \
-         ORDER BY o.next_attempt_at LIMIT 32",
-    )
+         AND e.case_reference = o.case_reference AND e.accepted_seq < o.accepted_seq \
+         AND (e.last_error IS NULL OR e.last_error NOT IN (",
+        refused_on_content!(),
+        "))) ORDER BY o.next_attempt_at LIMIT 32",
+    ))
     .bind(now_us)
     .fetch_all(shared.db.pool())
     .await?;
@@ -196,36 +212,19 @@ async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Er
 /// earlier message of its case is not: it becomes due when that one is delivered, which wakes
 /// the worker).
 async fn next_due(shared: &Shared) -> Result<Option<Timestamp>, sqlx::Error> {
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "SELECT MIN(CASE WHEN o.lease_until IS NOT NULL AND o.lease_until > o.next_attempt_at \
          THEN o.lease_until ELSE o.next_attempt_at END) AS next FROM outbox o \
          WHERE NOT EXISTS (SELECT 1 FROM outbox e WHERE e.recipient_agency_id = o.recipient_agency_id \
-         AND e.case_reference = o.case_reference AND e.accepted_seq < o.accepted_seq)",
-    )
+         AND e.case_reference = o.case_reference AND e.accepted_seq < o.accepted_seq \
+         AND (e.last_error IS NULL OR e.last_error NOT IN (",
+        refused_on_content!(),
+        ")))",
+    ))
     .fetch_one(shared.db.pool())
     .await?;
     let next: Option<i64> = row.try_get("next")?;
     Ok(next.map(time::from_micros))
-}
-
-fn channel_for(
-    shared: &Shared,
-    channels: &mut HashMap<String, Channel>,
-    agency_id: &str,
-) -> Option<Channel> {
-    if let Some(c) = channels.get(agency_id) {
-        return Some(c.clone());
-    }
-    let endpoint = shared.directory().agency(agency_id)?.endpoint.clone();
-    let identity = ComponentIdentity::Agency(agency_id.to_owned());
-    let channel = Endpoint::from_shared(endpoint)
-        .ok()?
-        .tls_config(tls::client_tls(&shared.tls, &identity))
-        .ok()?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    channels.insert(agency_id.to_owned(), channel.clone());
-    Some(channel)
 }
 
 /// The message's envelope with its payload opened. A payload that cannot be opened counts as a
@@ -881,6 +880,47 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(claimed_ids(&hub).await, vec![second.message_id.clone()]);
+        hub.shared().db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_message_refused_on_its_content_does_not_hold_back_its_case() {
+        let hub = hub().await;
+        let refused = case_message("KZ-2026-3", "commission");
+        let next = case_message("KZ-2026-3", "commission");
+        let last = case_message("KZ-2026-3", "commission");
+        for env in [&refused, &next, &last] {
+            hub.enqueue(env).await;
+        }
+        let due = claim_due(hub.shared(), hub.clock.now()).await.unwrap();
+        assert_eq!(due.len(), 1, "only the first of the case is due");
+        // The recipient refuses it on its content: retried later, but the next one goes now.
+        record_failure(hub.shared(), &due[0], "FailedPrecondition")
+            .await
+            .unwrap();
+        assert_eq!(claimed_ids(&hub).await, vec![next.message_id.clone()]);
+        // The next one meets the recipient down: it holds back the last one, as before.
+        let due = claim_due(
+            hub.shared(),
+            hub.clock.now() + SignedDuration::from_hours(1),
+        )
+        .await
+        .unwrap();
+        let next_due = due
+            .into_iter()
+            .find(|d| d.message_id == next.message_id)
+            .expect("the next one is leased again once its lease ends");
+        record_failure(hub.shared(), &next_due, "Unavailable")
+            .await
+            .unwrap();
+        hub.clock.advance(SignedDuration::from_hours(2));
+        let mut expected = vec![refused.message_id.clone(), next.message_id.clone()];
+        expected.sort();
+        assert_eq!(
+            claimed_ids(&hub).await,
+            expected,
+            "the refused one is retried, the last still waits behind the unreachable one"
+        );
         hub.shared().db.close().await;
     }
 
