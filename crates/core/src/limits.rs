@@ -19,7 +19,7 @@
 use std::{
     collections::{HashMap, HashSet},
     future::Future,
-    net::SocketAddr,
+    net::IpAddr,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -325,10 +325,12 @@ pub enum Caller {
     /// The gateway (delivering to an agency's inbox): not rate limited, its delivery worker
     /// paces itself (16 pushes at a time) and a refused delivery would only be retried later.
     Gateway,
-    /// No client certificate (a person's CLI with a bearer token, a probe): counted per
-    /// connection, by the peer's address. At an agency's server every staff token is of that
-    /// agency, so keying by the token would let one busy user stop all the others.
-    Connection(Option<SocketAddr>),
+    /// No client certificate (a person's CLI with a bearer token, a probe): counted per peer
+    /// host, by its IP address (not per connection: a new connection must not bring a new
+    /// burst). At an agency's server every staff token is of that agency, so keying by the token
+    /// would let one busy user stop all the others; people behind one NAT share a bucket, which
+    /// the defaults leave far above what people type.
+    Connection(Option<IpAddr>),
 }
 
 /// The caller of a request, from the connection's TLS information.
@@ -342,7 +344,7 @@ pub fn caller_of(req: &http::Request<Body>) -> Caller {
     match identity {
         Some(ComponentIdentity::Gateway) => Caller::Gateway,
         Some(ComponentIdentity::Agency(id)) => Caller::Agency(id),
-        None => Caller::Connection(info.and_then(|i| i.get_ref().remote_addr())),
+        None => Caller::Connection(info.and_then(|i| i.get_ref().remote_addr()).map(|a| a.ip())),
     }
 }
 
