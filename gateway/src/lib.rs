@@ -10,6 +10,8 @@ pub mod api;
 pub mod deadlines;
 pub mod delivery;
 mod forms;
+// The fuzz targets' entry points (fuzz/), compiled only for them.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ledger;

@@ -47,6 +47,8 @@ pub mod deadlines;
 pub mod error;
 pub mod extension;
 pub mod forms;
+// The fuzz targets' entry points (fuzz/), compiled only for them.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway_link;
