@@ -57,6 +57,9 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<MethodLabels, Histogram, LatencyBuckets>,
     refreshers: Arc<Mutex<Vec<Refresher>>>,
+    /// One refresh at a time: many scrapers (or one hostile client of the admin port) cannot
+    /// turn scrapes into concurrent store queries that take the connections real calls need.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -91,6 +94,7 @@ impl Metrics {
             requests,
             latency,
             refreshers: Arc::default(),
+            refreshing: Arc::default(),
         }
     }
 
@@ -124,6 +128,12 @@ impl Metrics {
     /// Runs every refresher, together, for at most `timeout`; a scrape then encodes whatever
     /// they managed to update. Says whether they all finished in time.
     pub async fn refresh(&self, timeout: Duration) -> bool {
+        // A scrape arriving while another refreshes waits its turn (bounded by `timeout`; then
+        // it serves the previous values).
+        let Ok(_turn) = tokio::time::timeout(timeout, self.refreshing.lock()).await else {
+            tracing::warn!(component = %self.component, "metrics refresh busy; serving the previous values");
+            return false;
+        };
         let refreshers = self
             .refreshers
             .lock()
