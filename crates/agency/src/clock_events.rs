@@ -315,7 +315,14 @@ mod tests {
         let (store, _dir) = testing::store().await;
         // As many as the smallest pool (SQLite's) holds: each keeps its connection until it commits.
         const WRITERS: usize = 4;
-        let start = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS));
+        // On PostgreSQL every transaction is open before any queues. SQLite's transactions begin
+        // IMMEDIATE (`Database::begin`): a second one waits at BEGIN for the first to commit, so
+        // there the writers are serialised already and a barrier after BEGIN would deadlock.
+        let parties = match store.database().backend() {
+            referral_core::db::Backend::Postgres => WRITERS,
+            referral_core::db::Backend::Sqlite => 1,
+        };
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(parties));
         let mut writers = tokio::task::JoinSet::new();
         for n in 0..WRITERS {
             let (store, start) = (store.clone(), start.clone());
