@@ -5,7 +5,8 @@
 //!    into the component's [`Metrics`] (so that what the layers below refuse is counted too);
 //! 2. [`ShedLayer`]: load shedding over a **global** concurrency limit: a call that finds every
 //!    permit taken is answered `RESOURCE_EXHAUSTED` at once instead of queueing;
-//! 3. [`RateLimitLayer`]: a token bucket per calling agency, answering `RESOURCE_EXHAUSTED`;
+//! 3. [`RateLimitLayer`]: a token bucket per calling agency, answering `RESOURCE_EXHAUSTED`
+//!    (2 and 3 are one service, [`Admit`], each with its own [`Admission`] check);
 //! 4. [`DeadlineLayer`]: the per-call timeout (or the client's shorter `grpc-timeout`), answered
 //!    `DEADLINE_EXCEEDED`; the deadline is kept in a task-local so that calls the handler makes to
 //!    another component carry what is left of it ([`outbound_request`]);
@@ -28,7 +29,10 @@ use std::{
 
 use bytes::Buf as _;
 use serde::Deserialize;
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 use tonic::{
     Code, Status,
     body::Body,
@@ -91,8 +95,11 @@ impl ServerStack {
     pub fn new(limits: &ServerLimits, metrics: Metrics) -> Self {
         Self {
             metrics: RequestMetricsLayer::new(metrics),
-            shed: ShedLayer::new(limits.concurrency_limit),
-            rate: RateLimitLayer::new(limits.agency_rate_per_second, limits.agency_burst),
+            shed: AdmitLayer::new(LoadShedder::new(limits.concurrency_limit)),
+            rate: AdmitLayer::new(Arc::new(AgencyRateLimiter::new(
+                limits.agency_rate_per_second,
+                limits.agency_burst,
+            ))),
             deadline: DeadlineLayer::new(limits.request_timeout()),
             size: MessageSizeLayer::new(limits.max_message_bytes),
         }
@@ -240,51 +247,55 @@ fn status_code(response: &http::Response<Body>) -> Code {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. Load shedding over a global concurrency limit
+// 2. and 3. Admission: load shedding and the rate limit per calling agency
 
-/// Load shedding and the global concurrency limit, in one layer.
-///
-/// tower's `LoadShed` over `ConcurrencyLimit` would do the same, but (a) it fails with tower's
-/// `Overloaded` error, which tonic 0.14 turns into `RESOURCE_EXHAUSTED` ("Too many active
-/// requests for the connection") only in its own `RecoverError`, outside every layer given to
-/// `Server::layer`, so the metrics layer above would see an error instead of a status; and (b)
-/// `ConcurrencyLimit` takes its permit in `poll_ready`, before the request's path is known, so
-/// health probes could not pass. Here the permit is taken in `call`, without waiting, from one
-/// semaphore shared by every connection, and held until the response (headers) is ready.
-#[derive(Clone)]
-pub struct ShedLayer {
-    permits: Arc<Semaphore>,
+/// A check that admits or refuses a call before the inner service is called: the load shedder
+/// ([`LoadShedder`]) and the rate limit per calling agency ([`AgencyRateLimiter`]). Health and
+/// reflection are admitted without asking it (see the module docs).
+pub trait Admission: Clone + Send + 'static {
+    /// What an admitted call holds until its response (headers) is ready, e.g. a permit.
+    type Ticket: Send + 'static;
+
+    /// Admits `req`, or refuses it with the status to answer at once.
+    fn admit(&self, req: &http::Request<Body>) -> Result<Self::Ticket, Status>;
 }
 
-impl ShedLayer {
-    pub fn new(concurrency_limit: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(concurrency_limit.max(1))),
-        }
+/// The layer of an [`Admission`] check.
+#[derive(Clone)]
+pub struct AdmitLayer<A> {
+    admission: A,
+}
+
+impl<A> AdmitLayer<A> {
+    pub fn new(admission: A) -> Self {
+        Self { admission }
     }
 }
 
-impl<S> Layer<S> for ShedLayer {
-    type Service = Shed<S>;
+impl<S, A: Clone> Layer<S> for AdmitLayer<A> {
+    type Service = Admit<S, A>;
     fn layer(&self, inner: S) -> Self::Service {
-        Shed {
+        Admit {
             inner,
-            permits: self.permits.clone(),
+            admission: self.admission.clone(),
         }
     }
 }
 
+/// Calls the inner service only for calls its [`Admission`] admits; a refused call is answered
+/// with the refusal's status (a response, so that the metrics layer above counts it).
 #[derive(Clone)]
-pub struct Shed<S> {
+pub struct Admit<S, A> {
     inner: S,
-    permits: Arc<Semaphore>,
+    admission: A,
 }
 
-impl<S> Service<http::Request<Body>> for Shed<S>
+impl<S, A> Service<http::Request<Body>> for Admit<S, A>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    A: Admission,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -298,24 +309,55 @@ where
         if is_probe(req.uri().path()) {
             return Box::pin(self.inner.call(req));
         }
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match self.admission.admit(&req) {
+            Ok(ticket) => {
                 let future = self.inner.call(req);
                 Box::pin(async move {
                     let result = future.await;
-                    drop(permit);
+                    drop(ticket);
                     result
                 })
             }
-            Err(_) => Box::pin(std::future::ready(Ok(answer(Status::resource_exhausted(
-                "the server is at its concurrency limit: retry later",
-            ))))),
+            Err(status) => Box::pin(std::future::ready(Ok(answer(status)))),
         }
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// 3. Rate limit per calling agency
+/// Load shedding and the global concurrency limit, as one [`Admission`].
+///
+/// tower's `LoadShed` over `ConcurrencyLimit` would do the same, but (a) it fails with tower's
+/// `Overloaded` error, which tonic 0.14 turns into `RESOURCE_EXHAUSTED` ("Too many active
+/// requests for the connection") only in its own `RecoverError`, outside every layer given to
+/// `Server::layer`, so the metrics layer above would see an error instead of a status; and (b)
+/// `ConcurrencyLimit` takes its permit in `poll_ready`, before the request's path is known, so
+/// health probes could not pass. Here the permit is taken in `call`, without waiting, from one
+/// semaphore shared by every connection, and held until the response (headers) is ready.
+#[derive(Clone)]
+pub struct LoadShedder {
+    permits: Arc<Semaphore>,
+}
+
+impl LoadShedder {
+    pub fn new(concurrency_limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency_limit.max(1))),
+        }
+    }
+}
+
+impl Admission for LoadShedder {
+    type Ticket = OwnedSemaphorePermit;
+
+    fn admit(&self, _req: &http::Request<Body>) -> Result<Self::Ticket, Status> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted("the server is at its concurrency limit: retry later")
+        })
+    }
+}
+
+/// The load shedding layer ([`LoadShedder`]).
+pub type ShedLayer = AdmitLayer<LoadShedder>;
+pub type Shed<S> = Admit<S, LoadShedder>;
 
 /// Who a call counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -391,63 +433,26 @@ impl AgencyRateLimiter {
     }
 }
 
-#[derive(Clone)]
-pub struct RateLimitLayer {
-    limiter: Arc<AgencyRateLimiter>,
-}
+/// The rate limit per calling agency, as an [`Admission`]: the gateway's deliveries are not
+/// limited.
+impl Admission for Arc<AgencyRateLimiter> {
+    type Ticket = ();
 
-impl RateLimitLayer {
-    pub fn new(rate_per_second: u32, burst: u32) -> Self {
-        Self {
-            limiter: Arc::new(AgencyRateLimiter::new(rate_per_second, burst)),
-        }
-    }
-}
-
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
-            inner,
-            limiter: self.limiter.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    limiter: Arc<AgencyRateLimiter>,
-}
-
-impl<S> Service<http::Request<Body>> for RateLimit<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if is_probe(req.uri().path()) {
-            return Box::pin(self.inner.call(req));
-        }
-        let caller = caller_of(&req);
-        if caller == Caller::Gateway || self.limiter.try_take(&caller, Instant::now()) {
-            return Box::pin(self.inner.call(req));
+    fn admit(&self, req: &http::Request<Body>) -> Result<Self::Ticket, Status> {
+        let caller = caller_of(req);
+        if caller == Caller::Gateway || self.try_take(&caller, Instant::now()) {
+            return Ok(());
         }
         tracing::debug!(caller = ?caller_label(&caller), "rate limit exceeded");
-        Box::pin(std::future::ready(Ok(answer(Status::resource_exhausted(
+        Err(Status::resource_exhausted(
             "the calling agency is over its rate limit: slow down",
-        )))))
+        ))
     }
 }
+
+/// The rate limit layer ([`AgencyRateLimiter`]).
+pub type RateLimitLayer = AdmitLayer<Arc<AgencyRateLimiter>>;
+pub type RateLimit<S> = Admit<S, Arc<AgencyRateLimiter>>;
 
 /// A caller as logs may name it: an agency id, or `anonymous` (never an address).
 fn caller_label(caller: &Caller) -> &str {
@@ -721,6 +726,43 @@ mod tests {
         let t1 = t0 + Duration::from_millis(100);
         assert!(limiter.try_take(&school, t1));
         assert!(!limiter.try_take(&school, t1));
+    }
+
+    /// A shedder of one permit refuses a second call while the first is served, lets probes
+    /// through, and admits again once the first call's response is ready.
+    #[tokio::test]
+    async fn the_shedder_holds_its_permit_until_the_response_and_lets_probes_pass() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let inner = tower::service_fn(move |req: http::Request<Body>| {
+            let released = released.clone();
+            async move {
+                if req.uri().path() == "/slow" {
+                    let wait = released.lock().await.take().unwrap();
+                    let _ = wait.await;
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            }
+        });
+        let service = AdmitLayer::new(LoadShedder::new(1)).layer(inner);
+        let call = |path: &'static str| {
+            let mut service = service.clone();
+            let req = http::Request::builder()
+                .uri(path)
+                .body(Body::empty())
+                .unwrap();
+            service.call(req)
+        };
+        let slow = tokio::spawn(call("/slow"));
+        // The first call holds the one permit (taken in `call`, before the spawn).
+        let refused = call("/referral.v1.Gateway/Send").await.unwrap();
+        assert_eq!(status_code(&refused), Code::ResourceExhausted);
+        let probe = call("/grpc.health.v1.Health/Check").await.unwrap();
+        assert_eq!(status_code(&probe), Code::Ok);
+        release.send(()).unwrap();
+        assert_eq!(status_code(&slow.await.unwrap().unwrap()), Code::Ok);
+        let again = call("/referral.v1.Gateway/Send").await.unwrap();
+        assert_eq!(status_code(&again), Code::Ok);
     }
 
     #[test]
