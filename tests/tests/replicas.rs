@@ -10,28 +10,9 @@ use std::{
 
 use jiff::Timestamp;
 use referral_core::{time, validate};
-use referral_gateway::GatewayHandle;
-use referral_proto::v1::{
-    DeadlineAlert, DeadlineState, FormKind, ListDeadlinesRequest, WatchDeadlinesRequest,
-};
-use referral_tests::{Backend, HubOptions, TestHub, all_deadline_states, both_backends};
+use referral_proto::v1::{DeadlineAlert, DeadlineState, FormKind, WatchDeadlinesRequest};
+use referral_tests::{Backend, HubOptions, TestHub, both_backends};
 use tokio::sync::{broadcast, mpsc};
-
-/// Every open deadline of the district, as the commission's certificate lists them.
-async fn district_deadlines(gateway: &GatewayHandle) -> Vec<referral_proto::v1::Deadline> {
-    gateway
-        .list_deadlines_as(
-            "commission",
-            ListDeadlinesRequest {
-                states: all_deadline_states(),
-                page_size: 500,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("the deadlines list")
-        .deadlines
-}
 
 /// Every instant at which one of `deadlines` changes state, earliest first.
 fn transition_instants(deadlines: &[referral_proto::v1::Deadline]) -> Vec<Timestamp> {
@@ -137,7 +118,9 @@ async fn two_replicas_raise_each_deadline_alert_once(backend: Backend) {
     let (a, b) = tokio::join!(replicas[0].settle(), replicas[1].settle());
     a.unwrap();
     b.unwrap();
-    let deadlines = district_deadlines(&replica).await;
+    // The secretary lists every deadline of the district.
+    let secretary = hub.staff("commission", "secretary").await;
+    let deadlines = secretary.all_deadlines("").await;
     let open: Vec<_> = deadlines
         .iter()
         .filter(|d| d.state == DeadlineState::Pending as i32)
@@ -150,7 +133,6 @@ async fn two_replicas_raise_each_deadline_alert_once(backend: Backend) {
     );
 
     // A watcher through the commission's own service (connected to the first replica).
-    let secretary = hub.staff("commission", "secretary").await;
     let mut watch = secretary
         .client
         .clone()
@@ -307,13 +289,14 @@ async fn a_watcher_on_one_replica_sees_the_alerts_the_other_raises(backend: Back
     let mut first = tap(0, hub.gateway().subscribe_alerts());
     let case = hub.open_case("cross-replica-watch").await;
     replica.settle().await.unwrap();
-    let deadlines: Vec<_> = district_deadlines(&replica)
+    let secretary = hub.staff("commission", "secretary").await;
+    let deadlines: Vec<_> = secretary
+        .all_deadlines(&case)
         .await
         .into_iter()
-        .filter(|d| d.case_reference == case && d.state == DeadlineState::Pending as i32)
+        .filter(|d| d.state == DeadlineState::Pending as i32)
         .collect();
     assert_eq!(deadlines.len(), 1, "the assessment clock");
-    let secretary = hub.staff("commission", "secretary").await;
     let mut watch = secretary
         .client
         .clone()
