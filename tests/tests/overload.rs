@@ -29,16 +29,29 @@ const CONCURRENCY: usize = 4;
 /// Calls sent at once to each agency's server: ten times what it serves at once.
 const CALLS_PER_AGENCY: usize = 10 * CONCURRENCY;
 
-/// The process's resident memory, in bytes.
+/// The process's resident memory, in bytes (`VmRSS` of /proc/self/status, in kB whatever the
+/// page size).
 fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    // The page size of the platforms the hub runs on (x86-64 and aarch64 Linux with 4 KiB pages).
-    pages * 4096
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("VmRSS in kB");
+    kib * 1024
+}
+
+/// A district whose every server applies `limits`.
+async fn hub_with_limits(backend: Backend, limits: ServerLimits) -> TestHub {
+    TestHub::start_with(
+        backend,
+        HubOptions {
+            limits,
+            ..HubOptions::default()
+        },
+    )
+    .await
 }
 
 fn p99(mut samples: Vec<Duration>) -> Duration {
@@ -63,16 +76,12 @@ async fn read(staff: &StaffClient) -> Result<(), tonic::Status> {
 }
 
 async fn sheds_load_and_keeps_accepted_calls_fast(backend: Backend) {
-    let limits = ServerLimits {
-        concurrency_limit: CONCURRENCY,
-        request_timeout_ms: 10_000,
-        ..ServerLimits::default()
-    };
-    let hub = TestHub::start_with(
+    let hub = hub_with_limits(
         backend,
-        HubOptions {
-            limits,
-            ..HubOptions::default()
+        ServerLimits {
+            concurrency_limit: CONCURRENCY,
+            request_timeout_ms: 10_000,
+            ..ServerLimits::default()
         },
     )
     .await;
@@ -198,16 +207,12 @@ async fn sheds_load_and_keeps_accepted_calls_fast(backend: Backend) {
 }
 
 async fn an_agency_over_its_rate_is_refused_while_another_is_served(backend: Backend) {
-    let limits = ServerLimits {
-        agency_rate_per_second: 2,
-        agency_burst: 5,
-        ..ServerLimits::default()
-    };
-    let hub = TestHub::start_with(
+    let hub = hub_with_limits(
         backend,
-        HubOptions {
-            limits,
-            ..HubOptions::default()
+        ServerLimits {
+            agency_rate_per_second: 2,
+            agency_burst: 5,
+            ..ServerLimits::default()
         },
     )
     .await;
@@ -280,14 +285,11 @@ async fn an_agency_over_its_rate_is_refused_while_another_is_served(backend: Bac
 /// (the client sets none, so nothing on its side ends the call), not when the school's own
 /// 15-second timeout for gateway calls would end it; nothing half-done stays at the gateway.
 async fn a_short_deadline_is_kept_downstream(backend: Backend) {
-    let hub = TestHub::start_with(
+    let hub = hub_with_limits(
         backend,
-        HubOptions {
-            limits: ServerLimits {
-                request_timeout_ms: 500,
-                ..ServerLimits::default()
-            },
-            ..HubOptions::default()
+        ServerLimits {
+            request_timeout_ms: 500,
+            ..ServerLimits::default()
         },
     )
     .await;
