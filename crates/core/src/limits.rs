@@ -22,7 +22,7 @@ use std::{
     future::Future,
     net::IpAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, LazyLock, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -130,23 +130,44 @@ fn answer(status: Status) -> http::Response<Body> {
 // ---------------------------------------------------------------------------------------------
 // 1. Request metrics
 
-/// How many distinct method labels one server records; further ones are counted as `other`, so
-/// that a client inventing paths cannot grow the label set without bound.
-const MAX_METHOD_LABELS: usize = 256;
+/// How a request path is named in metrics and in the request's span: the path itself when it is
+/// a method some component of the hub serves (the `referral.v1` services, health, reflection),
+/// else `other`. The path comes from the client before anything checked who it is, so an invented
+/// one, of any length, never becomes a label or a span field.
+pub fn method_label(path: &str) -> &str {
+    static KNOWN: LazyLock<HashSet<String>> = LazyLock::new(|| {
+        use prost::Message as _;
+        let mut known = HashSet::new();
+        for set in [
+            referral_proto::v1::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ] {
+            let set = prost_types::FileDescriptorSet::decode(set)
+                .expect("the compiled-in descriptor sets decode");
+            for file in &set.file {
+                let package = file.package();
+                for service in &file.service {
+                    for method in &service.method {
+                        known.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        known
+    });
+    if KNOWN.contains(path) { path } else { "other" }
+}
 
-/// Records every answered call into the component's [`Metrics`].
+/// Records every answered call into the component's [`Metrics`], by [`method_label`].
 #[derive(Clone)]
 pub struct RequestMetricsLayer {
     metrics: Metrics,
-    methods: Arc<Mutex<HashSet<String>>>,
 }
 
 impl RequestMetricsLayer {
     pub fn new(metrics: Metrics) -> Self {
-        Self {
-            metrics,
-            methods: Arc::default(),
-        }
+        Self { metrics }
     }
 }
 
@@ -197,21 +218,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let method = {
-            let path = req.uri().path();
-            let mut methods = self.layer.methods.lock().unwrap_or_else(|e| e.into_inner());
-            if methods.contains(path) {
-                path.to_owned()
-            } else if methods.len() < MAX_METHOD_LABELS {
-                methods.insert(path.to_owned());
-                path.to_owned()
-            } else {
-                "other".to_owned()
-            }
-        };
         let recording = Recording {
             metrics: self.layer.metrics.clone(),
-            method,
+            method: method_label(req.uri().path()).to_owned(),
             started: Instant::now(),
             code: None,
         };
@@ -763,6 +772,22 @@ mod tests {
         assert_eq!(status_code(&slow.await.unwrap().unwrap()), Code::Ok);
         let again = call("/referral.v1.Gateway/Send").await.unwrap();
         assert_eq!(status_code(&again), Code::Ok);
+    }
+
+    #[test]
+    fn only_methods_the_hub_serves_are_named() {
+        for known in [
+            "/referral.v1.Gateway/Send",
+            "/referral.v1.AgencyStaff/SubmitHelpRequest",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(method_label(known), known);
+        }
+        let invented = format!("/referral.v1.Gateway/{}", "Send".repeat(1000));
+        for unknown in ["/", "", "/referral.v1.Gateway/Sen", invented.as_str()] {
+            assert_eq!(method_label(unknown), "other", "{unknown}");
+        }
     }
 
     #[test]

@@ -124,8 +124,9 @@ fn export_endpoint(config: &TelemetryConfig) -> Option<Option<String>> {
 }
 
 /// The span of one gRPC request, made by every server (`server::builder`'s `trace_fn`): named
-/// `grpc`, a server span whose parent is the trace context the caller sent, with the method,
-/// a request id (the caller's `x-request-id` when it is a short safe token, else a new UUID v7)
+/// `grpc`, a server span whose parent is the trace context the caller sent, with the method (as
+/// metrics name it, [`crate::limits::method_label`]: a path no component serves is `other`), a
+/// request id (the caller's `x-request-id` when it is a short safe token, else a new UUID v7)
 /// and the trace id, so that every log line of the call carries both. Handlers record the ids,
 /// kinds and outcome of what they did in the empty fields (`message_id`, `form_kind`, `sender`,
 /// `recipient`, `outcome`); never personal data.
@@ -135,7 +136,7 @@ pub fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
         "grpc",
         otel.kind = "server",
         rpc.system = "grpc",
-        rpc.method = %request.uri().path(),
+        rpc.method = crate::limits::method_label(request.uri().path()),
         request_id = %crate::trace_context::request_id(request.headers()),
         trace_id = Empty,
         message_id = Empty,
@@ -224,6 +225,49 @@ mod tests {
         }
     }
 
+    /// What `log` holds, without the colour codes a terminal would get.
+    fn without_colours(log: &Buffer) -> String {
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        text.split('\u{1b}')
+            .enumerate()
+            .map(|(i, part)| {
+                if i == 0 {
+                    part
+                } else {
+                    part.split_once('m').map_or(part, |p| p.1)
+                }
+            })
+            .collect()
+    }
+
+    /// The span names a method the hub serves by its path, and any other path (a caller may send
+    /// one of any length before anything checked who it is) as `other`.
+    #[test]
+    fn the_span_names_known_methods_and_other_paths_other() {
+        let log = Buffer::default();
+        let config = TelemetryConfig::default();
+        let subscriber = subscriber(EnvFilter::new("info"), &config, log.clone(), None);
+        let invented = format!("/referral.v1.Gateway/{}", "x".repeat(10_000));
+        tracing::subscriber::with_default(subscriber, || {
+            for path in ["/referral.v1.Gateway/Send", invented.as_str()] {
+                let request = http::Request::builder().uri(path).body(()).unwrap();
+                request_span(&request).in_scope(|| tracing::info!("inside the call"));
+            }
+        });
+        let text = without_colours(&log);
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("rpc.method=\"/referral.v1.Gateway/Send\""),
+            "{text}"
+        );
+        assert!(lines[1].contains("rpc.method=\"other\""), "{text}");
+        assert!(
+            !text.contains(&invented[1..]),
+            "the invented path is not recorded"
+        );
+    }
+
     /// A request's log line, in the default text format, carries the caller's request id and the
     /// trace id of the `traceparent` it sent; a request without either gets a new request id and
     /// a new trace.
@@ -251,19 +295,7 @@ mod tests {
             let bare = http::Request::builder().uri("/x").body(()).unwrap();
             request_span(&bare).in_scope(|| tracing::info!("inside another call"));
         });
-        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-        // Without the colour codes a terminal would get.
-        let text = text
-            .split('\u{1b}')
-            .enumerate()
-            .map(|(i, part)| {
-                if i == 0 {
-                    part
-                } else {
-                    part.split_once('m').map_or(part, |p| p.1)
-                }
-            })
-            .collect::<String>();
+        let text = without_colours(&log);
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].contains("request_id=req-0001"), "{text}");
