@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod load;
 pub mod postgres;
 pub mod process;

@@ -23,25 +23,17 @@
 //! It does not use `both_backends!`, which first installs the `TEST_LOG` subscriber: this test
 //! must install its own before anything logs. `TEST_LOG=1` is ignored here.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-};
+use std::sync::OnceLock;
 
 use jiff::{SignedDuration, Timestamp, ToSpan as _, civil::Date};
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
     metrics::{
         InMemoryMetricExporter, SdkMeterProvider,
         data::{AggregatedMetrics, MetricData},
     },
-    trace::{InMemorySpanExporter, SdkTracerProvider, SpanData, SpanLimits},
+    trace::SpanData,
 };
-use referral_core::{
-    iin::Iin,
-    telemetry::{self, TelemetryConfig},
-    validate,
-};
+use referral_core::{iin::Iin, telemetry::TelemetryConfig, validate};
 use referral_proto::v1::{
     AcknowledgeInstructionRequest, ActingUser, ActionProgressState, AgencyClockEvent,
     AgencyClockEventKind, AnswerConsultationRequest, AnswerInformationRequestRequest,
@@ -67,14 +59,15 @@ use referral_proto::v1::{
     decide_help_request_request, help_request_decision, payload,
 };
 use referral_tests::{
-    Backend, StaffClient, TestHub, almaty, envelope,
+    Backend, StaffClient, TestHub, almaty,
+    capture::{CapturedTelemetry, MemoryWriter},
+    envelope,
     samples::{cd, row, sample_assessment, sample_plan},
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 use tracing_subscriber::{
-    EnvFilter, fmt::MakeWriter, fmt::format::FmtSpan, layer::SubscriberExt as _,
-    util::SubscriberInitExt as _,
+    fmt::format::FmtSpan, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -214,42 +207,11 @@ impl Child {
 // ---------------------------------------------------------------------------------------------
 // The capture: one global subscriber and meter provider for the whole test binary.
 
-/// An in-memory log file that the formatters write into.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Buffer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 struct Capture {
-    /// The production formatter's log lines.
-    log: Buffer,
+    /// The production subscriber's log lines and spans.
+    telemetry: CapturedTelemetry,
     /// Every event as JSON with all its fields and its spans' fields, and every span's close.
-    json: Buffer,
-    spans: InMemorySpanExporter,
-    tracer_provider: SdkTracerProvider,
+    json: MemoryWriter,
     metrics: InMemoryMetricExporter,
     meter_provider: SdkMeterProvider,
 }
@@ -258,54 +220,35 @@ struct Capture {
 fn capture() -> &'static Capture {
     static CAPTURE: OnceLock<Capture> = OnceLock::new();
     CAPTURE.get_or_init(|| {
-        let spans = InMemorySpanExporter::default();
-        // Exported span by span (not batched, which drops spans when its queue is full), with
-        // no limit that would drop attributes or events before they are checked.
-        let tracer_provider = SdkTracerProvider::builder()
-            .with_simple_exporter(spans.clone())
-            .with_span_limits(SpanLimits {
-                max_events_per_span: u32::MAX,
-                max_attributes_per_span: u32::MAX,
-                max_links_per_span: u32::MAX,
-                max_attributes_per_event: u32::MAX,
-                max_attributes_per_link: u32::MAX,
-            })
-            .build();
-        opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+        let telemetry = CapturedTelemetry::new();
+        opentelemetry::global::set_tracer_provider(telemetry.tracer_provider.clone());
         let metrics = InMemoryMetricExporter::default();
         let meter_provider = SdkMeterProvider::builder()
             .with_periodic_exporter(metrics.clone())
             .build();
         opentelemetry::global::set_meter_provider(meter_provider.clone());
 
-        let log = Buffer::default();
-        let json = Buffer::default();
+        let json = MemoryWriter::default();
         let config = TelemetryConfig {
             filter: "trace".into(),
             ..TelemetryConfig::default()
         };
-        telemetry::subscriber(
-            EnvFilter::new("trace"),
-            &config,
-            log.clone(),
-            Some(tracer_provider.tracer("referral-hub")),
-        )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(true)
-                .with_span_list(true)
-                .with_span_events(FmtSpan::CLOSE)
-                .with_writer(json.clone()),
-        )
-        .try_init()
-        .expect("this test binary installs the only global subscriber");
+        telemetry
+            .subscriber(&config)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .with_span_events(FmtSpan::CLOSE)
+                    .with_writer(json.clone()),
+            )
+            .try_init()
+            .expect("this test binary installs the only global subscriber");
         tracing::info!("capture installed");
         Capture {
-            log,
+            telemetry,
             json,
-            spans,
-            tracer_provider,
             metrics,
             meter_provider,
         }
@@ -1876,11 +1819,11 @@ struct Captured {
 
 fn collect(refusals: &Refusals) -> Captured {
     let capture = capture();
-    let _ = capture.tracer_provider.force_flush();
+    let _ = capture.telemetry.tracer_provider.force_flush();
     let _ = capture.meter_provider.force_flush();
-    let log = capture.log.text();
+    let log = capture.telemetry.log.text();
     let json = capture.json.text();
-    let spans = capture.spans.get_finished_spans().expect("the spans");
+    let spans = capture.telemetry.finished_spans();
     let mut span_text = String::new();
     for span in &spans {
         span_data_text(span, &mut span_text);

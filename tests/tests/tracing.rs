@@ -2,119 +2,73 @@
 //! the school's service, the gateway's Send, the delivery worker and the commission's inbox; the
 //! spans of all four share the client's trace id and chain by parent ids, the log lines inside
 //! each call carry its request id and trace id, a client's `x-request-id` is the request id of
-//! its call, and nothing of the fixture child (name, IIN) is in a span or a log line.
+//! its call, and nothing personal of the fixture K (the child's name, IIN and address, the
+//! parents' names, the problem described…) is in a span or a log line, at debug level.
 //!
 //! This file is its own test binary because it owns the process-global `tracing` subscriber: the
-//! production subscriber (`referral_core::telemetry::subscriber`) in its JSON format, writing
-//! into memory, with every span exported through `tracing-opentelemetry` into an in-memory
+//! production subscriber (`referral_core::telemetry::subscriber`) in its JSON format at debug
+//! level, writing into memory (`referral_tests::capture`), with every span exported through `tracing-opentelemetry` into an in-memory
 //! exporter, and W3C trace context as the global propagator, as `telemetry::init` sets it. It is
 //! installed once (`capture`), before anything logs; the SQLite and PostgreSQL runs share it and
 //! tell their traces apart by trace id. `TEST_LOG=1` is ignored here.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use opentelemetry::{
     Value,
-    trace::{SpanId, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _},
+    trace::{SpanId, SpanKind, TraceContextExt as _, TraceId},
 };
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SpanData;
 use referral_core::{
-    telemetry::{self, LogFormat, TelemetryConfig},
+    telemetry::{LogFormat, TelemetryConfig},
     trace_context, validate,
 };
-use referral_proto::v1::SubmitHelpRequestRequest;
-use referral_tests::{Backend, TestHub};
+use referral_proto::v1::{ParentInfo, SubmitHelpRequestRequest};
+use referral_tests::{Backend, TestHub, capture::CapturedTelemetry};
 use serde_json::Value as Json;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter, util::SubscriberInitExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// An in-memory log file the JSON formatter writes into.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-struct Capture {
-    log: Buffer,
-    spans: InMemorySpanExporter,
-    _provider: SdkTracerProvider,
-}
-
-impl Capture {
-    /// The log lines written so far, parsed.
-    fn lines(&self) -> Vec<Json> {
-        let bytes = self.log.0.lock().unwrap().clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
-            .collect()
-    }
-
-    fn raw_log(&self) -> String {
-        String::from_utf8_lossy(&self.log.0.lock().unwrap()).into_owned()
-    }
-
-    /// The finished spans of one trace.
-    fn trace(&self, trace_id: TraceId) -> Vec<SpanData> {
-        self.spans
-            .get_finished_spans()
-            .expect("the spans")
-            .into_iter()
-            .filter(|s| s.span_context.trace_id() == trace_id)
-            .collect()
-    }
-}
+/// The production filter at debug level: the hub's own debug lines too, with the noisy
+/// libraries kept at warnings as production keeps them.
+const DEBUG_FILTER: &str = "debug,sqlx=warn,h2=warn,tower=warn,hyper=warn";
 
 /// Installs the capture the first time it is called; both tests of this binary share it.
-fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+fn capture() -> &'static CapturedTelemetry {
+    static CAPTURE: OnceLock<CapturedTelemetry> = OnceLock::new();
     CAPTURE.get_or_init(|| {
-        let spans = InMemorySpanExporter::default();
-        // Exported span by span as each ends (a batch could still hold the last ones).
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(spans.clone())
-            .build();
         trace_context::install_propagator();
-        let log = Buffer::default();
+        let capture = CapturedTelemetry::new();
         let config = TelemetryConfig {
             format: LogFormat::Json,
+            filter: DEBUG_FILTER.into(),
             ..TelemetryConfig::default()
         };
-        telemetry::subscriber(
-            EnvFilter::new(&config.filter),
-            &config,
-            log.clone(),
-            Some(provider.tracer("referral-hub")),
-        )
-        .try_init()
-        .expect("this test binary installs the only global subscriber");
-        Capture {
-            log,
-            spans,
-            _provider: provider,
-        }
+        capture
+            .subscriber(&config)
+            .try_init()
+            .expect("this test binary installs the only global subscriber");
+        capture
     })
+}
+
+/// The log lines written so far, parsed.
+fn log_lines(capture: &CapturedTelemetry) -> Vec<Json> {
+    capture
+        .log
+        .text()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
+        .collect()
+}
+
+/// The finished spans of one trace.
+fn spans_of(capture: &CapturedTelemetry, trace_id: TraceId) -> Vec<SpanData> {
+    capture
+        .finished_spans()
+        .into_iter()
+        .filter(|s| s.span_context.trace_id() == trace_id)
+        .collect()
 }
 
 fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
@@ -182,7 +136,7 @@ async fn one_referral_is_one_trace(backend: Backend) {
     let mut request = director.req(SubmitHelpRequestRequest {
         idempotency_key: format!("tracing-k-{}", uuid::Uuid::new_v4().simple()),
         recipient_agency_id: String::new(),
-        help_request: Some(k),
+        help_request: Some(k.clone()),
     });
     client_span.in_scope(|| trace_context::inject(request.metadata_mut()));
     request
@@ -203,7 +157,7 @@ async fn one_referral_is_one_trace(backend: Backend) {
     // span end just after the answer the test waited for, so they are polled for, bounded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let trace = loop {
-        let trace = capture.trace(trace_id);
+        let trace = spans_of(capture, trace_id);
         let complete = one(&trace, "grpc", INBOX_DELIVER).is_some()
             && trace.iter().any(|s| s.name == "delivery")
             && trace.iter().any(|s| s.name == "test client");
@@ -284,7 +238,7 @@ async fn one_referral_is_one_trace(backend: Backend) {
     // id; every line of the school's call carries the client's request id and the trace id; the
     // worker's "message delivered" line carries the trace id.
     let trace_hex = trace_id.to_string();
-    let lines = capture.lines();
+    let lines = log_lines(capture);
     let accepted = lines
         .iter()
         .find(|l| {
@@ -343,17 +297,28 @@ async fn one_referral_is_one_trace(backend: Backend) {
             span_text.push_str(&format!("{} {:?}\n", event.name, event.attributes));
         }
     }
-    let log = capture.raw_log();
+    let log = capture.log.text();
+    assert!(
+        lines.iter().any(|l| l["level"] == "DEBUG"),
+        "the log is captured at debug level"
+    );
+    let parent = |p: &Option<ParentInfo>| p.clone().expect("the sample names both parents");
+    let (mother, father) = (parent(&k.mother), parent(&k.father));
+    let referrer = k.referrer.clone().expect("the sample names the referrer");
     for (what, value) in [
-        ("name", child.full_name.as_str()),
-        ("IIN", child.iin.as_str()),
+        ("child's name", child.full_name.as_str()),
+        ("child's IIN", child.iin.as_str()),
+        ("child's address", child.registered_address.as_str()),
+        ("mother's name", mother.full_name.as_str()),
+        ("father's name", father.full_name.as_str()),
+        ("father's address", father.address.as_str()),
+        ("referrer's phone", referrer.phone.as_str()),
+        ("problem described", k.problem_description.as_str()),
+        ("prevention's effect", k.prevention_effect.as_str()),
     ] {
         assert!(!value.is_empty());
-        assert!(
-            !span_text.contains(value),
-            "the child's {what} is in a span"
-        );
-        assert!(!log.contains(value), "the child's {what} is in the log");
+        assert!(!span_text.contains(value), "the {what} is in a span");
+        assert!(!log.contains(value), "the {what} is in the log");
     }
     hub.shutdown().await;
 }

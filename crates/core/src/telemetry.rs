@@ -184,6 +184,41 @@ where
         .with(otel)
 }
 
+/// An in-memory log file for [`subscriber`]'s writer: what tests read back to check what the
+/// production formatter wrote (this crate's unit tests and `referral_tests::capture`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct MemoryWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl MemoryWriter {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+impl std::io::Write for MemoryWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for MemoryWriter {
+    type Writer = MemoryWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 /// Logging for tests: quiet unless `TEST_LOG=1`. Safe to call from every test.
 pub fn init_for_tests() {
     if std::env::var_os("TEST_LOG").is_some() {
@@ -199,36 +234,12 @@ pub fn init_for_tests() {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Buffer;
-
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
-
     /// What `log` holds, without the colour codes a terminal would get.
-    fn without_colours(log: &Buffer) -> String {
-        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-        text.split('\u{1b}')
+    fn without_colours(log: &MemoryWriter) -> String {
+        log.text()
+            .split('\u{1b}')
             .enumerate()
             .map(|(i, part)| {
                 if i == 0 {
@@ -244,7 +255,7 @@ mod tests {
     /// one of any length before anything checked who it is) as `other`.
     #[test]
     fn the_span_names_known_methods_and_other_paths_other() {
-        let log = Buffer::default();
+        let log = MemoryWriter::default();
         let config = TelemetryConfig::default();
         let subscriber = subscriber(EnvFilter::new("info"), &config, log.clone(), None);
         let invented = format!("/referral.v1.Gateway/{}", "x".repeat(10_000));
@@ -274,7 +285,7 @@ mod tests {
     #[test]
     fn text_lines_inside_a_request_carry_its_request_id_and_trace_id() {
         crate::trace_context::install_propagator();
-        let log = Buffer::default();
+        let log = MemoryWriter::default();
         let config = TelemetryConfig {
             filter: "info".into(),
             ..TelemetryConfig::default()
