@@ -290,7 +290,7 @@ impl Gateway {
             }
         }
         let db = Database::open(&config.storage, "gateway", store::MIGRATIONS).await?;
-        store::save_directory(db.pool(), &config.directory)
+        store::save_directory(&db, &config.directory)
             .await
             .context("cannot save the agency directory")?;
         let directory = store::load_directory(db.pool())

@@ -6,7 +6,7 @@
 
 use prost::Message as _;
 use referral_core::{
-    db::EmbeddedMigration,
+    db::{Database, EmbeddedMigration},
     directory::{AgencyEntry, Directory, District},
 };
 use referral_proto::v1::{Envelope, FormKind, Payload, payload};
@@ -69,8 +69,8 @@ pub const STATE_ANSWERED: &str = "answered";
 /// Makes the store's directory the file's: inserts and updates its districts and agencies and
 /// removes agencies the file no longer lists (their certificates stop being accepted), in one
 /// transaction. The store, not the file, is what the running gateway reads.
-pub async fn save_directory(pool: &AnyPool, directory: &Directory) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn save_directory(db: &Database, directory: &Directory) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
     let stored: Vec<String> = sqlx::query_scalar("SELECT agency_id FROM agencies")
         .fetch_all(&mut *tx)
         .await?;
@@ -442,7 +442,7 @@ pub async fn check_payload_keys(pool: &AnyPool, sealer: &PayloadSealer) -> anyho
 
 #[cfg(test)]
 mod tests {
-    use referral_core::db::{Database, StorageConfig};
+    use referral_core::db::StorageConfig;
 
     use super::*;
 
@@ -459,7 +459,7 @@ mod tests {
         let file =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo-district.toml");
         let mut directory = Directory::load(&file).unwrap();
-        save_directory(db.pool(), &directory).await.unwrap();
+        save_directory(&db, &directory).await.unwrap();
         assert!(
             load_directory(db.pool())
                 .await
@@ -470,7 +470,7 @@ mod tests {
 
         directory.agencies.retain(|a| a.id != "ngo-2");
         directory.agencies[0].name_ru = "Новое имя".into();
-        save_directory(db.pool(), &directory).await.unwrap();
+        save_directory(&db, &directory).await.unwrap();
         let stored = load_directory(db.pool()).await.unwrap();
         assert!(
             stored.agency("ngo-2").is_none(),
