@@ -8,7 +8,8 @@
 //! a loud message, unless `REQUIRE_POSTGRES=1`, which turns that into a failure (CI sets it).
 //!
 //! [`DedicatedCluster`] is a cluster of one test's own, which it can stop and start again (the
-//! database-outage test).
+//! database-outage test). [`Installation`] is what they are made of, and what the benchmarks'
+//! durable cluster (`referral-bench`) is made of too.
 
 use std::{
     path::{Path, PathBuf},
@@ -66,26 +67,36 @@ fn pg_command(bin: &Path, tool: &str, as_root: bool) -> Command {
     }
 }
 
+/// How much a cluster keeps of what it acknowledged if the machine stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// PostgreSQL's defaults (`fsync`, `synchronous_commit` and `full_page_writes` on): an
+    /// acknowledged commit is on disk. The benchmarks measure this.
+    Durable,
+    /// All three off, and `initdb --no-sync`: fast, and lost with the machine. The test suite's.
+    Throwaway,
+}
+
 /// A cluster's files and how to run its tools: what starting, stopping and the watchdog need.
-struct Installation {
+#[derive(Debug)]
+pub struct Installation {
     bin: PathBuf,
     as_root: bool,
     /// The temporary directory: `data/`, the socket and `server.log`.
     dir: PathBuf,
     port: u16,
+    durability: Durability,
 }
 
 impl Installation {
-    /// `initdb` in a new temporary directory, and a free port for the server. The port comes from
-    /// `bind(0)`, then is let go for the server to bind: another process could take it in
-    /// between (a small race, as for every port a test hands to a server it starts).
-    fn create() -> anyhow::Result<Self> {
+    /// `initdb` in a new temporary directory named from `prefix`, and a free port for the
+    /// server. The port comes from `bind(0)`, then is let go for the server to bind: another
+    /// process could take it in between (a small race, as for every port a test hands to a
+    /// server it starts).
+    pub fn create(prefix: &str, durability: Durability) -> anyhow::Result<Self> {
         let bin = bin_dir().context("PostgreSQL server binaries (initdb, pg_ctl) not found")?;
         let as_root = running_as_root();
-        let dir = tempfile::Builder::new()
-            .prefix("referral-hub-pg-")
-            .tempdir()?
-            .keep();
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir()?.keep();
         if as_root {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -98,13 +109,8 @@ impl Installation {
         let out = pg_command(&bin, "initdb", as_root)
             .args(["-D"])
             .arg(dir.join("data"))
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-sync",
-            ])
+            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8"])
+            .args((durability == Durability::Throwaway).then_some("--no-sync"))
             .stdout(Stdio::null())
             .output()?;
         if !out.status.success() {
@@ -118,18 +124,39 @@ impl Installation {
             as_root,
             dir,
             port,
+            durability,
         })
+    }
+
+    /// The directory of the server's binaries (`pgbench`, `postgres --version`).
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The temporary directory: `data/`, the socket and `server.log`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
 
-    /// Starts the server; `pg_ctl -w` returns once it accepts connections: nothing to poll.
-    fn start(&self) -> anyhow::Result<()> {
+    /// Starts the server (at most 400 connections: 128 benchmark clients, pgbench and the
+    /// pools); `pg_ctl -w` returns once it accepts connections: nothing to poll.
+    pub fn start(&self) -> anyhow::Result<()> {
+        let durability = match self.durability {
+            Durability::Durable => "",
+            Durability::Throwaway => {
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            }
+        };
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=400",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400{durability}",
             self.port,
             self.dir.display()
         );
@@ -152,7 +179,7 @@ impl Installation {
 
     /// Stops the server in `mode` (`fast`: sessions are ended with `57P01 admin_shutdown`;
     /// `immediate`: no clean-up, as a crash); `-w` returns once it has stopped.
-    fn stop(&self, mode: &str) -> anyhow::Result<()> {
+    pub fn stop(&self, mode: &str) -> anyhow::Result<()> {
         let out = pg_command(&self.bin, "pg_ctl", self.as_root)
             .arg("-D")
             .arg(self.data())
@@ -195,8 +222,11 @@ impl Installation {
     }
 }
 
+/// The prefix of the test suite's cluster directories.
+const TEST_PREFIX: &str = "referral-hub-pg-";
+
 fn start_cluster() -> anyhow::Result<Cluster> {
-    let installation = Installation::create()?;
+    let installation = Installation::create(TEST_PREFIX, Durability::Throwaway)?;
     installation.start()?;
     Ok(Cluster {
         port: installation.port,
@@ -219,7 +249,7 @@ impl DedicatedCluster {
         if !available() {
             return Ok(None);
         }
-        let installation = Installation::create()?;
+        let installation = Installation::create(TEST_PREFIX, Durability::Throwaway)?;
         installation.start()?;
         let watchdog = installation.watchdog()?;
         Ok(Some(Self {

@@ -1,125 +1,35 @@
 //! A throwaway PostgreSQL cluster for the benchmarks, from the system's `initdb` and `pg_ctl`, in
 //! a temporary directory on a free port, with PostgreSQL's default durability (`fsync` and
 //! `synchronous_commit` on, unlike the test suite's cluster): "acknowledged" must mean on disk.
+//! It is made as the test suite makes its own ([`Installation`], [`Durability::Durable`]).
 //! And pgbench, the reference for what that cluster can commit.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
+use referral_tests::postgres::{Durability, Installation};
 use sqlx::Connection as _;
-
-/// Where the PostgreSQL binaries are: `$PG_BIN_DIR`, `pg_config --bindir`, or the newest
-/// `/usr/lib/postgresql/*/bin`.
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    if let Ok(dir) = std::env::var("PG_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Ok(dir);
-        }
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .context("no PostgreSQL server binaries (apt-get install postgresql)")?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .context("no PostgreSQL server binaries (apt-get install postgresql)")
-}
-
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// A server tool, run as `postgres` when we are root (the server refuses root).
-fn tool(bin: &Path, name: &str, as_root: bool) -> Command {
-    if as_root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join(name));
-        c
-    } else {
-        Command::new(bin.join(name))
-    }
-}
 
 /// A running cluster; stopped and removed on drop.
 pub struct Cluster {
-    bin: PathBuf,
-    dir: PathBuf,
-    as_root: bool,
+    installation: Installation,
     pub port: u16,
     pub version: String,
 }
 
 impl Cluster {
     pub fn start() -> anyhow::Result<Self> {
-        let bin = bin_dir()?;
-        let as_root = running_as_root();
-        let dir = tempfile::Builder::new()
-            .prefix("referral-bench-pg-")
-            .tempdir()?
-            .keep();
-        if as_root {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()?
-                .success();
-            if !ok {
-                bail!("cannot hand the cluster directory to the postgres user");
-            }
-        }
-        let data = dir.join("data");
-        let out = tool(&bin, "initdb", as_root)
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8"])
-            .stdout(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let port = crate::hub::free_port()?;
-        // Defaults except the connection limit (128 clients, pgbench and the hub's pools).
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400",
-            dir.display()
-        );
-        let out = tool(&bin, "pg_ctl", as_root)
-            .arg("-D")
-            .arg(&data)
-            .args(["-o", &options, "-l"])
-            .arg(dir.join("server.log"))
-            .args(["-w", "start"])
-            .stdout(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "pg_ctl start failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let version = Command::new(bin.join("postgres"))
+        let installation = Installation::create("referral-bench-pg-", Durability::Durable)
+            .context("cannot create a PostgreSQL cluster (apt-get install postgresql)")?;
+        installation.start()?;
+        let version = Command::new(installation.bin().join("postgres"))
             .arg("--version")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
         Ok(Self {
-            bin,
-            dir,
-            as_root,
-            port,
+            port: installation.port(),
+            installation,
             version,
         })
     }
@@ -167,8 +77,8 @@ impl Cluster {
              VALUES (md5(random()::text || clock_timestamp()::text), repeat('x', 1000), \
              (extract(epoch from clock_timestamp()) * 1000000)::bigint);\n",
         )?;
-        let pgbench = if self.bin.join("pgbench").exists() {
-            self.bin.join("pgbench")
+        let pgbench = if self.installation.bin().join("pgbench").exists() {
+            self.installation.bin().join("pgbench")
         } else {
             PathBuf::from("pgbench")
         };
@@ -199,14 +109,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = tool(&self.bin, "pg_ctl", self.as_root)
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "fast", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = self.installation.stop("fast");
+        let _ = std::fs::remove_dir_all(self.installation.dir());
     }
 }
 
@@ -238,6 +142,34 @@ pub fn parse_pgbench(output: &str) -> anyhow::Result<PgBench> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The benchmarks' cluster keeps PostgreSQL's durability (the test suite's turns it off).
+    #[tokio::test]
+    async fn the_cluster_is_durable() {
+        let cluster = match Cluster::start() {
+            Ok(cluster) => cluster,
+            Err(e) if std::env::var("REQUIRE_POSTGRES").as_deref() != Ok("1") => {
+                eprintln!("SKIPPING the durable cluster test: {e:#}");
+                return;
+            }
+            Err(e) => panic!("REQUIRE_POSTGRES=1 but no cluster: {e:#}"),
+        };
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&cluster.admin_url())
+            .await
+            .unwrap();
+        for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
+            let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(value, "on", "{setting}");
+        }
+        conn.close().await.unwrap();
+        let dir = cluster.installation.dir().to_owned();
+        drop(cluster);
+        assert!(!dir.exists(), "the cluster's directory is removed on drop");
+    }
 
     #[test]
     fn reads_pgbench_output() {
