@@ -305,16 +305,22 @@ pub async fn fresh_database() -> anyhow::Result<String> {
     let Some(Ok(cluster)) = CLUSTER.get() else {
         bail!("the PostgreSQL cluster is not running");
     };
+    create_database(
+        cluster.port,
+        &format!("t_{}", uuid::Uuid::new_v4().simple()),
+    )
+    .await
+}
+
+/// Creates the empty database `name` in the cluster on `port` (the test suite's or the
+/// benchmarks'); returns its URL.
+pub async fn create_database(port: u16, name: &str) -> anyhow::Result<String> {
     sqlx::any::install_default_drivers();
-    let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let mut conn = sqlx::AnyConnection::connect(&admin).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut conn)
         .await?;
     conn.close().await?;
-    Ok(format!(
-        "postgres://postgres@127.0.0.1:{}/{name}",
-        cluster.port
-    ))
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/{name}"))
 }

@@ -7,7 +7,7 @@
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
-use referral_tests::postgres::{Durability, Installation};
+use referral_tests::postgres::{Durability, Installation, create_database};
 use sqlx::Connection as _;
 
 /// A running cluster; stopped and removed on drop.
@@ -34,22 +34,9 @@ impl Cluster {
         })
     }
 
-    fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
     /// A new, empty database; its URL.
     pub async fn fresh_database(&self, name: &str) -> anyhow::Result<String> {
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&self.admin_url()).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
-        Ok(format!(
-            "postgres://postgres@127.0.0.1:{}/{name}",
-            self.port
-        ))
+        create_database(self.port, name).await
     }
 
     /// pgbench's commit rate of single-row INSERTs (one transaction each, about the size of a
@@ -154,10 +141,8 @@ mod tests {
             }
             Err(e) => panic!("REQUIRE_POSTGRES=1 but no cluster: {e:#}"),
         };
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&cluster.admin_url())
-            .await
-            .unwrap();
+        let url = cluster.fresh_database("durability").await.unwrap();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
         for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
             let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
                 .fetch_one(&mut conn)
