@@ -19,7 +19,10 @@ use referral_proto::v1::{
     RecordCaseEventRequest, RecordCaseEventResponse, RevokeDisclosureRequest, Role, SendRequest,
     SendResponse, gateway_server, help_request_decision, payload,
 };
+use sqlx::{Any, Transaction};
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::{
     Shared, access, forms, ledger, police_forms,
@@ -666,25 +669,65 @@ impl Shared {
         let now = self.clock.now();
         check_form(&mut env, caller, &recipient.id, now, &directory).into_result()?;
 
-        // 5. Store: idempotency, reply checks, message, outbox and ledger in one transaction.
+        // 5. Store, with every send waiting at this moment, in one transaction (group commit).
         let payload_bytes = env
             .payload
             .as_ref()
             .map(|p| p.encode_to_vec())
             .unwrap_or_default();
         let payload_hash = ledger::payload_sha256(&payload_bytes);
-        let mut tx = self.db.begin().await?;
-        // Take the ledger's write lock first: concurrent sends (several replicas, or SQLite
-        // connections) then see each other's committed idempotency keys instead of racing.
-        ledger::lock_head(&mut tx).await?;
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingSend {
+            caller: caller.clone(),
+            env,
+            rule: *rule,
+            recipient,
+            payload_hash,
+            now,
+            span: tracing::Span::current(),
+            reply,
+        };
+        if self.send_writer.submit(pending).is_err() {
+            return Err(ServiceError::Unavailable("the gateway is stopping".into()));
+        }
+        let accepted = answer
+            .await
+            .map_err(|_| ServiceError::Unavailable("the gateway is stopping".into()))??;
+        if !accepted.duplicate {
+            tracing::info!(
+                message_id = %accepted.message_id,
+                sender = %caller.id,
+                form = form_kind.as_str_name(),
+                "message accepted"
+            );
+        }
+        Ok(accepted)
+    }
+
+    /// Stores one checked send inside the batch's transaction: idempotency, reply checks, need to
+    /// know, message, outbox and ledger. On `Err` the caller rolls the whole transaction back (the
+    /// send may have written part of itself) and writes the batch again without it.
+    async fn store_send(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        pending: &PendingSend,
+    ) -> ServiceResult<SendResponse> {
+        let PendingSend {
+            caller,
+            rule,
+            recipient,
+            payload_hash,
+            now,
+            ..
+        } = pending;
+        let mut env = pending.env.clone();
         if let Some(existing) =
-            store::message_by_key(&mut *tx, &caller.id, &env.idempotency_key).await?
+            store::message_by_key(&mut **tx, &caller.id, &env.idempotency_key).await?
         {
-            tx.rollback().await?;
-            return duplicate_response(existing, &env, &payload_hash);
+            return duplicate_response(existing, &env, payload_hash);
         }
         if let Reply::To { answers, single } = rule.reply {
-            let original = store::message_by_id(&mut *tx, &env.in_reply_to)
+            let original = store::message_by_id(&mut **tx, &env.in_reply_to)
                 .await?
                 .filter(|m| {
                     m.recipient_agency_id == caller.id
@@ -710,24 +753,17 @@ impl Shared {
                 original.action_number,
             )?;
         }
-        service_forms::check_named_referral(&mut tx, caller, &recipient, &env).await?;
+        service_forms::check_named_referral(tx, caller, recipient, &env).await?;
         let message_id = uuid::Uuid::now_v7().to_string();
         env.message_id = message_id.clone();
         env.sender_agency_id = caller.id.clone();
-        env.created_at = Some(time::to_proto(now));
-        let now_us = time::to_micros(now);
+        env.created_at = Some(time::to_proto(*now));
+        let now_us = time::to_micros(*now);
         // 6. Need to know: the policy's word on sender and recipient, what the gateway must
         // remember of the case, and the recipient's view of the message.
-        let access = match self
-            .check_send(&mut tx, caller, &recipient, &mut env, now_us)
-            .await
-        {
-            Ok(access) => access,
-            Err(e) => {
-                tx.rollback().await?;
-                return Err(e);
-            }
-        };
+        let access = self
+            .check_send(tx, caller, recipient, &mut env, now_us)
+            .await?;
         if access.sections != Sections::all()
             && let Some(payload) = env.payload.as_ref()
         {
@@ -743,13 +779,13 @@ impl Shared {
             );
         }
         env.view_sections = access.sections.iter().map(|s| s as i32).collect();
-        store::enqueue_message(&mut tx, &self.sealer, &env, &payload_hash, now_us).await?;
+        store::enqueue_message(tx, &self.sealer, &env, payload_hash, now_us).await?;
         for mut copy in access.copies {
             copy.view_sections = env.view_sections.clone();
-            store::enqueue_message(&mut tx, &self.sealer, &copy, &payload_hash, now_us).await?;
+            store::enqueue_message(tx, &self.sealer, &copy, payload_hash, now_us).await?;
         }
         if access.withheld {
-            access::withhold(&mut tx, &env, now_us).await?;
+            access::withhold(tx, &env, now_us).await?;
         }
         // A single answer closes the message it answers; progress reports leave it open.
         if matches!(rule.reply, Reply::To { single: true, .. }) {
@@ -761,18 +797,9 @@ impl Shared {
             .bind(now_us)
             .bind(&message_id)
             .bind(&env.in_reply_to)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
-        tracing::info!(
-            message_id = %message_id,
-            sender = %caller.id,
-            recipient = %recipient.id,
-            form = form_kind.as_str_name(),
-            "message accepted"
-        );
-        self.ledger_appended();
         Ok(SendResponse {
             message_id,
             state: DeliveryState::Queued as i32,
@@ -833,6 +860,103 @@ impl Shared {
             delivery_attempts: u32::try_from(row.delivery_attempts).unwrap_or(u32::MAX),
             answer,
         })
+    }
+}
+
+/// A send that passed every check needing no store, waiting for the send writer.
+pub(crate) struct PendingSend {
+    caller: AgencyEntry,
+    env: Envelope,
+    rule: routing::Rule,
+    recipient: AgencyEntry,
+    payload_hash: String,
+    now: jiff::Timestamp,
+    /// The call's span: the send's store work and log lines stay in its trace.
+    span: tracing::Span,
+    reply: oneshot::Sender<ServiceResult<SendResponse>>,
+}
+
+/// The most sends one transaction stores.
+pub(crate) const SEND_BATCH: usize = 64;
+
+/// The send writer's work: stores a batch of sends in one transaction under one ledger lock, in
+/// the order they arrived, so each sees the ones before it exactly as if they had committed
+/// one by one. A send refused inside the transaction (a duplicate key with other content, a
+/// denial, a reply to an answered message) may have written part of itself: the transaction is
+/// rolled back, that send gets its refusal and the others are written again without it. Every
+/// send is answered only after its batch committed.
+pub(crate) async fn write_sends(shared: Arc<Shared>, mut batch: Vec<PendingSend>) {
+    while !batch.is_empty() {
+        match try_write_sends(&shared, &batch).await {
+            Ok(answers) => {
+                shared.ledger_appended();
+                for (pending, answer) in batch.into_iter().zip(answers) {
+                    let _ = pending.reply.send(Ok(answer));
+                }
+                return;
+            }
+            Err(BatchFailure::Refused(index, refusal)) => {
+                let pending = batch.remove(index);
+                let _ = pending.reply.send(Err(refusal));
+            }
+            Err(BatchFailure::Store(error)) => {
+                if !matches!(error, ServiceError::Unavailable(_)) {
+                    tracing::error!(error = %error, sends = batch.len(), "cannot store a batch of sends");
+                }
+                for pending in batch {
+                    let _ = pending.reply.send(Err(shared_failure(&error)));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Why a batch's transaction did not commit.
+enum BatchFailure {
+    /// The send at this index was refused (or met a store error of its own).
+    Refused(usize, ServiceError),
+    /// The store failed for the whole batch (cannot begin or commit, unreachable).
+    Store(ServiceError),
+}
+
+async fn try_write_sends(
+    shared: &Shared,
+    batch: &[PendingSend],
+) -> Result<Vec<SendResponse>, BatchFailure> {
+    let store_failed = |e: sqlx::Error| BatchFailure::Store(e.into());
+    let mut tx = shared.writer_db.begin().await.map_err(store_failed)?;
+    // Take the ledger's write lock first: concurrent sends (several replicas, or SQLite
+    // connections) then see each other's committed idempotency keys instead of racing.
+    ledger::lock_head(&mut tx).await.map_err(store_failed)?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for (index, pending) in batch.iter().enumerate() {
+        let stored = shared
+            .store_send(&mut tx, pending)
+            .instrument(pending.span.clone())
+            .await;
+        match stored {
+            Ok(answer) => answers.push(answer),
+            // A store that cannot be reached fails every send alike: no send is tried again.
+            Err(unavailable @ ServiceError::Unavailable(_)) => {
+                let _ = tx.rollback().await;
+                return Err(BatchFailure::Store(unavailable));
+            }
+            Err(refusal) => {
+                let _ = tx.rollback().await;
+                return Err(BatchFailure::Refused(index, refusal));
+            }
+        }
+    }
+    tx.commit().await.map_err(store_failed)?;
+    Ok(answers)
+}
+
+/// The answer for every send of a batch the store failed (the cause is logged, never sent).
+fn shared_failure(error: &ServiceError) -> ServiceError {
+    match error {
+        ServiceError::Unavailable(reason) => ServiceError::Unavailable(reason.clone()),
+        _ => ServiceError::internal(anyhow::anyhow!("the batch of sends was not stored")),
     }
 }
 

@@ -16,7 +16,7 @@ use referral_proto::v1::{
     DeliverRequest, Envelope, agency_inbox_client::AgencyInboxClient, payload,
 };
 use sqlx::Row as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::Instrument as _;
@@ -35,13 +35,18 @@ pub enum DeliveryEvent {
 }
 
 /// How many messages one worker pushes at once.
-const PARALLEL_DELIVERIES: usize = 16;
+const PARALLEL_DELIVERIES: usize = 32;
+/// How many due messages one claim leases.
+const CLAIM_BATCH: usize = 64;
+/// The most deliveries one transaction records.
+pub(crate) const RECORD_BATCH: usize = 64;
 /// How often the worker looks for work it was not told about (rows another replica wrote).
 const POLL_INTERVAL: SignedDuration = SignedDuration::from_secs(2);
 
 /// How many payloads one purge statement removes.
 const PURGE_BATCH: i64 = 256;
 
+#[derive(Clone)]
 struct Due {
     message_id: String,
     recipient: String,
@@ -77,57 +82,81 @@ fn delivery_span(due: &Due) -> tracing::Span {
 }
 
 /// Runs until `shutdown` is cancelled.
+///
+/// Each round leases only as many due rows as it has free pushes, and reads the outbox's next
+/// due time and the payloads to purge only when it must: under load a round runs after every
+/// finished push (a delivered message may release the next one of its case), and a round that
+/// ran every query each time cost more of the store than the deliveries themselves.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(PARALLEL_DELIVERIES));
     let mut tasks = tokio::task::JoinSet::new();
+    // When to look for payloads to remove next.
+    let mut purge_at = shared.clock.now();
     loop {
         if shutdown.is_cancelled() {
             break;
         }
         let now = shared.clock.now();
-        match claim_due(&shared, now).await {
-            Ok(batch) => {
-                for due in batch {
-                    let channel = match shared.agency_channel(&due.recipient) {
-                        Some(c) => c,
-                        None => {
-                            tracing::error!(message_id = %due.message_id, recipient = %due.recipient, "recipient has no usable endpoint");
-                            let _ = record_failure(&shared, &due, "NO_ENDPOINT").await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let shared = shared.clone();
-                    let span = delivery_span(&due);
-                    tasks.spawn(
-                        async move {
-                            deliver(&shared, channel, due).await;
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
+        let room = permits.available_permits().min(CLAIM_BATCH);
+        let mut took_all = false;
+        if room > 0 {
+            match claim_due(&shared, now, room).await {
+                Ok(batch) => {
+                    took_all = batch.len() == room;
+                    for due in batch {
+                        let channel = match shared.agency_channel(&due.recipient) {
+                            Some(c) => c,
+                            None => {
+                                tracing::error!(message_id = %due.message_id, recipient = %due.recipient, "recipient has no usable endpoint");
+                                let _ = record_failure(&shared, &due, "NO_ENDPOINT").await;
+                                continue;
+                            }
+                        };
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let shared = shared.clone();
+                        let span = delivery_span(&due);
+                        tasks.spawn(
+                            async move {
+                                deliver(&shared, channel, due).await;
+                                drop(permit);
+                            }
+                            .instrument(span),
+                        );
+                    }
                 }
+                Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
         }
         // Reap finished attempts so the set does not grow.
         while tasks.try_join_next().is_some() {}
-        if let Err(e) = purge_payloads(&shared).await {
-            tracing::error!(error = %e, "cannot remove delivered payloads");
+        if now >= purge_at {
+            if let Err(e) = purge_payloads(&shared).await {
+                tracing::error!(error = %e, "cannot remove delivered payloads");
+            }
+            // Wake when the next held payload's retention ends (one the deadline engine has not
+            // read yet waits for the poll).
+            purge_at = match next_purge(&shared).await {
+                Ok(Some(t)) if t > now => t.min(now + POLL_INTERVAL),
+                _ => now + POLL_INTERVAL,
+            };
         }
-        let next = match next_due(&shared).await {
-            Ok(Some(t)) if t <= shared.clock.now() && tasks.is_empty() => continue,
-            Ok(Some(t)) => t.min(shared.clock.now() + POLL_INTERVAL),
-            _ => shared.clock.now() + POLL_INTERVAL,
+        if took_all && permits.available_permits() > 0 {
+            // More may be due, and there is room to push it.
+            continue;
+        }
+        let next = if tasks.is_empty() {
+            match next_due(&shared).await {
+                Ok(Some(t)) if t <= shared.clock.now() => continue,
+                Ok(Some(t)) => t.min(shared.clock.now() + POLL_INTERVAL),
+                _ => shared.clock.now() + POLL_INTERVAL,
+            }
+        } else {
+            // A finished push wakes the next round.
+            shared.clock.now() + POLL_INTERVAL
         };
-        // Wake when the next held payload's retention ends (one the deadline engine has not read
-        // yet waits for the poll).
-        let next = match next_purge(&shared).await {
-            Ok(Some(t)) if t > shared.clock.now() => next.min(t),
-            _ => next,
-        };
+        let next = next.min(purge_at);
         tokio::select! {
             _ = shared.wake.notified() => {}
             _ = shared.clock.sleep_until(next) => {}
@@ -163,49 +192,56 @@ macro_rules! refused_on_content {
 /// content (`refused_on_content!`), or whose stored payload the gateway cannot open, is still
 /// retried with back-off, but the messages after it go on: one bad message from one agency
 /// must not stall what other agencies send about the same child.
-async fn claim_due(shared: &Shared, now: Timestamp) -> Result<Vec<Due>, sqlx::Error> {
+async fn claim_due(shared: &Shared, now: Timestamp, limit: usize) -> Result<Vec<Due>, sqlx::Error> {
     let now_us = time::to_micros(now);
-    let rows = sqlx::query(concat!(
-        "SELECT o.message_id, m.recipient_agency_id, m.payload_sha256, m.delivery_attempts, \
-         m.form_kind, m.trace_context \
-         FROM outbox o JOIN messages m ON m.message_id = o.message_id \
-         WHERE o.next_attempt_at <= $1 AND (o.lease_until IS NULL OR o.lease_until <= $1) \
+    let lease_until = time::to_micros(now + shared.lease_length());
+    // One statement takes the lease of every due row it finds; the condition on the lease is
+    // checked again on each row it updates, so a row another worker took meanwhile is skipped.
+    let leased: Vec<String> = sqlx::query_scalar(concat!(
+        "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE message_id IN (\
+         SELECT o.message_id FROM outbox o \
+         WHERE o.next_attempt_at <= $3 AND (o.lease_until IS NULL OR o.lease_until <= $3) \
          AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.recipient_agency_id = o.recipient_agency_id \
          AND e.case_reference = o.case_reference AND e.accepted_seq < o.accepted_seq \
          AND (e.last_error IS NULL OR e.last_error NOT IN (",
         refused_on_content!(),
-        "))) ORDER BY o.next_attempt_at LIMIT 32",
+        "))) ORDER BY o.next_attempt_at LIMIT $4) \
+         AND (lease_until IS NULL OR lease_until <= $3) RETURNING message_id",
     ))
+    .bind(&shared.worker_id)
+    .bind(lease_until)
     .bind(now_us)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(shared.db.pool())
     .await?;
-    let lease_until = time::to_micros(now + shared.lease_length());
-    let mut claimed = Vec::with_capacity(rows.len());
-    for row in rows {
-        let message_id: String = row.try_get("message_id")?;
-        let taken = sqlx::query(
-            "UPDATE outbox SET lease_owner = $1, lease_until = $2 \
-             WHERE message_id = $3 AND (lease_until IS NULL OR lease_until <= $4)",
-        )
-        .bind(&shared.worker_id)
-        .bind(lease_until)
-        .bind(&message_id)
-        .bind(now_us)
-        .execute(shared.db.pool())
-        .await?
-        .rows_affected();
-        if taken == 1 {
-            claimed.push(Due {
-                message_id,
+    if leased.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT m.message_id, m.recipient_agency_id, m.payload_sha256, m.delivery_attempts, \
+         m.form_kind, m.trace_context, o.accepted_seq FROM outbox o \
+         JOIN messages m ON m.message_id = o.message_id WHERE o.message_id IN ({})",
+        store::placeholders(1, leased.len())
+    );
+    let mut select = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in &leased {
+        select = select.bind(id.clone());
+    }
+    let mut rows = select.fetch_all(shared.db.pool()).await?;
+    // In the order the gateway accepted them, as they were leased.
+    rows.sort_by_key(|row| row.try_get::<i64, _>("accepted_seq").unwrap_or(i64::MAX));
+    rows.into_iter()
+        .map(|row| {
+            Ok(Due {
+                message_id: row.try_get("message_id")?,
                 recipient: row.try_get("recipient_agency_id")?,
                 payload_sha256: row.try_get("payload_sha256")?,
                 attempts: row.try_get("delivery_attempts")?,
                 form_kind: row.try_get("form_kind")?,
                 trace_context: row.try_get("trace_context")?,
-            });
-        }
-    }
-    Ok(claimed)
+            })
+        })
+        .collect()
 }
 
 /// The earliest instant at which some outbox row can be attempted (a row held back behind an
@@ -290,52 +326,135 @@ async fn deliver(shared: &Shared, channel: Channel, due: Due) {
     }
 }
 
-/// Removes the outbox row, marks the message delivered and appends the ledger entry, together.
+/// A delivery the recipient's inbox accepted, waiting for the delivery recorder.
+pub(crate) struct Accepted {
+    due: Due,
+    entry: EntryFields,
+    /// Answered once the batch's transaction committed: `true` when this batch recorded it,
+    /// `false` when another worker had.
+    reply: oneshot::Sender<Result<bool, ()>>,
+}
+
+/// Records that the recipient's inbox accepted the message: the outbox row removed, the message
+/// marked delivered and the ledger entry appended, together; with the other deliveries
+/// that finished meanwhile, in one transaction (`group_commit`).
 async fn record_delivery(
     shared: &Shared,
     due: &Due,
     envelope: &Envelope,
 ) -> Result<(), sqlx::Error> {
-    let now_us = time::to_micros(shared.clock.now());
-    let mut tx = shared.db.begin().await?;
-    let removed = sqlx::query("DELETE FROM outbox WHERE message_id = $1")
-        .bind(&due.message_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if removed == 0 {
-        // Another worker recorded this delivery already.
-        return tx.rollback().await;
+    let recorded_here = recorded_delivery(shared, due, envelope).await?;
+    if recorded_here {
+        shared.gateway_metrics.delivered(&due.recipient);
+        tracing::info!(message_id = %due.message_id, recipient = %due.recipient, "message delivered");
+        let _ = shared.events.send(DeliveryEvent::Delivered {
+            message_id: due.message_id.clone(),
+        });
     }
-    sqlx::query(
+    Ok(())
+}
+
+/// Hands the delivery to the recorder and waits for its batch to commit.
+async fn recorded_delivery(
+    shared: &Shared,
+    due: &Due,
+    envelope: &Envelope,
+) -> Result<bool, sqlx::Error> {
+    let (reply, recorded) = oneshot::channel();
+    let accepted = Accepted {
+        due: due.clone(),
+        entry: EntryFields::for_envelope(LedgerEvent::Delivered, envelope, &due.payload_sha256),
+        reply,
+    };
+    if shared.delivery_recorder.submit(accepted).is_err() {
+        return Err(sqlx::Error::PoolClosed);
+    }
+    match recorded.await {
+        Ok(Ok(here)) => Ok(here),
+        // The recorder logged the cause; the row's lease runs out and it is pushed again (the
+        // recipient's inbox de-duplicates).
+        _ => Err(sqlx::Error::Protocol(
+            "the delivery was not recorded".into(),
+        )),
+    }
+}
+
+/// The delivery recorder's work: one transaction for a batch of accepted deliveries.
+pub(crate) async fn record_deliveries(shared: Arc<Shared>, batch: Vec<Accepted>) {
+    let recorded = {
+        let items: Vec<(&Due, &EntryFields)> = batch.iter().map(|a| (&a.due, &a.entry)).collect();
+        write_deliveries(&shared, &items).await
+    };
+    match recorded {
+        Ok(mut removed) => {
+            // Deliveries start clocks (a help request's decision runs from its receipt).
+            shared.engine_wake.notify_one();
+            for accepted in batch {
+                // A message pushed twice (its lease ran out during the first push) is recorded
+                // once: the first of its pushes in the batch is the one that recorded it.
+                let here = removed.remove(&accepted.due.message_id);
+                let _ = accepted.reply.send(Ok(here));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, deliveries = batch.len(), "cannot record deliveries");
+            for accepted in batch {
+                let _ = accepted.reply.send(Err(()));
+            }
+        }
+    }
+}
+
+/// Writes a batch of deliveries; returns the ids this call recorded (a row another worker
+/// recorded already is left as it is).
+async fn write_deliveries(
+    shared: &Shared,
+    items: &[(&Due, &EntryFields)],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let now_us = time::to_micros(shared.clock.now());
+    let mut tx = shared.writer_db.begin().await?;
+    let sql = format!(
+        "DELETE FROM outbox WHERE message_id IN ({}) RETURNING message_id",
+        store::placeholders(1, items.len())
+    );
+    let mut delete = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+    for (due, _) in items {
+        delete = delete.bind(due.message_id.clone());
+    }
+    let removed: std::collections::HashSet<String> =
+        delete.fetch_all(&mut *tx).await?.into_iter().collect();
+    // Each removed row once, even when the batch holds two pushes of the same message.
+    let mut unrecorded = removed.clone();
+    let recorded: Vec<&(&Due, &EntryFields)> = items
+        .iter()
+        .filter(|(due, _)| unrecorded.remove(&due.message_id))
+        .collect();
+    if recorded.is_empty() {
+        // Another worker recorded these deliveries already.
+        tx.rollback().await?;
+        return Ok(removed);
+    }
+    let sql = format!(
         "UPDATE messages SET \
          state = CASE WHEN state = $1 THEN $2 ELSE state END, \
          delivered_at = COALESCE(delivered_at, $3), \
          delivery_attempts = delivery_attempts + 1 \
-         WHERE message_id = $4",
-    )
-    .bind(STATE_QUEUED)
-    .bind(STATE_DELIVERED)
-    .bind(now_us)
-    .bind(&due.message_id)
-    .execute(&mut *tx)
-    .await?;
-    // The digest of the plaintext payload, as computed when the message was accepted.
-    ledger::append(
-        &mut tx,
-        now_us,
-        &EntryFields::for_envelope(LedgerEvent::Delivered, envelope, &due.payload_sha256),
-    )
-    .await?;
+         WHERE message_id IN ({})",
+        store::placeholders(4, recorded.len())
+    );
+    let mut update = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(STATE_QUEUED)
+        .bind(STATE_DELIVERED)
+        .bind(now_us);
+    for (due, _) in &recorded {
+        update = update.bind(due.message_id.clone());
+    }
+    update.execute(&mut *tx).await?;
+    // The digest of the plaintext payload, as computed when each message was accepted.
+    let entries: Vec<EntryFields> = recorded.iter().map(|(_, e)| (*e).clone()).collect();
+    ledger::append_many(&mut tx, now_us, &entries).await?;
     tx.commit().await?;
-    // A delivery starts clocks (a help request's decision runs from its receipt).
-    shared.engine_wake.notify_one();
-    shared.gateway_metrics.delivered(&due.recipient);
-    tracing::info!(message_id = %due.message_id, recipient = %due.recipient, "message delivered");
-    let _ = shared.events.send(DeliveryEvent::Delivered {
-        message_id: due.message_id.clone(),
-    });
-    Ok(())
+    Ok(removed)
 }
 
 /// Records the delivery of a queued message as the worker does after the recipient's inbox
@@ -358,7 +477,9 @@ pub(crate) async fn record_delivery_for_test(
         form_kind: row.form_kind,
         trace_context: None,
     };
-    record_delivery(shared, &due, &envelope).await
+    let entry = EntryFields::for_envelope(LedgerEvent::Delivered, &envelope, &due.payload_sha256);
+    write_deliveries(shared, &[(&due, &entry)]).await?;
+    Ok(())
 }
 
 /// Removes the payloads of delivered messages whose retention has passed (by the injected
@@ -802,7 +923,7 @@ mod tests {
     }
 
     async fn claimed_ids(hub: &Hub) -> Vec<String> {
-        let mut ids: Vec<String> = claim_due(hub.shared(), hub.clock.now())
+        let mut ids: Vec<String> = claim_due(hub.shared(), hub.clock.now(), super::CLAIM_BATCH)
             .await
             .unwrap()
             .into_iter()
@@ -852,6 +973,7 @@ mod tests {
         let due = claim_due(
             hub.shared(),
             hub.clock.now() + SignedDuration::from_hours(1),
+            super::CLAIM_BATCH,
         )
         .await
         .unwrap();
@@ -892,7 +1014,9 @@ mod tests {
         for env in [&refused, &next, &last] {
             hub.enqueue(env).await;
         }
-        let due = claim_due(hub.shared(), hub.clock.now()).await.unwrap();
+        let due = claim_due(hub.shared(), hub.clock.now(), super::CLAIM_BATCH)
+            .await
+            .unwrap();
         assert_eq!(due.len(), 1, "only the first of the case is due");
         // The recipient refuses it on its content: retried later, but the next one goes now.
         record_failure(hub.shared(), &due[0], "FailedPrecondition")
@@ -903,6 +1027,7 @@ mod tests {
         let due = claim_due(
             hub.shared(),
             hub.clock.now() + SignedDuration::from_hours(1),
+            super::CLAIM_BATCH,
         )
         .await
         .unwrap();

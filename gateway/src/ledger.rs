@@ -138,46 +138,88 @@ pub async fn append(
     recorded_at: i64,
     fields: &EntryFields,
 ) -> Result<i64, sqlx::Error> {
+    append_many(tx, recorded_at, std::slice::from_ref(fields)).await
+}
+
+/// The columns of a ledger row, in the order [`append_many`] binds them.
+const ENTRY_COLUMNS: usize = 17;
+
+/// Appends `entries`, in order, inside the caller's transaction, in three statements whatever
+/// their number: the head moves by all of them at once, the chain is computed here and every
+/// row goes in one `INSERT`. Returns the first entry's sequence number (the others follow it).
+pub async fn append_many(
+    tx: &mut Transaction<'static, Any>,
+    recorded_at: i64,
+    entries: &[EntryFields],
+) -> Result<i64, sqlx::Error> {
+    let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    if count == 0 {
+        return Err(sqlx::Error::Protocol("no ledger entries to append".into()));
+    }
     // Updating the head row takes its write lock (PostgreSQL row lock, SQLite database lock),
     // so concurrent appenders are serialised and the chain stays linear across replicas.
     let head = sqlx::query(
-        "UPDATE ledger_head SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq, last_hash",
+        "UPDATE ledger_head SET last_seq = last_seq + $1 WHERE id = 1 \
+         RETURNING last_seq, last_hash",
     )
+    .bind(count)
     .fetch_one(&mut **tx)
     .await?;
-    let seq: i64 = head.try_get("last_seq")?;
-    let prev_hash: String = head.try_get("last_hash")?;
-    let hash = entry_hash(seq, recorded_at, &prev_hash, fields);
-    sqlx::query(
+    let last_seq: i64 = head.try_get("last_seq")?;
+    let mut prev_hash: String = head.try_get("last_hash")?;
+    let first_seq = last_seq - count + 1;
+    let mut chained = Vec::with_capacity(entries.len());
+    for (seq, fields) in (first_seq..).zip(entries) {
+        let hash = entry_hash(seq, recorded_at, &prev_hash, fields);
+        chained.push((
+            seq,
+            std::mem::replace(&mut prev_hash, hash.clone()),
+            hash,
+            fields,
+        ));
+    }
+    // Placeholders only: the statement's text holds no value.
+    let mut sql = String::from(
         "INSERT INTO ledger (seq, recorded_at, event, message_id, sender_agency_id, \
          recipient_agency_id, acting_user_id, acting_role, purpose_of_use, form_kind, \
          case_reference, confidentiality, payload_sha256, prev_hash, entry_hash, sections, outcome) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-    )
-    .bind(seq)
-    .bind(recorded_at)
-    .bind(&fields.event)
-    .bind(&fields.message_id)
-    .bind(&fields.sender_agency_id)
-    .bind(&fields.recipient_agency_id)
-    .bind(&fields.acting_user_id)
-    .bind(&fields.acting_role)
-    .bind(&fields.purpose_of_use)
-    .bind(&fields.form_kind)
-    .bind(&fields.case_reference)
-    .bind(&fields.confidentiality)
-    .bind(&fields.payload_sha256)
-    .bind(&prev_hash)
-    .bind(&hash)
-    .bind(&fields.sections)
-    .bind(&fields.outcome)
-    .execute(&mut **tx)
-    .await?;
+         VALUES ",
+    );
+    for row in 0..chained.len() {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        sql.push_str(&crate::store::placeholders(
+            row * ENTRY_COLUMNS + 1,
+            ENTRY_COLUMNS,
+        ));
+        sql.push(')');
+    }
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (seq, prev, hash, fields) in &chained {
+        insert = insert
+            .bind(*seq)
+            .bind(recorded_at)
+            .bind(fields.event.clone())
+            .bind(fields.message_id.clone())
+            .bind(fields.sender_agency_id.clone())
+            .bind(fields.recipient_agency_id.clone())
+            .bind(fields.acting_user_id.clone())
+            .bind(fields.acting_role.clone())
+            .bind(fields.purpose_of_use.clone())
+            .bind(fields.form_kind.clone())
+            .bind(fields.case_reference.clone())
+            .bind(fields.confidentiality.clone())
+            .bind(fields.payload_sha256.clone())
+            .bind(prev.clone())
+            .bind(hash.clone())
+            .bind(fields.sections.clone())
+            .bind(fields.outcome.clone());
+    }
+    insert.execute(&mut **tx).await?;
     sqlx::query("UPDATE ledger_head SET last_hash = $1 WHERE id = 1")
-        .bind(&hash)
+        .bind(prev_hash)
         .execute(&mut **tx)
         .await?;
-    Ok(seq)
+    Ok(first_seq)
 }
 
 /// The outcome of a successful verification.

@@ -10,6 +10,7 @@ pub mod api;
 pub mod deadlines;
 pub mod delivery;
 mod forms;
+mod group_commit;
 // The fuzz targets' entry points (fuzz/), compiled only for them.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -186,6 +187,14 @@ pub(crate) struct Shared {
     /// delivery worker and the case-file reads: HTTP/2 multiplexes the calls, and a read no
     /// longer pays a TLS handshake.
     agency_channels: std::sync::Mutex<HashMap<(String, String), tonic::transport::Channel>>,
+    /// Stores accepted sends in batches (`group_commit`, `api::write_sends`).
+    pub(crate) send_writer: group_commit::Batcher<api::PendingSend>,
+    /// Records accepted deliveries in batches (`delivery::record_deliveries`).
+    pub(crate) delivery_recorder: group_commit::Batcher<delivery::Accepted>,
+    /// The store as the writers reach it: its own connections, on the writers' thread.
+    pub(crate) writer_db: Database,
+    /// The thread the writers run on (stops when the gateway is dropped).
+    _writer_thread: group_commit::WriterThread,
 }
 
 impl Shared {
@@ -311,7 +320,34 @@ impl Gateway {
         let registry = referral_core::metrics::Metrics::new("gateway");
         let gateway_metrics =
             metrics::GatewayMetrics::register(&registry, db.clone(), config.clock.clone());
-        let shared = Arc::new(Shared {
+        let policy = policy::PolicyEngine::load(config.policy_dir.as_deref())
+            .context("the need-to-know policy does not load")?;
+        let views = views::ViewFilter::new().context("the field classes do not load")?;
+        let writer_thread = group_commit::WriterThread::start("gateway-writer")
+            .context("cannot start the gateway's writer thread")?;
+        // Connected from the writers' thread, so that its sockets are that runtime's.
+        let writer_db = writer_thread
+            .handle()
+            .spawn({
+                let storage = config.storage.clone();
+                async move { Database::connect(&storage, "gateway").await }
+            })
+            .await
+            .context("the writer thread stopped")??;
+        let shared = Arc::new_cyclic(|owner| Shared {
+            writer_db,
+            send_writer: group_commit::Batcher::spawn(
+                writer_thread.handle(),
+                owner.clone(),
+                api::SEND_BATCH,
+                api::write_sends,
+            ),
+            delivery_recorder: group_commit::Batcher::spawn(
+                writer_thread.handle(),
+                owner.clone(),
+                delivery::RECORD_BATCH,
+                delivery::record_deliveries,
+            ),
             db,
             clock: config.clock,
             directory: RwLock::new(Arc::new(directory)),
@@ -327,13 +363,13 @@ impl Gateway {
             local_alerts: deadlines::feed::LocalAlerts::default(),
             sealer: config.payload_sealer,
             payload_retention: config.payload_retention,
-            policy: policy::PolicyEngine::load(config.policy_dir.as_deref())
-                .context("the need-to-know policy does not load")?,
-            views: views::ViewFilter::new().context("the field classes do not load")?,
+            policy,
+            views,
             child_link_secret: config.child_link_secret,
             metrics: registry,
             gateway_metrics,
             agency_channels: std::sync::Mutex::new(HashMap::new()),
+            _writer_thread: writer_thread,
         });
         Ok(Self {
             listener,

@@ -153,6 +153,15 @@ pub async fn load_directory(pool: &AnyPool) -> Result<Directory, sqlx::Error> {
     })
 }
 
+/// `$start, $start+1, …`: `count` numbered placeholders for a statement built at run time (an
+/// `IN` list, a multi-row `VALUES`), so that its text never holds a value.
+pub(crate) fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Stores an acknowledged message inside the caller's transaction: the message row (its
 /// envelope without payload, and the payload sealed with the active key), its outbox row (due at
 /// once) and its `message.accepted` ledger entry. The envelope must be complete (message id,
