@@ -16,8 +16,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
-# The bench starts the release `referral-hub up` as a child process: build both.
-cargo build --release -p referral-hub -p referral-bench
+# The bench starts the release `referral-hub up` as a child process: build both, the hub on its
+# own so that it has exactly the features operators build it with (the bench's dependency on the
+# test harness would otherwise add opentelemetry_sdk's testing features to it).
+cargo build --release -p referral-hub
+cargo build --release -p referral-bench
 command=all
 case "${1:-}" in
     read-path|durable-k|footprint|all) command=$1; shift ;;

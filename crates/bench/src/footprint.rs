@@ -40,7 +40,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
     let (idle_rss, _) = hub.memory_kib()?;
 
     // Under load: 128 clients for the durable-k window, resident memory sampled every 100 ms.
-    let load = Load::prepare(&setup, 128).await?;
+    let load = Load::prepare(&setup, 128, crate::load::Entry::StaffApi).await?;
     let peak = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {

@@ -63,6 +63,12 @@ pub struct Options {
     /// read-path: unrecorded calls per path before the rounds.
     #[arg(long, global = true, default_value_t = 200)]
     pub warmup_calls: usize,
+    /// durable-k: the back ends to measure (`sqlite`, `postgres`), comma-separated.
+    #[arg(long, global = true, value_delimiter = ',', default_values_t = ["sqlite".to_owned(), "postgres".to_owned()])]
+    pub backends: Vec<String>,
+    /// durable-k: the client counts to measure, comma-separated.
+    #[arg(long, global = true, value_delimiter = ',', default_values_t = durable_k::CLIENTS)]
+    pub clients: Vec<usize>,
 }
 
 /// Runs the chosen benchmarks; prints tables (or the JSON object) on standard output.

@@ -224,7 +224,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
 /// School 1's director submits a K; once delivered the commission's secretary opens a case on it
 /// with curator 1. The K's message id and the case reference.
 async fn open_case(setup: &HubSetup) -> anyhow::Result<(String, String)> {
-    let drain = Load::prepare(setup, 0).await?;
+    let drain = Load::prepare(setup, 0, crate::load::Entry::StaffApi).await?;
     let today = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::get("Asia/Almaty")?)
         .date();
