@@ -600,8 +600,35 @@ impl Shared {
     async fn accept_checked(
         &self,
         caller: &AgencyEntry,
-        mut env: Envelope,
+        env: Envelope,
     ) -> ServiceResult<SendResponse> {
+        let form_kind = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
+        let (pending, answer) = self.prepare_send(caller, env)?;
+        if self.send_writer.submit(pending).is_err() {
+            return Err(ServiceError::Unavailable("the gateway is stopping".into()));
+        }
+        let accepted = answer
+            .await
+            .map_err(|_| ServiceError::Unavailable("the gateway is stopping".into()))??;
+        if !accepted.duplicate {
+            tracing::info!(
+                message_id = %accepted.message_id,
+                sender = %caller.id,
+                form = form_kind.as_str_name(),
+                "message accepted"
+            );
+        }
+        Ok(accepted)
+    }
+
+    /// Every check of a send that needs no store (steps 1-4); the send, ready for the writer,
+    /// and where its answer will come.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn prepare_send(
+        &self,
+        caller: &AgencyEntry,
+        mut env: Envelope,
+    ) -> ServiceResult<(PendingSend, oneshot::Receiver<ServiceResult<SendResponse>>)> {
         // 1. The envelope's shape.
         check_shape(&env)?;
         let form_kind = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
@@ -687,21 +714,7 @@ impl Shared {
             span: tracing::Span::current(),
             reply,
         };
-        if self.send_writer.submit(pending).is_err() {
-            return Err(ServiceError::Unavailable("the gateway is stopping".into()));
-        }
-        let accepted = answer
-            .await
-            .map_err(|_| ServiceError::Unavailable("the gateway is stopping".into()))??;
-        if !accepted.duplicate {
-            tracing::info!(
-                message_id = %accepted.message_id,
-                sender = %caller.id,
-                form = form_kind.as_str_name(),
-                "message accepted"
-            );
-        }
-        Ok(accepted)
+        Ok((pending, answer))
     }
 
     /// Stores one checked send inside the batch's transaction: idempotency, reply checks, need to

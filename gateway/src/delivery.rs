@@ -635,7 +635,11 @@ mod tests {
     use super::{
         backoff, claim_due, next_due, purge_payloads, record_delivery_for_test, record_failure,
     };
-    use crate::{Gateway, GatewayConfig, PayloadSealer, ledger, store};
+    use crate::{
+        Gateway, GatewayConfig, PayloadSealer,
+        ledger::{self, EntryFields, LedgerEvent},
+        store::{self, STATE_DELIVERED},
+    };
 
     const RETENTION: SignedDuration = SignedDuration::from_hours(24);
 
@@ -742,6 +746,129 @@ mod tests {
         async fn settle(&self) {
             crate::deadlines::settle(self.shared()).await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_sends_is_one_transaction_and_a_refused_send_leaves_the_others_whole() {
+        let hub = hub().await;
+        let shared = hub.gateway.shared.clone();
+        let caller = shared.directory().agency("school-1").cloned().unwrap();
+        // A help request as a school sends it: no case yet.
+        let help_request = || {
+            let mut env = help_request();
+            env.case_reference.clear();
+            env
+        };
+        let first = help_request();
+        // The same key with other content: refused inside the transaction, after `first` wrote
+        // itself there, so the batch is rolled back and written again without it.
+        let mut clash = envelope(
+            payload::Form::HelpRequest(referral_core::validate::sample_help_request(
+                jiff::civil::date(2026, 11, 19),
+            )),
+            FormKind::HelpRequest,
+            "school-1",
+            "commission",
+        );
+        clash.idempotency_key = first.idempotency_key.clone();
+        clash.case_reference.clear();
+        // The same key and content: the same message, answered as a duplicate.
+        let again = first.clone();
+        let last = help_request();
+        let mut batch = Vec::new();
+        let mut answers = Vec::new();
+        for env in [first, clash, again, last] {
+            let (pending, answer) = shared.prepare_send(&caller, env).unwrap();
+            batch.push(pending);
+            answers.push(answer);
+        }
+        crate::api::write_sends(shared.clone(), batch).await;
+        let mut answered = Vec::new();
+        for answer in answers {
+            answered.push(answer.await.expect("every send is answered"));
+        }
+        let mut answers = answered.into_iter();
+        let first = answers.next().unwrap().expect("the first is stored");
+        assert!(
+            matches!(
+                answers.next().unwrap(),
+                Err(referral_core::ServiceError::AlreadyExists(_))
+            ),
+            "a key reused for other content is refused"
+        );
+        let again = answers.next().unwrap().expect("a retry is answered");
+        let last = answers.next().unwrap().expect("the last is stored");
+        assert!(!first.duplicate && !last.duplicate && again.duplicate);
+        assert_eq!(again.message_id, first.message_id);
+        let pool = shared.db.pool();
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT message_id FROM messages ORDER BY accepted_seq")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert_eq!(stored, vec![first.message_id, last.message_id]);
+        let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(outbox, 2, "one outbox row per stored message");
+        let verified = ledger::verify(pool).await.unwrap();
+        assert_eq!(verified.entries, 2, "one accepted entry per stored message");
+        shared.db.close().await;
+    }
+
+    #[tokio::test]
+    async fn deliveries_recorded_in_one_batch_chain_in_the_ledger_and_a_double_push_counts_once() {
+        let hub = hub().await;
+        let shared = hub.gateway.shared.clone();
+        // Two cases, so that neither waits behind the other.
+        let (one, mut two) = (help_request(), help_request());
+        two.case_reference = "KZ-2026-2".into();
+        hub.enqueue(&one).await;
+        hub.enqueue(&two).await;
+        let due = claim_due(&shared, hub.clock.now(), super::CLAIM_BATCH)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 2);
+        let mut batch = Vec::new();
+        let mut answers = Vec::new();
+        // The first message twice (its lease ran out during a push, and it was pushed again).
+        for (due, env) in [(&due[0], &one), (&due[1], &two), (&due[0], &one)] {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            batch.push(super::Accepted {
+                due: due.clone(),
+                entry: EntryFields::for_envelope(LedgerEvent::Delivered, env, &due.payload_sha256),
+                reply,
+            });
+            answers.push(answer);
+        }
+        super::record_deliveries(shared.clone(), batch).await;
+        let mut here = Vec::new();
+        for answer in answers {
+            here.push(answer.await.unwrap().unwrap());
+        }
+        assert_eq!(
+            here,
+            vec![true, true, false],
+            "the second push of one is not recorded"
+        );
+        let pool = shared.db.pool();
+        let delivered: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE event = 'message.delivered'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(delivered, 2);
+        assert_eq!(ledger::verify(pool).await.unwrap().entries, 4);
+        for env in [&one, &two] {
+            assert_eq!(hub.row(&env.message_id).await.state, STATE_DELIVERED);
+        }
+        let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(outbox, 0);
+        shared.db.close().await;
     }
 
     #[tokio::test]
