@@ -1194,9 +1194,15 @@ impl Shared {
                 &req.reason,
             )
             .await?;
-        let file = self.export_case(&read.facts).await?;
-        self.disclose(caller, &acting, read, file, &req.reason)
-            .await
+        let facts = read.facts.clone();
+        self.disclose(
+            caller,
+            &acting,
+            read,
+            async move { self.export_case(&facts).await },
+            &req.reason,
+        )
+        .await
     }
 
     /// Reads of the commission's own staff: the file the commission holds, filtered.
@@ -1225,8 +1231,14 @@ impl Shared {
                 .await?;
             return Err(denied("no access to that case"));
         }
-        self.disclose(caller, &acting, read, file, &req.reason)
-            .await
+        self.disclose(
+            caller,
+            &acting,
+            read,
+            std::future::ready(Ok(file)),
+            &req.reason,
+        )
+        .await
     }
 
     /// The policy's word on a read: the case's facts and the sections this person may see, or
@@ -1319,12 +1331,17 @@ impl Shared {
 
     /// Filters the file to the sections allowed, records the read (and alerts the curator when
     /// the glass was broken), and answers the view.
+    ///
+    /// The file is fetched (`file`) while the read is recorded: the ledger entry holds the
+    /// policy's decision (who, which case, which sections, why), nothing of the file, so neither
+    /// waits for the other; the view is returned only once both are done. A fetch that fails
+    /// leaves the entry of the read that was allowed and attempted.
     async fn disclose(
         &self,
         caller: &AgencyEntry,
         acting: &ActingUser,
         read: AuthorizedRead,
-        file: CaseFile,
+        file: impl std::future::Future<Output = ServiceResult<CaseFile>>,
         reason: &str,
     ) -> ServiceResult<CaseView> {
         let AuthorizedRead {
@@ -1334,15 +1351,18 @@ impl Shared {
             situation,
         } = read;
         let facts = &facts;
-        let mut shown = self
-            .views
-            .filter(&file, "referral.v1.CaseFile", sections, &caller.id)
-            .map_err(ServiceError::internal)?;
         let now = self.clock.now();
-        let now_us = time::to_micros(now);
-        if sections.contains(Sensitivity::CaseStatus)
-            && let Some(summary) = shown.summary.as_mut()
-        {
+        let shown = async {
+            let file = file.await?;
+            self.views
+                .filter(&file, "referral.v1.CaseFile", sections, &caller.id)
+                .map_err(ServiceError::internal)
+        };
+        // The case's next plan review, for a reader who may see the case's status.
+        let next_review = async {
+            if !sections.contains(Sensitivity::CaseStatus) {
+                return Ok(None);
+            }
             let next: Option<String> = sqlx::query_scalar(
                 "SELECT due_on FROM deadlines WHERE case_reference = $1 AND kind = $2 \
                  AND state NOT IN ('met', 'cancelled') ORDER BY due_at LIMIT 1",
@@ -1351,14 +1371,60 @@ impl Shared {
             .bind("DEADLINE_KIND_PLAN_REVIEW")
             .fetch_optional(self.db.pool())
             .await?;
-            if let Some(date) = next.and_then(|d| d.parse::<jiff::civil::Date>().ok()) {
-                summary.next_review_on = Some(referral_proto::v1::CalendarDate {
+            Ok::<_, ServiceError>(next.and_then(|d| d.parse::<jiff::civil::Date>().ok()).map(
+                |date| referral_proto::v1::CalendarDate {
                     year: i32::from(date.year()),
                     month: i32::from(date.month()),
                     day: i32::from(date.day()),
-                });
-            }
+                },
+            ))
+        };
+        let recorded = self.record_read(
+            caller,
+            acting,
+            facts,
+            sections,
+            broke_glass,
+            situation,
+            reason,
+            now,
+        );
+        let (shown, next_review, seq) = tokio::join!(shown, next_review, recorded);
+        let (mut shown, next_review, seq) = (shown?, next_review?, seq?);
+        if let (Some(summary), Some(date)) = (shown.summary.as_mut(), next_review) {
+            summary.next_review_on = Some(date);
         }
+        tracing::info!(
+            case = %facts.id,
+            agency = %caller.id,
+            sections = %sections.names(),
+            break_the_glass = broke_glass,
+            "case read through the hub"
+        );
+        Ok(CaseView {
+            case_file: Some(shown),
+            sections_shown: sections.iter().map(|s| s as i32).collect(),
+            sections_withheld: sections.complement().iter().map(|s| s as i32).collect(),
+            ledger_seq: seq,
+            break_the_glass: broke_glass,
+        })
+    }
+
+    /// The ledger entry of an allowed read and, when the glass was broken, the alert to each of
+    /// the case's curators, in one transaction; returns the entry's sequence number.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_read(
+        &self,
+        caller: &AgencyEntry,
+        acting: &ActingUser,
+        facts: &CaseFacts,
+        sections: Sections,
+        broke_glass: bool,
+        situation: Situation,
+        reason: &str,
+        now: jiff::Timestamp,
+    ) -> ServiceResult<i64> {
+        let now_us = time::to_micros(now);
         let mut tx = self.db.begin().await?;
         let seq = append_audit(
             &mut tx,
@@ -1435,20 +1501,7 @@ impl Shared {
         }
         tx.commit().await?;
         self.ledger_appended();
-        tracing::info!(
-            case = %facts.id,
-            agency = %caller.id,
-            sections = %sections.names(),
-            break_the_glass = broke_glass,
-            "case read through the hub"
-        );
-        Ok(CaseView {
-            case_file: Some(shown),
-            sections_shown: sections.iter().map(|s| s as i32).collect(),
-            sections_withheld: sections.complement().iter().map(|s| s as i32).collect(),
-            ledger_seq: seq,
-            break_the_glass: broke_glass,
-        })
+        Ok(seq)
     }
 
     /// Asks the commission for the case file, with the gateway's own certificate.
