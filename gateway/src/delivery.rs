@@ -35,9 +35,11 @@ pub enum DeliveryEvent {
 }
 
 /// How many messages one worker pushes at once.
-const PARALLEL_DELIVERIES: usize = 32;
+const PARALLEL_DELIVERIES: usize = 96;
 /// How many due messages one claim leases.
-const CLAIM_BATCH: usize = 64;
+const CLAIM_BATCH: usize = 96;
+/// How many pushes must be free before the worker leases more while others are under way.
+const CLAIM_WHEN_FREE: usize = 16;
 /// The most deliveries one transaction records.
 pub(crate) const RECORD_BATCH: usize = 64;
 /// How often the worker looks for work it was not told about (rows another replica wrote).
@@ -55,6 +57,9 @@ struct Due {
     form_kind: String,
     /// The `traceparent` of the Send call that accepted the message.
     trace_context: Option<String>,
+    /// The message's row as the claim read it (its sealed payload included), so that a push
+    /// reads nothing more; `None` where a caller has only the id.
+    stored: Option<store::MessageRow>,
 }
 
 /// The span of one delivery attempt: a client span in the trace of the Send call that accepted
@@ -99,7 +104,9 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         let now = shared.clock.now();
         let room = permits.available_permits().min(CLAIM_BATCH);
         let mut took_all = false;
-        if room > 0 {
+        // While many pushes are under way, wait for several to finish and lease for them at
+        // once: a claim per finished push cost more of the store than the pushes.
+        if room > 0 && (room >= CLAIM_WHEN_FREE || tasks.is_empty()) {
             match claim_due(&shared, now, room).await {
                 Ok(batch) => {
                     took_all = batch.len() == room;
@@ -142,7 +149,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 _ => now + POLL_INTERVAL,
             };
         }
-        if took_all && permits.available_permits() > 0 {
+        if took_all && permits.available_permits() >= CLAIM_WHEN_FREE {
             // More may be due, and there is room to push it.
             continue;
         }
@@ -218,9 +225,8 @@ async fn claim_due(shared: &Shared, now: Timestamp, limit: usize) -> Result<Vec<
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT m.message_id, m.recipient_agency_id, m.payload_sha256, m.delivery_attempts, \
-         m.form_kind, m.trace_context, o.accepted_seq FROM outbox o \
-         JOIN messages m ON m.message_id = o.message_id WHERE o.message_id IN ({})",
+        "SELECT {}, trace_context, accepted_seq FROM messages WHERE message_id IN ({})",
+        store::MESSAGE_COLUMNS,
         store::placeholders(1, leased.len())
     );
     let mut select = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -232,13 +238,15 @@ async fn claim_due(shared: &Shared, now: Timestamp, limit: usize) -> Result<Vec<
     rows.sort_by_key(|row| row.try_get::<i64, _>("accepted_seq").unwrap_or(i64::MAX));
     rows.into_iter()
         .map(|row| {
+            let stored = store::message_row(&row)?;
             Ok(Due {
-                message_id: row.try_get("message_id")?,
-                recipient: row.try_get("recipient_agency_id")?,
-                payload_sha256: row.try_get("payload_sha256")?,
-                attempts: row.try_get("delivery_attempts")?,
-                form_kind: row.try_get("form_kind")?,
+                message_id: stored.message_id.clone(),
+                recipient: stored.recipient_agency_id.clone(),
+                payload_sha256: stored.payload_sha256.clone(),
+                attempts: stored.delivery_attempts,
+                form_kind: stored.form_kind.clone(),
                 trace_context: row.try_get("trace_context")?,
+                stored: Some(stored),
             })
         })
         .collect()
@@ -267,7 +275,11 @@ async fn next_due(shared: &Shared) -> Result<Option<Timestamp>, sqlx::Error> {
 /// failed attempt (retried with back-off: a missing key can be added back); the cause is logged
 /// with the message id and key id only.
 async fn due_envelope(shared: &Shared, due: &Due) -> Result<Envelope, &'static str> {
-    let row = match store::message_by_id(shared.db.pool(), &due.message_id).await {
+    let read = match &due.stored {
+        Some(row) => Ok(Some(row.clone())),
+        None => store::message_by_id(shared.db.pool(), &due.message_id).await,
+    };
+    let row = match read {
         Ok(Some(row)) => row,
         Ok(None) => return Err("MISSING"),
         Err(e) => {
@@ -476,6 +488,7 @@ pub(crate) async fn record_delivery_for_test(
         attempts: row.delivery_attempts,
         form_kind: row.form_kind,
         trace_context: None,
+        stored: None,
     };
     let entry = EntryFields::for_envelope(LedgerEvent::Delivered, &envelope, &due.payload_sha256);
     write_deliveries(shared, &[(&due, &entry)]).await?;

@@ -272,12 +272,12 @@ impl std::fmt::Debug for MessageRow {
     }
 }
 
-const MESSAGE_COLUMNS: &str = "message_id, sender_agency_id, recipient_agency_id, form_kind, \
+pub(crate) const MESSAGE_COLUMNS: &str = "message_id, sender_agency_id, recipient_agency_id, form_kind, \
     in_reply_to, envelope, sealed_payload, payload_key_id, payload_purged_at, action_number, \
     payload_sha256, created_at, state, delivery_attempts, delivered_at, answered_at, \
     answer_message_id";
 
-fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, sqlx::Error> {
+pub(crate) fn message_row(r: &sqlx::any::AnyRow) -> Result<MessageRow, sqlx::Error> {
     Ok(MessageRow {
         message_id: r.try_get("message_id")?,
         sender_agency_id: r.try_get("sender_agency_id")?,
