@@ -13,11 +13,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use referral_core::{db::Database, iin::Iin};
 use referral_core::pki::ComponentIdentity;
+use referral_core::{db::Database, iin::Iin};
 use referral_proto::v1::{
-    ActingUser, ConfidentialityLabel, Envelope, FormKind, HelpRequest, Payload, PurposeOfUse,
-    Role, SendRequest, Sex, SubmitHelpRequestRequest, agency_staff_client::AgencyStaffClient,
+    ActingUser, ConfidentialityLabel, Envelope, FormKind, HelpRequest, Payload, PurposeOfUse, Role,
+    SendRequest, Sex, SubmitHelpRequestRequest, agency_staff_client::AgencyStaffClient,
     gateway_client::GatewayClient, payload,
 };
 use tonic::transport::Channel;
@@ -114,7 +114,9 @@ impl Client {
                     recipient_agency_id: String::new(),
                     help_request: Some(k),
                 });
-                request.metadata_mut().insert("authorization", token.clone());
+                request
+                    .metadata_mut()
+                    .insert("authorization", token.clone());
                 client.submit_help_request(request).await.map(drop)
             }
             Self::Gateway(client, acting) => client
