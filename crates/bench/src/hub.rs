@@ -203,6 +203,20 @@ impl HubSetup {
             .await?)
     }
 
+    /// School 1's director, as the school's service names them acting on a call to the gateway.
+    pub fn school_director(&self) -> anyhow::Result<referral_proto::v1::ActingUser> {
+        let director = self
+            .directory
+            .user("school-1", "director")
+            .context("school 1's director")?;
+        Ok(referral_proto::v1::ActingUser {
+            user_id: director.user_id.clone(),
+            agency_id: "school-1".into(),
+            role: referral_proto::v1::Role::SchoolDirector as i32,
+            display_name: director.full_name.clone(),
+        })
+    }
+
     /// A staff member's channel to their agency's service (TLS, no client certificate).
     pub async fn staff_channel(&self, agency: &str) -> anyhow::Result<Channel> {
         let ca = std::fs::read_to_string(self.tls_files(&ComponentIdentity::Gateway).ca)?;

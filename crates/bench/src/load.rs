@@ -16,9 +16,8 @@ use anyhow::{Context as _, bail};
 use referral_core::pki::ComponentIdentity;
 use referral_core::{db::Database, iin::Iin};
 use referral_proto::v1::{
-    ActingUser, ConfidentialityLabel, Envelope, FormKind, HelpRequest, Payload, PurposeOfUse, Role,
-    SendRequest, Sex, SubmitHelpRequestRequest, agency_staff_client::AgencyStaffClient,
-    gateway_client::GatewayClient, payload,
+    ActingUser, HelpRequest, Role, SendRequest, Sex, SubmitHelpRequestRequest,
+    agency_staff_client::AgencyStaffClient, gateway_client::GatewayClient,
 };
 use tonic::transport::Channel;
 
@@ -119,24 +118,23 @@ impl Client {
                     .insert("authorization", token.clone());
                 client.submit_help_request(request).await.map(drop)
             }
-            Self::Gateway(client, acting) => client
-                .send(SendRequest {
-                    envelope: Some(Envelope {
-                        idempotency_key: key,
-                        sender_agency_id: "school-1".into(),
-                        recipient_agency_id: "commission".into(),
-                        acting_user: Some(acting.clone()),
-                        purpose_of_use: PurposeOfUse::CoordinationOfCare as i32,
-                        form_kind: FormKind::HelpRequest as i32,
-                        confidentiality: ConfidentialityLabel::Restricted as i32,
-                        payload: Some(Payload {
-                            form: Some(payload::Form::HelpRequest(k)),
-                        }),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map(drop),
+            Self::Gateway(client, acting) => {
+                let mut envelope = referral_tests::envelope(
+                    &acting.agency_id,
+                    &acting.user_id,
+                    Role::SchoolDirector,
+                    "commission",
+                    &key,
+                    k,
+                );
+                envelope.acting_user = Some(acting.clone());
+                client
+                    .send(SendRequest {
+                        envelope: Some(envelope),
+                    })
+                    .await
+                    .map(drop)
+            }
         };
         answer.map_err(|status| status.code())
     }
@@ -153,16 +151,7 @@ pub struct Load {
 
 impl Load {
     pub async fn prepare(hub: &HubSetup, clients: usize, entry: Entry) -> anyhow::Result<Self> {
-        let director = hub
-            .directory
-            .user("school-1", "director")
-            .context("school 1's director")?;
-        let acting = ActingUser {
-            user_id: director.user_id.clone(),
-            agency_id: "school-1".into(),
-            role: Role::SchoolDirector as i32,
-            display_name: director.full_name.clone(),
-        };
+        let acting = hub.school_director()?;
         let gateway_endpoint = format!("https://127.0.0.1:{}", hub.gateway_port);
         let mut connected = Vec::with_capacity(clients);
         for _ in 0..clients {

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use referral_core::pki::ComponentIdentity;
 use referral_proto::v1::{
-    ActingUser, DecideHelpRequestRequest, ExportCaseRequest, GetDeliveryStatusRequest, OpenCase,
-    PurposeOfUse, ReadCaseRequest, Role, SubmitHelpRequestRequest,
-    agency_staff_client::AgencyStaffClient, case_source_client::CaseSourceClient,
-    decide_help_request_request, gateway_client::GatewayClient, help_request_decision,
+    DecideHelpRequestRequest, ExportCaseRequest, GetDeliveryStatusRequest, OpenCase, PurposeOfUse,
+    ReadCaseRequest, SubmitHelpRequestRequest, agency_staff_client::AgencyStaffClient,
+    case_source_client::CaseSourceClient, decide_help_request_request,
+    gateway_client::GatewayClient, help_request_decision,
 };
 use serde_json::json;
 
@@ -79,16 +79,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
             .mtls_channel(&school, &ComponentIdentity::Gateway, &gateway_endpoint)
             .await?,
     );
-    let director = setup
-        .directory
-        .user("school-1", "director")
-        .context("school 1's director")?;
-    let acting = ActingUser {
-        user_id: director.user_id.clone(),
-        agency_id: "school-1".into(),
-        role: Role::SchoolDirector as i32,
-        display_name: director.full_name.clone(),
-    };
+    let acting = setup.school_director()?;
 
     // One call of a path; its latency.
     let mut call = async |path: usize| -> anyhow::Result<Duration> {
