@@ -140,6 +140,11 @@ impl HubSetup {
                 format!("127.0.0.1:{}", self.admin_base),
             )
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            // One school stands in for a whole district's load: its rate limit per calling
+            // agency (2,000 calls a second by default) would refuse part of it, and the refused
+            // calls would be measured as well. Every other limit stays as operators have it.
+            .env("REFERRAL_HUB__LIMITS__AGENCY_RATE_PER_SECOND", "1000000")
+            .env("REFERRAL_HUB__LIMITS__AGENCY_BURST", "1000000")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
