@@ -31,7 +31,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// The server with the settings every component shares, outermost first:
 /// - TLS with optional client certificates (the interceptors decide who may call what);
-/// - a tracing span per request carrying only the gRPC path (never a payload);
+/// - a tracing span per request naming only the method (`limits::method_label`: a method some
+///   component serves, else `other`; never a payload);
 /// - the stack of [`crate::limits`], from `limits`: request metrics into `metrics`, load shedding
 ///   over a global concurrency limit, a rate limit per calling agency, the per-call deadline
 ///   (propagated to the calls a handler makes) and the message size limit. Overload and rate
