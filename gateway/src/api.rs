@@ -607,9 +607,10 @@ impl Shared {
         if self.send_writer.submit(pending).is_err() {
             return Err(ServiceError::Unavailable("the gateway is stopping".into()));
         }
-        let accepted = answer
-            .await
-            .map_err(|_| ServiceError::Unavailable("the gateway is stopping".into()))??;
+        // No answer: the batch was dropped unwritten (the gateway stopping, or a bug in a check).
+        let accepted = answer.await.map_err(|_| {
+            ServiceError::Unavailable("the message was not stored; try again".into())
+        })??;
         if !accepted.duplicate {
             tracing::info!(
                 message_id = %accepted.message_id,

@@ -71,7 +71,7 @@ impl<T: Send + 'static> Batcher<T> {
     where
         S: Send + Sync + 'static,
         F: Fn(Arc<S>, Vec<T>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         let (queue, mut waiting) = mpsc::unbounded_channel();
         runtime.spawn(async move {
@@ -80,7 +80,13 @@ impl<T: Send + 'static> Batcher<T> {
                 let Some(owner) = owner.upgrade() else {
                     break;
                 };
-                write(owner, std::mem::take(&mut batch)).await;
+                // Each batch in a task of its own: a panic (a bug in a check) drops that batch's
+                // requests, whose callers are told it was not stored, and the writer goes on
+                // with the next batch instead of leaving every later request unanswered.
+                let written = tokio::spawn(write(owner, std::mem::take(&mut batch))).await;
+                if written.is_err() {
+                    tracing::error!("a batch writer panicked; its requests were not stored");
+                }
             }
         });
         Self { queue }
@@ -148,6 +154,38 @@ mod tests {
         );
         assert!(batches.iter().all(|b| b.len() <= 8), "{batches:?}");
         assert_eq!(batches[1].len(), 8, "a crowd fills a batch: {batches:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_panics_loses_only_its_own_requests() {
+        let owner = Arc::new(());
+        let batcher = Batcher::spawn(
+            &Handle::current(),
+            Arc::downgrade(&owner),
+            1,
+            |_owner: Arc<()>, batch: Vec<(u32, oneshot::Sender<u32>)>| async move {
+                for (n, reply) in batch {
+                    assert_ne!(n, 13, "a bug met by one request");
+                    reply.send(n).unwrap();
+                }
+            },
+        );
+        let mut answers = Vec::new();
+        for n in [12, 13, 14] {
+            let (reply, answer) = oneshot::channel();
+            batcher.submit((n, reply)).unwrap();
+            answers.push(answer);
+        }
+        let answers: Vec<_> = futures_answers(answers).await;
+        assert_eq!(answers, vec![Some(12), None, Some(14)]);
+    }
+
+    async fn futures_answers(answers: Vec<oneshot::Receiver<u32>>) -> Vec<Option<u32>> {
+        let mut out = Vec::new();
+        for answer in answers {
+            out.push(answer.await.ok());
+        }
+        out
     }
 
     #[tokio::test]
