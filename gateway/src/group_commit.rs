@@ -78,6 +78,8 @@ impl<T: Send + 'static> Batcher<T> {
             let mut batch = Vec::with_capacity(max_batch);
             while waiting.recv_many(&mut batch, max_batch).await > 0 {
                 let Some(owner) = owner.upgrade() else {
+                    // New requests are refused before the ones taken are dropped unanswered.
+                    waiting.close();
                     break;
                 };
                 // Each batch in a task of its own: a panic (a bug in a check) drops that batch's
