@@ -945,6 +945,13 @@ async fn try_write_sends(
     ledger::lock_head(&mut tx).await.map_err(store_failed)?;
     let mut answers = Vec::with_capacity(batch.len());
     for (index, pending) in batch.iter().enumerate() {
+        // A caller that gave up (its deadline passed, its connection closed) was not told the
+        // message was stored: nothing of it is stored, as when its own transaction was dropped.
+        // It sends again under the same idempotency key.
+        if pending.reply.is_closed() {
+            answers.push(SendResponse::default());
+            continue;
+        }
         let stored = shared
             .store_send(&mut tx, pending)
             .instrument(pending.span.clone())

@@ -831,6 +831,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_send_whose_caller_gave_up_before_its_batch_is_not_stored() {
+        let hub = hub().await;
+        let shared = hub.gateway.shared.clone();
+        let caller = shared.directory().agency("school-1").cloned().unwrap();
+        let mut sends = Vec::new();
+        for _ in 0..2 {
+            let mut env = help_request();
+            env.case_reference.clear();
+            sends.push(shared.prepare_send(&caller, env).unwrap());
+        }
+        let (gone, gone_answer) = sends.remove(0);
+        let (kept, kept_answer) = sends.remove(0);
+        // The first caller's deadline passed while the batch waited for the ledger's lock.
+        drop(gone_answer);
+        crate::api::write_sends(shared.clone(), vec![gone, kept]).await;
+        let kept = kept_answer
+            .await
+            .unwrap()
+            .expect("the other send is stored");
+        let stored: Vec<String> = sqlx::query_scalar("SELECT message_id FROM messages")
+            .fetch_all(shared.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            stored,
+            vec![kept.message_id],
+            "nothing of the abandoned send"
+        );
+        assert_eq!(ledger::verify(shared.db.pool()).await.unwrap().entries, 1);
+        shared.db.close().await;
+    }
+
+    #[tokio::test]
     async fn deliveries_recorded_in_one_batch_chain_in_the_ledger_and_a_double_push_counts_once() {
         let hub = hub().await;
         let shared = hub.gateway.shared.clone();
