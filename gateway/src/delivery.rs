@@ -58,8 +58,8 @@ struct Due {
     /// The `traceparent` of the Send call that accepted the message.
     trace_context: Option<String>,
     /// The message's row as the claim read it (its sealed payload included), so that a push
-    /// reads nothing more; `None` where a caller has only the id.
-    stored: Option<store::MessageRow>,
+    /// reads nothing more.
+    stored: store::MessageRow,
 }
 
 /// The span of one delivery attempt: a client span in the trace of the Send call that accepted
@@ -246,7 +246,7 @@ async fn claim_due(shared: &Shared, now: Timestamp, limit: usize) -> Result<Vec<
                 attempts: stored.delivery_attempts,
                 form_kind: stored.form_kind.clone(),
                 trace_context: row.try_get("trace_context")?,
-                stored: Some(stored),
+                stored,
             })
         })
         .collect()
@@ -274,20 +274,8 @@ async fn next_due(shared: &Shared) -> Result<Option<Timestamp>, sqlx::Error> {
 /// The message's envelope with its payload opened. A payload that cannot be opened counts as a
 /// failed attempt (retried with back-off: a missing key can be added back); the cause is logged
 /// with the message id and key id only.
-async fn due_envelope(shared: &Shared, due: &Due) -> Result<Envelope, &'static str> {
-    let read = match &due.stored {
-        Some(row) => Ok(Some(row.clone())),
-        None => store::message_by_id(shared.db.pool(), &due.message_id).await,
-    };
-    let row = match read {
-        Ok(Some(row)) => row,
-        Ok(None) => return Err("MISSING"),
-        Err(e) => {
-            tracing::error!(message_id = %due.message_id, error = %e, "cannot read a message to deliver");
-            return Err("STORE");
-        }
-    };
-    store::open_envelope(&shared.sealer, &row).map_err(|e| {
+fn due_envelope(shared: &Shared, due: &Due) -> Result<Envelope, &'static str> {
+    store::open_envelope(&shared.sealer, &due.stored).map_err(|e| {
         if e.is_missing_key() {
             "PAYLOAD_KEY_MISSING"
         } else {
@@ -300,7 +288,7 @@ async fn deliver(shared: &Shared, channel: Channel, due: Due) {
     shared
         .gateway_metrics
         .attempting(&due.recipient, due.attempts);
-    let envelope = match due_envelope(shared, &due).await {
+    let envelope = match due_envelope(shared, &due) {
         Ok(e) => e,
         Err(code) => {
             tracing::Span::current().record("outcome", code);
@@ -482,13 +470,13 @@ pub(crate) async fn record_delivery_for_test(
     let envelope =
         store::open_envelope(&shared.sealer, &row).map_err(|e| sqlx::Error::Decode(e.into()))?;
     let due = Due {
-        message_id: row.message_id,
-        recipient: row.recipient_agency_id,
-        payload_sha256: row.payload_sha256,
+        message_id: row.message_id.clone(),
+        recipient: row.recipient_agency_id.clone(),
+        payload_sha256: row.payload_sha256.clone(),
         attempts: row.delivery_attempts,
-        form_kind: row.form_kind,
+        form_kind: row.form_kind.clone(),
         trace_context: None,
-        stored: None,
+        stored: row,
     };
     let entry = EntryFields::for_envelope(LedgerEvent::Delivered, &envelope, &due.payload_sha256);
     write_deliveries(shared, &[(&due, &entry)]).await?;
