@@ -1345,12 +1345,11 @@ impl Shared {
         reason: &str,
     ) -> ServiceResult<CaseView> {
         let AuthorizedRead {
-            facts,
+            ref facts,
             sections,
             broke_glass,
-            situation,
+            ..
         } = read;
-        let facts = &facts;
         let now = self.clock.now();
         let shown = async {
             let file = file.await?;
@@ -1379,16 +1378,7 @@ impl Shared {
                 },
             ))
         };
-        let recorded = self.record_read(
-            caller,
-            acting,
-            facts,
-            sections,
-            broke_glass,
-            situation,
-            reason,
-            now,
-        );
+        let recorded = self.record_read(caller, acting, &read, reason, now);
         let (shown, next_review, seq) = tokio::join!(shown, next_review, recorded);
         let (mut shown, next_review, seq) = (shown?, next_review?, seq?);
         if let (Some(summary), Some(date)) = (shown.summary.as_mut(), next_review) {
@@ -1412,18 +1402,21 @@ impl Shared {
 
     /// The ledger entry of an allowed read and, when the glass was broken, the alert to each of
     /// the case's curators, in one transaction; returns the entry's sequence number.
-    #[allow(clippy::too_many_arguments)]
     async fn record_read(
         &self,
         caller: &AgencyEntry,
         acting: &ActingUser,
-        facts: &CaseFacts,
-        sections: Sections,
-        broke_glass: bool,
-        situation: Situation,
+        read: &AuthorizedRead,
         reason: &str,
         now: jiff::Timestamp,
     ) -> ServiceResult<i64> {
+        let AuthorizedRead {
+            facts,
+            sections,
+            broke_glass,
+            situation,
+        } = read;
+        let (sections, broke_glass) = (*sections, *broke_glass);
         let now_us = time::to_micros(now);
         let mut tx = self.db.begin().await?;
         let seq = append_audit(
