@@ -4,7 +4,10 @@
 //! configuration (a misspelt variable is silently ignored by the loader, so this test lists what
 //! serde ignored); ports agree with the configured listen addresses and the directory's
 //! endpoints; TLS Secrets are mounted where the code reads the component's files; every Secret and
-//! ConfigMap named is defined or documented. Offline and fast: no docker, no cluster.
+//! ConfigMap named is defined or documented; the NetworkPolicies, evaluated against the
+//! Deployments' labels and ports, let agencies reach only the gateway's gRPC port, the gateway
+//! only the agencies', and only Prometheus the admin ports. Offline and fast: no docker, no
+//! cluster.
 //!
 //! `cargo test -p referral-tests --test deploy_manifests`
 
@@ -582,4 +585,188 @@ fn a_misspelt_variable_is_caught() {
     assert_eq!(ignored, ["gateway.listen_addr"]);
     let (ignored, _) = load(&env("REFERRAL_HUB__GATEWAYS__LISTEN"));
     assert_eq!(ignored, ["gateways"]);
+}
+
+/// A pod as the NetworkPolicies see it: its namespace's labels, its own labels, its named ports.
+#[derive(Debug, Clone)]
+struct Peer {
+    what: String,
+    namespace: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    ports: BTreeMap<String, u16>,
+}
+
+fn labels(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_mapping)
+        .map(|m| m.iter().map(|(k, v)| (text(k), text(v))).collect())
+        .unwrap_or_default()
+}
+
+/// Whether a label selector (`matchLabels` only; these manifests use no expressions) selects.
+fn selects(selector: &Value, labels_of: &BTreeMap<String, String>) -> bool {
+    assert!(
+        selector.get("matchExpressions").is_none(),
+        "matchExpressions are not modelled by this test"
+    );
+    labels(selector.get("matchLabels"))
+        .iter()
+        .all(|(k, v)| labels_of.get(k) == Some(v))
+}
+
+/// Whether one peer entry of a rule (`from` or `to`) matches `peer`; a policy's own namespace
+/// is where a bare `podSelector` looks.
+fn peer_matches(entry: &Value, peer: &Peer, own_namespace: &BTreeMap<String, String>) -> bool {
+    if entry.get("ipBlock").is_some() {
+        return true; // addresses, not pods: counted as anyone
+    }
+    let namespace_ok = match entry.get("namespaceSelector") {
+        Some(selector) => selects(selector, &peer.namespace),
+        None => peer.namespace == *own_namespace,
+    };
+    namespace_ok
+        && entry
+            .get("podSelector")
+            .is_none_or(|selector| selects(selector, &peer.labels))
+}
+
+/// Whether a rule's ports let `port` of `target` through (no ports: every port).
+fn port_allowed(rule: &Value, port: u16, target: &Peer) -> bool {
+    let ports = seq(rule, "ports");
+    ports.is_empty()
+        || ports.iter().any(|p| match p.get("port") {
+            None => true,
+            Some(Value::String(name)) => target.ports.get(name) == Some(&port),
+            Some(number) => {
+                let low = number.as_u64().unwrap() as u16;
+                let high = p.get("endPort").map_or(low, |e| e.as_u64().unwrap() as u16);
+                (low..=high).contains(&port)
+            }
+        })
+}
+
+/// Whether the policies let `from` open a connection to `port` of `to`: an egress rule of a
+/// policy selecting `from` and an ingress rule of one selecting `to` must both allow it (a pod
+/// that no policy of a direction selects is open in that direction).
+fn connects(policies: &[Value], from: &Peer, to: &Peer, port: u16) -> bool {
+    let hub_namespace = BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_owned(),
+        "referral-hub".to_owned(),
+    )]);
+    let side = |pod: &Peer, direction: &str, rules_key: &str, peers_key: &str, other: &Peer| {
+        let mut selected = false;
+        let mut allowed = false;
+        for policy in policies {
+            let spec = policy.get("spec").unwrap();
+            let applies = pod.namespace == hub_namespace
+                && selects(spec.get("podSelector").unwrap(), &pod.labels)
+                && seq(spec, "policyTypes")
+                    .iter()
+                    .any(|t| text(t) == direction);
+            if !applies {
+                continue;
+            }
+            selected = true;
+            allowed |= seq(spec, rules_key).iter().any(|rule| {
+                let peers = seq(rule, peers_key);
+                port_allowed(rule, port, to)
+                    && (peers.is_empty()
+                        || peers.iter().any(|p| peer_matches(p, other, &hub_namespace)))
+            });
+        }
+        !selected || allowed
+    };
+    side(from, "Egress", "egress", "to", to) && side(to, "Ingress", "ingress", "from", from)
+}
+
+#[test]
+fn network_policies_let_agencies_talk_only_to_the_gateway() {
+    let objects = k8s_objects();
+    let policies = &objects["NetworkPolicy"];
+    let hub_namespace = BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_owned(),
+        "referral-hub".to_owned(),
+    )]);
+    // Deny by default: a policy selecting every pod, both directions, no rule.
+    assert!(
+        policies.iter().any(|p| {
+            let spec = p.get("spec").unwrap();
+            labels(spec.get("podSelector").unwrap().get("matchLabels")).is_empty()
+                && seq(spec, "policyTypes").len() == 2
+                && seq(spec, "ingress").is_empty()
+                && seq(spec, "egress").is_empty()
+        }),
+        "a default-deny policy"
+    );
+    let pods: Vec<Peer> = objects["Deployment"]
+        .iter()
+        .map(|d| {
+            let template = d.get("spec").unwrap().get("template").unwrap();
+            let [container] = seq(template.get("spec").unwrap(), "containers") else {
+                panic!("one container")
+            };
+            Peer {
+                what: name_of(d).to_owned(),
+                namespace: hub_namespace.clone(),
+                labels: labels(template.get("metadata").unwrap().get("labels")),
+                ports: seq(container, "ports")
+                    .iter()
+                    .map(|p| {
+                        (
+                            s(p, "name").to_owned(),
+                            p.get("containerPort").unwrap().as_u64().unwrap() as u16,
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let is_gateway = |p: &Peer| p.labels.get("app.kubernetes.io/component").unwrap() == "gateway";
+    let prometheus = Peer {
+        what: "Prometheus".into(),
+        namespace: BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            "monitoring".to_owned(),
+        )]),
+        labels: BTreeMap::from([("app.kubernetes.io/name".to_owned(), "prometheus".to_owned())]),
+        ports: BTreeMap::new(),
+    };
+    let stranger = Peer {
+        what: "a pod of another namespace".into(),
+        namespace: BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            "default".to_owned(),
+        )]),
+        labels: BTreeMap::new(),
+        ports: BTreeMap::new(),
+    };
+    assert!(pods.iter().any(is_gateway) && pods.iter().any(|p| !is_gateway(p)));
+    for to in &pods {
+        for (port_name, &port) in &to.ports {
+            // Between the hub's pods: gRPC from an agency to the gateway and back, nothing else
+            // (no agency reaches another, nobody reaches an admin port).
+            for from in pods.iter().filter(|p| p.what != to.what) {
+                let expected = port_name == "grpc" && is_gateway(from) != is_gateway(to);
+                assert_eq!(
+                    connects(policies, from, to, port),
+                    expected,
+                    "{} -> {} port {port_name} ({port})",
+                    from.what,
+                    to.what
+                );
+            }
+            // From outside: Prometheus scrapes the admin port; nothing else comes in.
+            assert_eq!(
+                connects(policies, &prometheus, to, port),
+                port_name == "admin",
+                "Prometheus -> {} port {port_name}",
+                to.what
+            );
+            assert!(
+                !connects(policies, &stranger, to, port),
+                "{} -> {} port {port_name}",
+                stranger.what,
+                to.what
+            );
+        }
+    }
 }
