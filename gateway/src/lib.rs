@@ -49,7 +49,7 @@ use referral_proto::v1::{
 };
 use tokio::{
     net::TcpListener,
-    sync::{Notify, broadcast},
+    sync::{Notify, broadcast, watch},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -169,6 +169,8 @@ pub(crate) struct Shared {
     pub(crate) alerts: broadcast::Sender<DeadlineAlert>,
     /// The alerts this replica's sweeps raised and broadcast themselves.
     pub(crate) local_alerts: deadlines::feed::LocalAlerts,
+    /// The ledger sequence number up to which this replica's alert feed has relayed alerts.
+    pub(crate) feed_position: watch::Sender<i64>,
     /// Seals payloads at rest and opens them.
     pub(crate) sealer: PayloadSealer,
     /// How long delivered payloads are kept.
@@ -361,6 +363,7 @@ impl Gateway {
             engine_wake: Notify::new(),
             alerts,
             local_alerts: deadlines::feed::LocalAlerts::default(),
+            feed_position: watch::Sender::new(0),
             sealer: config.payload_sealer,
             payload_retention: config.payload_retention,
             policy,
@@ -482,6 +485,15 @@ impl GatewayHandle {
     /// Deadline alerts from now on, as `WatchDeadlines` streams them.
     pub fn subscribe_alerts(&self) -> broadcast::Receiver<DeadlineAlert> {
         self.shared.alerts.subscribe()
+    }
+
+    /// Waits until this replica's alert feed has read the ledger up to `seq`: every alert
+    /// committed up to there has then been broadcast to this replica's watchers, by its own
+    /// sweep or by the feed (tests: nothing later can be a late copy).
+    pub async fn alert_feed_reached(&self, seq: i64) {
+        let mut position = self.shared.feed_position.subscribe();
+        // The sender lives as long as the gateway's shared state, which `self` holds.
+        let _ = position.wait_for(|at| *at >= seq).await;
     }
 
     /// Runs the deadline engine to completion for the clock's current instant, in the caller's

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use referral_core::{time, validate};
 use referral_proto::v1::{DeadlineAlert, DeadlineState, FormKind, WatchDeadlinesRequest};
 use referral_tests::{Backend, HubOptions, TestHub, both_backends};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// Every instant at which one of `deadlines` changes state, earliest first.
 fn transition_instants(deadlines: &[referral_proto::v1::Deadline]) -> Vec<Timestamp> {
@@ -28,29 +28,15 @@ fn transition_instants(deadlines: &[referral_proto::v1::Deadline]) -> Vec<Timest
     instants.into_iter().collect()
 }
 
-/// Forwards every alert a replica broadcasts (as its `WatchDeadlines` streams see them) to one
-/// channel, tagged with the replica's index.
-fn tap(
+/// The next alert a replica broadcasts (as its `WatchDeadlines` streams see it).
+async fn next_alert(
     index: usize,
-    mut alerts: broadcast::Receiver<DeadlineAlert>,
-) -> mpsc::UnboundedReceiver<(usize, DeadlineAlert)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match alerts.recv().await {
-                Ok(alert) => {
-                    if tx.send((index, alert)).is_err() {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    panic!("replica {index}'s alert watcher missed {missed} alerts")
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-    rx
+    alerts: &mut broadcast::Receiver<DeadlineAlert>,
+) -> DeadlineAlert {
+    match alerts.recv().await {
+        Ok(alert) => alert,
+        Err(e) => panic!("replica {index}'s alert watcher: {e}"),
+    }
 }
 
 /// The rows of `deadline_alerts`: one per (deadline, state) entered.
@@ -93,11 +79,7 @@ async fn two_replicas_raise_each_deadline_alert_once(backend: Backend) {
     let hub = TestHub::start(backend).await;
     let replica = hub.start_replica_gateway().await.unwrap();
     let replicas = [hub.gateway(), replica.clone()];
-    let mut taps: Vec<_> = replicas
-        .iter()
-        .enumerate()
-        .map(|(i, g)| tap(i, g.subscribe_alerts()))
-        .collect();
+    let mut taps: Vec<_> = replicas.iter().map(|g| g.subscribe_alerts()).collect();
     // Cases (an assessment clock each, the curator's) and help requests left undecided (a
     // decision clock each, the secretary's).
     for n in 0..4 {
@@ -186,16 +168,31 @@ async fn two_replicas_raise_each_deadline_alert_once(backend: Backend) {
         );
     }
 
-    // Every replica's watchers saw each alert once, whichever replica raised it.
+    // Every replica's watchers saw each alert once, whichever replica raised it, and nothing
+    // more once its feed has read the whole ledger (a late copy would be there by then).
+    let ledger_end: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM ledger")
+        .fetch_one(hub.gateway().database().pool())
+        .await
+        .unwrap();
     for (i, tap) in taps.iter_mut().enumerate() {
         let seen = watch_until(
             &format!("replica {i}'s watchers"),
             expected_rows,
-            async || tap.recv().await.map(|(_, a)| a),
+            async || Some(next_alert(i, tap).await),
         )
         .await;
         let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
         assert!(repeated.is_empty(), "replica {i} repeated {repeated:?}");
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            replicas[i].alert_feed_reached(ledger_end),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("replica {i}'s feed did not reach the ledger's end"));
+        assert!(
+            matches!(tap.try_recv(), Err(broadcast::error::TryRecvError::Empty)),
+            "replica {i} broadcast more than one alert per (deadline, state)"
+        );
     }
     let seen = watch_until("the secretary's watch", expected_rows, async || {
         watch.message().await.expect("the stream is healthy")
@@ -286,7 +283,7 @@ async fn a_watcher_on_one_replica_sees_the_alerts_the_other_raises(backend: Back
     )
     .await;
     let replica = hub.start_replica_gateway().await.unwrap();
-    let mut first = tap(0, hub.gateway().subscribe_alerts());
+    let mut first = hub.gateway().subscribe_alerts();
     let case = hub.open_case("cross-replica-watch").await;
     replica.settle().await.unwrap();
     let secretary = hub.staff("commission", "secretary").await;
@@ -312,10 +309,25 @@ async fn a_watcher_on_one_replica_sees_the_alerts_the_other_raises(backend: Back
         "warned, due, overdue and escalated, by the replica"
     );
     let seen = watch_until("the first replica's watchers", 4, async || {
-        first.recv().await.map(|(_, a)| a)
+        Some(next_alert(0, &mut first).await)
     })
     .await;
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    // Nothing more once the first replica's feed has read the whole ledger.
+    let ledger_end: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM ledger")
+        .fetch_one(hub.gateway().database().pool())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        hub.gateway().alert_feed_reached(ledger_end),
+    )
+    .await
+    .expect("the first replica's feed reaches the ledger's end");
+    assert!(
+        matches!(first.try_recv(), Err(broadcast::error::TryRecvError::Empty)),
+        "the first replica relayed an alert twice"
+    );
     let seen = watch_until("the secretary's watch", 4, async || {
         watch.message().await.expect("the stream is healthy")
     })

@@ -84,10 +84,19 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 Err(e) => tracing::warn!(error = %e, "the alert feed cannot read the ledger"),
             }
         }
-        if let Some(cursor) = cursor.as_mut()
-            && let Err(e) = relay(&shared, cursor).await
-        {
-            tracing::warn!(error = %e, "the alert feed cannot read the ledger; retrying");
+        if let Some(cursor) = cursor.as_mut() {
+            match relay(&shared, cursor).await {
+                Ok(()) => {
+                    shared.feed_position.send_if_modified(|at| {
+                        let moved = *at != cursor.seq;
+                        *at = cursor.seq;
+                        moved
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the alert feed cannot read the ledger; retrying")
+                }
+            }
         }
         let wait = if cursor.is_some() {
             POLL_INTERVAL
