@@ -56,6 +56,7 @@ pub(crate) const STATE_WITHHELD: &str = "withheld";
 /// ledger entry saying so.
 pub(crate) async fn withhold(
     tx: &mut Transaction<'static, Any>,
+    head: &mut ledger::LockedHead,
     env: &Envelope,
     now_us: i64,
 ) -> Result<(), sqlx::Error> {
@@ -71,7 +72,7 @@ pub(crate) async fn withhold(
     let mut fields = EntryFields::for_envelope(ledger::LedgerEvent::Accepted, env, "");
     fields.event = EVENT_WITHHELD.to_owned();
     fields.outcome = OUTCOME_DENIED.to_owned();
-    ledger::append(tx, now_us, &fields).await?;
+    head.append(tx, now_us, &fields).await?;
     Ok(())
 }
 
@@ -1419,28 +1420,25 @@ impl Shared {
         let (sections, broke_glass) = (*sections, *broke_glass);
         let now_us = time::to_micros(now);
         let mut tx = self.db.begin().await?;
-        let seq = append_audit(
-            &mut tx,
-            now_us,
-            &Audit {
-                event: EVENT_READ,
-                agency_id: &caller.id,
-                acting: Some(acting),
-                purpose: situation.purpose,
-                case_reference: &facts.id,
-                message_id: "",
-                recipient_agency_id: "",
-                form_kind: "CASE_FILE",
-                sections,
-                outcome: OUTCOME_ALLOWED,
-                digest: if reason.is_empty() {
-                    String::new()
-                } else {
-                    ledger::payload_sha256(reason.as_bytes())
-                },
+        let mut head = ledger::lock_head(&mut tx).await?;
+        let audit = Audit {
+            event: EVENT_READ,
+            agency_id: &caller.id,
+            acting: Some(acting),
+            purpose: situation.purpose,
+            case_reference: &facts.id,
+            message_id: "",
+            recipient_agency_id: "",
+            form_kind: "CASE_FILE",
+            sections,
+            outcome: OUTCOME_ALLOWED,
+            digest: if reason.is_empty() {
+                String::new()
+            } else {
+                ledger::payload_sha256(reason.as_bytes())
             },
-        )
-        .await?;
+        };
+        let seq = head.append(&mut tx, now_us, &audit.fields()).await?;
         if broke_glass {
             for curator in &facts.team {
                 let alert = DisclosureAlert {
@@ -1484,6 +1482,7 @@ impl Shared {
                     .unwrap_or_default();
                 crate::store::enqueue_message(
                     &mut tx,
+                    &mut head,
                     &self.sealer,
                     &env,
                     &ledger::payload_sha256(&bytes),
@@ -1492,6 +1491,7 @@ impl Shared {
                 .await?;
             }
         }
+        head.store(&mut tx).await?;
         tx.commit().await?;
         self.ledger_appended();
         Ok(seq)

@@ -1,7 +1,10 @@
 //! The `referral.v1.Gateway` service: who is calling (from the certificate), whether the rules let
 //! them send this, and the durable, idempotent send.
 
-use std::sync::Arc;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use prost::Message as _;
 use referral_core::{
@@ -724,6 +727,8 @@ impl Shared {
     async fn store_send(
         &self,
         tx: &mut Transaction<'static, Any>,
+        head: &mut ledger::LockedHead,
+        keys: &mut BatchKeys,
         pending: &PendingSend,
     ) -> ServiceResult<SendResponse> {
         let PendingSend {
@@ -735,9 +740,14 @@ impl Shared {
             ..
         } = pending;
         let mut env = pending.env.clone();
-        if let Some(existing) =
+        let key = (caller.id.clone(), env.idempotency_key.clone());
+        let existing = if keys.written.contains(&key) {
+            // Written earlier in this batch: read back inside the transaction.
             store::message_by_key(&mut **tx, &caller.id, &env.idempotency_key).await?
-        {
+        } else {
+            keys.stored.get(&key).cloned()
+        };
+        if let Some(existing) = existing {
             return duplicate_response(existing, &env, payload_hash);
         }
         if let Reply::To { answers, single } = rule.reply {
@@ -793,13 +803,16 @@ impl Shared {
             );
         }
         env.view_sections = access.sections.iter().map(|s| s as i32).collect();
-        store::enqueue_message(tx, &self.sealer, &env, payload_hash, now_us).await?;
+        store::enqueue_message(tx, head, &self.sealer, &env, payload_hash, now_us).await?;
+        keys.written.insert(key);
         for mut copy in access.copies {
             copy.view_sections = env.view_sections.clone();
-            store::enqueue_message(tx, &self.sealer, &copy, payload_hash, now_us).await?;
+            store::enqueue_message(tx, head, &self.sealer, &copy, payload_hash, now_us).await?;
+            keys.written
+                .insert((copy.sender_agency_id.clone(), copy.idempotency_key.clone()));
         }
         if access.withheld {
-            access::withhold(tx, &env, now_us).await?;
+            access::withhold(tx, head, &env, now_us).await?;
         }
         // A single answer closes the message it answers; progress reports leave it open.
         if matches!(rule.reply, Reply::To { single: true, .. }) {
@@ -926,6 +939,14 @@ pub(crate) async fn write_sends(shared: Arc<Shared>, mut batch: Vec<PendingSend>
     }
 }
 
+/// The idempotency keys a batch of sends meets: those stored before the batch (read once, under
+/// the ledger's lock), and those the batch wrote since, by (sender, key).
+#[derive(Default)]
+struct BatchKeys {
+    stored: HashMap<(String, String), store::MessageRow>,
+    written: HashSet<(String, String)>,
+}
+
 /// Why a batch's transaction did not commit.
 enum BatchFailure {
     /// The send at this index was refused (or met a store error of its own).
@@ -941,8 +962,28 @@ async fn try_write_sends(
     let store_failed = |e: sqlx::Error| BatchFailure::Store(e.into());
     let mut tx = shared.writer_db.begin().await.map_err(store_failed)?;
     // Take the ledger's write lock first: concurrent sends (several replicas, or SQLite
-    // connections) then see each other's committed idempotency keys instead of racing.
-    ledger::lock_head(&mut tx).await.map_err(store_failed)?;
+    // connections) then see each other's committed idempotency keys instead of racing. The batch
+    // keeps the head and writes it once, before the commit.
+    let mut head = ledger::lock_head(&mut tx).await.map_err(store_failed)?;
+    // Under the lock no other writer adds keys: the batch's keys are read once, here.
+    let mut keys = BatchKeys::default();
+    let mut by_sender: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for pending in batch {
+        by_sender
+            .entry(pending.caller.id.as_str())
+            .or_default()
+            .push(pending.env.idempotency_key.as_str());
+    }
+    for (sender, sender_keys) in by_sender {
+        let found = store::messages_by_keys(&mut *tx, sender, &sender_keys)
+            .await
+            .map_err(store_failed)?;
+        keys.stored.extend(
+            found
+                .into_iter()
+                .map(|(key, row)| ((sender.to_owned(), key), row)),
+        );
+    }
     let mut answers = Vec::with_capacity(batch.len());
     for (index, pending) in batch.iter().enumerate() {
         // A caller that gave up (its deadline passed, its connection closed) was not told the
@@ -953,7 +994,7 @@ async fn try_write_sends(
             continue;
         }
         let stored = shared
-            .store_send(&mut tx, pending)
+            .store_send(&mut tx, &mut head, &mut keys, pending)
             .instrument(pending.span.clone())
             .await;
         match stored {
@@ -969,6 +1010,7 @@ async fn try_write_sends(
             }
         }
     }
+    head.store(&mut tx).await.map_err(store_failed)?;
     tx.commit().await.map_err(store_failed)?;
     Ok(answers)
 }

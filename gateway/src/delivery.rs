@@ -727,9 +727,18 @@ mod tests {
             let hash = ledger::payload_sha256(&env.payload.as_ref().unwrap().encode_to_vec());
             let mut tx = self.shared().db.begin().await.unwrap();
             let now_us = time::to_micros(self.clock.now());
-            store::enqueue_message(&mut tx, &self.shared().sealer, env, &hash, now_us)
-                .await
-                .unwrap();
+            let mut head = ledger::lock_head(&mut tx).await.unwrap();
+            store::enqueue_message(
+                &mut tx,
+                &mut head,
+                &self.shared().sealer,
+                env,
+                &hash,
+                now_us,
+            )
+            .await
+            .unwrap();
+            head.store(&mut tx).await.unwrap();
             tx.commit().await.unwrap();
         }
 
@@ -848,6 +857,74 @@ mod tests {
             "nothing of the abandoned send"
         );
         assert_eq!(ledger::verify(shared.db.pool()).await.unwrap().entries, 1);
+        shared.db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_held_ledger_head_chains_appends_in_memory_and_writes_the_head_once() {
+        let hub = hub().await;
+        let shared = hub.gateway.shared.clone();
+        let entry = |id: &str| ledger::EntryFields {
+            event: "test.entry".into(),
+            message_id: id.into(),
+            sender_agency_id: "school-1".into(),
+            recipient_agency_id: "commission".into(),
+            acting_user_id: String::new(),
+            acting_role: String::new(),
+            purpose_of_use: String::new(),
+            form_kind: String::new(),
+            case_reference: String::new(),
+            confidentiality: String::new(),
+            payload_sha256: String::new(),
+            sections: String::new(),
+            outcome: String::new(),
+        };
+        let head_row = async || -> (i64, String) {
+            sqlx::query_as("SELECT last_seq, last_hash FROM ledger_head WHERE id = 1")
+                .fetch_one(shared.db.pool())
+                .await
+                .unwrap()
+        };
+        let mut tx = shared.db.begin().await.unwrap();
+        let mut head = ledger::lock_head(&mut tx).await.unwrap();
+        assert_eq!(head.append(&mut tx, 1, &entry("a")).await.unwrap(), 1);
+        assert_eq!(
+            head.append_many(&mut tx, 1, &[entry("b"), entry("c")])
+                .await
+                .unwrap(),
+            2
+        );
+        head.store(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+        let (last_seq, last_hash) = head_row().await;
+        assert_eq!(last_seq, 3);
+        let newest: String = sqlx::query_scalar("SELECT entry_hash FROM ledger WHERE seq = 3")
+            .fetch_one(shared.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(last_hash, newest, "the head names the newest entry");
+        // A transaction without the lock appends after them, and the chain is whole.
+        let mut tx = shared.db.begin().await.unwrap();
+        assert_eq!(ledger::append(&mut tx, 2, &entry("d")).await.unwrap(), 4);
+        tx.commit().await.unwrap();
+        assert_eq!(ledger::verify(shared.db.pool()).await.unwrap().entries, 4);
+        // A rolled-back batch leaves the head as it was.
+        let mut tx = shared.db.begin().await.unwrap();
+        let mut head = ledger::lock_head(&mut tx).await.unwrap();
+        head.append(&mut tx, 3, &entry("e")).await.unwrap();
+        drop(head);
+        tx.rollback().await.unwrap();
+        assert_eq!(head_row().await.0, 4);
+        // A head dropped unwritten in a committed transaction (a bug) is caught at the next
+        // append by the ledger's primary key: the chain does not fork.
+        let mut tx = shared.db.begin().await.unwrap();
+        let mut head = ledger::lock_head(&mut tx).await.unwrap();
+        head.append(&mut tx, 3, &entry("f")).await.unwrap();
+        drop(head);
+        tx.commit().await.unwrap();
+        let mut tx = shared.db.begin().await.unwrap();
+        assert!(ledger::append(&mut tx, 4, &entry("g")).await.is_err());
+        tx.rollback().await.unwrap();
         shared.db.close().await;
     }
 

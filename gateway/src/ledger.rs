@@ -123,16 +123,129 @@ pub fn payload_sha256(payload: &[u8]) -> String {
 }
 
 /// Takes the ledger's write lock for the rest of the transaction (a row lock on PostgreSQL, the
-/// database write lock on SQLite). Call it first in a transaction that reads before it appends.
-pub async fn lock_head(tx: &mut Transaction<'static, Any>) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE ledger_head SET last_seq = last_seq WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// database write lock on SQLite) and reads its head. Call it first in a transaction that reads
+/// before it appends.
+pub async fn lock_head(tx: &mut Transaction<'static, Any>) -> Result<LockedHead, sqlx::Error> {
+    let head = sqlx::query(
+        "UPDATE ledger_head SET last_seq = last_seq WHERE id = 1 RETURNING last_seq, last_hash",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(LockedHead {
+        last_seq: head.try_get("last_seq")?,
+        last_hash: head.try_get("last_hash")?,
+        moved: false,
+    })
 }
 
-/// Appends an entry inside the caller's transaction, so that the entry exists exactly when the
-/// change it records does. Returns the entry's sequence number.
+/// The ledger's head as the transaction holding its write lock sees it ([`lock_head`]). While
+/// the lock is held nobody else appends, so the head is kept here: each append is one `INSERT`
+/// (chained in memory), and the head row is written once, by [`LockedHead::store`], which must
+/// run before the transaction commits. (Committed without it, the next append would reuse a
+/// sequence number and fail on the ledger's primary key: loudly, never a forked chain.)
+#[derive(Debug)]
+pub struct LockedHead {
+    last_seq: i64,
+    last_hash: String,
+    /// Entries were appended since the head row was read or written.
+    moved: bool,
+}
+
+impl LockedHead {
+    /// Appends an entry inside the lock's transaction, so that the entry exists exactly when the
+    /// change it records does. Returns the entry's sequence number.
+    pub async fn append(
+        &mut self,
+        tx: &mut Transaction<'static, Any>,
+        recorded_at: i64,
+        fields: &EntryFields,
+    ) -> Result<i64, sqlx::Error> {
+        self.append_many(tx, recorded_at, std::slice::from_ref(fields))
+            .await
+    }
+
+    /// Appends `entries`, in order, in one `INSERT` whatever their number; returns the first
+    /// entry's sequence number (the others follow it).
+    pub async fn append_many(
+        &mut self,
+        tx: &mut Transaction<'static, Any>,
+        recorded_at: i64,
+        entries: &[EntryFields],
+    ) -> Result<i64, sqlx::Error> {
+        if entries.is_empty() {
+            return Err(sqlx::Error::Protocol("no ledger entries to append".into()));
+        }
+        let first_seq = self.last_seq + 1;
+        let mut prev_hash = self.last_hash.clone();
+        let mut chained = Vec::with_capacity(entries.len());
+        for (seq, fields) in (first_seq..).zip(entries) {
+            let hash = entry_hash(seq, recorded_at, &prev_hash, fields);
+            chained.push((
+                seq,
+                std::mem::replace(&mut prev_hash, hash.clone()),
+                hash,
+                fields,
+            ));
+        }
+        // Placeholders only: the statement's text holds no value.
+        let mut sql = String::from(
+            "INSERT INTO ledger (seq, recorded_at, event, message_id, sender_agency_id, \
+             recipient_agency_id, acting_user_id, acting_role, purpose_of_use, form_kind, \
+             case_reference, confidentiality, payload_sha256, prev_hash, entry_hash, sections, \
+             outcome) VALUES ",
+        );
+        for row in 0..chained.len() {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            sql.push_str(&crate::store::placeholders(
+                row * ENTRY_COLUMNS + 1,
+                ENTRY_COLUMNS,
+            ));
+            sql.push(')');
+        }
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (seq, prev, hash, fields) in &chained {
+            insert = insert
+                .bind(*seq)
+                .bind(recorded_at)
+                .bind(fields.event.clone())
+                .bind(fields.message_id.clone())
+                .bind(fields.sender_agency_id.clone())
+                .bind(fields.recipient_agency_id.clone())
+                .bind(fields.acting_user_id.clone())
+                .bind(fields.acting_role.clone())
+                .bind(fields.purpose_of_use.clone())
+                .bind(fields.form_kind.clone())
+                .bind(fields.case_reference.clone())
+                .bind(fields.confidentiality.clone())
+                .bind(fields.payload_sha256.clone())
+                .bind(prev.clone())
+                .bind(hash.clone())
+                .bind(fields.sections.clone())
+                .bind(fields.outcome.clone());
+        }
+        insert.execute(&mut **tx).await?;
+        self.last_seq += i64::try_from(entries.len()).unwrap_or(i64::MAX);
+        self.last_hash = prev_hash;
+        self.moved = true;
+        Ok(first_seq)
+    }
+
+    /// Writes the head row if entries were appended; call it last before the commit.
+    pub async fn store(mut self, tx: &mut Transaction<'static, Any>) -> Result<(), sqlx::Error> {
+        if self.moved {
+            sqlx::query("UPDATE ledger_head SET last_seq = $1, last_hash = $2 WHERE id = 1")
+                .bind(self.last_seq)
+                .bind(&self.last_hash)
+                .execute(&mut **tx)
+                .await?;
+            self.moved = false;
+        }
+        Ok(())
+    }
+}
+
+/// Appends an entry in a transaction that does not hold the ledger's lock: takes it, appends and
+/// writes the head (three statements). Returns the entry's sequence number.
 pub async fn append(
     tx: &mut Transaction<'static, Any>,
     recorded_at: i64,
@@ -141,85 +254,20 @@ pub async fn append(
     append_many(tx, recorded_at, std::slice::from_ref(fields)).await
 }
 
-/// The columns of a ledger row, in the order [`append_many`] binds them.
+/// The columns of a ledger row, in the order [`LockedHead::append_many`] binds them.
 const ENTRY_COLUMNS: usize = 17;
 
-/// Appends `entries`, in order, inside the caller's transaction, in three statements whatever
-/// their number: the head moves by all of them at once, the chain is computed here and every
-/// row goes in one `INSERT`. Returns the first entry's sequence number (the others follow it).
+/// Appends `entries`, in order, in a transaction that does not hold the ledger's lock, in three
+/// statements whatever their number. Returns the first entry's sequence number.
 pub async fn append_many(
     tx: &mut Transaction<'static, Any>,
     recorded_at: i64,
     entries: &[EntryFields],
 ) -> Result<i64, sqlx::Error> {
-    let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-    if count == 0 {
-        return Err(sqlx::Error::Protocol("no ledger entries to append".into()));
-    }
-    // Updating the head row takes its write lock (PostgreSQL row lock, SQLite database lock),
-    // so concurrent appenders are serialised and the chain stays linear across replicas.
-    let head = sqlx::query(
-        "UPDATE ledger_head SET last_seq = last_seq + $1 WHERE id = 1 \
-         RETURNING last_seq, last_hash",
-    )
-    .bind(count)
-    .fetch_one(&mut **tx)
-    .await?;
-    let last_seq: i64 = head.try_get("last_seq")?;
-    let mut prev_hash: String = head.try_get("last_hash")?;
-    let first_seq = last_seq - count + 1;
-    let mut chained = Vec::with_capacity(entries.len());
-    for (seq, fields) in (first_seq..).zip(entries) {
-        let hash = entry_hash(seq, recorded_at, &prev_hash, fields);
-        chained.push((
-            seq,
-            std::mem::replace(&mut prev_hash, hash.clone()),
-            hash,
-            fields,
-        ));
-    }
-    // Placeholders only: the statement's text holds no value.
-    let mut sql = String::from(
-        "INSERT INTO ledger (seq, recorded_at, event, message_id, sender_agency_id, \
-         recipient_agency_id, acting_user_id, acting_role, purpose_of_use, form_kind, \
-         case_reference, confidentiality, payload_sha256, prev_hash, entry_hash, sections, outcome) \
-         VALUES ",
-    );
-    for row in 0..chained.len() {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        sql.push_str(&crate::store::placeholders(
-            row * ENTRY_COLUMNS + 1,
-            ENTRY_COLUMNS,
-        ));
-        sql.push(')');
-    }
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (seq, prev, hash, fields) in &chained {
-        insert = insert
-            .bind(*seq)
-            .bind(recorded_at)
-            .bind(fields.event.clone())
-            .bind(fields.message_id.clone())
-            .bind(fields.sender_agency_id.clone())
-            .bind(fields.recipient_agency_id.clone())
-            .bind(fields.acting_user_id.clone())
-            .bind(fields.acting_role.clone())
-            .bind(fields.purpose_of_use.clone())
-            .bind(fields.form_kind.clone())
-            .bind(fields.case_reference.clone())
-            .bind(fields.confidentiality.clone())
-            .bind(fields.payload_sha256.clone())
-            .bind(prev.clone())
-            .bind(hash.clone())
-            .bind(fields.sections.clone())
-            .bind(fields.outcome.clone());
-    }
-    insert.execute(&mut **tx).await?;
-    sqlx::query("UPDATE ledger_head SET last_hash = $1 WHERE id = 1")
-        .bind(prev_hash)
-        .execute(&mut **tx)
-        .await?;
-    Ok(first_seq)
+    let mut head = lock_head(tx).await?;
+    let first = head.append_many(tx, recorded_at, entries).await?;
+    head.store(tx).await?;
+    Ok(first)
 }
 
 /// The outcome of a successful verification.

@@ -170,6 +170,7 @@ pub(crate) fn placeholders(start: usize, count: usize) -> String {
 /// de-duplicated and chained exactly like a form. Returns the ledger entry's sequence number.
 pub(crate) async fn enqueue_message(
     tx: &mut Transaction<'static, Any>,
+    head: &mut ledger::LockedHead,
     sealer: &PayloadSealer,
     env: &Envelope,
     payload_sha256: &str,
@@ -187,12 +188,13 @@ pub(crate) async fn enqueue_message(
         Some(payload::Form::ActionAssignment(a)) => a.action.as_ref().map(|a| i64::from(a.number)),
         _ => None,
     };
-    let seq = ledger::append(
-        tx,
-        now_us,
-        &EntryFields::for_envelope(LedgerEvent::Accepted, env, payload_sha256),
-    )
-    .await?;
+    let seq = head
+        .append(
+            tx,
+            now_us,
+            &EntryFields::for_envelope(LedgerEvent::Accepted, env, payload_sha256),
+        )
+        .await?;
     sqlx::query(
         "INSERT INTO messages (message_id, sender_agency_id, idempotency_key, \
          recipient_agency_id, form_kind, in_reply_to, envelope, payload_sha256, created_at, state, \
@@ -335,6 +337,35 @@ where
     .as_ref()
     .map(message_row)
     .transpose()
+}
+
+/// The stored messages of `sender` under any of `keys`, by idempotency key, in one query.
+pub(crate) async fn messages_by_keys<'e, E>(
+    exec: E,
+    sender: &str,
+    keys: &[&str],
+) -> Result<std::collections::HashMap<String, MessageRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT idempotency_key, {MESSAGE_COLUMNS} FROM messages \
+         WHERE sender_agency_id = $1 AND idempotency_key IN ({})",
+        placeholders(2, keys.len())
+    )))
+    .bind(sender);
+    for key in keys {
+        query = query.bind(*key);
+    }
+    query
+        .fetch_all(exec)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("idempotency_key")?, message_row(r)?)))
+        .collect()
 }
 
 /// Why a stored message's envelope could not be read. Names the message and the key id, never

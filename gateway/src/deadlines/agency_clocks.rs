@@ -219,7 +219,7 @@ impl Shared {
         let now_us = time::to_micros(now);
         let mut tx = self.db.begin().await?;
         // The ledger's lock first: concurrent recordings with one key then see each other.
-        ledger::lock_head(&mut tx).await?;
+        let mut head = ledger::lock_head(&mut tx).await?;
         // A key stands for the event and who recorded it: the same event under the key from
         // another user, or in another role, is another request (its ledger entry would name
         // someone else).
@@ -297,7 +297,8 @@ impl Shared {
             sections: String::new(),
             outcome: String::new(),
         };
-        let seq = ledger::append(&mut tx, now_us, &fields).await?;
+        let seq = head.append(&mut tx, now_us, &fields).await?;
+        head.store(&mut tx).await?;
         sqlx::query(
             "INSERT INTO agency_clock_events (event_id, agency_id, district_id, idempotency_key, \
              subject_reference, kind, event, event_sha256, acting_user_id, recorded_at, \

@@ -102,7 +102,7 @@ impl Shared {
         let now_us = time::to_micros(now);
         let mut tx = self.db.begin().await?;
         // The ledger's lock first: concurrent recordings with one key then see each other.
-        ledger::lock_head(&mut tx).await?;
+        let mut head = ledger::lock_head(&mut tx).await?;
         if let Some(existing) = sqlx::query(
             "SELECT event_id, event_sha256 FROM case_events \
              WHERE commission_agency_id = $1 AND idempotency_key = $2",
@@ -155,7 +155,8 @@ impl Shared {
             sections: String::new(),
             outcome: String::new(),
         };
-        let seq = ledger::append(&mut tx, now_us, &fields).await?;
+        let seq = head.append(&mut tx, now_us, &fields).await?;
+        head.store(&mut tx).await?;
         sqlx::query(
             "INSERT INTO case_events (event_id, commission_agency_id, district_id, \
              idempotency_key, case_reference, kind, cycle, event, event_sha256, recorded_at, \

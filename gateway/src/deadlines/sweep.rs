@@ -126,6 +126,8 @@ async fn advance(
     let mut raised = Vec::new();
     let mut messages = 0;
     let mut current = d.clone();
+    // The ledger's lock, taken at the first alert message (where its first append took it).
+    let mut head: Option<ledger::LockedHead> = None;
     for to in entered {
         current.state = to;
         let alert_id = uuid::Uuid::now_v7().to_string();
@@ -161,7 +163,11 @@ async fn advance(
                 let hash = ledger::payload_sha256(&prost::Message::encode_to_vec(
                     env.payload.as_ref().unwrap_or(&Payload::default()),
                 ));
-                store::enqueue_message(&mut tx, &shared.sealer, &env, &hash, now_us).await?;
+                let head = match &mut head {
+                    Some(head) => head,
+                    None => head.insert(ledger::lock_head(&mut tx).await?),
+                };
+                store::enqueue_message(&mut tx, head, &shared.sealer, &env, &hash, now_us).await?;
                 messages += 1;
             }
             first.get_or_insert(alert);
@@ -174,6 +180,9 @@ async fn advance(
     // after it, never relays what is broadcast below.
     for alert in &raised {
         shared.local_alerts.note(&alert.alert_id);
+    }
+    if let Some(head) = head {
+        head.store(&mut tx).await?;
     }
     tx.commit().await?;
     for alert in &raised {
