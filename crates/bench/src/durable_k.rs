@@ -18,9 +18,15 @@ use crate::{
 /// The client counts the issue asks for.
 pub const CLIENTS: [usize; 3] = [1, 16, 128];
 
+/// The rate of the paced run: the issue's throughput target, at which its latency target is
+/// judged (see [`Load::run`] and BENCHMARKS.md).
+pub const PACED_RATE: u32 = 1_000;
+
 /// One backend's rows.
 struct Row {
     entry: Entry,
+    /// `None`: closed loop (saturation); `Some(rate)`: paced at that aggregate rate.
+    pace: Option<u32>,
     run: LoadRun,
     pgbench: Option<PgBench>,
 }
@@ -33,10 +39,11 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
          gateway -> commission)\n",
     );
     table.push_str(&format!(
-        "{:<9} {:<9} {:>7} {:>9} {:>9} {:>8} {:>8} {:>7} {:>10} {:>8}\n",
+        "{:<9} {:<9} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>10} {:>8}\n",
         "BACKEND",
         "ENTRY",
         "CLIENTS",
+        "LOAD",
         "DELIV/S",
         "ACK/S",
         "P50 ms",
@@ -66,10 +73,11 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
             let delivered = row.run.delivered_per_second();
             let vs_pgbench = row.pgbench.and_then(|p| ratio(delivered, p.tps));
             table.push_str(&format!(
-                "{:<9} {:<9} {:>7} {:>9.0} {:>9.0} {:>8} {:>8} {:>7} {:>10} {:>8}\n",
+                "{:<9} {:<9} {:>7} {:>9} {:>9.0} {:>9.0} {:>8} {:>8} {:>7} {:>10} {:>8}\n",
                 backend,
                 row.entry.name(),
                 row.run.clients,
+                load_name(row.pace),
                 delivered,
                 row.run.acknowledged_per_second(),
                 ms(s.p50_us),
@@ -83,6 +91,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
             list.push(json!({
                 "entry": row.entry.name(),
                 "clients": row.run.clients,
+                "paced_rate": row.pace,
                 "acknowledged": row.run.acknowledged,
                 "delivered_per_s": delivered,
                 "acknowledged_per_s": row.run.acknowledged_per_second(),
@@ -101,22 +110,36 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
         json.insert(backend.into(), json!(list));
         if backend == "postgres" {
             let mut verdicts = serde_json::Map::new();
-            for top in rows.iter().filter(|r| r.run.clients == 128) {
+            for top in rows
+                .iter()
+                .filter(|r| r.run.clients == 128 && r.pace.is_none())
+            {
                 let s = top.run.latency.summary();
                 let rate = top.run.delivered_per_second();
                 let half = top.pgbench.map(|p| rate >= p.tps / 2.0);
+                // The latency target at the throughput target: the paced run of this entry.
+                let paced = rows.iter().find(|r| {
+                    r.run.clients == 128 && r.entry == top.entry && r.pace == Some(PACED_RATE)
+                });
+                let paced_p99 = paced.map(|r| r.run.latency.summary().p99_us);
+                let paced_kept_up = paced.map(|r| kept_up(r, PACED_RATE));
+                let paced_ok = paced_p99
+                    .zip(paced_kept_up)
+                    .map(|(p99, kept)| kept && p99 <= 50_000);
                 verdicts.insert(
                     top.entry.name().into(),
                     json!({
                         "at_least_1000_per_s": rate >= 1000.0,
-                        "p99_at_most_50_ms": s.p99_us <= 50_000,
+                        "p99_at_most_50_ms_saturated": s.p99_us <= 50_000,
+                        "p99_at_most_50_ms_at_1000_per_s": paced_ok,
                         "at_least_half_of_pgbench": half,
                     }),
                 );
                 table.push_str(&format!(
-                    "targets (PostgreSQL, 128 clients, entry {}): >= 1000/s {}, p99 <= 50 ms {}, >= half of pgbench {}\n",
+                    "targets (PostgreSQL, 128 clients, entry {}): >= 1000/s {}, p99 <= 50 ms at 1000/s {}, p99 <= 50 ms saturated {}, >= half of pgbench {}\n",
                     top.entry.name(),
                     met(rate >= 1000.0),
+                    paced_ok.map(met).unwrap_or("-"),
                     met(s.p99_us <= 50_000),
                     half.map(met).unwrap_or("-"),
                 ));
@@ -125,6 +148,20 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
         }
     }
     Ok((serde_json::Value::Object(json), table))
+}
+
+/// "closed" (saturation) or the paced rate.
+fn load_name(pace: Option<u32>) -> String {
+    match pace {
+        None => "closed".into(),
+        Some(rate) => format!("{rate}/s"),
+    }
+}
+
+/// A paced run kept up when the hub delivered at least 95 % of the offered rate: otherwise its
+/// latency says only that the queue grew.
+fn kept_up(row: &Row, rate: u32) -> bool {
+    row.run.delivered_per_second() >= 0.95 * f64::from(rate)
 }
 
 pub fn met(ok: bool) -> &'static str {
@@ -143,14 +180,25 @@ async fn backend_rows(
     let drain = Duration::from_secs(300);
     // Warm-up: connections, statement caches, the first pages of every table.
     let warm = Load::prepare(&setup, 16, Entry::StaffApi).await?;
-    warm.run(Duration::from_secs(options.warmup), drain).await?;
+    warm.run(Duration::from_secs(options.warmup), drain, None)
+        .await?;
     let mut rows = Vec::new();
+    let most = options.clients.iter().copied().max();
     for &clients in &options.clients {
         let mut runs = Vec::new();
         for entry in [Entry::GatewaySend, Entry::StaffApi] {
             eprintln!("durable-k: {clients} clients, entry {}...", entry.name());
             let load = Load::prepare(&setup, clients, entry).await?;
-            runs.push((entry, load.run(window, drain).await?));
+            runs.push((entry, None, load.run(window, drain, None).await?));
+            if Some(clients) == most && options.paced_rate > 0 {
+                let rate = options.paced_rate;
+                eprintln!(
+                    "durable-k: {clients} clients paced at {rate}/s, entry {}...",
+                    entry.name()
+                );
+                let paced = load.run(window, drain, Some(f64::from(rate))).await?;
+                runs.push((entry, Some(rate), paced));
+            }
         }
         let pgbench = match cluster {
             Some(cluster) => {
@@ -163,9 +211,10 @@ async fn backend_rows(
             }
             None => None,
         };
-        for (entry, run) in runs {
+        for (entry, pace, run) in runs {
             rows.push(Row {
                 entry,
+                pace,
                 run,
                 pgbench,
             });

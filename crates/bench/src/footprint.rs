@@ -58,6 +58,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
         .run(
             Duration::from_secs(options.seconds),
             Duration::from_secs(300),
+            None,
         )
         .await?;
     done.store(true, Ordering::Relaxed);

@@ -69,6 +69,10 @@ pub struct Options {
     /// durable-k: the client counts to measure, comma-separated.
     #[arg(long, global = true, value_delimiter = ',', default_values_t = durable_k::CLIENTS)]
     pub clients: Vec<usize>,
+    /// durable-k: the aggregate rate (Ks a second) of the paced run at the largest client count;
+    /// 0 skips it.
+    #[arg(long, global = true, default_value_t = durable_k::PACED_RATE)]
+    pub paced_rate: u32,
 }
 
 /// Runs the chosen benchmarks; prints tables (or the JSON object) on standard output.

@@ -183,14 +183,35 @@ impl Load {
 
     /// Submits for `window` with every client; then waits (at most `drain_limit`) until the
     /// gateway has delivered everything it acknowledged.
-    pub async fn run(&self, window: Duration, drain_limit: Duration) -> anyhow::Result<LoadRun> {
+    ///
+    /// `pace: None` is a closed loop: each client submits again as soon as it is answered, so the
+    /// clients saturate the hub and their latency is, by Little's law, clients / throughput.
+    /// `pace: Some(rate)` is an open loop at `rate` submissions a second in all, spread evenly
+    /// over the clients: client `i` of `c` submits its `j`-th K at `(i + j c) / rate` seconds
+    /// after the start, and its latency runs from that scheduled moment, so a client held up by a
+    /// slow answer counts the wait of the submissions it could not start on time (no
+    /// coordinated omission).
+    pub async fn run(
+        &self,
+        window: Duration,
+        drain_limit: Duration,
+        pace: Option<f64>,
+    ) -> anyhow::Result<LoadRun> {
         let today = jiff::Timestamp::now()
             .to_zoned(jiff::tz::TimeZone::get("Asia/Almaty")?)
             .date();
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for client in &self.clients {
+        let count = self.clients.len();
+        for (index, client) in self.clients.iter().enumerate() {
+            // When this client's `j`-th submission is due, in a paced run.
+            let schedule = pace.map(|rate| {
+                move |j: u64| {
+                    started
+                        + Duration::from_secs_f64((index as f64 + j as f64 * count as f64) / rate)
+                }
+            });
             let mut client = client.clone();
             let stop = stop.clone();
             let next = self.next.clone();
@@ -201,9 +222,21 @@ impl Load {
                 let mut latency = Samples::new();
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
                 let mut acknowledged = 0_u64;
+                let mut submitted = 0_u64;
                 while !stop.load(Ordering::Relaxed) {
+                    let sent = match &schedule {
+                        Some(due) => {
+                            let due = due(submitted);
+                            if due >= started + window {
+                                break;
+                            }
+                            tokio::time::sleep_until(due.into()).await;
+                            due
+                        }
+                        None => Instant::now(),
+                    };
+                    submitted += 1;
                     let n = next.fetch_add(1, Ordering::Relaxed);
-                    let sent = Instant::now();
                     match client
                         .submit(&token, format!("{run_id}-{n}"), k_about(n, today))
                         .await
