@@ -54,12 +54,19 @@ impl LocalAlerts {
         let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         guard.0.contains(alert_id)
     }
+
+    /// Forgets every alert (tests: this replica's alerts then look like another replica's).
+    #[cfg(test)]
+    pub(crate) fn forget_all(&self) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *guard = Default::default();
+    }
 }
 
 /// Where a replica's feed stands in the ledger.
 #[derive(Debug, Default)]
-struct Cursor {
-    seq: i64,
+pub(super) struct Cursor {
+    pub(super) seq: i64,
     /// The alert of the last message read: an alert's messages are consecutive entries.
     last_alert: String,
 }
@@ -111,7 +118,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 /// Broadcasts every alert another replica committed after the cursor, and advances it.
-async fn relay(shared: &Shared, cursor: &mut Cursor) -> Result<(), EngineError> {
+///
+/// An alert whose stored rows do not decode is skipped with an error in the log: its messages
+/// are delivered as every message is, only this replica's watchers miss it. Retrying it would
+/// hold the cursor there and keep every later alert from them. A store that cannot be reached
+/// stops the relay where it is, to be retried.
+pub(super) async fn relay(shared: &Shared, cursor: &mut Cursor) -> Result<(), EngineError> {
     let accepted = LedgerEvent::Accepted.as_str();
     let alert_kind = FormKind::DeadlineAlert.as_str_name();
     loop {
@@ -129,15 +141,15 @@ async fn relay(shared: &Shared, cursor: &mut Cursor) -> Result<(), EngineError> 
             let form_kind: String = entry.try_get("form_kind")?;
             if event == accepted && form_kind == alert_kind {
                 let message_id: String = entry.try_get("message_id")?;
-                if let Some(alert_id) = alert_of_message(shared, &message_id).await?
-                    && alert_id != cursor.last_alert
-                {
-                    if !shared.local_alerts.contains(&alert_id)
-                        && let Some(alert) = rebuild(shared, &alert_id).await?
-                    {
-                        let _ = shared.alerts.send(alert);
-                    }
-                    cursor.last_alert = alert_id;
+                match relay_alert(shared, cursor, &message_id).await {
+                    Ok(()) => {}
+                    Err(e) if is_unreadable(&e) => tracing::error!(
+                        seq,
+                        message_id = %message_id,
+                        error = %e,
+                        "an alert cannot be rebuilt from the store; this replica's watchers miss it"
+                    ),
+                    Err(e) => return Err(e),
                 }
             }
             cursor.seq = seq;
@@ -145,6 +157,42 @@ async fn relay(shared: &Shared, cursor: &mut Cursor) -> Result<(), EngineError> 
         if i64::try_from(entries.len()).unwrap_or(i64::MAX) < BATCH {
             return Ok(());
         }
+    }
+}
+
+/// Broadcasts the alert of one DEADLINE_ALERT message, unless this replica raised it or it was
+/// the alert of the message before (an alert's messages are consecutive entries).
+async fn relay_alert(
+    shared: &Shared,
+    cursor: &mut Cursor,
+    message_id: &str,
+) -> Result<(), EngineError> {
+    if let Some(alert_id) = alert_of_message(shared, message_id).await?
+        && alert_id != cursor.last_alert
+    {
+        if !shared.local_alerts.contains(&alert_id)
+            && let Some(alert) = rebuild(shared, &alert_id).await?
+        {
+            let _ = shared.alerts.send(alert);
+        }
+        cursor.last_alert = alert_id;
+    }
+    Ok(())
+}
+
+/// Whether an error is about what is stored (it will fail again however often it is retried),
+/// not about reaching the store.
+fn is_unreadable(error: &EngineError) -> bool {
+    match error {
+        EngineError::Corrupt(_) => true,
+        EngineError::Store(e) => matches!(
+            e,
+            sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnNotFound(_)
+                | sqlx::Error::TypeNotFound { .. }
+        ),
+        EngineError::PayloadKey(_) => false,
     }
 }
 

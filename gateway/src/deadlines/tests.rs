@@ -393,6 +393,49 @@ async fn a_late_sweep_raises_every_state_once_in_order_and_a_second_raises_none(
     hub.shared.db.close().await;
 }
 
+// The alert feed relays what another replica raised; an alert whose rows no longer decode is
+// skipped, and the alerts after it still reach this replica's watchers.
+#[tokio::test]
+async fn the_alert_feed_skips_an_unreadable_alert_and_relays_the_ones_after_it() {
+    let hub = hub(FRIDAY_BEFORE_HOLIDAY).await;
+    let first = hub.help_request_delivered().await;
+    hub.help_request_delivered().await;
+    hub.settle().await;
+    hub.clock.set(ts("2026-03-12T00:00:00Z"));
+    assert_eq!(
+        hub.settle().await.alerts,
+        4,
+        "warned and due, of two deadlines"
+    );
+    // As if another replica had raised them.
+    hub.shared.local_alerts.forget_all();
+    // The first help request's deadline row no longer decodes.
+    sqlx::query("UPDATE deadlines SET due_on = 'not a date' WHERE help_request_message_id = $1")
+        .bind(&first)
+        .execute(hub.shared.db.pool())
+        .await
+        .unwrap();
+    let mut alerts = hub.shared.alerts.subscribe();
+    let mut cursor = super::feed::Cursor::default();
+    super::feed::relay(&hub.shared, &mut cursor).await.unwrap();
+    let mut relayed = Vec::new();
+    while let Ok(alert) = alerts.try_recv() {
+        relayed.push(alert.deadline.unwrap().help_request_message_id);
+    }
+    assert_eq!(
+        relayed.len(),
+        2,
+        "the other deadline's warned and due: {relayed:?}"
+    );
+    assert!(relayed.iter().all(|id| *id != first));
+    let end: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM ledger")
+        .fetch_one(hub.shared.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(cursor.seq, end, "the cursor is past every entry");
+    hub.shared.db.close().await;
+}
+
 #[tokio::test]
 async fn concurrent_engines_raise_each_alert_exactly_once() {
     let hub = hub(FRIDAY_BEFORE_HOLIDAY).await;
