@@ -3,7 +3,7 @@
 //! on PostgreSQL; on PostgreSQL beside pgbench's single-row INSERT commit rate on the same
 //! cluster with the same client count, run right after each of the hub's runs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -189,6 +189,7 @@ async fn backend_rows(
         for entry in [Entry::GatewaySend, Entry::StaffApi] {
             eprintln!("durable-k: {clients} clients, entry {}...", entry.name());
             let load = Load::prepare(&setup, clients, entry).await?;
+            load.idle(Instant::now() + drain).await?;
             runs.push((entry, None, load.run(window, drain, None).await?));
             if Some(clients) == most && options.paced_rate > 0 {
                 let rate = options.paced_rate;
@@ -196,6 +197,7 @@ async fn backend_rows(
                     "durable-k: {clients} clients paced at {rate}/s, entry {}...",
                     entry.name()
                 );
+                load.idle(Instant::now() + drain).await?;
                 let paced = load.run(window, drain, Some(f64::from(rate))).await?;
                 runs.push((entry, Some(rate), paced));
             }

@@ -278,6 +278,32 @@ impl Load {
         Ok(run)
     }
 
+    /// Waits (at most until `deadline`) until the hub is idle: nothing queued, and the deadline
+    /// engine has applied every ledger entry. A window that starts while the previous one's
+    /// deadline work is still being applied would share the machine with it.
+    pub async fn idle(&self, deadline: Instant) -> anyhow::Result<()> {
+        self.drained(deadline).await?;
+        loop {
+            let (applied, newest): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT last_seq FROM deadline_cursor WHERE id = 1), \
+                 (SELECT COALESCE(MAX(seq), 0) FROM ledger)",
+            )
+            .fetch_one(self.gateway_store.pool())
+            .await
+            .context("cannot read the deadline engine's cursor")?;
+            if applied >= newest {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the deadline engine is {} ledger entries behind",
+                    newest - applied
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until the gateway holds no queued message. The hub is another process whose
     /// deliveries we cannot subscribe to, so this polls its store, for at most until `deadline`.
     pub async fn drained(&self, deadline: Instant) -> anyhow::Result<()> {
