@@ -596,6 +596,11 @@ struct Peer {
     ports: BTreeMap<String, u16>,
 }
 
+/// The labels Kubernetes gives the namespace `name`.
+fn namespace(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), name.to_owned())])
+}
+
 fn labels(v: Option<&Value>) -> BTreeMap<String, String> {
     v.and_then(Value::as_mapping)
         .map(|m| m.iter().map(|(k, v)| (text(k), text(v))).collect())
@@ -648,10 +653,7 @@ fn port_allowed(rule: &Value, port: u16, target: &Peer) -> bool {
 /// policy selecting `from` and an ingress rule of one selecting `to` must both allow it (a pod
 /// that no policy of a direction selects is open in that direction).
 fn connects(policies: &[Value], from: &Peer, to: &Peer, port: u16) -> bool {
-    let hub_namespace = BTreeMap::from([(
-        "kubernetes.io/metadata.name".to_owned(),
-        "referral-hub".to_owned(),
-    )]);
+    let hub_namespace = namespace("referral-hub");
     let side = |pod: &Peer, direction: &str, rules_key: &str, peers_key: &str, other: &Peer| {
         let mut selected = false;
         let mut allowed = false;
@@ -682,10 +684,7 @@ fn connects(policies: &[Value], from: &Peer, to: &Peer, port: u16) -> bool {
 fn network_policies_let_agencies_talk_only_to_the_gateway() {
     let objects = k8s_objects();
     let policies = &objects["NetworkPolicy"];
-    let hub_namespace = BTreeMap::from([(
-        "kubernetes.io/metadata.name".to_owned(),
-        "referral-hub".to_owned(),
-    )]);
+    let hub_namespace = namespace("referral-hub");
     // Deny by default: a policy selecting every pod, both directions, no rule.
     assert!(
         policies.iter().any(|p| {
@@ -723,19 +722,13 @@ fn network_policies_let_agencies_talk_only_to_the_gateway() {
     let is_gateway = |p: &Peer| p.labels.get("app.kubernetes.io/component").unwrap() == "gateway";
     let prometheus = Peer {
         what: "Prometheus".into(),
-        namespace: BTreeMap::from([(
-            "kubernetes.io/metadata.name".to_owned(),
-            "monitoring".to_owned(),
-        )]),
+        namespace: namespace("monitoring"),
         labels: BTreeMap::from([("app.kubernetes.io/name".to_owned(), "prometheus".to_owned())]),
         ports: BTreeMap::new(),
     };
     let stranger = Peer {
         what: "a pod of another namespace".into(),
-        namespace: BTreeMap::from([(
-            "kubernetes.io/metadata.name".to_owned(),
-            "default".to_owned(),
-        )]),
+        namespace: namespace("default"),
         labels: BTreeMap::new(),
         ports: BTreeMap::new(),
     };

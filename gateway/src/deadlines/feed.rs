@@ -94,11 +94,10 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         if let Some(cursor) = cursor.as_mut() {
             match relay(&shared, cursor).await {
                 Ok(()) => {
-                    shared.feed_position.send_if_modified(|at| {
-                        let moved = *at != cursor.seq;
-                        *at = cursor.seq;
-                        moved
-                    });
+                    // Watchers wake only when the position moved.
+                    shared
+                        .feed_position
+                        .send_if_modified(|at| std::mem::replace(at, cursor.seq) != cursor.seq);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the alert feed cannot read the ledger; retrying")
