@@ -340,6 +340,13 @@ where
 }
 
 /// The stored messages of `sender` under any of `keys`, by idempotency key, in one query.
+///
+/// Each key is its own branch of a `UNION ALL`, an equality on the whole unique key (sender,
+/// idempotency key), so each is one probe of that index whatever the planner believes about the
+/// table. `sender = $1 AND key IN (…)` let PostgreSQL scan every message of the sender and filter
+/// the keys: measured under load, 18 ms a batch and growing with the sender's history, inside the
+/// batch's hold of the ledger lock, when the statistics lagged behind a fast-growing table. A
+/// batch has at most `api::SEND_BATCH` (64) keys; SQLite takes up to 500 branches.
 pub(crate) async fn messages_by_keys<'e, E>(
     exec: E,
     sender: &str,
@@ -351,12 +358,16 @@ where
     if keys.is_empty() {
         return Ok(Default::default());
     }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT idempotency_key, {MESSAGE_COLUMNS} FROM messages \
-         WHERE sender_agency_id = $1 AND idempotency_key IN ({})",
-        placeholders(2, keys.len())
-    )))
-    .bind(sender);
+    let sql = (2..2 + keys.len())
+        .map(|n| {
+            format!(
+                "SELECT idempotency_key, {MESSAGE_COLUMNS} FROM messages \
+                 WHERE sender_agency_id = $1 AND idempotency_key = ${n}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(sender);
     for key in keys {
         query = query.bind(*key);
     }

@@ -9,8 +9,9 @@ use serde_json::json;
 
 use crate::{
     Options,
+    cpu::{CpuPerUnit, CpuSample},
     hub::HubSetup,
-    load::{Entry, Load, LoadRun},
+    load::{Entry, Load, LoadRun, NoopRun, noop_calls},
     pg::{Cluster, PgBench},
     stats::{ms, ratio, show_ratio},
 };
@@ -28,7 +29,18 @@ struct Row {
     /// `None`: closed loop (saturation); `Some(rate)`: paced at that aggregate rate.
     pace: Option<u32>,
     run: LoadRun,
+    /// CPU per acknowledged K, window and drain.
+    cpu: CpuPerUnit,
     pgbench: Option<PgBench>,
+    /// CPU per pgbench transaction.
+    pgbench_cpu: Option<CpuPerUnit>,
+}
+
+/// One back end's runs.
+struct BackendRuns {
+    rows: Vec<Row>,
+    /// The no-op call load at the largest client count, with its CPU per call.
+    noop: Option<(NoopRun, CpuPerUnit)>,
 }
 
 pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String)> {
@@ -65,7 +77,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
             Some(c) => Some(c.fresh_database("hub").await?),
             None => None,
         };
-        let rows = backend_rows(options, url, cluster.as_ref()).await?;
+        let BackendRuns { rows, noop } = backend_rows(options, url, cluster.as_ref()).await?;
         let mut list = Vec::new();
         for row in &rows {
             let s = row.run.latency.summary();
@@ -102,7 +114,23 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
                 "pgbench_tps": row.pgbench.map(|p| p.tps),
                 "pgbench_latency_avg_ms": row.pgbench.map(|p| p.latency_avg_ms),
                 "ratio_to_pgbench": vs_pgbench,
+                "cpu_per_k": row.cpu.to_json(),
+                "pgbench_cpu_per_transaction": row.pgbench_cpu.map(CpuPerUnit::to_json),
             }));
+        }
+        table.push_str(&cpu_table(backend, &rows, noop.as_ref()));
+        if let Some((noop, cpu)) = &noop {
+            json.insert(
+                format!("{backend}_noop_call"),
+                json!({
+                    "clients": noop.clients,
+                    "calls": noop.calls,
+                    "errors": noop.errors,
+                    "calls_per_s": noop.calls_per_second(),
+                    "latency": noop.latency.clone().summary().to_json(),
+                    "cpu_per_call": cpu.to_json(),
+                }),
+            );
         }
         if let Some(cluster) = &cluster {
             json.insert("postgres_version".into(), json!(cluster.version));
@@ -172,10 +200,12 @@ async fn backend_rows(
     options: &Options,
     database_url: Option<String>,
     cluster: Option<&Cluster>,
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<BackendRuns> {
     let setup = HubSetup::new(database_url)?;
     let mut hub = setup.spawn()?;
     setup.wait_ready(&mut hub, Duration::from_secs(60)).await?;
+    let pg_data = cluster.map(Cluster::data_dir);
+    let cpu_now = || CpuSample::now(Some(hub.pid()), pg_data.as_deref());
     let window = Duration::from_secs(options.seconds);
     let drain = Duration::from_secs(300);
     // Warm-up: connections, statement caches, the first pages of every table.
@@ -183,6 +213,7 @@ async fn backend_rows(
     warm.run(Duration::from_secs(options.warmup), drain, None)
         .await?;
     let mut rows = Vec::new();
+    let mut noop = None;
     let most = options.clients.iter().copied().max();
     for &clients in &options.clients {
         let mut runs = Vec::new();
@@ -190,7 +221,10 @@ async fn backend_rows(
             eprintln!("durable-k: {clients} clients, entry {}...", entry.name());
             let load = Load::prepare(&setup, clients, entry).await?;
             load.idle(Instant::now() + drain).await?;
-            runs.push((entry, None, load.run(window, drain, None).await?));
+            let before = cpu_now();
+            let run = load.run(window, drain, None).await?;
+            let cpu = cpu_now().since(&before).per_unit_ms(run.acknowledged);
+            runs.push((entry, None, run, cpu));
             if Some(clients) == most && options.paced_rate > 0 {
                 let rate = options.paced_rate;
                 eprintln!(
@@ -198,30 +232,101 @@ async fn backend_rows(
                     entry.name()
                 );
                 load.idle(Instant::now() + drain).await?;
+                let before = cpu_now();
                 let paced = load.run(window, drain, Some(f64::from(rate))).await?;
-                runs.push((entry, Some(rate), paced));
+                let cpu = cpu_now().since(&before).per_unit_ms(paced.acknowledged);
+                runs.push((entry, Some(rate), paced, cpu));
             }
+        }
+        if Some(clients) == most {
+            eprintln!("durable-k: {clients} clients, no-op calls...");
+            let before = cpu_now();
+            let run = noop_calls(&setup, clients, window).await?;
+            let cpu = cpu_now().since(&before).per_unit_ms(run.calls);
+            noop = Some((run, cpu));
         }
         let pgbench = match cluster {
             Some(cluster) => {
                 eprintln!("durable-k: pgbench with {clients} clients...");
-                Some(
-                    cluster
-                        .pgbench_insert(clients as u32, options.seconds as u32)
-                        .await?,
-                )
+                let before = cpu_now();
+                let pgbench = cluster
+                    .pgbench_insert(clients as u32, options.seconds as u32)
+                    .await?;
+                let cpu = cpu_now().since(&before).per_unit_ms(pgbench.transactions);
+                Some((pgbench, cpu))
             }
             None => None,
         };
-        for (entry, pace, run) in runs {
+        for (entry, pace, run, cpu) in runs {
             rows.push(Row {
                 entry,
                 pace,
                 run,
-                pgbench,
+                cpu,
+                pgbench: pgbench.map(|p| p.0),
+                pgbench_cpu: pgbench.map(|p| p.1),
             });
         }
     }
     hub.stop()?;
-    Ok(rows)
+    Ok(BackendRuns { rows, noop })
+}
+
+/// Where each K's CPU goes, against what a K may cost for the hub to reach half of pgbench's
+/// rate on this machine's cores, and the no-op call's price.
+fn cpu_table(backend: &str, rows: &[Row], noop: Option<&(NoopRun, CpuPerUnit)>) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut table = format!(
+        "durable-k, {backend}: CPU ms per acknowledged K (window and drain; this machine has {cores} cores)\n\
+         {:<9} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>22}\n",
+        "ENTRY", "CLIENTS", "LOAD", "CLIENT", "HUB", "POSTGRES", "TOTAL", "BUDGET AT HALF PGBENCH"
+    );
+    for row in rows {
+        // At half of pgbench's rate, the cores give each K `cores / (tps / 2)` seconds.
+        let budget = row
+            .pgbench
+            .map(|p| format!("{:.3}", cores * 1000.0 / (p.tps / 2.0)))
+            .unwrap_or_else(|| "-".into());
+        table.push_str(&format!(
+            "{:<9} {:>7} {:>9} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>22}\n",
+            row.entry.name(),
+            row.run.clients,
+            load_name(row.pace),
+            row.cpu.client,
+            row.cpu.hub,
+            row.cpu.postgres,
+            row.cpu.total(),
+            budget,
+        ));
+    }
+    let mut pgbench_rows: Vec<(usize, PgBench, CpuPerUnit)> = rows
+        .iter()
+        .filter_map(|r| Some((r.run.clients, r.pgbench?, r.pgbench_cpu?)))
+        .collect();
+    pgbench_rows.dedup_by_key(|(clients, ..)| *clients);
+    for (clients, pgbench, cpu) in pgbench_rows {
+        table.push_str(&format!(
+            "pgbench, {clients} clients: CPU ms per transaction: pgbench {:.3}, PostgreSQL {:.3}, total {:.3} ({:.0} transactions)\n",
+            cpu.waited_children,
+            cpu.postgres,
+            cpu.total() - cpu.hub - cpu.client,
+            pgbench.transactions,
+        ));
+    }
+    if let Some((run, cpu)) = noop {
+        let s = run.latency.summary();
+        table.push_str(&format!(
+            "no-op call (grpc.health.v1 Check on the gateway over mTLS, {} clients, closed): {:.0} calls/s, p50 {} ms, p99 {} ms, {} errors; CPU ms per call: client {:.3}, hub {:.3}, total {:.3}; a K crosses at least two such hops: >= {:.3} ms\n",
+            run.clients,
+            run.calls_per_second(),
+            ms(s.p50_us),
+            ms(s.p99_us),
+            run.errors,
+            cpu.client,
+            cpu.hub,
+            cpu.client + cpu.hub,
+            2.0 * (cpu.client + cpu.hub),
+        ));
+    }
+    table
 }

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cpu;
 pub mod durable_k;
 pub mod footprint;
 pub mod hub;

@@ -325,6 +325,92 @@ impl Load {
     }
 }
 
+/// What the no-op call load measured.
+#[derive(Debug, Clone)]
+pub struct NoopRun {
+    pub clients: usize,
+    pub calls: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub latency: Samples,
+}
+
+impl NoopRun {
+    pub fn calls_per_second(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The price of one mTLS gRPC hop with nothing behind it: `clients` connections presenting
+/// school 1's certificate, as the gateway-entry load does, calling the gateway's
+/// `grpc.health.v1.Health/Check` back to back for `window`. The call passes the gateway's whole
+/// server stack (TLS, HTTP/2, the tower layers) and does no work: a K crosses at least two such
+/// hops (client to gateway, gateway to commission), so this bounds what a K can cost at least.
+pub async fn noop_calls(
+    hub: &HubSetup,
+    clients: usize,
+    window: Duration,
+) -> anyhow::Result<NoopRun> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let endpoint = format!("https://127.0.0.1:{}", hub.gateway_port);
+    let mut connected = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connected.push(HealthClient::new(
+            hub.mtls_channel(
+                &ComponentIdentity::Agency("school-1".into()),
+                &ComponentIdentity::Gateway,
+                &endpoint,
+            )
+            .await?,
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut client in connected {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let (mut calls, mut errors, mut latency) = (0_u64, 0_u64, Samples::new());
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let answer = client
+                    .check(HealthCheckRequest {
+                        service: "referral.v1.Gateway".into(),
+                    })
+                    .await;
+                match answer {
+                    Ok(_) => {
+                        latency.record(sent.elapsed());
+                        calls += 1;
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (calls, errors, latency)
+        });
+    }
+    tokio::time::sleep(window).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut run = NoopRun {
+        clients,
+        calls: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency: Samples::new(),
+    };
+    while let Some(joined) = tasks.join_next().await {
+        let (calls, errors, latency) = joined?;
+        run.calls += calls;
+        run.errors += errors;
+        run.latency.extend(latency);
+    }
+    run.elapsed = started.elapsed();
+    if run.calls == 0 {
+        bail!("no health check answered ({} failed)", run.errors);
+    }
+    Ok(run)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

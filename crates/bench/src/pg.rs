@@ -34,6 +34,11 @@ impl Cluster {
         })
     }
 
+    /// The cluster's data directory (its `postmaster.pid` names the server process).
+    pub fn data_dir(&self) -> PathBuf {
+        self.installation.dir().join("data")
+    }
+
     /// A new, empty database; its URL.
     pub async fn fresh_database(&self, name: &str) -> anyhow::Result<String> {
         create_database(self.port, name).await
@@ -106,9 +111,12 @@ impl Drop for Cluster {
 pub struct PgBench {
     pub tps: f64,
     pub latency_avg_ms: f64,
+    /// Transactions committed in the run (`number of transactions actually processed: N`).
+    pub transactions: u64,
 }
 
-/// Reads `tps = N (without initial connection time)` and `latency average = N ms`.
+/// Reads `tps = N (without initial connection time)`, `latency average = N ms` and
+/// `number of transactions actually processed: N` (`N/M` when pgbench was given a count).
 pub fn parse_pgbench(output: &str) -> anyhow::Result<PgBench> {
     let number_after = |prefix: &str| -> Option<f64> {
         output.lines().find_map(|l| {
@@ -123,6 +131,17 @@ pub fn parse_pgbench(output: &str) -> anyhow::Result<PgBench> {
     Ok(PgBench {
         tps: number_after("tps = ").context("no tps in pgbench's output")?,
         latency_avg_ms: number_after("latency average = ").unwrap_or(0.0),
+        transactions: output
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("number of transactions actually processed: ")?
+                    .split(['/', ' '])
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .context("no transaction count in pgbench's output")?,
     })
 }
 
@@ -159,13 +178,15 @@ mod tests {
     #[test]
     fn reads_pgbench_output() {
         let out = "transaction type: k.sql\nscaling factor: 1\nnumber of clients: 16\n\
+                   number of transactions actually processed: 46291\n\
                    latency average = 3.456 ms\ninitial connection time = 12.3 ms\n\
                    tps = 4629.123456 (without initial connection time)\n";
         assert_eq!(
             parse_pgbench(out).unwrap(),
             PgBench {
                 tps: 4629.123456,
-                latency_avg_ms: 3.456
+                latency_avg_ms: 3.456,
+                transactions: 46291,
             }
         );
         assert!(parse_pgbench("nothing").is_err());
