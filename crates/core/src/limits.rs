@@ -262,8 +262,13 @@ fn status_code(response: &http::Response<Body>) -> Code {
 /// ([`LoadShedder`]) and the rate limit per calling agency ([`AgencyRateLimiter`]). Health and
 /// reflection are admitted without asking it (see the module docs).
 pub trait Admission: Clone + Send + 'static {
-    /// What an admitted call holds until its response (headers) is ready, e.g. a permit.
+    /// What an admitted call holds until its response is ready, e.g. a permit.
     type Ticket: Send + 'static;
+
+    /// Whether the ticket is held until the response's body has been sent (or dropped), not only
+    /// until its headers: a server-streaming call (a document download) goes on after its
+    /// headers, and a limit on calls served at once must count it while it streams.
+    const HELD_THROUGH_BODY: bool = false;
 
     /// Admits `req`, or refuses it with the status to answer at once.
     fn admit(&self, req: &http::Request<Body>) -> Result<Self::Ticket, Status>;
@@ -323,12 +328,52 @@ where
                 let future = self.inner.call(req);
                 Box::pin(async move {
                     let result = future.await;
-                    drop(ticket);
-                    result
+                    if !A::HELD_THROUGH_BODY {
+                        drop(ticket);
+                        return result;
+                    }
+                    result.map(|response| {
+                        response.map(|body| {
+                            Body::new(Holding {
+                                body,
+                                _ticket: ticket,
+                            })
+                        })
+                    })
                 })
             }
             Err(status) => Box::pin(std::future::ready(Ok(answer(status)))),
         }
+    }
+}
+
+/// A response body that holds an admission's ticket until it is dropped: once its last frame
+/// was sent, or when the client went away.
+struct Holding<T> {
+    body: Body,
+    _ticket: T,
+}
+
+// The ticket is never pinned: it is only held, then dropped with the body.
+impl<T> Unpin for Holding<T> {}
+
+impl<T: Send + 'static> http_body::Body for Holding<T> {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -340,7 +385,8 @@ where
 /// `Server::layer`, so the metrics layer above would see an error instead of a status; and (b)
 /// `ConcurrencyLimit` takes its permit in `poll_ready`, before the request's path is known, so
 /// health probes could not pass. Here the permit is taken in `call`, without waiting, from one
-/// semaphore shared by every connection, and held until the response (headers) is ready.
+/// semaphore shared by every connection, and held until the response's body is done: a
+/// server-streaming call counts for as long as it streams.
 #[derive(Clone)]
 pub struct LoadShedder {
     permits: Arc<Semaphore>,
@@ -356,6 +402,7 @@ impl LoadShedder {
 
 impl Admission for LoadShedder {
     type Ticket = OwnedSemaphorePermit;
+    const HELD_THROUGH_BODY: bool = true;
 
     fn admit(&self, _req: &http::Request<Body>) -> Result<Self::Ticket, Status> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
@@ -770,6 +817,60 @@ mod tests {
         assert_eq!(status_code(&probe), Code::Ok);
         release.send(()).unwrap();
         assert_eq!(status_code(&slow.await.unwrap().unwrap()), Code::Ok);
+        let again = call("/referral.v1.Gateway/Send").await.unwrap();
+        assert_eq!(status_code(&again), Code::Ok);
+    }
+
+    /// A server-streaming call holds its permit while its body streams, and gives it back when
+    /// the body ends or the client drops it; the rate limit's ticket holds nothing.
+    #[tokio::test]
+    async fn a_streaming_call_holds_its_permit_until_its_body_is_done() {
+        use http_body_util::BodyExt as _;
+        use tokio_stream::StreamExt as _;
+        let (chunks, stream) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Status>>(4);
+        let stream = Arc::new(std::sync::Mutex::new(Some(stream)));
+        let inner = tower::service_fn(move |req: http::Request<Body>| {
+            let stream = stream.clone();
+            async move {
+                let body = match req.uri().path() {
+                    "/download" => {
+                        let rx = stream.lock().unwrap().take().unwrap();
+                        let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
+                            .map(|chunk| chunk.map(http_body::Frame::data));
+                        Body::new(http_body_util::StreamBody::new(frames))
+                    }
+                    _ => Body::empty(),
+                };
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            }
+        });
+        let service = AdmitLayer::new(LoadShedder::new(1)).layer(inner);
+        let call = |path: &'static str| {
+            let mut service = service.clone();
+            let req = http::Request::builder()
+                .uri(path)
+                .body(Body::empty())
+                .unwrap();
+            service.call(req)
+        };
+        // The download's headers are answered; its body has not ended.
+        let mut download = call("/download").await.unwrap().into_body();
+        chunks
+            .send(Ok(bytes::Bytes::from_static(b"part 1")))
+            .await
+            .unwrap();
+        let first = download.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "part 1");
+        let refused = call("/referral.v1.Gateway/Send").await.unwrap();
+        assert_eq!(status_code(&refused), Code::ResourceExhausted);
+        // The stream ends: the permit is free once the body is done with.
+        drop(chunks);
+        assert!(download.frame().await.is_none());
+        drop(download);
+        let admitted = call("/referral.v1.Gateway/Send").await.unwrap();
+        assert_eq!(status_code(&admitted), Code::Ok);
+        // A unary call's body ends with it: dropped, its permit is free again.
+        drop(admitted);
         let again = call("/referral.v1.Gateway/Send").await.unwrap();
         assert_eq!(status_code(&again), Code::Ok);
     }
