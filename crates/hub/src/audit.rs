@@ -71,7 +71,7 @@ pub async fn run(storage: &StorageConfig, format: Format) -> anyhow::Result<()> 
             "entries": verified.entries,
             "head_hash": verified.head_hash,
         })),
-        (Ok(verified), Format::Human) => println!(
+        (Ok(verified), Format::Human) => outln!(
             "ledger verified: {} entries, head {}",
             verified.entries,
             if verified.head_hash.is_empty() {

@@ -287,8 +287,8 @@ impl Staff {
                 print_json(&value);
             }
             Format::Human => {
-                println!("{done}");
-                println!(
+                outln!("{done}");
+                outln!(
                     "case {} is now at version {}, stage {} (the next change takes --base-version {})",
                     change.case_reference,
                     change.version,
@@ -339,7 +339,7 @@ impl Staff {
             Format::Human => {
                 if reply.cases.is_empty() {
                     let which = if all { "" } else { "open " };
-                    println!("no {which}cases{}", if mine { " of yours" } else { "" });
+                    outln!("no {which}cases{}", if mine { " of yours" } else { "" });
                     return Ok(());
                 }
                 let mut table = Table::new([
@@ -361,8 +361,8 @@ impl Staff {
                         c.child_full_name.clone(),
                     ]);
                 }
-                print!("{}", table.render());
-                println!("read one with: {} case <case>", self.hint);
+                out!("{}", table.render());
+                outln!("read one with: {} case <case>", self.hint);
             }
         }
         Ok(())
@@ -405,13 +405,13 @@ impl Staff {
             }
             Format::Human => {
                 if break_the_glass.is_some() {
-                    println!(
+                    outln!(
                         "Break the glass: this read is recorded in the gateway's ledger with your \
                          reason; when it shows you more than you see otherwise, the case's \
                          curator is alerted.\n"
                     );
                 }
-                print!("{}", case_view::case_text(&file, &self.tz(), &self.hint));
+                out!("{}", case_view::case_text(&file, &self.tz(), &self.hint));
             }
         }
         Ok(())
@@ -496,7 +496,7 @@ impl Staff {
         match self.format {
             Format::Json => print_json(&case_view::document_json(&info)),
             Format::Human => {
-                println!(
+                outln!(
                     "document {} added to case {}: {}, {} bytes, sha256 {}",
                     info.document_id,
                     args.case_reference,
@@ -504,9 +504,10 @@ impl Staff {
                     info.size_bytes,
                     info.sha256
                 );
-                println!(
+                outln!(
                     "the case's version has moved on: '{} case {}' shows it",
-                    self.hint, args.case_reference
+                    self.hint,
+                    args.case_reference
                 );
             }
         }
@@ -572,7 +573,7 @@ impl Staff {
                 value["written_to"] = json!(args.output.display().to_string());
                 print_json(&value);
             }
-            Format::Human => println!(
+            Format::Human => outln!(
                 "wrote {} ({}, {} bytes, sha256 checked) to {}",
                 info.title,
                 info.content_type,
@@ -760,7 +761,7 @@ impl Staff {
                 "idempotency_key": key,
             })),
             Format::Human => {
-                println!(
+                outln!(
                     "answer sent to the commission as message {}",
                     reply.response_message_id
                 );
@@ -794,7 +795,7 @@ impl Staff {
                 "idempotency_key": key,
             })),
             Format::Human => {
-                println!(
+                outln!(
                     "reported {} to the commission as message {}",
                     case_view::progress_text(state as i32),
                     reply.progress_message_id
@@ -809,7 +810,7 @@ impl Staff {
 }
 
 pub(crate) fn print_key_hint(key: &str) {
-    println!(
+    outln!(
         "idempotency key {key}: to retry safely, repeat the command with --idempotency-key {key}"
     );
 }

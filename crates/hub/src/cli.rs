@@ -119,8 +119,8 @@ pub fn login(
             let until = expires_at
                 .map(|t| format!(" until {}", t.to_zoned(tz).strftime("%Y-%m-%d %H:%M %:z")))
                 .unwrap_or_default();
-            println!("logged in as {who} at {agency}{until}");
-            println!("session saved in {}", file.display());
+            outln!("logged in as {who} at {agency}{until}");
+            outln!("session saved in {}", file.display());
         }
     }
     Ok(())
@@ -130,8 +130,8 @@ pub fn login(
 pub fn logout(settings: &Settings) -> anyhow::Result<()> {
     let file = session::path(&settings.config.data_dir);
     match std::fs::remove_file(&file) {
-        Ok(()) => println!("logged out"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("not logged in"),
+        Ok(()) => outln!("logged out"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => outln!("not logged in"),
         Err(e) => return Err(e).with_context(|| format!("cannot remove {}", file.display())),
     }
     Ok(())
@@ -435,7 +435,7 @@ impl Staff {
                     .add("", &agency.name_kk)
                     .add("", &agency.name_ru)
                     .add("Endpoint", &self.endpoint);
-                print!("{}", fields.render(0));
+                out!("{}", fields.render(0));
             }
         }
         Ok(())
@@ -474,7 +474,7 @@ impl Staff {
                         s.contact.clone(),
                     ]);
                 }
-                print!("{}", table.render());
+                out!("{}", table.render());
             }
         }
         Ok(())
@@ -531,25 +531,26 @@ impl Staff {
             })),
             Format::Human => {
                 let to = args.to.as_deref().unwrap_or("the district's commission");
-                println!(
+                outln!(
                     "help request submitted to {to}: message {} ({state})",
                     reply.message_id
                 );
                 if !kept_from.is_empty() {
-                    println!(
+                    outln!(
                         "need to know: nothing of this report will reach {}, and nobody there can \
                          read its case",
                         kept_from.join(" or ")
                     );
                 }
                 if generated {
-                    println!(
+                    outln!(
                         "idempotency key {key}: to retry safely, repeat the command with --idempotency-key {key}"
                     );
                 }
-                println!(
+                outln!(
                     "follow it with: {} sent-status {}",
-                    self.hint, reply.message_id
+                    self.hint,
+                    reply.message_id
                 );
             }
         }
@@ -591,7 +592,7 @@ impl Staff {
             )),
             Format::Human => {
                 if items.is_empty() {
-                    println!("the inbox of {} is empty", self.agency);
+                    outln!("the inbox of {} is empty", self.agency);
                     return Ok(());
                 }
                 let mut table = Table::new(["MESSAGE ID", "RECEIVED", "FROM", "FORM", "STATUS"]);
@@ -604,23 +605,23 @@ impl Staff {
                         view::status_name(i.status),
                     ]);
                 }
-                print!("{}", table.render());
-                println!("read one with: {} show <message-id>", self.hint);
+                out!("{}", table.render());
+                outln!("read one with: {} show <message-id>", self.hint);
                 let has = |kind: FormKind| items.iter().any(|i| i.form_kind == kind as i32);
                 if has(FormKind::InformationRequest) {
-                    println!(
+                    outln!(
                         "answer an information request with: {} answer-info <message-id> --answer \"…\"",
                         self.hint
                     );
                 }
                 if has(FormKind::ActionAssignment) {
-                    println!(
+                    outln!(
                         "report on an action assignment with: {} progress <message-id> --state completed",
                         self.hint
                     );
                 }
                 if has(FormKind::Consultation) {
-                    println!(
+                    outln!(
                         "answer a consultation with: {} answer-consultation <message-id> --advice \"…\"",
                         self.hint
                     );
@@ -769,7 +770,7 @@ impl Staff {
                     }
                     None => {}
                 }
-                print!("{out}");
+                out!("{out}");
             }
         }
         Ok(())
@@ -808,13 +809,13 @@ impl Staff {
                 "idempotency_key": key,
             })),
             Format::Human => {
-                println!("decided: {}", view::decision_summary(&decision));
-                println!(
+                outln!("decided: {}", view::decision_summary(&decision));
+                outln!(
                     "the decision goes back to the sender as message {}",
                     reply.decision_message_id
                 );
                 if generated {
-                    println!(
+                    outln!(
                         "idempotency key {key}: to retry safely, repeat the command with --idempotency-key {key}"
                     );
                 }
@@ -856,7 +857,7 @@ impl Staff {
             )),
             Format::Human => {
                 if items.is_empty() {
-                    println!("{} has sent nothing yet", self.agency);
+                    outln!("{} has sent nothing yet", self.agency);
                     return Ok(());
                 }
                 let mut table = Table::new(["MESSAGE ID", "SENT", "TO", "FORM", "STATE", "STATUS"]);
@@ -870,8 +871,8 @@ impl Staff {
                         view::status_name(i.status),
                     ]);
                 }
-                print!("{}", table.render());
-                println!("follow one with: {} sent-status <message-id>", self.hint);
+                out!("{}", table.render());
+                outln!("follow one with: {} sent-status <message-id>", self.hint);
             }
         }
         Ok(())
@@ -918,19 +919,19 @@ impl Staff {
                     .add("Sent", local_time(envelope.created_at.as_ref(), &tz))
                     .add("State", view::state_text(reply.state))
                     .add("Status", view::status_name(reply.status));
-                print!("{}", fields.render(0));
+                out!("{}", fields.render(0));
                 match (decision, advice) {
                     (Some(d), _) => {
-                        println!("\nШешім / Решение");
-                        print!("{}", view::decision_text(d, &tz));
+                        outln!("\nШешім / Решение");
+                        out!("{}", view::decision_text(d, &tz));
                     }
                     (None, Some(a)) => {
-                        println!("\nКомиссияның кеңесі / Совет комиссии");
-                        print!("{}", view::consultation_answer_text(a));
+                        outln!("\nКомиссияның кеңесі / Совет комиссии");
+                        out!("{}", view::consultation_answer_text(a));
                     }
-                    (None, None) if reply.answer.is_some() => println!("\n(answered)"),
+                    (None, None) if reply.answer.is_some() => outln!("\n(answered)"),
                     (None, None) if reply.state == DeliveryState::Withheld as i32 => {}
-                    (None, None) => println!("\nno answer yet"),
+                    (None, None) => outln!("\nno answer yet"),
                 }
             }
         }

@@ -61,10 +61,10 @@ impl Staff {
                         self.agency.clone()
                     };
                     let which = if states.is_empty() { "open " } else { "" };
-                    println!("no {which}deadlines for {whose}");
+                    outln!("no {which}deadlines for {whose}");
                     return Ok(());
                 }
-                print!("{}", self.deadline_table(&items, None));
+                out!("{}", self.deadline_table(&items, None));
             }
         }
         Ok(())
@@ -125,7 +125,7 @@ impl Staff {
             )),
             Format::Human => {
                 if counts.is_empty() {
-                    println!("no deadlines in the district of {}", self.agency);
+                    outln!("no deadlines in the district of {}", self.agency);
                     return Ok(());
                 }
                 let states: Vec<i32> = (1..)
@@ -161,8 +161,8 @@ impl Staff {
                 row.extend(totals.iter().map(u64::to_string));
                 row.push(totals.iter().sum::<u64>().to_string());
                 table.row(row);
-                print!("{}", table.render());
-                println!(
+                out!("{}", table.render());
+                outln!(
                     "states: {}",
                     states
                         .iter()
@@ -171,7 +171,7 @@ impl Staff {
                         .join("; ")
                 );
                 if counts.contains_key(&(DeadlineKind::Unspecified as i32)) {
-                    println!("(some deadlines are of a kind this CLI does not know)");
+                    outln!("(some deadlines are of a kind this CLI does not know)");
                 }
             }
         }
@@ -214,10 +214,10 @@ impl Staff {
             )),
             Format::Human => {
                 if items.is_empty() {
-                    println!("nothing is overdue for {}", self.agency);
+                    outln!("nothing is overdue for {}", self.agency);
                     return Ok(());
                 }
-                print!("{}", self.deadline_table(&items, Some(now)));
+                out!("{}", self.deadline_table(&items, Some(now)));
             }
         }
         Ok(())
@@ -255,8 +255,8 @@ impl Staff {
             match next {
                 Ok(Some(alert)) => match self.format {
                     // One JSON object per line, for scripts that read a stream.
-                    Format::Json => println!("{}", alert_json(&alert)),
-                    Format::Human => println!("{}", alert_line(&alert, &tz)),
+                    Format::Json => outln!("{}", alert_json(&alert)),
+                    Format::Human => outln!("{}", alert_line(&alert, &tz)),
                 },
                 Ok(None) => {
                     anyhow::bail!(

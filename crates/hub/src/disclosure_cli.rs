@@ -373,13 +373,13 @@ impl Staff {
                 print_json(&value);
             }
             Format::Human => {
-                println!(
+                outln!(
                     "Read as {}/{} for {}; the gateway shows what its need-to-know policy allows.\n",
                     self.agency,
                     self.user,
                     view::purpose_name(purpose.to_proto() as i32)
                 );
-                print!("{}", case_view::shared_case_text(&view, &self.tz()));
+                out!("{}", case_view::shared_case_text(&view, &self.tz()));
             }
         }
         Ok(())
@@ -408,7 +408,7 @@ impl Staff {
         match self.format {
             Format::Json => print_json(&grant_json(&grant)),
             Format::Human => {
-                println!(
+                outln!(
                     "granted: {} may see {} of case {} until {} (for {})",
                     grantee(&grant),
                     case_view::section_text(grant.section),
@@ -416,8 +416,8 @@ impl Staff {
                     local_time(grant.expires_at.as_ref(), &tz),
                     args.duration
                 );
-                println!("grant {}", grant.grant_id);
-                println!("revoke it with: {} revoke {}", self.hint, grant.grant_id);
+                outln!("grant {}", grant.grant_id);
+                outln!("revoke it with: {} revoke {}", self.hint, grant.grant_id);
             }
         }
         Ok(())
@@ -438,14 +438,14 @@ impl Staff {
         match self.format {
             Format::Json => print_json(&grant_json(&grant)),
             Format::Human => {
-                println!(
+                outln!(
                     "grant {} of {} to {} is {}",
                     grant.grant_id,
                     case_view::section_name(grant.section),
                     grantee(&grant),
                     grant_state(&grant, &tz)
                 );
-                print!("{}", grant_text(&grant, &tz));
+                out!("{}", grant_text(&grant, &tz));
             }
         }
         Ok(())
@@ -469,11 +469,11 @@ impl Staff {
             )),
             Format::Human => {
                 if reply.grants.is_empty() {
-                    println!(
+                    outln!(
                         "no grants on case {case_reference}: every agency sees what its part in \
                          the case allows"
                     );
-                    println!(
+                    outln!(
                         "grant one with: {} grant {case_reference} --to <agency> --section <section> \
                          --for 7d --reason \"…\"",
                         self.hint
@@ -495,7 +495,7 @@ impl Staff {
                         g.reason.clone(),
                     ]);
                 }
-                print!("{}", table.render());
+                out!("{}", table.render());
             }
         }
         Ok(())
@@ -539,10 +539,10 @@ impl Staff {
             )),
             Format::Human => {
                 if records.is_empty() {
-                    println!("no disclosures recorded for the child of case {case_reference}");
+                    outln!("no disclosures recorded for the child of case {case_reference}");
                     return Ok(());
                 }
-                println!(
+                outln!(
                     "Every disclosure of the child of case {case_reference} (all of the child's \
                      cases and referrals), from the gateway's ledger:"
                 );
@@ -564,11 +564,11 @@ impl Staff {
                         r.outcome.clone(),
                     ]);
                 }
-                print!("{}", table.render());
+                out!("{}", table.render());
                 if records.len() >= MAX_LIST_ITEMS
                     && let Some(last) = records.last()
                 {
-                    println!(
+                    outln!(
                         "showing the first {}; go on with: {} disclosures {case_reference} --after {}",
                         records.len(),
                         self.hint,
@@ -603,16 +603,17 @@ impl Staff {
                 "idempotency_key": key,
             })),
             Format::Human => {
-                println!(
+                outln!(
                     "consultation sent to the district's commission: message {}",
                     reply.message_id
                 );
                 if generated {
                     print_key_hint(&key);
                 }
-                println!(
+                outln!(
                     "see the commission's advice with: {} sent-status {}",
-                    self.hint, reply.message_id
+                    self.hint,
+                    reply.message_id
                 );
             }
         }
@@ -634,7 +635,7 @@ impl Staff {
             Format::Json => print_json(&json!({
                 "answer_message_id": reply.answer_message_id,
             })),
-            Format::Human => println!(
+            Format::Human => outln!(
                 "advice sent back to the consultation's sender as message {}",
                 reply.answer_message_id
             ),

@@ -684,9 +684,12 @@ fn print_banner(
         }
     }
     out.push_str("\nPress Ctrl-C to stop.\n");
-    print!("{out}");
+    // The server must not stop because nobody reads its banner: a failed write is ignored.
     use std::io::Write as _;
-    let _ = std::io::stdout().flush();
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 #[cfg(test)]

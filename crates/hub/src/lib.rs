@@ -8,6 +8,24 @@
 
 #![forbid(unsafe_code)]
 
+/// `print!` for the CLI's output: through `output::write_stdout`, so that a reader that went
+/// away (`referral-hub inbox | head -1`) ends the command quietly instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for the CLI's output (see `out!`).
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod audit;
 pub mod case_cli;
 pub mod case_view;

@@ -15,9 +15,28 @@ pub enum Format {
     Json,
 }
 
+/// Writes the CLI's output to stdout. When the reader has gone away (a closed pipe, as after
+/// `| head -1`), the command ends at once with status 0 and nothing on stderr, as a command
+/// killed by `SIGPIPE` would: Rust ignores that signal, so `print!` would panic instead. Any
+/// other failure to write ends it with one line on stderr and status 1. Only the CLI's commands
+/// print here; the servers (`up`, `gateway`, `agency`) log through `tracing`.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Prints a JSON value, pretty, on stdout.
 pub fn print_json(value: &serde_json::Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     );

@@ -266,7 +266,7 @@ impl Staff {
             Format::Json => print_json(&json!(
                 items.iter().map(investigation_json).collect::<Vec<_>>()
             )),
-            Format::Human if items.is_empty() => println!("no investigations / тергеу жоқ"),
+            Format::Human if items.is_empty() => outln!("no investigations / тергеу жоқ"),
             Format::Human => {
                 let mut table = Table::new([
                     "INVESTIGATION",
@@ -302,7 +302,7 @@ impl Staff {
                         ]);
                     }
                 }
-                print!("{}", table.render());
+                out!("{}", table.render());
             }
         }
     }

@@ -401,7 +401,7 @@ impl Staff {
         match self.format {
             Format::Json => print_json(&incident_json(&incident)),
             Format::Human => {
-                println!(
+                outln!(
                     "incident {} · severity {} · referral {} · {}{}",
                     incident.incident_id,
                     severity_name(incident.severity),
@@ -418,13 +418,13 @@ impl Staff {
                     ("police", &incident.police_message_id),
                 ] {
                     if !id.is_empty() {
-                        println!("  to the {who}: {id}");
+                        outln!("  to the {who}: {id}");
                     }
                 }
                 for id in incident.health_message_ids.iter().filter(|i| !i.is_empty()) {
-                    println!("  to health: {id}");
+                    outln!("  to health: {id}");
                 }
-                println!("  version {}", incident.version);
+                outln!("  version {}", incident.version);
             }
         }
         self.hint_key(key.as_deref());
@@ -437,7 +437,7 @@ impl Staff {
                 items.iter().map(instruction_json).collect::<Vec<_>>()
             )),
             Format::Human if items.is_empty() => {
-                println!("no protection instructions / қорғау нұсқаулары жоқ")
+                outln!("no protection instructions / қорғау нұсқаулары жоқ")
             }
             Format::Human => {
                 let mut table =
@@ -457,7 +457,7 @@ impl Staff {
                         },
                     ]);
                 }
-                print!("{}", table.render());
+                out!("{}", table.render());
             }
         }
     }
@@ -493,14 +493,15 @@ impl Staff {
             })),
             Format::Human => {
                 if reply.message_id.is_empty() {
-                    println!(
+                    outln!(
                         "instruction queued (case version {}); it goes when the gateway is back",
                         reply.version
                     );
                 } else {
-                    println!(
+                    outln!(
                         "instruction sent: {} (case version {})",
-                        reply.message_id, reply.version
+                        reply.message_id,
+                        reply.version
                     );
                 }
                 if generated {

@@ -291,7 +291,7 @@ impl Staff {
                     Format::Json => {
                         print_json(&json!(items.iter().map(concern_json).collect::<Vec<_>>()))
                     }
-                    Format::Human if items.is_empty() => println!("no concerns / алаңдаушылық жоқ"),
+                    Format::Human if items.is_empty() => outln!("no concerns / алаңдаушылық жоқ"),
                     Format::Human => {
                         let tz = self.tz();
                         let mut table =
@@ -306,7 +306,7 @@ impl Staff {
                                 concern_state_text(c.state).to_owned(),
                             ]);
                         }
-                        print!("{}", table.render());
+                        out!("{}", table.render());
                     }
                 }
             }
@@ -470,7 +470,7 @@ impl Staff {
             return;
         }
         if !headline.is_empty() {
-            println!("{headline}");
+            outln!("{headline}");
         }
         let tz = self.tz();
         let mut f = Fields::new();
@@ -521,7 +521,7 @@ impl Staff {
         if !c.close_reason.is_empty() {
             f.add("closed because / себебі", one_line(&c.close_reason));
         }
-        print!("{}", f.render(0));
+        out!("{}", f.render(0));
     }
 
     fn print_allegations(&self, items: &[Allegation], headline: &str) {
@@ -532,10 +532,10 @@ impl Staff {
             return;
         }
         if !headline.is_empty() {
-            println!("{headline}");
+            outln!("{headline}");
         }
         if items.is_empty() {
-            println!("no allegations / айып жоқ");
+            outln!("no allegations / айып жоқ");
             return;
         }
         let tz = self.tz();
@@ -553,7 +553,7 @@ impl Staff {
                 allegation_state_text(a.state).to_owned(),
             ]);
         }
-        print!("{}", table.render());
+        out!("{}", table.render());
     }
 
     fn print_absences(&self, items: &[LeadAbsence]) {
@@ -562,7 +562,7 @@ impl Staff {
             return;
         }
         if items.is_empty() {
-            println!("no absences of the lead / қорғаушы орнында");
+            outln!("no absences of the lead / қорғаушы орнында");
             return;
         }
         let mut table = Table::new(["ABSENCE", "FROM", "TO", "LEAD", "NOTE", "CANCELLED"]);
@@ -582,8 +582,8 @@ impl Staff {
                 },
             ]);
         }
-        print!("{}", table.render());
-        println!("concerns go to the deputy meanwhile / бұл кезде орынбасарына");
+        out!("{}", table.render());
+        outln!("concerns go to the deputy meanwhile / бұл кезде орынбасарына");
     }
 }
 

@@ -370,7 +370,7 @@ impl Staff {
                         "meeting_id": meeting.meeting_id,
                         "message_id": meeting.message_id,
                     })),
-                    Format::Human => println!(
+                    Format::Human => outln!(
                         "meeting {} at {} / кездесу белгіленді",
                         meeting.meeting_id,
                         local_time(meeting.meeting_at.as_ref(), &self.tz())
@@ -388,7 +388,7 @@ impl Staff {
                     .await
                     .map_err(|s| self.fail(s, "attendance"))?
                     .into_inner();
-                println!(
+                outln!(
                     "meeting {}: NGO {}",
                     meeting.meeting_id,
                     if meeting.ngo_attended == Some(true) {
@@ -415,7 +415,7 @@ impl Staff {
                 let path = out.unwrap_or_else(|| PathBuf::from(&file.file_name));
                 std::fs::write(&path, &file.content)
                     .with_context(|| format!("cannot write {}", path.display()))?;
-                println!("{}", path.display());
+                outln!("{}", path.display());
                 return Ok(());
             }
             ReferralsCommand::Send { month, key } => {
@@ -429,7 +429,7 @@ impl Staff {
                     .await
                     .map_err(|s| self.fail(s, "send"))?
                     .into_inner();
-                println!("log J sent / J жіберілді: {}", sent.message_id);
+                outln!("log J sent / J жіберілді: {}", sent.message_id);
                 self.hint_key(generated.then_some(key.as_str()));
                 return Ok(());
             }
@@ -438,7 +438,7 @@ impl Staff {
             Format::Json => print_json(&json!(
                 records.iter().map(referral_json).collect::<Vec<_>>()
             )),
-            Format::Human if records.is_empty() => println!("no referrals / жолдама жоқ"),
+            Format::Human if records.is_empty() => outln!("no referrals / жолдама жоқ"),
             Format::Human => {
                 let mut table = Table::new([
                     "REFERRAL", "PUPIL", "SERVICE", "STATUS", "SUPPORT", "CHECKED",
@@ -454,7 +454,7 @@ impl Staff {
                         json_date(r.date_checked).unwrap_or_default(),
                     ]);
                 }
-                print!("{}", table.render());
+                out!("{}", table.render());
             }
         }
         self.hint_key(key.as_deref());
@@ -499,7 +499,7 @@ impl Staff {
                     .map_err(|s| self.fail(s, "step"))?
                     .into_inner();
                 if answer.message_id.is_empty() && self.format == Format::Human {
-                    println!("(the gateway is away: the update is sent when it is back)");
+                    outln!("(the gateway is away: the update is sent when it is back)");
                 }
                 (
                     answer.service.into_iter().collect(),
@@ -524,16 +524,16 @@ impl Staff {
                     ]);
                 }
                 if table.is_empty() {
-                    println!("no meetings / кездесу жоқ");
+                    outln!("no meetings / кездесу жоқ");
                 } else {
-                    print!("{}", table.render());
+                    out!("{}", table.render());
                 }
                 return Ok(());
             }
         };
         match self.format {
             Format::Json => print_json(&json!(items.iter().map(service_json).collect::<Vec<_>>())),
-            Format::Human if items.is_empty() => println!("no services / қызмет жоқ"),
+            Format::Human if items.is_empty() => outln!("no services / қызмет жоқ"),
             Format::Human => {
                 let mut table = Table::new(["SERVICE", "FROM", "FOR", "CHILD", "STATUS"]);
                 for s in &items {
@@ -550,7 +550,7 @@ impl Staff {
                         status_name(s.status, s.business_status),
                     ]);
                 }
-                print!("{}", table.render());
+                out!("{}", table.render());
             }
         }
         self.hint_key(key.as_deref());

@@ -46,8 +46,8 @@ async fn gateway_store_with_three_entries(data_dir: &Path) -> Database {
     db
 }
 
-/// Runs the binary in `cwd` with only the data directory configured; (exit code, stdout, stderr).
-fn hub(cwd: &Path, args: &[&str]) -> (i32, String, String) {
+/// The binary in `cwd` with only the data directory configured.
+fn hub_command(cwd: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_referral-hub"));
     command.current_dir(cwd).args(args);
     for (key, _) in std::env::vars_os() {
@@ -55,7 +55,12 @@ fn hub(cwd: &Path, args: &[&str]) -> (i32, String, String) {
             command.env_remove(key);
         }
     }
-    let out = command.output().expect("the binary runs");
+    command
+}
+
+/// Runs the binary in `cwd` with only the data directory configured; (exit code, stdout, stderr).
+fn hub(cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = hub_command(cwd, args).output().expect("the binary runs");
     (
         out.status.code().expect("an exit code"),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -118,4 +123,26 @@ async fn audit_verify_passes_an_intact_ledger_and_names_a_changed_entry() {
     );
     assert_eq!(code, 1);
     assert!(stderr.contains("no gateway store"), "{stderr}");
+}
+
+/// A reader that went away (`referral-hub audit verify | head -0`): the command ends quietly with
+/// status 0, as a command killed by SIGPIPE would, not with a panic ("internal error", 101).
+#[tokio::test]
+async fn a_closed_pipe_on_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    gateway_store_with_three_entries(&data).await.close().await;
+    for format in [None, Some("--json")] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut args = vec!["audit", "verify", "--data-dir", data.to_str().unwrap()];
+        args.extend(format);
+        let out = hub_command(dir.path(), &args)
+            .stdout(writer)
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{format:?}: {stderr}");
+        assert!(stderr.is_empty(), "{format:?}: nothing on stderr: {stderr}");
+    }
 }
