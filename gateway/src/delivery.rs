@@ -44,6 +44,13 @@ const CLAIM_WHEN_FREE: usize = 16;
 pub(crate) const RECORD_BATCH: usize = 64;
 /// How often the worker looks for work it was not told about (rows another replica wrote).
 const POLL_INTERVAL: SignedDuration = SignedDuration::from_secs(2);
+/// How long the worker lets work gather after it is woken (a message accepted, a push finished)
+/// before its next round. Without it, at a steady rate below saturation each message had a claim
+/// of its own, an empty claim after its push and a transaction recording its delivery alone:
+/// measured at 1,000 Ks a second on PostgreSQL, twice the CPU per K of the same hub saturated,
+/// so the worker fell behind a rate it sustains under a heavier load. Real time, not the
+/// injected clock: it paces the store's work and decides nothing.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How many payloads one purge statement removes.
 const PURGE_BATCH: i64 = 256;
@@ -164,11 +171,19 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             shared.clock.now() + POLL_INTERVAL
         };
         let next = next.min(purge_at);
-        tokio::select! {
-            _ = shared.wake.notified() => {}
-            _ = shared.clock.sleep_until(next) => {}
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        let woken = tokio::select! {
+            _ = shared.wake.notified() => true,
+            _ = shared.clock.sleep_until(next) => false,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => true,
             _ = shutdown.cancelled() => break,
+        };
+        if woken {
+            // Let the messages accepted and the pushes finished in the next moment join this
+            // round (the pushes under way go on meanwhile).
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                _ = shutdown.cancelled() => break,
+            }
         }
     }
     // Graceful shutdown: the pushes under way finish (each bounded by the attempt timeout) and
