@@ -104,7 +104,22 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// Stops nginx with SIGTERM (its fast shutdown, which ends the workers too: killed with
+    /// SIGKILL, the master left its workers running after the bench), and kills it if it has not
+    /// ended within 5 s.
     fn drop(&mut self) {
+        let asked = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while asked && std::time::Instant::now() < until {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => break,
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
