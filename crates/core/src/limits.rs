@@ -784,6 +784,14 @@ mod tests {
         assert!(!limiter.try_take(&school, t1));
     }
 
+    /// A request for `path` with an empty body.
+    fn empty_request(path: &str) -> http::Request<Body> {
+        http::Request::builder()
+            .uri(path)
+            .body(Body::empty())
+            .unwrap()
+    }
+
     /// A shedder of one permit refuses a second call while the first is served, lets probes
     /// through, and admits again once the first call's response is ready.
     #[tokio::test]
@@ -801,14 +809,7 @@ mod tests {
             }
         });
         let service = AdmitLayer::new(LoadShedder::new(1)).layer(inner);
-        let call = |path: &'static str| {
-            let mut service = service.clone();
-            let req = http::Request::builder()
-                .uri(path)
-                .body(Body::empty())
-                .unwrap();
-            service.call(req)
-        };
+        let call = |path: &str| service.clone().call(empty_request(path));
         let slow = tokio::spawn(call("/slow"));
         // The first call holds the one permit (taken in `call`, before the spawn).
         let refused = call("/referral.v1.Gateway/Send").await.unwrap();
@@ -845,14 +846,7 @@ mod tests {
             }
         });
         let service = AdmitLayer::new(LoadShedder::new(1)).layer(inner);
-        let call = |path: &'static str| {
-            let mut service = service.clone();
-            let req = http::Request::builder()
-                .uri(path)
-                .body(Body::empty())
-                .unwrap();
-            service.call(req)
-        };
+        let call = |path: &str| service.clone().call(empty_request(path));
         // The download's headers are answered; its body has not ended.
         let mut download = call("/download").await.unwrap().into_body();
         chunks
