@@ -16,10 +16,11 @@ pub enum Format {
 }
 
 /// Writes the CLI's output to stdout. When the reader has gone away (a closed pipe, as after
-/// `| head -1`), the command ends at once with status 0 and nothing on stderr, as a command
-/// killed by `SIGPIPE` would: Rust ignores that signal, so `print!` would panic instead. Any
-/// other failure to write ends it with one line on stderr and status 1. Only the CLI's commands
-/// print here; the servers (`up`, `gateway`, `agency`) log through `tracing`.
+/// `| head -1`), the command ends at once and quietly, as a command killed by `SIGPIPE` would
+/// (Rust ignores that signal, so `print!` would panic instead), but with status 0 rather than
+/// 141: the reader chose to stop reading, which is no failure of the command. Any other failure
+/// to write ends it with one line on stderr and status 1. Only the CLI's commands print here;
+/// the servers (`up`, `gateway`, `agency`) log through `tracing`.
 pub fn write_stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
