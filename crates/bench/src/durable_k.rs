@@ -309,7 +309,7 @@ fn cpu_table(backend: &str, rows: &[Row], noop: Option<&(NoopRun, CpuPerUnit)>) 
             "pgbench, {clients} clients: CPU ms per transaction: pgbench {:.3}, PostgreSQL {:.3}, total {:.3} ({:.0} transactions)\n",
             cpu.waited_children,
             cpu.postgres,
-            cpu.total() - cpu.hub - cpu.client,
+            cpu.waited_children + cpu.postgres,
             pgbench.transactions,
         ));
     }

@@ -208,6 +208,16 @@ impl HubSetup {
             .await?)
     }
 
+    /// A channel to the gateway presenting school 1's certificate, as school 1's service calls it.
+    pub async fn school_1_gateway_channel(&self) -> anyhow::Result<Channel> {
+        self.mtls_channel(
+            &ComponentIdentity::Agency("school-1".into()),
+            &ComponentIdentity::Gateway,
+            &format!("https://127.0.0.1:{}", self.gateway_port),
+        )
+        .await
+    }
+
     /// School 1's director, as the school's service names them acting on a call to the gateway.
     pub fn school_director(&self) -> anyhow::Result<referral_proto::v1::ActingUser> {
         let director = self

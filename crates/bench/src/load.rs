@@ -13,7 +13,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use referral_core::pki::ComponentIdentity;
 use referral_core::{db::Database, iin::Iin};
 use referral_proto::v1::{
     ActingUser, HelpRequest, Role, SendRequest, Sex, SubmitHelpRequestRequest,
@@ -152,7 +151,6 @@ pub struct Load {
 impl Load {
     pub async fn prepare(hub: &HubSetup, clients: usize, entry: Entry) -> anyhow::Result<Self> {
         let acting = hub.school_director()?;
-        let gateway_endpoint = format!("https://127.0.0.1:{}", hub.gateway_port);
         let mut connected = Vec::with_capacity(clients);
         for _ in 0..clients {
             connected.push(match entry {
@@ -160,14 +158,7 @@ impl Load {
                     Client::Staff(AgencyStaffClient::new(hub.staff_channel("school-1").await?))
                 }
                 Entry::GatewaySend => Client::Gateway(
-                    GatewayClient::new(
-                        hub.mtls_channel(
-                            &ComponentIdentity::Agency("school-1".into()),
-                            &ComponentIdentity::Gateway,
-                            &gateway_endpoint,
-                        )
-                        .await?,
-                    ),
+                    GatewayClient::new(hub.school_1_gateway_channel().await?),
                     acting.clone(),
                 ),
             });
@@ -352,17 +343,9 @@ pub async fn noop_calls(
     window: Duration,
 ) -> anyhow::Result<NoopRun> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let endpoint = format!("https://127.0.0.1:{}", hub.gateway_port);
     let mut connected = Vec::with_capacity(clients);
     for _ in 0..clients {
-        connected.push(HealthClient::new(
-            hub.mtls_channel(
-                &ComponentIdentity::Agency("school-1".into()),
-                &ComponentIdentity::Gateway,
-                &endpoint,
-            )
-            .await?,
-        ));
+        connected.push(HealthClient::new(hub.school_1_gateway_channel().await?));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();

@@ -122,7 +122,7 @@ pub fn parse_pgbench(output: &str) -> anyhow::Result<PgBench> {
         output.lines().find_map(|l| {
             l.trim()
                 .strip_prefix(prefix)?
-                .split_whitespace()
+                .split(|c: char| c.is_whitespace() || c == '/')
                 .next()?
                 .parse()
                 .ok()
@@ -131,17 +131,8 @@ pub fn parse_pgbench(output: &str) -> anyhow::Result<PgBench> {
     Ok(PgBench {
         tps: number_after("tps = ").context("no tps in pgbench's output")?,
         latency_avg_ms: number_after("latency average = ").unwrap_or(0.0),
-        transactions: output
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("number of transactions actually processed: ")?
-                    .split(['/', ' '])
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .context("no transaction count in pgbench's output")?,
+        transactions: number_after("number of transactions actually processed: ")
+            .context("no transaction count in pgbench's output")? as u64,
     })
 }
 

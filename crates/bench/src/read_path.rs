@@ -41,7 +41,6 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
     let (k_id, case) = open_case(&setup).await?;
 
     let commission = ComponentIdentity::Agency("commission".into());
-    let school = ComponentIdentity::Agency("school-1".into());
     let commission_endpoint = setup.endpoint("commission")?;
     let commission_port: u16 = commission_endpoint
         .rsplit(':')
@@ -55,7 +54,6 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
         upstream_name: &commission.server_name(),
     })
     .await?;
-    let gateway_endpoint = format!("https://127.0.0.1:{}", setup.gateway_port);
     let mut direct = CaseSourceClient::new(
         setup
             .mtls_channel(
@@ -74,11 +72,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(serde_json::Value, String
             )
             .await?,
     );
-    let mut gateway = GatewayClient::new(
-        setup
-            .mtls_channel(&school, &ComponentIdentity::Gateway, &gateway_endpoint)
-            .await?,
-    );
+    let mut gateway = GatewayClient::new(setup.school_1_gateway_channel().await?);
     let acting = setup.school_director()?;
 
     // One call of a path; its latency.
