@@ -10,7 +10,6 @@ pub mod api;
 pub mod deadlines;
 pub mod delivery;
 mod forms;
-mod group_commit;
 // The fuzz targets' entry points (fuzz/), compiled only for them.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -39,6 +38,7 @@ use referral_core::{
     config::DeliverySettings,
     db::{Database, StorageConfig},
     directory::Directory,
+    group_commit,
     pki::TlsMaterial,
     server, tls,
 };

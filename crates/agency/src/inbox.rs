@@ -4,6 +4,10 @@
 //! validated it); deadline alerts come from the gateway itself, with sender id
 //! [`GATEWAY_SENDER_ID`]. A service crate's extension sees each new message inside the receipt's
 //! transaction (the commission files answers and progress reports in its case files there).
+//!
+//! Deliveries arriving together are stored together ([`write_receipts`], group commit): the
+//! gateway pushes many messages at once, and one transaction (one `fsync`) for each of them was
+//! the agency store's largest cost. A delivery is answered only once its batch committed.
 
 use std::sync::Arc;
 
@@ -11,13 +15,29 @@ use referral_core::{FieldViolations, ServiceError};
 use referral_proto::v1::{
     DeliverRequest, DeliverResponse, Envelope, FormKind, agency_inbox_server::AgencyInbox,
 };
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::{
     error::AgencyResult,
+    extension::AgencyExtension,
     forms::{GATEWAY_SENDER_ID, form_kind_of},
     service::Context,
+    store::received::PendingReceipt,
 };
+
+/// The most deliveries stored in one transaction.
+pub(crate) const RECEIPT_BATCH: usize = 64;
+
+/// The inbox writer's work: the deliveries waiting at this moment, in one transaction
+/// ([`Store::receive_waiting`](crate::store::Store::receive_waiting)).
+pub(crate) async fn write_receipts(context: Arc<Context>, batch: Vec<PendingReceipt>) {
+    let extension = context.extension();
+    let hook = extension
+        .as_ref()
+        .map(|(ext, host)| (ext.as_ref() as &dyn AgencyExtension, host));
+    context.store.receive_waiting(batch, hook).await;
+}
 
 /// The inbox service of one agency.
 #[derive(Debug, Clone)]
@@ -36,30 +56,33 @@ impl InboxApi {
             .ok_or_else(|| ServiceError::invalid_field("envelope", "required"))?;
         check_envelope(&envelope, &self.context.agency.id).into_result()?;
         let now = self.context.clock.now();
-        let extension = self.context.extension();
-        let hook = extension
-            .as_ref()
-            .map(|(ext, host)| (ext.as_ref() as &dyn crate::AgencyExtension, host));
+        let message_id = envelope.message_id.clone();
+        let sender = envelope.sender_agency_id.clone();
+        let form_kind = FormKind::try_from(envelope.form_kind)
+            .unwrap_or(FormKind::Unspecified)
+            .as_str_name();
         // The extension acts inside the receipt's transaction only: nothing here calls the
         // gateway back while the gateway waits for this answer.
-        let duplicate = self.context.store.receive(&envelope, now, hook).await?;
+        let (reply, answer) = oneshot::channel();
+        self.context
+            .receipts
+            .submit(PendingReceipt::new(envelope, now, reply))
+            .map_err(|_| ServiceError::Unavailable("the service is stopping".into()))?;
+        // A writer that dropped the batch (a bug it met) stored nothing: the gateway delivers
+        // again.
+        let duplicate = answer.await.map_err(|_| {
+            ServiceError::internal(anyhow::anyhow!("the delivery was not stored"))
+        })??;
         // Ids and kinds on the request's span (`referral_core::telemetry::request_span`).
         let span = tracing::Span::current();
-        span.record("message_id", envelope.message_id.as_str());
-        span.record("sender", envelope.sender_agency_id.as_str());
-        span.record(
-            "form_kind",
-            FormKind::try_from(envelope.form_kind)
-                .unwrap_or(FormKind::Unspecified)
-                .as_str_name(),
-        );
+        span.record("message_id", message_id.as_str());
+        span.record("sender", sender.as_str());
+        span.record("form_kind", form_kind);
         span.record("outcome", if duplicate { "duplicate" } else { "received" });
         tracing::info!(
-            message_id = %envelope.message_id,
-            sender = %envelope.sender_agency_id,
-            form_kind = FormKind::try_from(envelope.form_kind)
-                .unwrap_or(FormKind::Unspecified)
-                .as_str_name(),
+            message_id = %message_id,
+            sender = %sender,
+            form_kind,
             duplicate,
             "message received"
         );

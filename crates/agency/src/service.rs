@@ -74,6 +74,9 @@ pub(crate) struct Context {
     pub(crate) clock_events_round: tokio::sync::Mutex<()>,
     /// The service's Prometheus registry (served on the admin port).
     pub(crate) metrics: referral_core::metrics::Metrics,
+    /// Stores delivered messages in batches (`group_commit`, [`crate::inbox::write_receipts`]).
+    pub(crate) receipts:
+        referral_core::group_commit::Batcher<crate::store::received::PendingReceipt>,
 }
 
 impl Context {
@@ -187,7 +190,7 @@ impl AgencyService {
             port,
             tls: config.tls,
             limits: config.limits,
-            context: Arc::new(Context {
+            context: Arc::new_cyclic(|owner| Context {
                 agency,
                 kind: expected_kind,
                 time_zone,
@@ -200,6 +203,12 @@ impl AgencyService {
                 stopping: CancellationToken::new(),
                 clock_events_round: tokio::sync::Mutex::new(()),
                 metrics,
+                receipts: referral_core::group_commit::Batcher::spawn(
+                    &tokio::runtime::Handle::current(),
+                    owner.clone(),
+                    crate::inbox::RECEIPT_BATCH,
+                    crate::inbox::write_receipts,
+                ),
             }),
         })
     }

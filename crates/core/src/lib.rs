@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod directory;
 pub mod error;
+pub mod group_commit;
 pub mod iin;
 pub mod limits;
 pub mod metrics;

@@ -1,8 +1,9 @@
 //! `received_messages`: what the gateway delivered to this agency, exactly once per message id.
 
 use jiff::Timestamp;
-use referral_core::{ServiceResult, db::Row as _, time};
+use referral_core::{ServiceError, ServiceResult, db::Row as _, time};
 use referral_proto::v1::{Envelope, FormKind, ReferralStatus};
+use tokio::sync::oneshot;
 
 use super::{Cursor, Page, Store, decode, encode, form_kind, kind_filter, referral_status};
 use crate::{
@@ -45,46 +46,135 @@ impl ReceivedRow {
     }
 }
 
+/// A delivery waiting for the inbox's writer: answered with whether it was a duplicate once its
+/// batch committed.
+#[derive(Debug)]
+pub(crate) struct PendingReceipt {
+    envelope: Envelope,
+    now: Timestamp,
+    reply: oneshot::Sender<ServiceResult<bool>>,
+}
+
+impl PendingReceipt {
+    pub(crate) fn new(
+        envelope: Envelope,
+        now: Timestamp,
+        reply: oneshot::Sender<ServiceResult<bool>>,
+    ) -> Self {
+        Self {
+            envelope,
+            now,
+            reply,
+        }
+    }
+}
+
+/// Why a batch of receipts was not committed ([`Store::receive_batch`]).
+#[derive(Debug)]
+pub(crate) enum ReceiptFailure {
+    /// Storing the message at this index failed (its hook refused it, or the store failed on
+    /// it); the others may be written without it.
+    Item(usize, ServiceError),
+    /// The store failed for the whole batch: it cannot be reached, or the transaction could not
+    /// begin or commit.
+    Store(ServiceError),
+}
+
 impl Store {
     /// Stores a delivered message unless its id was received before; true when it was (a
     /// duplicate delivery, which changes nothing). An answer to a message this agency sent also
-    /// updates that sent message, and the extension's hook runs, in the same transaction.
+    /// updates that sent message, and the extension's hook runs, in the same transaction. (The
+    /// inbox stores deliveries in batches: [`receive_waiting`](Self::receive_waiting).)
+    #[cfg(test)]
     pub(crate) async fn receive(
         &self,
         envelope: &Envelope,
         now: Timestamp,
         hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
     ) -> ServiceResult<bool> {
-        let kind = FormKind::try_from(envelope.form_kind).unwrap_or(FormKind::Unspecified);
-        let in_reply_to = Some(envelope.in_reply_to.as_str()).filter(|s| !s.is_empty());
-        let now_micros = time::to_micros(now);
-        let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO received_messages (message_id, sender_agency_id, form_kind, in_reply_to, \
-             case_reference, envelope, received_at, referral_status, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7) ON CONFLICT (message_id) DO NOTHING",
-        )
-        .bind(envelope.message_id.as_str())
-        .bind(envelope.sender_agency_id.as_str())
-        .bind(kind.as_str_name())
-        .bind(in_reply_to)
-        .bind(envelope.case_reference.as_str())
-        .bind(encode(envelope))
-        .bind(now_micros)
-        .bind(received_status(envelope).as_str_name())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(true);
+        match self.receive_batch(&[(envelope, now)], hook).await {
+            Ok(duplicates) => Ok(duplicates.first().copied().unwrap_or(false)),
+            Err(ReceiptFailure::Item(_, e) | ReceiptFailure::Store(e)) => Err(e),
         }
-        super::sent::apply_answer(&mut tx, envelope, now).await?;
-        if let Some((extension, host)) = hook {
-            extension.on_received(host, &mut tx, envelope, now).await?;
+    }
+
+    /// Stores the deliveries waiting together in one transaction and answers each. A delivery
+    /// whose own receipt fails (its hook refused it) is answered with its error and the others
+    /// are written without it; a store that fails fails them all. Either way the gateway keeps
+    /// what was not stored and delivers it again.
+    pub(crate) async fn receive_waiting(
+        &self,
+        mut batch: Vec<PendingReceipt>,
+        hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
+    ) {
+        while !batch.is_empty() {
+            let written = {
+                let items: Vec<(&Envelope, Timestamp)> =
+                    batch.iter().map(|p| (&p.envelope, p.now)).collect();
+                self.receive_batch(&items, hook).await
+            };
+            match written {
+                Ok(duplicates) => {
+                    for (pending, duplicate) in batch.into_iter().zip(duplicates) {
+                        let _ = pending.reply.send(Ok(duplicate));
+                    }
+                    return;
+                }
+                Err(ReceiptFailure::Item(index, error)) => {
+                    let pending = batch.remove(index);
+                    let _ = pending.reply.send(Err(error));
+                }
+                Err(ReceiptFailure::Store(error)) => {
+                    if !matches!(error, ServiceError::Unavailable(_)) {
+                        tracing::error!(error = %error, deliveries = batch.len(), "cannot store a batch of deliveries");
+                    }
+                    for pending in batch {
+                        let _ = pending.reply.send(Err(match &error {
+                            ServiceError::Unavailable(reason) => {
+                                ServiceError::Unavailable(reason.clone())
+                            }
+                            _ => ServiceError::internal(anyhow::anyhow!(
+                                "the batch of deliveries was not stored"
+                            )),
+                        }));
+                    }
+                    return;
+                }
+            }
         }
-        tx.commit().await?;
-        Ok(false)
+    }
+
+    /// Stores delivered messages, in order, in one transaction (one commit for the lot): for
+    /// each, whether it was a duplicate (received before, or earlier in the batch). Each is
+    /// stored as [`receive`](Self::receive) stores one; a failure stores none of them and says
+    /// which one failed, so that the caller can write the others without it.
+    pub(crate) async fn receive_batch(
+        &self,
+        items: &[(&Envelope, Timestamp)],
+        hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
+    ) -> Result<Vec<bool>, ReceiptFailure> {
+        let mut tx = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| ReceiptFailure::Store(e.into()))?;
+        let mut duplicates = Vec::with_capacity(items.len());
+        for (index, (envelope, now)) in items.iter().enumerate() {
+            match receive_in(&mut tx, envelope, *now, hook).await {
+                Ok(duplicate) => duplicates.push(duplicate),
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    return Err(match e {
+                        ServiceError::Unavailable(_) => ReceiptFailure::Store(e),
+                        e => ReceiptFailure::Item(index, e),
+                    });
+                }
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| ReceiptFailure::Store(e.into()))?;
+        Ok(duplicates)
     }
 
     pub(crate) async fn received(&self, message_id: &str) -> ServiceResult<Option<ReceivedRow>> {
@@ -127,6 +217,43 @@ impl Store {
         let next = page.finish(&mut rows, ReceivedRow::cursor);
         Ok((rows, next))
     }
+}
+
+/// One delivered message, inside the receipt's transaction: true when its id was received
+/// before (nothing is written).
+async fn receive_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    envelope: &Envelope,
+    now: Timestamp,
+    hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
+) -> ServiceResult<bool> {
+    let kind = FormKind::try_from(envelope.form_kind).unwrap_or(FormKind::Unspecified);
+    let in_reply_to = Some(envelope.in_reply_to.as_str()).filter(|s| !s.is_empty());
+    let now_micros = time::to_micros(now);
+    let inserted = sqlx::query(
+        "INSERT INTO received_messages (message_id, sender_agency_id, form_kind, in_reply_to, \
+         case_reference, envelope, received_at, referral_status, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7) ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(envelope.message_id.as_str())
+    .bind(envelope.sender_agency_id.as_str())
+    .bind(kind.as_str_name())
+    .bind(in_reply_to)
+    .bind(envelope.case_reference.as_str())
+    .bind(encode(envelope))
+    .bind(now_micros)
+    .bind(received_status(envelope).as_str_name())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(true);
+    }
+    super::sent::apply_answer(tx, envelope, now).await?;
+    if let Some((extension, host)) = hook {
+        extension.on_received(host, tx, envelope, now).await?;
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -198,5 +325,97 @@ mod tests {
             }
         }
         assert_eq!(seen, ["m-0", "m-c", "m-b", "m-a"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_stores_each_message_once_and_tells_the_duplicates() {
+        let (store, _dir) = testing::store().await;
+        let now: Timestamp = "2026-03-02T05:00:00Z".parse().unwrap();
+        store.receive(&k("m-0"), now, None).await.unwrap();
+        let (first, earlier, second) = (k("m-1"), k("m-0"), k("m-2"));
+        let later = now + SignedDuration::from_secs(1);
+        let duplicates = store
+            .receive_batch(
+                &[
+                    (&first, later),
+                    (&earlier, later),
+                    (&first, later),
+                    (&second, later),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(duplicates, [false, true, true, false]);
+        let (rows, _) = store
+            .list_inbox(FormKind::Unspecified, &Page::from_request(0, "").unwrap())
+            .await
+            .unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
+        assert_eq!(ids, ["m-2", "m-1", "m-0"]);
+        assert_eq!(
+            store.received("m-0").await.unwrap().unwrap().received_at,
+            now
+        );
+    }
+
+    /// Makes the store refuse to receive message `m-bad`, as a hook refusing it would.
+    async fn refuse_m_bad(store: &Store) {
+        let statements: &[&str] = match store.db.backend() {
+            referral_core::db::Backend::Sqlite => &[
+                "CREATE TRIGGER refuse_m_bad BEFORE INSERT ON received_messages \
+                 WHEN NEW.message_id = 'm-bad' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            ],
+            referral_core::db::Backend::Postgres => &[
+                "CREATE FUNCTION refuse_m_bad() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.message_id = 'm-bad' THEN RAISE EXCEPTION 'refused'; END IF; \
+                 RETURN NEW; END $$",
+                "CREATE TRIGGER refuse_m_bad BEFORE INSERT ON received_messages \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_m_bad()",
+            ],
+        };
+        for statement in statements {
+            sqlx::query(sqlx::AssertSqlSafe(*statement))
+                .execute(store.db.pool())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_receipt_that_fails_fails_alone_and_the_rest_of_its_batch_is_stored() {
+        let (store, _dir) = testing::store().await;
+        refuse_m_bad(&store).await;
+        let now: Timestamp = "2026-03-02T05:00:00Z".parse().unwrap();
+        let (good, bad, also_good) = (k("m-good"), k("m-bad"), k("m-also-good"));
+        // One transaction: the failure names its message and leaves nothing of the batch.
+        let failure = store
+            .receive_batch(&[(&good, now), (&bad, now), (&also_good, now)], None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(failure, ReceiptFailure::Item(1, ServiceError::Internal(_))),
+            "{failure:?}"
+        );
+        assert!(store.received("m-good").await.unwrap().is_none());
+        // The writer answers the failed one with its error and stores the others.
+        let mut answers = Vec::new();
+        let mut batch = Vec::new();
+        for envelope in [good, bad, also_good] {
+            let (reply, answer) = oneshot::channel();
+            batch.push(PendingReceipt::new(envelope, now, reply));
+            answers.push(answer);
+        }
+        store.receive_waiting(batch, None).await;
+        let mut outcomes = Vec::new();
+        for answer in answers {
+            outcomes.push(answer.await.unwrap().map_err(|e| e.to_string()));
+        }
+        assert!(matches!(outcomes[0], Ok(false)), "{outcomes:?}");
+        assert!(outcomes[1].is_err(), "{outcomes:?}");
+        assert!(matches!(outcomes[2], Ok(false)), "{outcomes:?}");
+        assert!(store.received("m-good").await.unwrap().is_some());
+        assert!(store.received("m-also-good").await.unwrap().is_some());
+        assert!(store.received("m-bad").await.unwrap().is_none());
     }
 }

@@ -1,13 +1,14 @@
-//! Group commit: the gateway's hot writes (accepting a message, recording its delivery) take the
-//! ledger's write lock, so they run one at a time however many calls wait. Instead of one
-//! transaction per call, one task takes every request waiting at that moment and writes them in
-//! one transaction: one lock, one commit (one `fsync`) for the lot. A request is answered only
-//! after its batch committed, so an acknowledgement still means "durably stored".
+//! Group commit: hot writes that would each be a transaction of their own (the gateway accepting
+//! a message or recording its delivery under the ledger's write lock, an agency storing a
+//! delivered message) are written by one task that takes every request waiting at that moment
+//! and writes them in one transaction: one lock, one commit (one `fsync`) for the lot. A request
+//! is answered only after its batch committed, so an acknowledgement still means "durably
+//! stored".
 //!
 //! Nothing waits to fill a batch: while one batch commits, the next one gathers, so a lone
 //! request costs what it did before and a crowd shares the cost of each commit.
 //!
-//! The writers run on a thread of their own ([`WriterThread`]) with their own connections to
+//! The gateway's writers run on a thread of their own ([`WriterThread`]) with their own connections to
 //! the store. A batch is a sequence of round trips to the store made while holding the ledger's
 //! lock; on the shared runtime, under load, each round trip's answer waited behind every other
 //! task that was ready (and for the runtime to look at its sockets at all): measured, a batch of
@@ -24,13 +25,13 @@ use tokio::{
 };
 
 /// A thread running a single-threaded runtime for the writer tasks, until it is dropped.
-pub(crate) struct WriterThread {
+pub struct WriterThread {
     handle: Handle,
     _stop: oneshot::Sender<()>,
 }
 
 impl WriterThread {
-    pub(crate) fn start(name: &str) -> std::io::Result<Self> {
+    pub fn start(name: &str) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -48,13 +49,14 @@ impl WriterThread {
         })
     }
 
-    pub(crate) fn handle(&self) -> &Handle {
+    pub fn handle(&self) -> &Handle {
         &self.handle
     }
 }
 
 /// The queue of one writer task.
-pub(crate) struct Batcher<T> {
+#[derive(Debug)]
+pub struct Batcher<T> {
     queue: mpsc::UnboundedSender<T>,
 }
 
@@ -62,12 +64,7 @@ impl<T: Send + 'static> Batcher<T> {
     /// Starts the writer task: it takes at most `max_batch` waiting requests at a time and hands
     /// them to `write`, until `owner` is gone. The queue needs no bound of its own: every request
     /// in it is a call (or a delivery) the server's concurrency limit already admitted.
-    pub(crate) fn spawn<S, F, Fut>(
-        runtime: &Handle,
-        owner: Weak<S>,
-        max_batch: usize,
-        write: F,
-    ) -> Self
+    pub fn spawn<S, F, Fut>(runtime: &Handle, owner: Weak<S>, max_batch: usize, write: F) -> Self
     where
         S: Send + Sync + 'static,
         F: Fn(Arc<S>, Vec<T>) -> Fut + Send + 'static,
@@ -95,7 +92,7 @@ impl<T: Send + 'static> Batcher<T> {
     }
 
     /// Queues `item`; gives it back when the writer task is gone.
-    pub(crate) fn submit(&self, item: T) -> Result<(), T> {
+    pub fn submit(&self, item: T) -> Result<(), T> {
         self.queue.send(item).map_err(|e| e.0)
     }
 }
