@@ -607,7 +607,11 @@ impl Shared {
     ) -> ServiceResult<SendResponse> {
         let form_kind = FormKind::try_from(env.form_kind).unwrap_or(FormKind::Unspecified);
         let (pending, answer) = self.prepare_send(caller, env)?;
-        if self.send_writer.submit(pending).is_err() {
+        if self
+            .ledger_writer
+            .submit(LedgerWrite::Send(Box::new(pending)))
+            .is_err()
+        {
             return Err(ServiceError::Unavailable("the gateway is stopping".into()));
         }
         // No answer: the batch was dropped unwritten (the gateway stopping, or a bug in a check).
@@ -729,6 +733,7 @@ impl Shared {
         tx: &mut Transaction<'static, Any>,
         head: &mut ledger::LockedHead,
         keys: &mut BatchKeys,
+        rows: &mut store::QueuedRows,
         pending: &PendingSend,
     ) -> ServiceResult<SendResponse> {
         let PendingSend {
@@ -743,6 +748,7 @@ impl Shared {
         let key = (caller.id.clone(), env.idempotency_key.clone());
         let existing = if keys.written.contains(&key) {
             // Written earlier in this batch: read back inside the transaction.
+            rows.write(tx).await?;
             store::message_by_key(&mut **tx, &caller.id, &env.idempotency_key).await?
         } else {
             keys.stored.get(&key).cloned()
@@ -751,6 +757,7 @@ impl Shared {
             return duplicate_response(existing, &env, payload_hash);
         }
         if let Reply::To { answers, single } = rule.reply {
+            rows.write(tx).await?;
             let original = store::message_by_id(&mut **tx, &env.in_reply_to)
                 .await?
                 .filter(|m| {
@@ -777,7 +784,10 @@ impl Shared {
                 original.action_number,
             )?;
         }
-        service_forms::check_named_referral(tx, caller, recipient, &env).await?;
+        if service_forms::named_referral(caller, &env).is_some() {
+            rows.write(tx).await?;
+            service_forms::check_named_referral(tx, caller, recipient, &env).await?;
+        }
         let message_id = uuid::Uuid::now_v7().to_string();
         env.message_id = message_id.clone();
         env.sender_agency_id = caller.id.clone();
@@ -803,15 +813,17 @@ impl Shared {
             );
         }
         env.view_sections = access.sections.iter().map(|s| s as i32).collect();
-        store::enqueue_message(tx, head, &self.sealer, &env, payload_hash, now_us).await?;
+        // Written with the rest of the batch's messages, before anything reads them.
+        rows.enqueue(head, &self.sealer, &env, payload_hash, now_us)?;
         keys.written.insert(key);
         for mut copy in access.copies {
             copy.view_sections = env.view_sections.clone();
-            store::enqueue_message(tx, head, &self.sealer, &copy, payload_hash, now_us).await?;
+            rows.enqueue(head, &self.sealer, &copy, payload_hash, now_us)?;
             keys.written
                 .insert((copy.sender_agency_id.clone(), copy.idempotency_key.clone()));
         }
         if access.withheld {
+            rows.write(tx).await?;
             access::withhold(tx, head, &env, now_us).await?;
         }
         // A single answer closes the message it answers; progress reports leave it open.
@@ -903,8 +915,16 @@ pub(crate) struct PendingSend {
     reply: oneshot::Sender<ServiceResult<SendResponse>>,
 }
 
-/// The most sends one transaction stores.
-pub(crate) const SEND_BATCH: usize = 64;
+/// The most sends and deliveries one transaction writes.
+pub(crate) const LEDGER_BATCH: usize = 128;
+
+/// What the ledger's writer writes: an accepted send, or a delivery the recipient's inbox
+/// accepted. Both append to the ledger under its lock; those waiting together share one
+/// transaction, so that neither waits for the other's commit while holding its own.
+pub(crate) enum LedgerWrite {
+    Send(Box<PendingSend>),
+    Delivery(Box<crate::delivery::Accepted>),
+}
 
 /// The send writer's work: stores a batch of sends in one transaction under one ledger lock, in
 /// the order they arrived, so each sees the ones before it exactly as if they had committed
@@ -912,27 +932,43 @@ pub(crate) const SEND_BATCH: usize = 64;
 /// denial, a reply to an answered message) may have written part of itself: the transaction is
 /// rolled back, that send gets its refusal and the others are written again without it. Every
 /// send is answered only after its batch committed.
-pub(crate) async fn write_sends(shared: Arc<Shared>, mut batch: Vec<PendingSend>) {
-    while !batch.is_empty() {
-        match try_write_sends(&shared, &batch).await {
-            Ok(answers) => {
+pub(crate) async fn write_ledger_batch(shared: Arc<Shared>, batch: Vec<LedgerWrite>) {
+    let mut sends = Vec::new();
+    let mut deliveries = Vec::new();
+    for write in batch {
+        match write {
+            LedgerWrite::Send(send) => sends.push(*send),
+            LedgerWrite::Delivery(delivery) => deliveries.push(*delivery),
+        }
+    }
+    loop {
+        match try_write_batch(&shared, &sends, &deliveries).await {
+            Ok((answers, recorded)) => {
                 shared.ledger_appended();
-                for (pending, answer) in batch.into_iter().zip(answers) {
+                for (pending, answer) in sends.into_iter().zip(answers) {
                     let _ = pending.reply.send(Ok(answer));
                 }
+                crate::delivery::answer_recorded(deliveries, Ok(recorded));
                 return;
             }
+            // The refused send is answered and the rest written again without it.
             Err(BatchFailure::Refused(index, refusal)) => {
-                let pending = batch.remove(index);
+                let pending = sends.remove(index);
                 let _ = pending.reply.send(Err(refusal));
             }
             Err(BatchFailure::Store(error)) => {
                 if !matches!(error, ServiceError::Unavailable(_)) {
-                    tracing::error!(error = %error, sends = batch.len(), "cannot store a batch of sends");
+                    tracing::error!(
+                        error = %error,
+                        sends = sends.len(),
+                        deliveries = deliveries.len(),
+                        "cannot store a batch of sends and deliveries"
+                    );
                 }
-                for pending in batch {
+                for pending in sends {
                     let _ = pending.reply.send(Err(shared_failure(&error)));
                 }
+                crate::delivery::answer_recorded(deliveries, Err(()));
                 return;
             }
         }
@@ -955,10 +991,13 @@ enum BatchFailure {
     Store(ServiceError),
 }
 
-async fn try_write_sends(
+/// Writes the sends (each answered) and records the deliveries (the message ids this batch
+/// recorded), in one transaction.
+async fn try_write_batch(
     shared: &Shared,
     batch: &[PendingSend],
-) -> Result<Vec<SendResponse>, BatchFailure> {
+    deliveries: &[crate::delivery::Accepted],
+) -> Result<(Vec<SendResponse>, std::collections::HashSet<String>), BatchFailure> {
     let store_failed = |e: sqlx::Error| BatchFailure::Store(e.into());
     let mut tx = shared.writer_db.begin().await.map_err(store_failed)?;
     // Take the ledger's write lock first: concurrent sends (several replicas, or SQLite
@@ -985,6 +1024,7 @@ async fn try_write_sends(
         );
     }
     let mut answers = Vec::with_capacity(batch.len());
+    let mut rows = store::QueuedRows::default();
     for (index, pending) in batch.iter().enumerate() {
         // A caller that gave up (its deadline passed, its connection closed) was not told the
         // message was stored: nothing of it is stored, as when its own transaction was dropped.
@@ -994,7 +1034,7 @@ async fn try_write_sends(
             continue;
         }
         let stored = shared
-            .store_send(&mut tx, &mut head, &mut keys, pending)
+            .store_send(&mut tx, &mut head, &mut keys, &mut rows, pending)
             .instrument(pending.span.clone())
             .await;
         match stored {
@@ -1010,9 +1050,13 @@ async fn try_write_sends(
             }
         }
     }
+    rows.write(&mut tx).await.map_err(store_failed)?;
+    let recorded = crate::delivery::record_in(&mut tx, &mut head, shared, deliveries)
+        .await
+        .map_err(store_failed)?;
     head.store(&mut tx).await.map_err(store_failed)?;
     tx.commit().await.map_err(store_failed)?;
-    Ok(answers)
+    Ok((answers, recorded))
 }
 
 /// The answer for every send of a batch the store failed (the cause is logged, never sent).

@@ -40,8 +40,6 @@ const PARALLEL_DELIVERIES: usize = 96;
 const CLAIM_BATCH: usize = 96;
 /// How many pushes must be free before the worker leases more while others are under way.
 const CLAIM_WHEN_FREE: usize = 16;
-/// The most deliveries one transaction records.
-pub(crate) const RECORD_BATCH: usize = 64;
 /// How often the worker looks for work it was not told about (rows another replica wrote).
 const POLL_INTERVAL: SignedDuration = SignedDuration::from_secs(2);
 /// How long the worker lets work gather after it is woken (a message accepted, a push finished)
@@ -341,7 +339,8 @@ async fn deliver(shared: &Shared, channel: Channel, due: Due) {
     }
 }
 
-/// A delivery the recipient's inbox accepted, waiting for the delivery recorder.
+/// A delivery the recipient's inbox accepted, waiting for the ledger's writer
+/// (`api::write_ledger_batch`).
 pub(crate) struct Accepted {
     due: Due,
     entry: EntryFields,
@@ -351,8 +350,8 @@ pub(crate) struct Accepted {
 }
 
 /// Records that the recipient's inbox accepted the message: the outbox row removed, the message
-/// marked delivered and the ledger entry appended, together; with the other deliveries
-/// that finished meanwhile, in one transaction (`group_commit`).
+/// marked delivered and the ledger entry appended, together; with the other deliveries that
+/// finished meanwhile and the sends waiting, in one transaction (`group_commit`).
 async fn record_delivery(
     shared: &Shared,
     due: &Due,
@@ -381,7 +380,11 @@ async fn recorded_delivery(
         entry: EntryFields::for_envelope(LedgerEvent::Delivered, envelope, &due.payload_sha256),
         reply,
     };
-    if shared.delivery_recorder.submit(accepted).is_err() {
+    if shared
+        .ledger_writer
+        .submit(crate::api::LedgerWrite::Delivery(Box::new(accepted)))
+        .is_err()
+    {
         return Err(sqlx::Error::PoolClosed);
     }
     match recorded.await {
@@ -394,16 +397,14 @@ async fn recorded_delivery(
     }
 }
 
-/// The delivery recorder's work: one transaction for a batch of accepted deliveries.
-pub(crate) async fn record_deliveries(shared: Arc<Shared>, batch: Vec<Accepted>) {
-    let recorded = {
-        let items: Vec<(&Due, &EntryFields)> = batch.iter().map(|a| (&a.due, &a.entry)).collect();
-        write_deliveries(&shared, &items).await
-    };
+/// Answers the deliveries of a batch once it committed (`Ok`: the message ids it recorded) or
+/// failed.
+pub(crate) fn answer_recorded(
+    batch: Vec<Accepted>,
+    recorded: Result<std::collections::HashSet<String>, ()>,
+) {
     match recorded {
         Ok(mut removed) => {
-            // Deliveries start clocks (a help request's decision runs from its receipt).
-            shared.engine_wake.notify_one();
             for accepted in batch {
                 // A message pushed twice (its lease ran out during the first push) is recorded
                 // once: the first of its pushes in the batch is the one that recorded it.
@@ -411,8 +412,7 @@ pub(crate) async fn record_deliveries(shared: Arc<Shared>, batch: Vec<Accepted>)
                 let _ = accepted.reply.send(Ok(here));
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, deliveries = batch.len(), "cannot record deliveries");
+        Err(()) => {
             for accepted in batch {
                 let _ = accepted.reply.send(Err(()));
             }
@@ -420,14 +420,28 @@ pub(crate) async fn record_deliveries(shared: Arc<Shared>, batch: Vec<Accepted>)
     }
 }
 
-/// Writes a batch of deliveries; returns the ids this call recorded (a row another worker
-/// recorded already is left as it is).
-async fn write_deliveries(
+/// Records deliveries inside the transaction holding the ledger's lock: removes their outbox
+/// rows, marks the messages delivered and appends their entries. Returns the ids this call
+/// recorded (a row another worker recorded already is left as it is).
+pub(crate) async fn record_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    head: &mut ledger::LockedHead,
     shared: &Shared,
+    deliveries: &[Accepted],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    if deliveries.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let items: Vec<(&Due, &EntryFields)> = deliveries.iter().map(|a| (&a.due, &a.entry)).collect();
+    record_items(tx, head, time::to_micros(shared.clock.now()), &items).await
+}
+
+async fn record_items(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    head: &mut ledger::LockedHead,
+    now_us: i64,
     items: &[(&Due, &EntryFields)],
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-    let now_us = time::to_micros(shared.clock.now());
-    let mut tx = shared.writer_db.begin().await?;
     let sql = format!(
         "DELETE FROM outbox WHERE message_id IN ({}) RETURNING message_id",
         store::placeholders(1, items.len())
@@ -437,7 +451,7 @@ async fn write_deliveries(
         delete = delete.bind(due.message_id.clone());
     }
     let removed: std::collections::HashSet<String> =
-        delete.fetch_all(&mut *tx).await?.into_iter().collect();
+        delete.fetch_all(&mut **tx).await?.into_iter().collect();
     // Each removed row once, even when the batch holds two pushes of the same message.
     let mut unrecorded = removed.clone();
     let recorded: Vec<&(&Due, &EntryFields)> = items
@@ -446,7 +460,6 @@ async fn write_deliveries(
         .collect();
     if recorded.is_empty() {
         // Another worker recorded these deliveries already.
-        tx.rollback().await?;
         return Ok(removed);
     }
     let sql = format!(
@@ -464,11 +477,10 @@ async fn write_deliveries(
     for (due, _) in &recorded {
         update = update.bind(due.message_id.clone());
     }
-    update.execute(&mut *tx).await?;
+    update.execute(&mut **tx).await?;
     // The digest of the plaintext payload, as computed when each message was accepted.
     let entries: Vec<EntryFields> = recorded.iter().map(|(_, e)| (*e).clone()).collect();
-    ledger::append_many(&mut tx, now_us, &entries).await?;
-    tx.commit().await?;
+    head.append_many(tx, now_us, &entries).await?;
     Ok(removed)
 }
 
@@ -494,7 +506,12 @@ pub(crate) async fn record_delivery_for_test(
         stored: row,
     };
     let entry = EntryFields::for_envelope(LedgerEvent::Delivered, &envelope, &due.payload_sha256);
-    write_deliveries(shared, &[(&due, &entry)]).await?;
+    let mut tx = shared.writer_db.begin().await?;
+    let mut head = ledger::lock_head(&mut tx).await?;
+    let now_us = time::to_micros(shared.clock.now());
+    record_items(&mut tx, &mut head, now_us, &[(&due, &entry)]).await?;
+    head.store(&mut tx).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -807,7 +824,14 @@ mod tests {
             batch.push(pending);
             answers.push(answer);
         }
-        crate::api::write_sends(shared.clone(), batch).await;
+        crate::api::write_ledger_batch(
+            shared.clone(),
+            batch
+                .into_iter()
+                .map(|send| crate::api::LedgerWrite::Send(Box::new(send)))
+                .collect(),
+        )
+        .await;
         let mut answered = Vec::new();
         for answer in answers {
             answered.push(answer.await.expect("every send is answered"));
@@ -857,7 +881,14 @@ mod tests {
         let (kept, kept_answer) = sends.remove(0);
         // The first caller's deadline passed while the batch waited for the ledger's lock.
         drop(gone_answer);
-        crate::api::write_sends(shared.clone(), vec![gone, kept]).await;
+        crate::api::write_ledger_batch(
+            shared.clone(),
+            vec![
+                crate::api::LedgerWrite::Send(Box::new(gone)),
+                crate::api::LedgerWrite::Send(Box::new(kept)),
+            ],
+        )
+        .await;
         let kept = kept_answer
             .await
             .unwrap()
@@ -944,7 +975,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deliveries_recorded_in_one_batch_chain_in_the_ledger_and_a_double_push_counts_once() {
+    async fn deliveries_and_sends_written_in_one_batch_chain_in_the_ledger_and_a_double_push_counts_once()
+     {
         let hub = hub().await;
         let shared = hub.gateway.shared.clone();
         // Two cases, so that neither waits behind the other.
@@ -968,7 +1000,17 @@ mod tests {
             });
             answers.push(answer);
         }
-        super::record_deliveries(shared.clone(), batch).await;
+        // And a send waiting at the same moment: the same transaction.
+        let caller = shared.directory().agency("school-1").cloned().unwrap();
+        let mut third = help_request();
+        third.case_reference.clear();
+        let (send, sent) = shared.prepare_send(&caller, third).unwrap();
+        let mut writes: Vec<crate::api::LedgerWrite> = batch
+            .into_iter()
+            .map(|accepted| crate::api::LedgerWrite::Delivery(Box::new(accepted)))
+            .collect();
+        writes.insert(1, crate::api::LedgerWrite::Send(Box::new(send)));
+        crate::api::write_ledger_batch(shared.clone(), writes).await;
         let mut here = Vec::new();
         for answer in answers {
             here.push(answer.await.unwrap().unwrap());
@@ -978,22 +1020,33 @@ mod tests {
             vec![true, true, false],
             "the second push of one is not recorded"
         );
+        let sent = sent.await.unwrap().expect("the send is stored");
+        assert_eq!(hub.row(&sent.message_id).await.state, super::STATE_QUEUED);
         let pool = shared.db.pool();
-        let delivered: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE event = 'message.delivered'")
-                .fetch_one(pool)
-                .await
-                .unwrap();
-        assert_eq!(delivered, 2);
-        assert_eq!(ledger::verify(pool).await.unwrap().entries, 4);
+        let events: Vec<String> = sqlx::query_scalar("SELECT event FROM ledger ORDER BY seq")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            events,
+            [
+                "message.accepted",
+                "message.accepted",
+                "message.accepted",
+                "message.delivered",
+                "message.delivered"
+            ],
+            "the send's entry, then the deliveries', one chain"
+        );
+        assert_eq!(ledger::verify(pool).await.unwrap().entries, 5);
         for env in [&one, &two] {
             assert_eq!(hub.row(&env.message_id).await.state, STATE_DELIVERED);
         }
-        let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
-            .fetch_one(pool)
+        let outbox: Vec<String> = sqlx::query_scalar("SELECT message_id FROM outbox")
+            .fetch_all(pool)
             .await
             .unwrap();
-        assert_eq!(outbox, 0);
+        assert_eq!(outbox, [sent.message_id], "only the new send is queued");
         shared.db.close().await;
     }
 

@@ -175,59 +175,31 @@ impl LockedHead {
         if entries.is_empty() {
             return Err(sqlx::Error::Protocol("no ledger entries to append".into()));
         }
-        let first_seq = self.last_seq + 1;
-        let mut prev_hash = self.last_hash.clone();
-        let mut chained = Vec::with_capacity(entries.len());
-        for (seq, fields) in (first_seq..).zip(entries) {
-            let hash = entry_hash(seq, recorded_at, &prev_hash, fields);
-            chained.push((
-                seq,
-                std::mem::replace(&mut prev_hash, hash.clone()),
-                hash,
-                fields,
-            ));
-        }
-        // Placeholders only: the statement's text holds no value.
-        let mut sql = String::from(
-            "INSERT INTO ledger (seq, recorded_at, event, message_id, sender_agency_id, \
-             recipient_agency_id, acting_user_id, acting_role, purpose_of_use, form_kind, \
-             case_reference, confidentiality, payload_sha256, prev_hash, entry_hash, sections, \
-             outcome) VALUES ",
-        );
-        for row in 0..chained.len() {
-            sql.push_str(if row == 0 { "(" } else { ", (" });
-            sql.push_str(&crate::store::placeholders(
-                row * ENTRY_COLUMNS + 1,
-                ENTRY_COLUMNS,
-            ));
-            sql.push(')');
-        }
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (seq, prev, hash, fields) in &chained {
-            insert = insert
-                .bind(*seq)
-                .bind(recorded_at)
-                .bind(fields.event.clone())
-                .bind(fields.message_id.clone())
-                .bind(fields.sender_agency_id.clone())
-                .bind(fields.recipient_agency_id.clone())
-                .bind(fields.acting_user_id.clone())
-                .bind(fields.acting_role.clone())
-                .bind(fields.purpose_of_use.clone())
-                .bind(fields.form_kind.clone())
-                .bind(fields.case_reference.clone())
-                .bind(fields.confidentiality.clone())
-                .bind(fields.payload_sha256.clone())
-                .bind(prev.clone())
-                .bind(hash.clone())
-                .bind(fields.sections.clone())
-                .bind(fields.outcome.clone());
-        }
-        insert.execute(&mut **tx).await?;
-        self.last_seq += i64::try_from(entries.len()).unwrap_or(i64::MAX);
-        self.last_hash = prev_hash;
+        let chained: Vec<ChainedEntry> = entries
+            .iter()
+            .map(|fields| self.chain(recorded_at, fields.clone()))
+            .collect();
+        insert_chained(tx, &chained).await?;
+        Ok(chained[0].seq)
+    }
+
+    /// Chains an entry after the head in memory: its sequence number and hashes, the head moved
+    /// past it. Nothing is written: the caller inserts it ([`insert_chained`]) in the same
+    /// transaction before [`store`](Self::store) (stored without it, the chain has a gap that
+    /// `verify` reports).
+    pub fn chain(&mut self, recorded_at: i64, fields: EntryFields) -> ChainedEntry {
+        let seq = self.last_seq + 1;
+        let entry_hash = entry_hash(seq, recorded_at, &self.last_hash, &fields);
+        let prev_hash = std::mem::replace(&mut self.last_hash, entry_hash.clone());
+        self.last_seq = seq;
         self.moved = true;
-        Ok(first_seq)
+        ChainedEntry {
+            seq,
+            recorded_at,
+            prev_hash,
+            entry_hash,
+            fields,
+        }
     }
 
     /// Writes the head row if entries were appended; call it last before the commit.
@@ -242,6 +214,57 @@ impl LockedHead {
         }
         Ok(())
     }
+}
+
+/// An entry chained by [`LockedHead::chain`], not yet written.
+#[derive(Debug, Clone)]
+pub struct ChainedEntry {
+    pub seq: i64,
+    recorded_at: i64,
+    prev_hash: String,
+    entry_hash: String,
+    fields: EntryFields,
+}
+
+/// Writes chained entries (of the transaction holding the lock), in one `INSERT` per 512.
+pub async fn insert_chained(
+    tx: &mut Transaction<'static, Any>,
+    entries: &[ChainedEntry],
+) -> Result<(), sqlx::Error> {
+    for chunk in entries.chunks(512) {
+        // Placeholders only: the statement's text holds no value.
+        let mut sql = String::from(
+            "INSERT INTO ledger (seq, recorded_at, event, message_id, sender_agency_id, \
+             recipient_agency_id, acting_user_id, acting_role, purpose_of_use, form_kind, \
+             case_reference, confidentiality, payload_sha256, prev_hash, entry_hash, sections, \
+             outcome) VALUES ",
+        );
+        crate::store::push_rows(&mut sql, chunk.len(), ENTRY_COLUMNS);
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for entry in chunk {
+            let fields = &entry.fields;
+            insert = insert
+                .bind(entry.seq)
+                .bind(entry.recorded_at)
+                .bind(fields.event.clone())
+                .bind(fields.message_id.clone())
+                .bind(fields.sender_agency_id.clone())
+                .bind(fields.recipient_agency_id.clone())
+                .bind(fields.acting_user_id.clone())
+                .bind(fields.acting_role.clone())
+                .bind(fields.purpose_of_use.clone())
+                .bind(fields.form_kind.clone())
+                .bind(fields.case_reference.clone())
+                .bind(fields.confidentiality.clone())
+                .bind(fields.payload_sha256.clone())
+                .bind(entry.prev_hash.clone())
+                .bind(entry.entry_hash.clone())
+                .bind(fields.sections.clone())
+                .bind(fields.outcome.clone());
+        }
+        insert.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// Appends an entry in a transaction that does not hold the ledger's lock: takes it, appends and

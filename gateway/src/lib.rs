@@ -189,10 +189,9 @@ pub(crate) struct Shared {
     /// delivery worker and the case-file reads: HTTP/2 multiplexes the calls, and a read no
     /// longer pays a TLS handshake.
     agency_channels: std::sync::Mutex<HashMap<(String, String), tonic::transport::Channel>>,
-    /// Stores accepted sends in batches (`group_commit`, `api::write_sends`).
-    pub(crate) send_writer: group_commit::Batcher<api::PendingSend>,
-    /// Records accepted deliveries in batches (`delivery::record_deliveries`).
-    pub(crate) delivery_recorder: group_commit::Batcher<delivery::Accepted>,
+    /// Stores accepted sends and records accepted deliveries, those waiting together in one
+    /// transaction under the ledger's lock (`group_commit`, `api::write_ledger_batch`).
+    pub(crate) ledger_writer: group_commit::Batcher<api::LedgerWrite>,
     /// The store as the writers reach it: its own connections, on the writers' thread.
     pub(crate) writer_db: Database,
     /// The thread the writers run on (stops when the gateway is dropped).
@@ -338,17 +337,11 @@ impl Gateway {
             .context("the writer thread stopped")??;
         let shared = Arc::new_cyclic(|owner| Shared {
             writer_db,
-            send_writer: group_commit::Batcher::spawn(
+            ledger_writer: group_commit::Batcher::spawn(
                 writer_thread.handle(),
                 owner.clone(),
-                api::SEND_BATCH,
-                api::write_sends,
-            ),
-            delivery_recorder: group_commit::Batcher::spawn(
-                writer_thread.handle(),
-                owner.clone(),
-                delivery::RECORD_BATCH,
-                delivery::record_deliveries,
+                api::LEDGER_BATCH,
+                api::write_ledger_batch,
             ),
             db,
             clock: config.clock,

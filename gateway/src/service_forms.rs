@@ -443,6 +443,25 @@ fn log_row(row: &ReferralLogRow, period: Option<(Date, Date)>, v: &mut FieldViol
     }
 }
 
+/// The field naming a referral, and the message id it names, when `env` is a form that must name
+/// one ([`check_named_referral`]).
+pub(crate) fn named_referral<'e>(
+    caller: &AgencyEntry,
+    env: &'e Envelope,
+) -> Option<(&'static str, &'e str)> {
+    match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
+        Some(payload::Form::SafetyMeetingNotice(n)) => Some((
+            "envelope.payload.safety_meeting_notice.referral_message_id",
+            n.referral_message_id.as_str(),
+        )),
+        Some(payload::Form::ServiceUpdate(u)) if caller.kind() != AgencyKind::Ngo => Some((
+            "envelope.payload.service_update.referral_message_id",
+            u.referral_message_id.as_str(),
+        )),
+        _ => None,
+    }
+}
+
 /// What a school sends about a referral it made (a meeting notice, a cancellation request) must
 /// name a SERVICE_REFERRAL that school sent to that NGO. Inside `Send`'s transaction.
 pub(crate) async fn check_named_referral(
@@ -451,16 +470,8 @@ pub(crate) async fn check_named_referral(
     recipient: &AgencyEntry,
     env: &Envelope,
 ) -> ServiceResult<()> {
-    let (field, named) = match env.payload.as_ref().and_then(|p| p.form.as_ref()) {
-        Some(payload::Form::SafetyMeetingNotice(n)) => (
-            "envelope.payload.safety_meeting_notice.referral_message_id",
-            n.referral_message_id.as_str(),
-        ),
-        Some(payload::Form::ServiceUpdate(u)) if caller.kind() != AgencyKind::Ngo => (
-            "envelope.payload.service_update.referral_message_id",
-            u.referral_message_id.as_str(),
-        ),
-        _ => return Ok(()),
+    let Some((field, named)) = named_referral(caller, env) else {
+        return Ok(());
     };
     let found = store::message_by_id(&mut **tx, named)
         .await?
