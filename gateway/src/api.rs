@@ -966,7 +966,7 @@ pub(crate) async fn write_ledger_batch(shared: Arc<Shared>, batch: Vec<LedgerWri
                     );
                 }
                 for pending in sends {
-                    let _ = pending.reply.send(Err(shared_failure(&error)));
+                    let _ = pending.reply.send(Err(error.shared_by_batch()));
                 }
                 crate::delivery::answer_recorded(deliveries, Err(()));
                 return;
@@ -1057,14 +1057,6 @@ async fn try_write_batch(
     head.store(&mut tx).await.map_err(store_failed)?;
     tx.commit().await.map_err(store_failed)?;
     Ok((answers, recorded))
-}
-
-/// The answer for every send of a batch the store failed (the cause is logged, never sent).
-fn shared_failure(error: &ServiceError) -> ServiceError {
-    match error {
-        ServiceError::Unavailable(reason) => ServiceError::Unavailable(reason.clone()),
-        _ => ServiceError::internal(anyhow::anyhow!("the batch of sends was not stored")),
-    }
 }
 
 /// A send whose idempotency key was seen before: the same content gets the same message id;

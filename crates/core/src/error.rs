@@ -106,6 +106,16 @@ impl ServiceError {
         Self::Internal(err.into())
     }
 
+    /// The answer for each request of a batch (`group_commit`) the store failed as a whole: an
+    /// unavailable store stays unavailable (the caller tries again); anything else is internal,
+    /// its cause logged once by the writer and never sent.
+    pub fn shared_by_batch(&self) -> Self {
+        match self {
+            Self::Unavailable(reason) => Self::Unavailable(reason.clone()),
+            _ => Self::internal(anyhow::anyhow!("the batch was not stored")),
+        }
+    }
+
     /// A single invalid field.
     pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Self {
         let mut v = FieldViolations::new();

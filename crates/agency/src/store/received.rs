@@ -129,14 +129,7 @@ impl Store {
                         tracing::error!(error = %error, deliveries = batch.len(), "cannot store a batch of deliveries");
                     }
                     for pending in batch {
-                        let _ = pending.reply.send(Err(match &error {
-                            ServiceError::Unavailable(reason) => {
-                                ServiceError::Unavailable(reason.clone())
-                            }
-                            _ => ServiceError::internal(anyhow::anyhow!(
-                                "the batch of deliveries was not stored"
-                            )),
-                        }));
+                        let _ = pending.reply.send(Err(error.shared_by_batch()));
                     }
                     return;
                 }
