@@ -926,12 +926,13 @@ pub(crate) enum LedgerWrite {
     Delivery(Box<crate::delivery::Accepted>),
 }
 
-/// The send writer's work: stores a batch of sends in one transaction under one ledger lock, in
+/// The ledger writer's work: stores a batch of sends in one transaction under one ledger lock, in
 /// the order they arrived, so each sees the ones before it exactly as if they had committed
-/// one by one. A send refused inside the transaction (a duplicate key with other content, a
-/// denial, a reply to an answered message) may have written part of itself: the transaction is
-/// rolled back, that send gets its refusal and the others are written again without it. Every
-/// send is answered only after its batch committed.
+/// one by one, then records the batch's deliveries in the same transaction. A send refused
+/// inside the transaction (a duplicate key with other content, a denial, a reply to an answered
+/// message) may have written part of itself: the transaction is rolled back, that send gets its
+/// refusal and the others (deliveries too) are written again without it. Every send and every
+/// delivery is answered only after its batch committed.
 pub(crate) async fn write_ledger_batch(shared: Arc<Shared>, batch: Vec<LedgerWrite>) {
     let mut sends = Vec::new();
     let mut deliveries = Vec::new();
