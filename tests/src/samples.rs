@@ -71,8 +71,10 @@ pub fn sample_assessment(on: Date) -> Assessment {
         family_comment: "Келісеміз".into(),
         family_signature: Some(Signature {
             signer_name: "Сәуле Нұрланова".into(),
+            // The first minute of the day: a test on a real clock fills the form in `today`, and
+            // a later time of day was "in the future" from midnight until then (Almaty time).
             signed_at: Some(referral_core::time::to_proto(
-                on.at(0, 30, 0, 0)
+                on.at(0, 0, 0, 0)
                     .to_zoned(almaty())
                     .expect("a local time exists")
                     .timestamp(),
@@ -117,8 +119,9 @@ pub fn sample_plan(on: Date, rows: Vec<PlanAction>) -> SupportPlan {
         recommendations: "Ай сайын бақылау".into(),
         social_worker_signature: Some(Signature {
             signer_name: "Дана Омарова".into(),
+            // Signed after the assessment, still within the signature's allowance for skew.
             signed_at: Some(referral_core::time::to_proto(
-                on.at(0, 40, 0, 0)
+                on.at(0, 1, 0, 0)
                     .to_zoned(almaty())
                     .expect("a local time exists")
                     .timestamp(),
