@@ -945,7 +945,13 @@ pub(crate) async fn write_ledger_batch(shared: Arc<Shared>, batch: Vec<LedgerWri
     loop {
         match try_write_batch(&shared, &sends, &deliveries).await {
             Ok((answers, recorded)) => {
-                shared.ledger_appended();
+                if sends.is_empty() {
+                    // Deliveries start clocks (a decision runs from the K's receipt); the worker
+                    // is woken by its own finished pushes and has nothing new to claim.
+                    shared.engine_wake.notify_one();
+                } else {
+                    shared.ledger_appended();
+                }
                 for (pending, answer) in sends.into_iter().zip(answers) {
                     let _ = pending.reply.send(Ok(answer));
                 }
@@ -1052,7 +1058,8 @@ async fn try_write_batch(
         }
     }
     rows.write(&mut tx).await.map_err(store_failed)?;
-    let recorded = crate::delivery::record_in(&mut tx, &mut head, shared, deliveries)
+    let now_us = referral_core::time::to_micros(shared.clock.now());
+    let recorded = crate::delivery::record_in(&mut tx, &mut head, now_us, deliveries)
         .await
         .map_err(store_failed)?;
     head.store(&mut tx).await.map_err(store_failed)?;

@@ -426,37 +426,27 @@ pub(crate) fn answer_recorded(
 pub(crate) async fn record_in(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     head: &mut ledger::LockedHead,
-    shared: &Shared,
-    deliveries: &[Accepted],
+    now_us: i64,
+    items: &[Accepted],
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-    if deliveries.is_empty() {
+    if items.is_empty() {
         return Ok(std::collections::HashSet::new());
     }
-    let items: Vec<(&Due, &EntryFields)> = deliveries.iter().map(|a| (&a.due, &a.entry)).collect();
-    record_items(tx, head, time::to_micros(shared.clock.now()), &items).await
-}
-
-async fn record_items(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    head: &mut ledger::LockedHead,
-    now_us: i64,
-    items: &[(&Due, &EntryFields)],
-) -> Result<std::collections::HashSet<String>, sqlx::Error> {
     let sql = format!(
         "DELETE FROM outbox WHERE message_id IN ({}) RETURNING message_id",
         store::placeholders(1, items.len())
     );
     let mut delete = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-    for (due, _) in items {
-        delete = delete.bind(due.message_id.clone());
+    for item in items {
+        delete = delete.bind(item.due.message_id.clone());
     }
     let removed: std::collections::HashSet<String> =
         delete.fetch_all(&mut **tx).await?.into_iter().collect();
     // Each removed row once, even when the batch holds two pushes of the same message.
     let mut unrecorded = removed.clone();
-    let recorded: Vec<&(&Due, &EntryFields)> = items
+    let recorded: Vec<&Accepted> = items
         .iter()
-        .filter(|(due, _)| unrecorded.remove(&due.message_id))
+        .filter(|item| unrecorded.remove(&item.due.message_id))
         .collect();
     if recorded.is_empty() {
         // Another worker recorded these deliveries already.
@@ -474,13 +464,16 @@ async fn record_items(
         .bind(STATE_QUEUED)
         .bind(STATE_DELIVERED)
         .bind(now_us);
-    for (due, _) in &recorded {
-        update = update.bind(due.message_id.clone());
+    for item in &recorded {
+        update = update.bind(item.due.message_id.clone());
     }
     update.execute(&mut **tx).await?;
     // The digest of the plaintext payload, as computed when each message was accepted.
-    let entries: Vec<EntryFields> = recorded.iter().map(|(_, e)| (*e).clone()).collect();
-    head.append_many(tx, now_us, &entries).await?;
+    let chained = recorded
+        .iter()
+        .map(|item| head.chain(now_us, item.entry.clone()))
+        .collect();
+    ledger::insert_chained(tx, chained).await?;
     Ok(removed)
 }
 
@@ -506,10 +499,13 @@ pub(crate) async fn record_delivery_for_test(
         stored: row,
     };
     let entry = EntryFields::for_envelope(LedgerEvent::Delivered, &envelope, &due.payload_sha256);
+    // Nobody waits for this answer.
+    let (reply, _) = oneshot::channel();
+    let accepted = Accepted { due, entry, reply };
     let mut tx = shared.writer_db.begin().await?;
     let mut head = ledger::lock_head(&mut tx).await?;
     let now_us = time::to_micros(shared.clock.now());
-    record_items(&mut tx, &mut head, now_us, &[(&due, &entry)]).await?;
+    record_in(&mut tx, &mut head, now_us, std::slice::from_ref(&accepted)).await?;
     head.store(&mut tx).await?;
     tx.commit().await?;
     Ok(())

@@ -175,12 +175,13 @@ impl LockedHead {
         if entries.is_empty() {
             return Err(sqlx::Error::Protocol("no ledger entries to append".into()));
         }
+        let first_seq = self.last_seq + 1;
         let chained: Vec<ChainedEntry> = entries
             .iter()
             .map(|fields| self.chain(recorded_at, fields.clone()))
             .collect();
-        insert_chained(tx, &chained).await?;
-        Ok(chained[0].seq)
+        insert_chained(tx, chained).await?;
+        Ok(first_seq)
     }
 
     /// Chains an entry after the head in memory: its sequence number and hashes, the head moved
@@ -229,9 +230,11 @@ pub struct ChainedEntry {
 /// Writes chained entries (of the transaction holding the lock), in one `INSERT` per 512.
 pub async fn insert_chained(
     tx: &mut Transaction<'static, Any>,
-    entries: &[ChainedEntry],
+    entries: Vec<ChainedEntry>,
 ) -> Result<(), sqlx::Error> {
-    for chunk in entries.chunks(512) {
+    let mut entries = entries.into_iter().peekable();
+    while entries.peek().is_some() {
+        let chunk: Vec<ChainedEntry> = entries.by_ref().take(512).collect();
         // Placeholders only: the statement's text holds no value.
         let mut sql = String::from(
             "INSERT INTO ledger (seq, recorded_at, event, message_id, sender_agency_id, \
@@ -242,25 +245,25 @@ pub async fn insert_chained(
         crate::store::push_rows(&mut sql, chunk.len(), ENTRY_COLUMNS);
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
         for entry in chunk {
-            let fields = &entry.fields;
+            let fields = entry.fields;
             insert = insert
                 .bind(entry.seq)
                 .bind(entry.recorded_at)
-                .bind(fields.event.clone())
-                .bind(fields.message_id.clone())
-                .bind(fields.sender_agency_id.clone())
-                .bind(fields.recipient_agency_id.clone())
-                .bind(fields.acting_user_id.clone())
-                .bind(fields.acting_role.clone())
-                .bind(fields.purpose_of_use.clone())
-                .bind(fields.form_kind.clone())
-                .bind(fields.case_reference.clone())
-                .bind(fields.confidentiality.clone())
-                .bind(fields.payload_sha256.clone())
-                .bind(entry.prev_hash.clone())
-                .bind(entry.entry_hash.clone())
-                .bind(fields.sections.clone())
-                .bind(fields.outcome.clone());
+                .bind(fields.event)
+                .bind(fields.message_id)
+                .bind(fields.sender_agency_id)
+                .bind(fields.recipient_agency_id)
+                .bind(fields.acting_user_id)
+                .bind(fields.acting_role)
+                .bind(fields.purpose_of_use)
+                .bind(fields.form_kind)
+                .bind(fields.case_reference)
+                .bind(fields.confidentiality)
+                .bind(fields.payload_sha256)
+                .bind(entry.prev_hash)
+                .bind(entry.entry_hash)
+                .bind(fields.sections)
+                .bind(fields.outcome);
         }
         insert.execute(&mut **tx).await?;
     }

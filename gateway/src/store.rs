@@ -291,11 +291,11 @@ impl QueuedRows {
         &mut self,
         tx: &mut Transaction<'static, Any>,
     ) -> Result<(), sqlx::Error> {
-        if !self.ledger.is_empty() {
-            ledger::insert_chained(tx, &self.ledger).await?;
-            self.ledger.clear();
-        }
-        for chunk in self.messages.chunks(ROWS_PER_INSERT) {
+        // Moved into the statements, not copied: a message row holds its sealed payload.
+        ledger::insert_chained(tx, std::mem::take(&mut self.ledger)).await?;
+        let mut messages = std::mem::take(&mut self.messages).into_iter().peekable();
+        while messages.peek().is_some() {
+            let chunk: Vec<MessageInsert> = messages.by_ref().take(ROWS_PER_INSERT).collect();
             let mut sql = String::from(
                 "INSERT INTO messages (message_id, sender_agency_id, idempotency_key, \
                  recipient_agency_id, form_kind, in_reply_to, envelope, payload_sha256, \
@@ -306,26 +306,27 @@ impl QueuedRows {
             let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
             for m in chunk {
                 insert = insert
-                    .bind(m.message_id.clone())
-                    .bind(m.sender_agency_id.clone())
-                    .bind(m.idempotency_key.clone())
-                    .bind(m.recipient_agency_id.clone())
+                    .bind(m.message_id)
+                    .bind(m.sender_agency_id)
+                    .bind(m.idempotency_key)
+                    .bind(m.recipient_agency_id)
                     .bind(m.form_kind)
-                    .bind(m.in_reply_to.clone())
-                    .bind(m.envelope.clone())
-                    .bind(m.payload_sha256.clone())
+                    .bind(m.in_reply_to)
+                    .bind(m.envelope)
+                    .bind(m.payload_sha256)
                     .bind(m.created_at)
                     .bind(STATE_QUEUED)
-                    .bind(m.sealed_payload.clone())
-                    .bind(m.payload_key_id.clone())
+                    .bind(m.sealed_payload)
+                    .bind(m.payload_key_id)
                     .bind(m.action_number)
                     .bind(m.accepted_seq)
-                    .bind(m.trace_context.clone());
+                    .bind(m.trace_context);
             }
             insert.execute(&mut **tx).await?;
         }
-        self.messages.clear();
-        for chunk in self.outbox.chunks(ROWS_PER_INSERT) {
+        let mut outbox = std::mem::take(&mut self.outbox).into_iter().peekable();
+        while outbox.peek().is_some() {
+            let chunk: Vec<OutboxInsert> = outbox.by_ref().take(ROWS_PER_INSERT).collect();
             let mut sql = String::from(
                 "INSERT INTO outbox (message_id, next_attempt_at, recipient_agency_id, \
                  case_reference, accepted_seq) VALUES ",
@@ -334,15 +335,14 @@ impl QueuedRows {
             let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
             for o in chunk {
                 insert = insert
-                    .bind(o.message_id.clone())
+                    .bind(o.message_id)
                     .bind(o.next_attempt_at)
-                    .bind(o.recipient_agency_id.clone())
-                    .bind(o.case_reference.clone())
+                    .bind(o.recipient_agency_id)
+                    .bind(o.case_reference)
                     .bind(o.accepted_seq);
             }
             insert.execute(&mut **tx).await?;
         }
-        self.outbox.clear();
         Ok(())
     }
 }
