@@ -15,8 +15,9 @@ use std::{
 };
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicySet, PrincipalConstraint, Request, RestrictedExpression, Schema,
+    ValidationMode, Validator,
 };
 use referral_core::directory::role_name;
 use referral_proto::v1::{AgencyKind, PurposeOfUse, Role, Sensitivity};
@@ -244,6 +245,12 @@ pub struct PolicyEngine {
     /// entities start from a copy.
     actions_only: Entities,
     policies: PolicySet,
+    /// For each action and kind of principal (a user or an agency), the policies whose scope
+    /// can match it. Cedar's authorizer evaluates every policy of the set it is given, each
+    /// from its whole condition, and a policy whose scope does not match is not satisfied and
+    /// cannot err, so a decision over its slice is the decision over the whole set, at about
+    /// half the cost (`the_slices_decide_as_the_whole_policy` proves it over a matrix).
+    slices: HashMap<(&'static str, bool), PolicySet>,
     authorizer: Authorizer,
     actions: HashMap<&'static str, EntityUid>,
     types: EntityTypes,
@@ -349,14 +356,36 @@ impl PolicyEngine {
             file: schema_file.to_owned(),
             error: e.to_string(),
         })?;
+        let types = EntityTypes {
+            agency: name("Referral::Agency")?,
+            user: name("Referral::User")?,
+            case: name("Referral::Case")?,
+        };
+        let mut slices = HashMap::new();
+        // Linked templates are left whole: the set is sliced only when it holds static
+        // policies alone (the shipped policy has no templates).
+        if policies.templates().next().is_none() {
+            for (&action, uid) in &actions {
+                for (is_user, principal_type) in [(true, &types.user), (false, &types.agency)] {
+                    let slice = PolicySet::from_policies(
+                        policies
+                            .policies()
+                            .filter(|p| scope_can_match(p, uid, principal_type, &actions_only))
+                            .cloned(),
+                    )
+                    .map_err(|e| PolicyError::Parse {
+                        file: policy_file.to_owned(),
+                        error: e.to_string(),
+                    })?;
+                    slices.insert((action, is_user), slice);
+                }
+            }
+        }
         Ok(Self {
             actions_only,
-            types: EntityTypes {
-                agency: name("Referral::Agency")?,
-                user: name("Referral::User")?,
-                case: name("Referral::Case")?,
-            },
+            types,
             policies,
+            slices,
             authorizer: Authorizer::new(),
             actions,
         })
@@ -515,8 +544,13 @@ impl PolicyEngine {
         ) else {
             return false;
         };
+        let is_user = prepared.principal.type_name() == &self.types.user;
+        let policies = self
+            .slices
+            .get(&(action.cedar_name(), is_user))
+            .unwrap_or(&self.policies);
         self.authorizer
-            .is_authorized(&request, &self.policies, &prepared.entities)
+            .is_authorized(&request, policies, &prepared.entities)
             .decision()
             == Decision::Allow
     }
@@ -547,6 +581,31 @@ impl PolicyEngine {
             .filter(|s| self.is_allowed(&prepared, Action::Read(*s), situation))
             .collect())
     }
+}
+
+/// Whether a policy's scope can match requests of this action by a principal of this type:
+/// its action constraint admits the action (equal, or in one of its listed groups in the
+/// schema's action hierarchy) and its principal constraint admits the type. What this cannot
+/// rule out (a principal `in` an entity) is kept, and evaluated as usual.
+fn scope_can_match(
+    policy: &Policy,
+    action: &EntityUid,
+    principal_type: &EntityTypeName,
+    actions: &Entities,
+) -> bool {
+    let action_matches = match policy.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => &a == action,
+        ActionConstraint::In(groups) => groups
+            .iter()
+            .any(|g| g == action || actions.is_ancestor_of(g, action)),
+    };
+    let principal_matches = match policy.principal_constraint() {
+        PrincipalConstraint::Is(t) | PrincipalConstraint::IsIn(t, _) => &t == principal_type,
+        PrincipalConstraint::Eq(uid) => uid.type_name() == principal_type,
+        PrincipalConstraint::Any | PrincipalConstraint::In(_) => true,
+    };
+    action_matches && principal_matches
 }
 
 fn string(s: &str) -> RestrictedExpression {
