@@ -197,102 +197,108 @@ async fn referral_by_case(
     .transpose()
 }
 
+/// The rows of a case's facts, one kind per branch of a `UNION ALL`, so that the facts cost
+/// one round trip to the store (every read through the hub and every case message asks for
+/// them): the case itself, its relations, the grants active at `$6`, its reports and the
+/// circumstances of their incidents (see `fold_incident_circumstances`). Every column is text.
+const CASE_FACT_ROWS: &str = "\
+    SELECT 'case' AS kind, district_id AS a, commission_agency_id AS b, curator_user_id AS c, \
+        '' AS d FROM access_cases WHERE case_reference = $1 \
+    UNION ALL SELECT 'relation', agency_id, relation, '', '' FROM case_relations \
+        WHERE case_reference = $2 \
+    UNION ALL SELECT 'grant', grantee_agency_id, grantee_user_id, section, '' \
+        FROM disclosure_grants WHERE case_reference = $3 AND expires_at > $6 \
+        AND revoked_at IS NULL \
+    UNION ALL SELECT 'report', residence_agency_id, implicated_agency_id, incident_reference, \
+        incident_role FROM referrals WHERE case_reference = $4 \
+    UNION ALL SELECT 'circumstance', i.implicated_agency_id, i.residence_agency_id, '', '' \
+        FROM referrals r JOIN incident_referrals i \
+        ON i.district_id = r.district_id AND i.referring_agency_id = r.referring_agency_id \
+        AND i.incident_reference = r.incident_reference \
+        WHERE r.case_reference = $5 AND r.incident_reference <> ''";
+
+/// The kinds of `CASE_FACT_ROWS` in the order they are folded: a report's own exclusions
+/// before its incident's circumstances, which are added only when not already there.
+const CASE_FACT_KINDS: [&str; 5] = ["case", "relation", "grant", "report", "circumstance"];
+
 /// The facts of a case at `now_us`, or `None` when the gateway knows no such case.
 pub(crate) async fn case_facts(
     conn: &mut sqlx::AnyConnection,
     case_reference: &str,
     now_us: i64,
 ) -> Result<Option<CaseFacts>, sqlx::Error> {
-    let Some(case) = sqlx::query(
-        "SELECT district_id, commission_agency_id, curator_user_id FROM access_cases \
-         WHERE case_reference = $1",
-    )
-    .bind(case_reference)
-    .fetch_optional(&mut *conn)
-    .await?
-    else {
+    let mut query = sqlx::query(CASE_FACT_ROWS);
+    for _ in 0..5 {
+        query = query.bind(case_reference);
+    }
+    let rows = query.bind(now_us).fetch_all(&mut *conn).await?;
+    let mut rows = rows
+        .iter()
+        .map(|row| {
+            let kind: String = row.try_get("kind")?;
+            let rank = CASE_FACT_KINDS
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or(CASE_FACT_KINDS.len());
+            let text = |column: &str| row.try_get::<String, _>(column);
+            Ok((rank, [text("a")?, text("b")?, text("c")?, text("d")?]))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    rows.sort_by_key(|(rank, _)| *rank);
+    let mut rows = rows.into_iter().peekable();
+    let Some((0, [district, commission, curator, _])) = rows.next_if(|(rank, _)| *rank == 0) else {
         return Ok(None);
     };
     let mut facts = CaseFacts {
         id: case_reference.to_owned(),
-        district: case.try_get("district_id")?,
-        commission: case.try_get("commission_agency_id")?,
-        team: vec![case.try_get("curator_user_id")?],
+        district,
+        commission,
+        team: vec![curator],
         ..CaseFacts::default()
     };
-    let relations =
-        sqlx::query("SELECT agency_id, relation FROM case_relations WHERE case_reference = $1")
-            .bind(case_reference)
-            .fetch_all(&mut *conn)
-            .await?;
-    for r in &relations {
-        let agency: String = r.try_get("agency_id")?;
-        let relation: String = r.try_get("relation")?;
-        match relation.as_str() {
-            REFERRER => facts.referrers.push(agency),
-            ASSIGNEE => facts.assignees.push(agency),
-            INFORMANT => facts.informants.push(agency),
-            PARTICIPANT => facts.participants.push(agency),
+    for (rank, [a, b, c, d]) in rows {
+        match CASE_FACT_KINDS.get(rank).copied() {
+            Some("relation") => match b.as_str() {
+                REFERRER => facts.referrers.push(a),
+                ASSIGNEE => facts.assignees.push(a),
+                INFORMANT => facts.informants.push(a),
+                PARTICIPANT => facts.participants.push(a),
+                _ => {}
+            },
+            Some("grant") => {
+                let Some(section) = crate::policy::section_from_name(&c) else {
+                    continue;
+                };
+                if b.is_empty() {
+                    facts.agency_grants.push((a, section));
+                } else {
+                    facts.user_grants.push((a, b, section));
+                }
+            }
+            Some("report") => {
+                let (residence, implicated, incident, role) = (a, b, c, d);
+                for agency in [&residence, &implicated] {
+                    if !agency.is_empty() {
+                        facts.excluded_agencies.push(agency.clone());
+                    }
+                }
+                if !implicated.is_empty() {
+                    facts.implicated_agencies.push(implicated);
+                }
+                if !residence.is_empty() {
+                    facts.residences.push(residence);
+                }
+                if !incident.is_empty() {
+                    facts
+                        .conflicting_parties
+                        .extend(opposite_parties(&incident, &role));
+                }
+            }
+            Some("circumstance") => fold_circumstance(a, b, &mut facts),
+            // A second case row cannot be (the reference is the key); nothing else is selected.
             _ => {}
         }
     }
-    let grants = sqlx::query(
-        "SELECT grantee_agency_id, grantee_user_id, section FROM disclosure_grants \
-         WHERE case_reference = $1 AND expires_at > $2 AND revoked_at IS NULL",
-    )
-    .bind(case_reference)
-    .bind(now_us)
-    .fetch_all(&mut *conn)
-    .await?;
-    for g in &grants {
-        let agency: String = g.try_get("grantee_agency_id")?;
-        let user: String = g.try_get("grantee_user_id")?;
-        let section: String = g.try_get("section")?;
-        let Some(section) = crate::policy::section_from_name(&section) else {
-            continue;
-        };
-        if user.is_empty() {
-            facts.agency_grants.push((agency, section));
-        } else {
-            facts.user_grants.push((agency, user, section));
-        }
-    }
-    let referrals = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE case_reference = $1"
-    )))
-    .bind(case_reference)
-    .fetch_all(&mut *conn)
-    .await?;
-    for r in &referrals {
-        let r = referral_row(r)?;
-        facts.excluded_agencies.extend(r.excluded());
-        if !r.implicated_agency_id.is_empty() {
-            facts
-                .implicated_agencies
-                .push(r.implicated_agency_id.clone());
-        }
-        if !r.residence_agency_id.is_empty() {
-            facts.residences.push(r.residence_agency_id.clone());
-        }
-        if !r.incident_reference.is_empty() {
-            facts
-                .conflicting_parties
-                .extend(opposite_parties(&r.incident_reference, &r.incident_role));
-        }
-    }
-    // The circumstances of every report's incident, in one query (see
-    // `fold_incident_circumstances`).
-    let circumstances = sqlx::query(
-        "SELECT i.implicated_agency_id, i.residence_agency_id \
-         FROM referrals r JOIN incident_referrals i \
-         ON i.district_id = r.district_id AND i.referring_agency_id = r.referring_agency_id \
-         AND i.incident_reference = r.incident_reference \
-         WHERE r.case_reference = $1 AND r.incident_reference <> ''",
-    )
-    .bind(case_reference)
-    .fetch_all(&mut *conn)
-    .await?;
-    fold_circumstance_rows(&circumstances, &mut facts)?;
     Ok(Some(facts))
 }
 
@@ -329,18 +335,25 @@ fn fold_circumstance_rows(
     facts: &mut CaseFacts,
 ) -> Result<(), sqlx::Error> {
     for row in rows {
-        let implicated: String = row.try_get("implicated_agency_id")?;
-        let residence: String = row.try_get("residence_agency_id")?;
-        for agency in [&implicated, &residence] {
-            if !agency.is_empty() && !facts.excluded_agencies.contains(agency) {
-                facts.excluded_agencies.push(agency.clone());
-            }
-        }
-        if !implicated.is_empty() && !facts.implicated_agencies.contains(&implicated) {
-            facts.implicated_agencies.push(implicated);
-        }
+        fold_circumstance(
+            row.try_get("implicated_agency_id")?,
+            row.try_get("residence_agency_id")?,
+            facts,
+        );
     }
     Ok(())
+}
+
+/// Folds one incident referral's implicated and residence agency ids into `facts`.
+fn fold_circumstance(implicated: String, residence: String, facts: &mut CaseFacts) {
+    for agency in [&implicated, &residence] {
+        if !agency.is_empty() && !facts.excluded_agencies.contains(agency) {
+            facts.excluded_agencies.push(agency.clone());
+        }
+    }
+    if !implicated.is_empty() && !facts.implicated_agencies.contains(&implicated) {
+        facts.implicated_agencies.push(implicated);
+    }
 }
 
 /// Checks a report's circumstances (a K's or an incident referral's) against the directory: the
