@@ -134,16 +134,6 @@ pub(crate) struct Referral {
     pub case_reference: Option<String>,
 }
 
-impl Referral {
-    fn excluded(&self) -> Vec<String> {
-        [&self.residence_agency_id, &self.implicated_agency_id]
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .cloned()
-            .collect()
-    }
-}
-
 fn referral_row(r: &sqlx::any::AnyRow) -> Result<Referral, sqlx::Error> {
     Ok(Referral {
         help_request_message_id: r.try_get("help_request_message_id")?,
@@ -199,27 +189,47 @@ async fn referral_by_case(
 
 /// The rows of a case's facts, one kind per branch of a `UNION ALL`, so that the facts cost
 /// one round trip to the store (every read through the hub and every case message asks for
-/// them): the case itself, its relations, the grants active at `$6`, its reports and the
+/// them): the case itself, its relations, the grants active at `$2`, its reports and the
 /// circumstances of their incidents (see `fold_incident_circumstances`). Every column is text.
 const CASE_FACT_ROWS: &str = "\
     SELECT 'case' AS kind, district_id AS a, commission_agency_id AS b, curator_user_id AS c, \
         '' AS d FROM access_cases WHERE case_reference = $1 \
     UNION ALL SELECT 'relation', agency_id, relation, '', '' FROM case_relations \
-        WHERE case_reference = $2 \
+        WHERE case_reference = $1 \
     UNION ALL SELECT 'grant', grantee_agency_id, grantee_user_id, section, '' \
-        FROM disclosure_grants WHERE case_reference = $3 AND expires_at > $6 \
+        FROM disclosure_grants WHERE case_reference = $1 AND expires_at > $2 \
         AND revoked_at IS NULL \
     UNION ALL SELECT 'report', residence_agency_id, implicated_agency_id, incident_reference, \
-        incident_role FROM referrals WHERE case_reference = $4 \
+        incident_role FROM referrals WHERE case_reference = $1 \
     UNION ALL SELECT 'circumstance', i.implicated_agency_id, i.residence_agency_id, '', '' \
         FROM referrals r JOIN incident_referrals i \
         ON i.district_id = r.district_id AND i.referring_agency_id = r.referring_agency_id \
         AND i.incident_reference = r.incident_reference \
-        WHERE r.case_reference = $5 AND r.incident_reference <> ''";
+        WHERE r.case_reference = $1 AND r.incident_reference <> ''";
 
-/// The kinds of `CASE_FACT_ROWS` in the order they are folded: a report's own exclusions
+/// The kinds of `CASE_FACT_ROWS`, in the order they are folded: a report's own exclusions
 /// before its incident's circumstances, which are added only when not already there.
-const CASE_FACT_KINDS: [&str; 5] = ["case", "relation", "grant", "report", "circumstance"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum FactRow {
+    Case,
+    Relation,
+    Grant,
+    Report,
+    Circumstance,
+}
+
+impl FactRow {
+    fn from_kind(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "case" => Self::Case,
+            "relation" => Self::Relation,
+            "grant" => Self::Grant,
+            "report" => Self::Report,
+            "circumstance" => Self::Circumstance,
+            _ => return None,
+        })
+    }
+}
 
 /// The facts of a case at `now_us`, or `None` when the gateway knows no such case.
 pub(crate) async fn case_facts(
@@ -227,26 +237,28 @@ pub(crate) async fn case_facts(
     case_reference: &str,
     now_us: i64,
 ) -> Result<Option<CaseFacts>, sqlx::Error> {
-    let mut query = sqlx::query(CASE_FACT_ROWS);
-    for _ in 0..5 {
-        query = query.bind(case_reference);
-    }
-    let rows = query.bind(now_us).fetch_all(&mut *conn).await?;
+    let rows = sqlx::query(CASE_FACT_ROWS)
+        .bind(case_reference)
+        .bind(now_us)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut rows = rows
         .iter()
         .map(|row| {
-            let kind: String = row.try_get("kind")?;
-            let rank = CASE_FACT_KINDS
-                .iter()
-                .position(|k| *k == kind)
-                .unwrap_or(CASE_FACT_KINDS.len());
+            let Some(kind) = FactRow::from_kind(&row.try_get::<String, _>("kind")?) else {
+                return Ok(None);
+            };
             let text = |column: &str| row.try_get::<String, _>(column);
-            Ok((rank, [text("a")?, text("b")?, text("c")?, text("d")?]))
+            Ok(Some((
+                kind,
+                [text("a")?, text("b")?, text("c")?, text("d")?],
+            )))
         })
+        .filter_map(Result::transpose)
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    rows.sort_by_key(|(rank, _)| *rank);
-    let mut rows = rows.into_iter().peekable();
-    let Some((0, [district, commission, curator, _])) = rows.next_if(|(rank, _)| *rank == 0) else {
+    rows.sort_by_key(|(kind, _)| *kind);
+    let mut rows = rows.into_iter();
+    let Some((FactRow::Case, [district, commission, curator, _])) = rows.next() else {
         return Ok(None);
     };
     let mut facts = CaseFacts {
@@ -256,16 +268,16 @@ pub(crate) async fn case_facts(
         team: vec![curator],
         ..CaseFacts::default()
     };
-    for (rank, [a, b, c, d]) in rows {
-        match CASE_FACT_KINDS.get(rank).copied() {
-            Some("relation") => match b.as_str() {
+    for (kind, [a, b, c, d]) in rows {
+        match kind {
+            FactRow::Relation => match b.as_str() {
                 REFERRER => facts.referrers.push(a),
                 ASSIGNEE => facts.assignees.push(a),
                 INFORMANT => facts.informants.push(a),
                 PARTICIPANT => facts.participants.push(a),
                 _ => {}
             },
-            Some("grant") => {
+            FactRow::Grant => {
                 let Some(section) = crate::policy::section_from_name(&c) else {
                     continue;
                 };
@@ -275,28 +287,10 @@ pub(crate) async fn case_facts(
                     facts.user_grants.push((a, b, section));
                 }
             }
-            Some("report") => {
-                let (residence, implicated, incident, role) = (a, b, c, d);
-                for agency in [&residence, &implicated] {
-                    if !agency.is_empty() {
-                        facts.excluded_agencies.push(agency.clone());
-                    }
-                }
-                if !implicated.is_empty() {
-                    facts.implicated_agencies.push(implicated);
-                }
-                if !residence.is_empty() {
-                    facts.residences.push(residence);
-                }
-                if !incident.is_empty() {
-                    facts
-                        .conflicting_parties
-                        .extend(opposite_parties(&incident, &role));
-                }
-            }
-            Some("circumstance") => fold_circumstance(a, b, &mut facts),
-            // A second case row cannot be (the reference is the key); nothing else is selected.
-            _ => {}
+            FactRow::Report => fold_report(&mut facts, &a, &b, &c, &d),
+            FactRow::Circumstance => fold_circumstance(a, b, &mut facts),
+            // A second case row cannot be: the reference is the key.
+            FactRow::Case => {}
         }
     }
     Ok(Some(facts))
@@ -465,28 +459,49 @@ async fn add_relation(
 
 /// The facts of a report that has no case yet: its referrer and the commission it went to.
 pub(crate) fn referral_facts(r: &Referral) -> CaseFacts {
-    CaseFacts {
+    let mut facts = CaseFacts {
         id: r.help_request_message_id.clone(),
         district: r.district_id.clone(),
         commission: r.commission_agency_id.clone(),
         referrers: vec![r.referring_agency_id.clone()],
-        excluded_agencies: r.excluded(),
-        implicated_agencies: [&r.implicated_agency_id]
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .cloned()
-            .collect(),
-        conflicting_parties: if r.incident_reference.is_empty() {
-            Vec::new()
-        } else {
-            opposite_parties(&r.incident_reference, &r.incident_role)
-        },
-        residences: [&r.residence_agency_id]
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .cloned()
-            .collect(),
         ..CaseFacts::default()
+    };
+    fold_report(
+        &mut facts,
+        &r.residence_agency_id,
+        &r.implicated_agency_id,
+        &r.incident_reference,
+        &r.incident_role,
+    );
+    facts
+}
+
+/// Folds into `facts` what one report (a referral) says: the residence it names and the
+/// institution whose director it implicates never receive the case (the implicated one is
+/// also kept apart), the residence is where a protection instruction may go, and an
+/// incident's other parties may not hold the case.
+fn fold_report(
+    facts: &mut CaseFacts,
+    residence: &str,
+    implicated: &str,
+    incident: &str,
+    role: &str,
+) {
+    for agency in [residence, implicated] {
+        if !agency.is_empty() {
+            facts.excluded_agencies.push(agency.to_owned());
+        }
+    }
+    if !implicated.is_empty() {
+        facts.implicated_agencies.push(implicated.to_owned());
+    }
+    if !residence.is_empty() {
+        facts.residences.push(residence.to_owned());
+    }
+    if !incident.is_empty() {
+        facts
+            .conflicting_parties
+            .extend(opposite_parties(incident, role));
     }
 }
 

@@ -232,9 +232,7 @@ pub async fn insert_chained(
     tx: &mut Transaction<'static, Any>,
     entries: Vec<ChainedEntry>,
 ) -> Result<(), sqlx::Error> {
-    let mut entries = entries.into_iter().peekable();
-    while entries.peek().is_some() {
-        let chunk: Vec<ChainedEntry> = entries.by_ref().take(512).collect();
+    for chunk in crate::store::owned_chunks(entries, 512) {
         // Placeholders only: the statement's text holds no value.
         let mut sql = String::from(
             "INSERT INTO ledger (seq, recorded_at, event, message_id, sender_agency_id, \

@@ -249,7 +249,8 @@ pub struct PolicyEngine {
     /// can match it. Cedar's authorizer evaluates every policy of the set it is given, each
     /// from its whole condition, and a policy whose scope does not match is not satisfied and
     /// cannot err, so a decision over its slice is the decision over the whole set, at about
-    /// half the cost (`the_slices_decide_as_the_whole_policy` proves it over a matrix).
+    /// half the cost (`the_slices_decide_as_the_whole_policy` checks it, and the authorization
+    /// matrix runs through the slices).
     slices: HashMap<(&'static str, bool), PolicySet>,
     authorizer: Authorizer,
     actions: HashMap<&'static str, EntityUid>,
@@ -514,6 +515,22 @@ impl PolicyEngine {
     /// One decision. An error building the request (which a valid schema makes impossible) is a
     /// denial.
     pub fn is_allowed(&self, prepared: &Prepared, action: Action, situation: Situation) -> bool {
+        let is_user = prepared.principal.type_name() == &self.types.user;
+        let policies = self
+            .slices
+            .get(&(action.cedar_name(), is_user))
+            .unwrap_or(&self.policies);
+        self.is_allowed_under(policies, prepared, action, situation)
+    }
+
+    /// One decision over `policies`.
+    fn is_allowed_under(
+        &self,
+        policies: &PolicySet,
+        prepared: &Prepared,
+        action: Action,
+        situation: Situation,
+    ) -> bool {
         let section = match action {
             Action::Read(s) => section_name(s),
             _ => "",
@@ -544,11 +561,6 @@ impl PolicyEngine {
         ) else {
             return false;
         };
-        let is_user = prepared.principal.type_name() == &self.types.user;
-        let policies = self
-            .slices
-            .get(&(action.cedar_name(), is_user))
-            .unwrap_or(&self.policies);
         self.authorizer
             .is_authorized(&request, policies, &prepared.entities)
             .decision()
@@ -769,5 +781,122 @@ mod tests {
             .readable_sections(&ngo, &facts, situation(PurposeOfUse::CoordinationOfCare))
             .unwrap();
         assert!(sections.is_empty());
+    }
+
+    /// A decision over a slice is the decision over the whole policy set, whoever asks, about
+    /// whatever case, for every action, purpose and reason.
+    #[test]
+    fn the_slices_decide_as_the_whole_policy() {
+        let engine = PolicyEngine::builtin().unwrap();
+        assert!(!engine.slices.is_empty(), "the built-in policy is sliced");
+        let principals = [
+            user(
+                "commission-1",
+                AgencyKind::Commission,
+                "curator-1",
+                Role::CommissionCurator,
+            ),
+            user(
+                "commission-1",
+                AgencyKind::Commission,
+                "chair-1",
+                Role::CommissionChair,
+            ),
+            user(
+                "commission-1",
+                AgencyKind::Commission,
+                "secretary-1",
+                Role::CommissionSecretary,
+            ),
+            user(
+                "school-1",
+                AgencyKind::School,
+                "director-1",
+                Role::SchoolDirector,
+            ),
+            user("ngo-1", AgencyKind::Ngo, "manager-1", Role::NgoCaseManager),
+            user(
+                "police-1",
+                AgencyKind::Police,
+                "inspector-1",
+                Role::PoliceJuvenileInspector,
+            ),
+            user(
+                "residential-1",
+                AgencyKind::Residential,
+                "director-2",
+                Role::InstitutionDirector,
+            ),
+            Principal {
+                user: None,
+                ..user(
+                    "commission-1",
+                    AgencyKind::Commission,
+                    "",
+                    Role::Unspecified,
+                )
+            },
+            Principal {
+                user: None,
+                ..user(
+                    "residential-1",
+                    AgencyKind::Residential,
+                    "",
+                    Role::Unspecified,
+                )
+            },
+        ];
+        let mut cases = vec![case()];
+        let mut informed = case();
+        informed.informants.push("police-1".into());
+        informed
+            .agency_grants
+            .push(("school-1".into(), Sensitivity::Assessment));
+        informed
+            .user_grants
+            .push(("ngo-1".into(), "manager-1".into(), Sensitivity::Plan));
+        informed.residences.push("residential-1".into());
+        cases.push(informed);
+        let mut barred = case();
+        barred.excluded_agencies.push("school-1".into());
+        barred.implicated_agencies.push("residential-1".into());
+        barred.district = "d2".into();
+        cases.push(barred);
+        let (mut allowed, mut denied) = (0, 0);
+        for who in &principals {
+            for facts in &cases {
+                let prepared = engine.prepare(who, facts).unwrap();
+                for purpose in (0..=7).filter_map(|p| PurposeOfUse::try_from(p).ok()) {
+                    for reason_given in [false, true] {
+                        let situation = Situation {
+                            purpose,
+                            reason_given,
+                        };
+                        for action in Action::all() {
+                            let sliced = engine.is_allowed(&prepared, action, situation);
+                            let whole = engine.is_allowed_under(
+                                &engine.policies,
+                                &prepared,
+                                action,
+                                situation,
+                            );
+                            assert_eq!(
+                                sliced, whole,
+                                "{who:?} {action:?} {situation:?} on {facts:?}"
+                            );
+                            if whole {
+                                allowed += 1;
+                            } else {
+                                denied += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            allowed > 100 && denied > 100,
+            "{allowed} allowed, {denied} denied"
+        );
     }
 }

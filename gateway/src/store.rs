@@ -293,9 +293,7 @@ impl QueuedRows {
     ) -> Result<(), sqlx::Error> {
         // Moved into the statements, not copied: a message row holds its sealed payload.
         ledger::insert_chained(tx, std::mem::take(&mut self.ledger)).await?;
-        let mut messages = std::mem::take(&mut self.messages).into_iter().peekable();
-        while messages.peek().is_some() {
-            let chunk: Vec<MessageInsert> = messages.by_ref().take(ROWS_PER_INSERT).collect();
+        for chunk in owned_chunks(std::mem::take(&mut self.messages), ROWS_PER_INSERT) {
             let mut sql = String::from(
                 "INSERT INTO messages (message_id, sender_agency_id, idempotency_key, \
                  recipient_agency_id, form_kind, in_reply_to, envelope, payload_sha256, \
@@ -324,9 +322,7 @@ impl QueuedRows {
             }
             insert.execute(&mut **tx).await?;
         }
-        let mut outbox = std::mem::take(&mut self.outbox).into_iter().peekable();
-        while outbox.peek().is_some() {
-            let chunk: Vec<OutboxInsert> = outbox.by_ref().take(ROWS_PER_INSERT).collect();
+        for chunk in owned_chunks(std::mem::take(&mut self.outbox), ROWS_PER_INSERT) {
             let mut sql = String::from(
                 "INSERT INTO outbox (message_id, next_attempt_at, recipient_agency_id, \
                  case_reference, accepted_seq) VALUES ",
@@ -345,6 +341,16 @@ impl QueuedRows {
         }
         Ok(())
     }
+}
+
+/// `items` in owned chunks of at most `size`, for multi-row `INSERT`s that move each row's values
+/// into the statement instead of copying them.
+pub(crate) fn owned_chunks<T>(items: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+    let mut items = items.into_iter().peekable();
+    std::iter::from_fn(move || {
+        items.peek()?;
+        Some(items.by_ref().take(size).collect())
+    })
 }
 
 /// Appends `rows` placeholder tuples of `columns` each to a multi-row `INSERT`.
