@@ -234,6 +234,7 @@ impl AgencyHost {
             },
         )
         .await
+        .map(|row| row.is_some())
     }
 
     /// The gateway's message id of the message queued under `idempotency_key`, once sent.

@@ -245,7 +245,8 @@ impl Store {
                 now: new.decided_at,
             },
         )
-        .await?;
+        .await?
+        .is_some();
         if !inserted {
             // The key is derived from the help request and the secretary's key, and both rows
             // are removed together: a leftover row means the store was edited by hand.

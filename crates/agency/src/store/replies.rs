@@ -6,7 +6,7 @@
 //! reply), which also serialises two staff members replying at once (a row lock on PostgreSQL,
 //! the write lock on SQLite). If the gateway refuses the reply, both are undone together.
 
-use referral_core::{ServiceError, ServiceResult, db::Row as _, time};
+use referral_core::{ServiceResult, db::Row as _, time};
 use referral_proto::v1::{ActionProgressState, Envelope, FormKind, ReferralStatus, payload::Form};
 use sqlx::AnyConnection;
 
@@ -122,10 +122,9 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if claimed == 1 && sent::insert_pending(&mut tx, new).await? {
-            let row = sent::by_key(&mut tx, new.idempotency_key)
-                .await?
-                .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("sent row vanished")))?;
+        if claimed == 1
+            && let Some(row) = sent::insert_pending(&mut tx, new).await?
+        {
             tx.commit().await?;
             return Ok(Claim::New(Box::new(row)));
         }

@@ -84,22 +84,24 @@ pub(crate) struct NewSent<'a> {
     pub(crate) now: Timestamp,
 }
 
-/// Inserts a pending row unless one with this key exists; true when inserted.
+/// Inserts a pending row unless one with this key exists; the row when inserted (read back in
+/// the same statement), `None` when the key was taken.
 pub(crate) async fn insert_pending(
     conn: &mut AnyConnection,
     new: &NewSent<'_>,
-) -> ServiceResult<bool> {
+) -> ServiceResult<Option<SentRow>> {
     let now = time::to_micros(new.now);
     let kind = FormKind::try_from(new.envelope.form_kind).unwrap_or(FormKind::Unspecified);
     let in_reply_to = Some(new.envelope.in_reply_to.as_str()).filter(|s| !s.is_empty());
-    let inserted = sqlx::query(
+    sqlx::query(concat!(
         "INSERT INTO sent_messages (idempotency_key, message_id, status, recipient_agency_id, \
          form_kind, in_reply_to, acting_user_id, request_sha256, envelope, created_at, sent_at, \
          delivery_state, referral_status, answer_message_id, answer_envelope, updated_at, \
          trace_context) \
          VALUES ($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $11, NULL, NULL, $9, $12) \
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING ",
+        sent_columns!()
+    ))
     .bind(new.idempotency_key)
     .bind(PENDING)
     .bind(new.envelope.recipient_agency_id.as_str())
@@ -112,10 +114,11 @@ pub(crate) async fn insert_pending(
     .bind(DeliveryState::Unspecified.as_str_name())
     .bind(ReferralStatus::Requested.as_str_name())
     .bind(referral_core::trace_context::current_traceparent())
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .as_ref()
+    .map(SentRow::from_row)
+    .transpose()
 }
 
 pub(super) async fn by_key(conn: &mut AnyConnection, key: &str) -> ServiceResult<Option<SentRow>> {
@@ -167,7 +170,9 @@ impl Store {
     /// `request_sha256` to tell a retry from a reused key).
     pub(crate) async fn begin_send(&self, new: &NewSent<'_>) -> ServiceResult<SentRow> {
         let mut conn = self.db.pool().acquire().await?;
-        insert_pending(&mut conn, new).await?;
+        if let Some(row) = insert_pending(&mut conn, new).await? {
+            return Ok(row);
+        }
         by_key(&mut conn, new.idempotency_key)
             .await?
             .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("sent row vanished")))
@@ -223,11 +228,12 @@ impl Store {
         } else {
             acked
         };
-        sqlx::query(
+        let updated = sqlx::query(concat!(
             "UPDATE sent_messages SET message_id = $1, status = $2, envelope = $3, sent_at = $4, \
              delivery_state = $5, referral_status = $6, updated_at = $7 \
-             WHERE idempotency_key = $8",
-        )
+             WHERE idempotency_key = $8 RETURNING ",
+            sent_columns!()
+        ))
         .bind(ack.message_id.as_str())
         .bind(SENT)
         .bind(encode(&envelope))
@@ -236,8 +242,9 @@ impl Store {
         .bind(sent_status(state, row.answer.as_ref()).as_str_name())
         .bind(time::to_micros(now))
         .bind(key)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
+        let mut row = SentRow::from_row(&updated)?;
         // An answer can only arrive after the gateway acknowledged the message, but it may
         // arrive before this acknowledgement was stored.
         let early_answer = sqlx::query(
@@ -253,11 +260,12 @@ impl Store {
         if let Some(answer) = early_answer {
             let answer: Envelope = decode(&answer.try_get::<Vec<u8>, _>(0)?)?;
             apply_answer(&mut tx, &answer, now).await?;
+            // The answer changed the row just written: read it again.
+            row = by_key(&mut tx, key)
+                .await?
+                .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("sent row vanished")))?;
         }
         super::decisions::mark_decision_sent(&mut tx, key, &ack.message_id).await?;
-        let row = by_key(&mut tx, key)
-            .await?
-            .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("sent row vanished")))?;
         tx.commit().await?;
         Ok(row)
     }
