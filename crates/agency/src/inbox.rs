@@ -23,7 +23,7 @@ use crate::{
     extension::AgencyExtension,
     forms::{GATEWAY_SENDER_ID, form_kind_of},
     service::Context,
-    store::received::PendingReceipt,
+    store::{Waiting, received::PendingReceipt},
 };
 
 /// The most deliveries stored in one transaction.
@@ -66,7 +66,10 @@ impl InboxApi {
         let (reply, answer) = oneshot::channel();
         self.context
             .receipts
-            .submit(PendingReceipt::new(envelope, now, reply))
+            .submit(Waiting {
+                request: (envelope, now),
+                reply,
+            })
             .map_err(|_| ServiceError::Unavailable("the service is stopping".into()))?;
         // A writer that dropped the batch (a bug it met) stored nothing: the gateway delivers
         // again.

@@ -1,15 +1,30 @@
 //! Handing a pending message to the gateway: the one path every outgoing message takes, so that
 //! the acknowledgement is always recorded the same way.
 
+use std::sync::Arc;
+
 use referral_core::{ServiceError, trace_context};
+use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
 use crate::{
     error::{AgencyError, AgencyResult, internal},
     gateway_link::GatewayFailure,
     service::Context,
-    store::sent::SentRow,
+    store::{
+        Waiting,
+        sent::{PendingAck, SentRow},
+    },
 };
+
+/// At most this many acknowledgements are recorded in one transaction.
+pub(crate) const ACK_BATCH: usize = 64;
+
+/// The acknowledgement writer's work: the acknowledgements waiting at this moment, in one
+/// transaction ([`Store::mark_sent_waiting`](crate::store::Store::mark_sent_waiting)).
+pub(crate) async fn write_acks(context: Arc<Context>, batch: Vec<PendingAck>) {
+    context.store.mark_sent_waiting(batch).await;
+}
 
 /// What became of a message handed to the gateway.
 #[derive(Debug)]
@@ -51,10 +66,24 @@ async fn push_in(context: &Context, pending: &SentRow) -> AgencyResult<Pushed> {
         Ok(ack) => {
             span.record("message_id", ack.message_id.as_str());
             span.record("outcome", if ack.duplicate { "duplicate" } else { "sent" });
-            let row = context
-                .store
-                .mark_sent(&pending.idempotency_key, &ack, context.clock.now())
-                .await?;
+            // Recorded with the acknowledgements arriving at the same moment, in one
+            // transaction (`group_commit`); a row not recorded stays pending, and is pushed
+            // again (the gateway answers a retry with the same message).
+            let (reply, recorded) = oneshot::channel();
+            context
+                .acks
+                .submit(Waiting {
+                    request: (
+                        pending.idempotency_key.clone(),
+                        ack.clone(),
+                        context.clock.now(),
+                    ),
+                    reply,
+                })
+                .map_err(|_| ServiceError::Unavailable("the service is stopping".into()))?;
+            let row = recorded
+                .await
+                .map_err(|_| internal(anyhow::anyhow!("the acknowledgement was not recorded")))??;
             tracing::info!(
                 idempotency_key = %pending.idempotency_key,
                 message_id = %ack.message_id,

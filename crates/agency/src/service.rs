@@ -77,6 +77,9 @@ pub(crate) struct Context {
     /// Stores delivered messages in batches (`group_commit`, [`crate::inbox::write_receipts`]).
     pub(crate) receipts:
         referral_core::group_commit::Batcher<crate::store::received::PendingReceipt>,
+    /// Records the gateway's acknowledgements of sent messages in batches
+    /// ([`crate::outbound::write_acks`]).
+    pub(crate) acks: referral_core::group_commit::Batcher<crate::store::sent::PendingAck>,
 }
 
 impl Context {
@@ -208,6 +211,12 @@ impl AgencyService {
                     owner.clone(),
                     crate::inbox::RECEIPT_BATCH,
                     crate::inbox::write_receipts,
+                ),
+                acks: referral_core::group_commit::Batcher::spawn(
+                    &tokio::runtime::Handle::current(),
+                    owner.clone(),
+                    crate::outbound::ACK_BATCH,
+                    crate::outbound::write_acks,
                 ),
             }),
         })

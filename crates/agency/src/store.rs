@@ -17,6 +17,8 @@ use referral_core::{
     db::{Database, DbError, EmbeddedMigration, StorageConfig},
 };
 use referral_proto::v1::{DeliveryState, FormKind, ReferralStatus};
+use sqlx::{Any, Transaction};
+use tokio::sync::oneshot;
 
 /// The agency store's migrations, oldest first. Numbered, commented, never edited once landed.
 pub const MIGRATIONS: &[EmbeddedMigration] = &[
@@ -212,6 +214,88 @@ fn decode<M: prost::Message + Default>(bytes: &[u8]) -> ServiceResult<M> {
 
 fn encode<M: prost::Message>(message: &M) -> Vec<u8> {
     message.encode_to_vec()
+}
+
+/// A request waiting for one of the store's batch writers (`referral_core::group_commit`):
+/// answered once its batch committed, or with why it was not stored.
+#[derive(Debug)]
+pub(crate) struct Waiting<T, R> {
+    pub(crate) request: T,
+    pub(crate) reply: oneshot::Sender<ServiceResult<R>>,
+}
+
+/// Why a batch was not committed ([`Store::write_batch`]).
+#[derive(Debug)]
+pub(crate) enum BatchFailure {
+    /// Writing the request at this index failed (a hook refused it, or the store failed on it);
+    /// the others may be written without it.
+    Item(usize, ServiceError),
+    /// The store failed for the whole batch: it cannot be reached, or the transaction could not
+    /// begin or commit.
+    Store(ServiceError),
+}
+
+/// Answers the requests of a batch from what writing them in one transaction gave; true when
+/// every request is answered. A request whose own write failed is answered with its error and
+/// taken out of the batch (false: the caller writes the others again without it); a store that
+/// failed fails them all, and their callers keep what they asked to store (the gateway delivers
+/// again, a pending message stays pending).
+pub(crate) fn answer_batch<T, R>(
+    batch: &mut Vec<Waiting<T, R>>,
+    written: Result<Vec<R>, BatchFailure>,
+    what: &'static str,
+) -> bool {
+    match written {
+        Ok(results) => {
+            for (waiting, result) in batch.drain(..).zip(results) {
+                let _ = waiting.reply.send(Ok(result));
+            }
+            true
+        }
+        Err(BatchFailure::Item(index, error)) => {
+            let waiting = batch.remove(index);
+            let _ = waiting.reply.send(Err(error));
+            batch.is_empty()
+        }
+        Err(BatchFailure::Store(error)) => {
+            if !matches!(error, ServiceError::Unavailable(_)) {
+                tracing::error!(error = %error, requests = batch.len(), batch = what, "cannot store a batch");
+            }
+            for waiting in batch.drain(..) {
+                let _ = waiting.reply.send(Err(error.shared_by_batch()));
+            }
+            true
+        }
+    }
+}
+
+impl Store {
+    /// The transaction of a batch (one commit for the lot).
+    pub(crate) async fn begin_batch(&self) -> Result<Transaction<'static, Any>, BatchFailure> {
+        self.db
+            .begin()
+            .await
+            .map_err(|e| BatchFailure::Store(e.into()))
+    }
+}
+
+/// Undoes a batch whose request at `index` failed: a store that cannot be reached fails the
+/// whole batch, anything else that one request.
+pub(crate) async fn batch_failed(
+    tx: Transaction<'static, Any>,
+    index: usize,
+    error: ServiceError,
+) -> BatchFailure {
+    let _ = tx.rollback().await;
+    match error {
+        ServiceError::Unavailable(_) => BatchFailure::Store(error),
+        error => BatchFailure::Item(index, error),
+    }
+}
+
+/// Commits a batch.
+pub(crate) async fn commit_batch(tx: Transaction<'static, Any>) -> Result<(), BatchFailure> {
+    tx.commit().await.map_err(|e| BatchFailure::Store(e.into()))
 }
 
 /// SHA-256 of some bytes, in hex: how a request is recognised when its idempotency key comes

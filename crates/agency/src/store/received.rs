@@ -1,11 +1,13 @@
 //! `received_messages`: what the gateway delivered to this agency, exactly once per message id.
 
 use jiff::Timestamp;
-use referral_core::{ServiceError, ServiceResult, db::Row as _, time};
+use referral_core::{ServiceResult, db::Row as _, time};
 use referral_proto::v1::{Envelope, FormKind, ReferralStatus};
-use tokio::sync::oneshot;
 
-use super::{Cursor, Page, Store, decode, encode, form_kind, kind_filter, referral_status};
+use super::{
+    BatchFailure, Cursor, Page, Store, Waiting, answer_batch, batch_failed, commit_batch, decode,
+    encode, form_kind, kind_filter, referral_status,
+};
 use crate::{
     extension::{AgencyExtension, AgencyHost},
     forms::received_status,
@@ -48,37 +50,7 @@ impl ReceivedRow {
 
 /// A delivery waiting for the inbox's writer: answered with whether it was a duplicate once its
 /// batch committed.
-#[derive(Debug)]
-pub(crate) struct PendingReceipt {
-    envelope: Envelope,
-    now: Timestamp,
-    reply: oneshot::Sender<ServiceResult<bool>>,
-}
-
-impl PendingReceipt {
-    pub(crate) fn new(
-        envelope: Envelope,
-        now: Timestamp,
-        reply: oneshot::Sender<ServiceResult<bool>>,
-    ) -> Self {
-        Self {
-            envelope,
-            now,
-            reply,
-        }
-    }
-}
-
-/// Why a batch of receipts was not committed ([`Store::receive_batch`]).
-#[derive(Debug)]
-pub(crate) enum ReceiptFailure {
-    /// Storing the message at this index failed (its hook refused it, or the store failed on
-    /// it); the others may be written without it.
-    Item(usize, ServiceError),
-    /// The store failed for the whole batch: it cannot be reached, or the transaction could not
-    /// begin or commit.
-    Store(ServiceError),
-}
+pub(crate) type PendingReceipt = Waiting<(Envelope, Timestamp), bool>;
 
 impl Store {
     /// Stores a delivered message unless its id was received before; true when it was (a
@@ -92,9 +64,10 @@ impl Store {
         now: Timestamp,
         hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
     ) -> ServiceResult<bool> {
-        match self.receive_batch(&[(envelope, now)], hook).await {
+        let request = (envelope.clone(), now);
+        match self.receive_batch(&[&request], hook).await {
             Ok(duplicates) => Ok(duplicates.first().copied().unwrap_or(false)),
-            Err(ReceiptFailure::Item(_, e) | ReceiptFailure::Store(e)) => Err(e),
+            Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
         }
     }
 
@@ -107,32 +80,11 @@ impl Store {
         mut batch: Vec<PendingReceipt>,
         hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
     ) {
-        while !batch.is_empty() {
-            let written = {
-                let items: Vec<(&Envelope, Timestamp)> =
-                    batch.iter().map(|p| (&p.envelope, p.now)).collect();
-                self.receive_batch(&items, hook).await
-            };
-            match written {
-                Ok(duplicates) => {
-                    for (pending, duplicate) in batch.into_iter().zip(duplicates) {
-                        let _ = pending.reply.send(Ok(duplicate));
-                    }
-                    return;
-                }
-                Err(ReceiptFailure::Item(index, error)) => {
-                    let pending = batch.remove(index);
-                    let _ = pending.reply.send(Err(error));
-                }
-                Err(ReceiptFailure::Store(error)) => {
-                    if !matches!(error, ServiceError::Unavailable(_)) {
-                        tracing::error!(error = %error, deliveries = batch.len(), "cannot store a batch of deliveries");
-                    }
-                    for pending in batch {
-                        let _ = pending.reply.send(Err(error.shared_by_batch()));
-                    }
-                    return;
-                }
+        loop {
+            let requests: Vec<_> = batch.iter().map(|w| &w.request).collect();
+            let written = self.receive_batch(&requests, hook).await;
+            if answer_batch(&mut batch, written, "deliveries") {
+                return;
             }
         }
     }
@@ -143,30 +95,18 @@ impl Store {
     /// which one failed, so that the caller can write the others without it.
     pub(crate) async fn receive_batch(
         &self,
-        items: &[(&Envelope, Timestamp)],
+        requests: &[&(Envelope, Timestamp)],
         hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
-    ) -> Result<Vec<bool>, ReceiptFailure> {
-        let mut tx = self
-            .db
-            .begin()
-            .await
-            .map_err(|e| ReceiptFailure::Store(e.into()))?;
-        let mut duplicates = Vec::with_capacity(items.len());
-        for (index, (envelope, now)) in items.iter().enumerate() {
+    ) -> Result<Vec<bool>, BatchFailure> {
+        let mut tx = self.begin_batch().await?;
+        let mut duplicates = Vec::with_capacity(requests.len());
+        for (index, (envelope, now)) in requests.iter().enumerate() {
             match receive_in(&mut tx, envelope, *now, hook).await {
                 Ok(duplicate) => duplicates.push(duplicate),
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    return Err(match e {
-                        ServiceError::Unavailable(_) => ReceiptFailure::Store(e),
-                        e => ReceiptFailure::Item(index, e),
-                    });
-                }
+                Err(e) => return Err(batch_failed(tx, index, e).await),
             }
         }
-        tx.commit()
-            .await
-            .map_err(|e| ReceiptFailure::Store(e.into()))?;
+        commit_batch(tx).await?;
         Ok(duplicates)
     }
 
@@ -252,7 +192,9 @@ async fn receive_in(
 #[cfg(test)]
 mod tests {
     use jiff::SignedDuration;
+    use referral_core::ServiceError;
     use referral_proto::v1::{HelpRequest, Payload, payload::Form};
+    use tokio::sync::oneshot;
 
     use super::*;
     use crate::store::testing;
@@ -327,16 +269,14 @@ mod tests {
         store.receive(&k("m-0"), now, None).await.unwrap();
         let (first, earlier, second) = (k("m-1"), k("m-0"), k("m-2"));
         let later = now + SignedDuration::from_secs(1);
+        let requests = [
+            (first.clone(), later),
+            (earlier, later),
+            (first, later),
+            (second, later),
+        ];
         let duplicates = store
-            .receive_batch(
-                &[
-                    (&first, later),
-                    (&earlier, later),
-                    (&first, later),
-                    (&second, later),
-                ],
-                None,
-            )
+            .receive_batch(&requests.iter().collect::<Vec<_>>(), None)
             .await
             .unwrap();
         assert_eq!(duplicates, [false, true, true, false]);
@@ -382,12 +322,17 @@ mod tests {
         let now: Timestamp = "2026-03-02T05:00:00Z".parse().unwrap();
         let (good, bad, also_good) = (k("m-good"), k("m-bad"), k("m-also-good"));
         // One transaction: the failure names its message and leaves nothing of the batch.
+        let requests = [
+            (good.clone(), now),
+            (bad.clone(), now),
+            (also_good.clone(), now),
+        ];
         let failure = store
-            .receive_batch(&[(&good, now), (&bad, now), (&also_good, now)], None)
+            .receive_batch(&requests.iter().collect::<Vec<_>>(), None)
             .await
             .unwrap_err();
         assert!(
-            matches!(failure, ReceiptFailure::Item(1, ServiceError::Internal(_))),
+            matches!(failure, BatchFailure::Item(1, ServiceError::Internal(_))),
             "{failure:?}"
         );
         assert!(store.received("m-good").await.unwrap().is_none());
@@ -396,7 +341,10 @@ mod tests {
         let mut batch = Vec::new();
         for envelope in [good, bad, also_good] {
             let (reply, answer) = oneshot::channel();
-            batch.push(PendingReceipt::new(envelope, now, reply));
+            batch.push(Waiting {
+                request: (envelope, now),
+                reply,
+            });
             answers.push(answer);
         }
         store.receive_waiting(batch, None).await;

@@ -9,10 +9,11 @@ use referral_core::{ServiceError, ServiceResult, db::Row as _, time};
 use referral_proto::v1::{
     DeliveryState, DeliveryStatus, Envelope, FormKind, ReferralStatus, SendResponse,
 };
-use sqlx::AnyConnection;
+use sqlx::{Any, AnyConnection, Transaction};
 
 use super::{
-    Cursor, Page, Store, decode, delivery_state, encode, form_kind, kind_filter, referral_status,
+    BatchFailure, Cursor, Page, Store, Waiting, answer_batch, batch_failed, commit_batch, decode,
+    delivery_state, encode, form_kind, kind_filter, referral_status,
 };
 use crate::forms::{delivery_rank, is_answer, sent_status};
 
@@ -84,6 +85,10 @@ pub(crate) struct NewSent<'a> {
     pub(crate) now: Timestamp,
 }
 
+/// An acknowledgement waiting for the writer of acknowledgements (the pending row's key, the
+/// gateway's answer, when it came): answered with the row as stored once its batch committed.
+pub(crate) type PendingAck = Waiting<(String, SendResponse, Timestamp), SentRow>;
+
 /// Inserts a pending row unless one with this key exists; the row when inserted (read back in
 /// the same statement), `None` when the key was taken.
 pub(crate) async fn insert_pending(
@@ -133,6 +138,73 @@ pub(super) async fn by_key(conn: &mut AnyConnection, key: &str) -> ServiceResult
     .as_ref()
     .map(SentRow::from_row)
     .transpose()
+}
+
+/// Records the gateway's acknowledgement of the pending message `key`, inside a batch's
+/// transaction, with what depends on it: an answer that arrived before the acknowledgement was
+/// stored, and the state of the decision the message carries. Returns the row as now stored.
+async fn mark_sent_in(
+    tx: &mut Transaction<'static, Any>,
+    key: &str,
+    ack: &SendResponse,
+    now: Timestamp,
+) -> ServiceResult<SentRow> {
+    let row = by_key(&mut *tx, key).await?.ok_or_else(|| {
+        ServiceError::internal(anyhow::anyhow!("no pending row for an acknowledged send"))
+    })?;
+    let sent_at = ack
+        .created_at
+        .as_ref()
+        .and_then(time::from_proto)
+        .unwrap_or(now);
+    let mut envelope = row.envelope;
+    envelope.message_id.clone_from(&ack.message_id);
+    envelope.created_at = Some(time::to_proto(sent_at));
+    let acked = DeliveryState::try_from(ack.state).unwrap_or(DeliveryState::Queued);
+    let state = if delivery_rank(row.delivery_state) > delivery_rank(acked) {
+        row.delivery_state
+    } else {
+        acked
+    };
+    let updated = sqlx::query(concat!(
+        "UPDATE sent_messages SET message_id = $1, status = $2, envelope = $3, sent_at = $4, \
+         delivery_state = $5, referral_status = $6, updated_at = $7 \
+         WHERE idempotency_key = $8 RETURNING ",
+        sent_columns!()
+    ))
+    .bind(ack.message_id.as_str())
+    .bind(SENT)
+    .bind(encode(&envelope))
+    .bind(time::to_micros(sent_at))
+    .bind(state.as_str_name())
+    .bind(sent_status(state, row.answer.as_ref()).as_str_name())
+    .bind(time::to_micros(now))
+    .bind(key)
+    .fetch_one(&mut **tx)
+    .await?;
+    let mut row = SentRow::from_row(&updated)?;
+    // An answer can only arrive after the gateway acknowledged the message, but it may
+    // arrive before this acknowledgement was stored.
+    let early_answer = sqlx::query(
+        "SELECT envelope FROM received_messages \
+         WHERE in_reply_to = $1 AND sender_agency_id = $2 AND form_kind IN ($3, $4)",
+    )
+    .bind(ack.message_id.as_str())
+    .bind(row.recipient_agency_id.as_str())
+    .bind(FormKind::HelpRequestDecision.as_str_name())
+    .bind(FormKind::InformationResponse.as_str_name())
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(answer) = early_answer {
+        let answer: Envelope = decode(&answer.try_get::<Vec<u8>, _>(0)?)?;
+        apply_answer(&mut *tx, &answer, now).await?;
+        // The answer changed the row just written: read it again.
+        row = by_key(&mut *tx, key)
+            .await?
+            .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("sent row vanished")))?;
+    }
+    super::decisions::mark_decision_sent(&mut *tx, key, &ack.message_id).await?;
+    Ok(row)
 }
 
 /// Records the answer to a message this agency sent (a decision on its help request, the
@@ -201,73 +273,50 @@ impl Store {
         .transpose()
     }
 
-    /// Records the gateway's acknowledgement of the pending message `key`, in one transaction
-    /// with what depends on it: an answer that arrived before the acknowledgement was stored,
-    /// and the state of the decision the message carries.
+    /// Records the gateway's acknowledgement of the pending message `key` (a batch of one; the
+    /// service records them in batches: [`mark_sent_waiting`](Self::mark_sent_waiting)).
+    #[cfg(test)]
     pub(crate) async fn mark_sent(
         &self,
         key: &str,
         ack: &SendResponse,
         now: Timestamp,
     ) -> ServiceResult<SentRow> {
-        let mut tx = self.db.begin().await?;
-        let row = by_key(&mut tx, key).await?.ok_or_else(|| {
-            ServiceError::internal(anyhow::anyhow!("no pending row for an acknowledged send"))
-        })?;
-        let sent_at = ack
-            .created_at
-            .as_ref()
-            .and_then(time::from_proto)
-            .unwrap_or(now);
-        let mut envelope = row.envelope;
-        envelope.message_id.clone_from(&ack.message_id);
-        envelope.created_at = Some(time::to_proto(sent_at));
-        let acked = DeliveryState::try_from(ack.state).unwrap_or(DeliveryState::Queued);
-        let state = if delivery_rank(row.delivery_state) > delivery_rank(acked) {
-            row.delivery_state
-        } else {
-            acked
-        };
-        let updated = sqlx::query(concat!(
-            "UPDATE sent_messages SET message_id = $1, status = $2, envelope = $3, sent_at = $4, \
-             delivery_state = $5, referral_status = $6, updated_at = $7 \
-             WHERE idempotency_key = $8 RETURNING ",
-            sent_columns!()
-        ))
-        .bind(ack.message_id.as_str())
-        .bind(SENT)
-        .bind(encode(&envelope))
-        .bind(time::to_micros(sent_at))
-        .bind(state.as_str_name())
-        .bind(sent_status(state, row.answer.as_ref()).as_str_name())
-        .bind(time::to_micros(now))
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut row = SentRow::from_row(&updated)?;
-        // An answer can only arrive after the gateway acknowledged the message, but it may
-        // arrive before this acknowledgement was stored.
-        let early_answer = sqlx::query(
-            "SELECT envelope FROM received_messages \
-             WHERE in_reply_to = $1 AND sender_agency_id = $2 AND form_kind IN ($3, $4)",
-        )
-        .bind(ack.message_id.as_str())
-        .bind(row.recipient_agency_id.as_str())
-        .bind(FormKind::HelpRequestDecision.as_str_name())
-        .bind(FormKind::InformationResponse.as_str_name())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(answer) = early_answer {
-            let answer: Envelope = decode(&answer.try_get::<Vec<u8>, _>(0)?)?;
-            apply_answer(&mut tx, &answer, now).await?;
-            // The answer changed the row just written: read it again.
-            row = by_key(&mut tx, key)
-                .await?
-                .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("sent row vanished")))?;
+        let request = (key.to_owned(), ack.clone(), now);
+        match self.mark_sent_batch(&[&request]).await {
+            Ok(mut rows) => Ok(rows.remove(0)),
+            Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
         }
-        super::decisions::mark_decision_sent(&mut tx, key, &ack.message_id).await?;
-        tx.commit().await?;
-        Ok(row)
+    }
+
+    /// Records the acknowledgements waiting together in one transaction and answers each with
+    /// its row as now stored.
+    pub(crate) async fn mark_sent_waiting(&self, mut batch: Vec<PendingAck>) {
+        loop {
+            let requests: Vec<_> = batch.iter().map(|w| &w.request).collect();
+            let written = self.mark_sent_batch(&requests).await;
+            if answer_batch(&mut batch, written, "acknowledgements") {
+                return;
+            }
+        }
+    }
+
+    /// Records acknowledgements, in order, in one transaction (one commit for the lot), each as
+    /// [`mark_sent_in`] records one; a failure records none and says which one failed.
+    async fn mark_sent_batch(
+        &self,
+        requests: &[&(String, SendResponse, Timestamp)],
+    ) -> Result<Vec<SentRow>, BatchFailure> {
+        let mut tx = self.begin_batch().await?;
+        let mut rows = Vec::with_capacity(requests.len());
+        for (index, (key, ack, now)) in requests.iter().enumerate() {
+            match mark_sent_in(&mut tx, key, ack, *now).await {
+                Ok(row) => rows.push(row),
+                Err(e) => return Err(batch_failed(tx, index, e).await),
+            }
+        }
+        commit_batch(tx).await?;
+        Ok(rows)
     }
 
     /// Removes the row of a message the gateway refused, if it is still pending.
@@ -462,6 +511,60 @@ mod tests {
         // Acknowledged rows are not forgotten.
         store.forget_pending("key-00000001").await.unwrap();
         assert!(store.sent_by_message_id("m-1").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_waiting_together_are_recorded_together_and_a_failing_one_alone() {
+        let (store, _dir) = testing::store().await;
+        for key in ["key-00000011", "key-00000012"] {
+            store
+                .begin_send(&new_sent(&k_envelope(key), "aaa"))
+                .await
+                .unwrap();
+        }
+        // The batch is one transaction: the acknowledgement of a key with no pending row fails
+        // it, names its place, and leaves nothing recorded.
+        let requests = [
+            ("key-00000011".to_owned(), ack("m-11"), now()),
+            ("key-without-row".to_owned(), ack("m-lost"), now()),
+            ("key-00000012".to_owned(), ack("m-12"), now()),
+        ];
+        let failure = store
+            .mark_sent_batch(&requests.iter().collect::<Vec<_>>())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(failure, BatchFailure::Item(1, ServiceError::Internal(_))),
+            "{failure:?}"
+        );
+        assert!(store.sent_by_message_id("m-11").await.unwrap().is_none());
+        // The writer answers the failed one with its error and records the others.
+        let mut answers = Vec::new();
+        let mut batch = Vec::new();
+        for request in requests {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            batch.push(Waiting { request, reply });
+            answers.push(answer);
+        }
+        store.mark_sent_waiting(batch).await;
+        let mut outcomes = Vec::new();
+        for answer in answers {
+            outcomes.push(answer.await.unwrap());
+        }
+        assert_eq!(
+            outcomes[0].as_ref().unwrap().message_id.as_deref(),
+            Some("m-11")
+        );
+        assert!(outcomes[1].is_err());
+        assert_eq!(
+            outcomes[2].as_ref().unwrap().message_id.as_deref(),
+            Some("m-12")
+        );
+        for (key, id) in [("key-00000011", "m-11"), ("key-00000012", "m-12")] {
+            let row = store.sent_by_key(key).await.unwrap().unwrap();
+            assert_eq!(row.message_id.as_deref(), Some(id));
+            assert_eq!(row.envelope.message_id, id);
+        }
     }
 
     #[tokio::test]
