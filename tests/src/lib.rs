@@ -403,6 +403,25 @@ impl TestHub {
         count
     }
 
+    /// One text value from an agency's own store: the first column of the first row `query`
+    /// returns with `bind` as `$1`, if any.
+    pub async fn agency_text(&self, agency_id: &str, query: &str, bind: &str) -> Option<String> {
+        let db = referral_core::db::Database::connect(
+            &self.storage,
+            &referral_agency::component_name(agency_id),
+        )
+        .await
+        .expect("the agency store opens");
+        let value: Option<Option<String>> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_owned()))
+                .bind(bind.to_owned())
+                .fetch_optional(db.pool())
+                .await
+                .expect("the query runs");
+        db.close().await;
+        value.flatten()
+    }
+
     /// The configuration `start_agency` starts `agency_id`'s service with: the port of its
     /// directory entry, its own certificate, this hub's store, gateway, issuer and clock.
     pub fn agency_config(&self, agency_id: &str) -> anyhow::Result<AgencyConfig> {

@@ -152,6 +152,21 @@ async fn one_referral_is_one_trace(backend: Backend) {
         .message_id;
     hub.delivered(&k_id).await;
     drop(client_span);
+    // The school's row of the K keeps the call's trace context, for a push retried later, by
+    // another task, to continue this trace.
+    let stored = hub
+        .agency_text(
+            "school-1",
+            "SELECT trace_context FROM sent_messages WHERE message_id = $1",
+            &k_id,
+        )
+        .await;
+    assert!(
+        stored
+            .as_deref()
+            .is_some_and(|t| t.contains(&trace_id.to_string())),
+        "the school's row of the K names its trace: {stored:?}"
+    );
 
     // Spans are exported as they end; the commission's server span and the worker's delivery
     // span end just after the answer the test waited for, so they are polled for, bounded.

@@ -13,12 +13,18 @@ use crate::{
     service::Context,
     store::{
         Waiting,
-        sent::{PendingAck, SentRow},
+        sent::{PendingAck, PendingSend, SentRow},
     },
 };
 
-/// At most this many acknowledgements are recorded in one transaction.
+/// At most this many pending rows, or acknowledgements, are written in one transaction.
 pub(crate) const ACK_BATCH: usize = 64;
+
+/// The pending-row writer's work: the messages waiting to be stored at this moment, in one
+/// transaction ([`Store::begin_send_waiting`](crate::store::Store::begin_send_waiting)).
+pub(crate) async fn write_pending_rows(context: Arc<Context>, batch: Vec<PendingSend>) {
+    context.store.begin_send_waiting(batch).await;
+}
 
 /// The acknowledgement writer's work: the acknowledgements waiting at this moment, in one
 /// transaction ([`Store::mark_sent_waiting`](crate::store::Store::mark_sent_waiting)).

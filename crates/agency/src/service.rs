@@ -80,6 +80,9 @@ pub(crate) struct Context {
     /// Records the gateway's acknowledgements of sent messages in batches
     /// ([`crate::outbound::write_acks`]).
     pub(crate) acks: referral_core::group_commit::Batcher<crate::store::sent::PendingAck>,
+    /// Stores the pending rows of messages staff send, in batches
+    /// ([`crate::outbound::write_pending_rows`]).
+    pub(crate) pending_rows: referral_core::group_commit::Batcher<crate::store::sent::PendingSend>,
 }
 
 impl Context {
@@ -217,6 +220,12 @@ impl AgencyService {
                     owner.clone(),
                     crate::outbound::ACK_BATCH,
                     crate::outbound::write_acks,
+                ),
+                pending_rows: referral_core::group_commit::Batcher::spawn(
+                    &tokio::runtime::Handle::current(),
+                    owner.clone(),
+                    crate::outbound::ACK_BATCH,
+                    crate::outbound::write_pending_rows,
                 ),
             }),
         })

@@ -27,6 +27,7 @@ use referral_proto::v1::{
     SubmitHelpRequestRequest, SubmitHelpRequestResponse, WatchDeadlinesRequest, WhoAmIRequest,
     WhoAmIResponse, agency_staff_server::AgencyStaff, payload::Form,
 };
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -39,8 +40,8 @@ use crate::{
     replies,
     service::Context,
     store::{
-        Page, fingerprint,
-        sent::{NewSent, SentRow},
+        Page, Waiting, fingerprint,
+        sent::{PendingRequest, SentRow},
     },
 };
 
@@ -571,16 +572,26 @@ pub(crate) async fn send_tracked(
     what: &str,
 ) -> AgencyResult<SentRow> {
     let idempotency_key = envelope.idempotency_key.clone();
-    let row = context
-        .store
-        .begin_send(&NewSent {
-            idempotency_key: &idempotency_key,
-            request_sha256,
-            acting_user_id: &user.user_id,
-            envelope: &envelope,
-            now: context.clock.now(),
+    // Written with the pending rows arriving at the same moment, in one transaction
+    // (`group_commit`); durable before the gateway is called.
+    let (reply, stored) = oneshot::channel();
+    context
+        .pending_rows
+        .submit(Waiting {
+            request: PendingRequest {
+                idempotency_key: idempotency_key.clone(),
+                request_sha256: request_sha256.to_owned(),
+                acting_user_id: user.user_id.clone(),
+                envelope,
+                now: context.clock.now(),
+                trace_context: referral_core::trace_context::current_traceparent(),
+            },
+            reply,
         })
-        .await?;
+        .map_err(|_| ServiceError::Unavailable("the service is stopping".into()))?;
+    let row = stored
+        .await
+        .map_err(|_| internal(anyhow::anyhow!("the message was not stored")))??;
     if row.request_sha256 != request_sha256 {
         return Err(ServiceError::AlreadyExists(format!(
             "this idempotency key was already used for {what}"

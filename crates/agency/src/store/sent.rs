@@ -85,6 +85,34 @@ pub(crate) struct NewSent<'a> {
     pub(crate) now: Timestamp,
 }
 
+/// A message to store as pending, owned by the request that waits for the writer of pending
+/// rows, with the `traceparent` of the call that queues it (the writer runs outside its span).
+#[derive(Debug, Clone)]
+pub(crate) struct PendingRequest {
+    pub(crate) idempotency_key: String,
+    pub(crate) request_sha256: String,
+    pub(crate) acting_user_id: String,
+    pub(crate) envelope: Envelope,
+    pub(crate) now: Timestamp,
+    pub(crate) trace_context: Option<String>,
+}
+
+impl PendingRequest {
+    fn as_new(&self) -> NewSent<'_> {
+        NewSent {
+            idempotency_key: &self.idempotency_key,
+            request_sha256: &self.request_sha256,
+            acting_user_id: &self.acting_user_id,
+            envelope: &self.envelope,
+            now: self.now,
+        }
+    }
+}
+
+/// A message waiting for the writer of pending rows: answered with the row stored under its key
+/// (the new one, or the earlier one) once its batch committed.
+pub(crate) type PendingSend = Waiting<PendingRequest, SentRow>;
+
 /// An acknowledgement waiting for the writer of acknowledgements (the pending row's key, the
 /// gateway's answer, when it came): answered with the row as stored once its batch committed.
 pub(crate) type PendingAck = Waiting<(String, SendResponse, Timestamp), SentRow>;
@@ -94,6 +122,17 @@ pub(crate) type PendingAck = Waiting<(String, SendResponse, Timestamp), SentRow>
 pub(crate) async fn insert_pending(
     conn: &mut AnyConnection,
     new: &NewSent<'_>,
+) -> ServiceResult<Option<SentRow>> {
+    let trace_context = referral_core::trace_context::current_traceparent();
+    insert_pending_traced(conn, new, trace_context.as_deref()).await
+}
+
+/// [`insert_pending`] with the `traceparent` of the call that queues the message given, for a
+/// writer that runs outside that call's span.
+async fn insert_pending_traced(
+    conn: &mut AnyConnection,
+    new: &NewSent<'_>,
+    trace_context: Option<&str>,
 ) -> ServiceResult<Option<SentRow>> {
     let now = time::to_micros(new.now);
     let kind = FormKind::try_from(new.envelope.form_kind).unwrap_or(FormKind::Unspecified);
@@ -118,7 +157,7 @@ pub(crate) async fn insert_pending(
     .bind(now)
     .bind(DeliveryState::Unspecified.as_str_name())
     .bind(ReferralStatus::Requested.as_str_name())
-    .bind(referral_core::trace_context::current_traceparent())
+    .bind(trace_context)
     .fetch_optional(&mut *conn)
     .await?
     .as_ref()
@@ -138,6 +177,21 @@ pub(super) async fn by_key(conn: &mut AnyConnection, key: &str) -> ServiceResult
     .as_ref()
     .map(SentRow::from_row)
     .transpose()
+}
+
+/// A pending row for the message unless its key is known, inside a batch's transaction; the row
+/// stored under the key.
+async fn begin_send_in(
+    tx: &mut Transaction<'static, Any>,
+    request: &PendingRequest,
+) -> ServiceResult<SentRow> {
+    let new = request.as_new();
+    if let Some(row) = insert_pending_traced(tx, &new, request.trace_context.as_deref()).await? {
+        return Ok(row);
+    }
+    by_key(tx, &request.idempotency_key)
+        .await?
+        .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("sent row vanished")))
 }
 
 /// Records the gateway's acknowledgement of the pending message `key`, inside a batch's
@@ -239,15 +293,52 @@ pub(super) async fn apply_answer(
 impl Store {
     /// Writes a pending row for a message unless its idempotency key is known, and returns the
     /// row stored under the key (the new one, or the earlier one: the caller compares
-    /// `request_sha256` to tell a retry from a reused key).
+    /// `request_sha256` to tell a retry from a reused key). A batch of one; the service writes
+    /// them in batches: [`begin_send_waiting`](Self::begin_send_waiting).
+    #[cfg(test)]
     pub(crate) async fn begin_send(&self, new: &NewSent<'_>) -> ServiceResult<SentRow> {
-        let mut conn = self.db.pool().acquire().await?;
-        if let Some(row) = insert_pending(&mut conn, new).await? {
-            return Ok(row);
+        let request = PendingRequest {
+            idempotency_key: new.idempotency_key.to_owned(),
+            request_sha256: new.request_sha256.to_owned(),
+            acting_user_id: new.acting_user_id.to_owned(),
+            envelope: new.envelope.clone(),
+            now: new.now,
+            trace_context: None,
+        };
+        match self.begin_send_batch(&[&request]).await {
+            Ok(mut rows) => Ok(rows.remove(0)),
+            Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
         }
-        by_key(&mut conn, new.idempotency_key)
-            .await?
-            .ok_or_else(|| ServiceError::internal(anyhow::anyhow!("sent row vanished")))
+    }
+
+    /// Writes the pending rows waiting together in one transaction and answers each with the row
+    /// stored under its key.
+    pub(crate) async fn begin_send_waiting(&self, mut batch: Vec<PendingSend>) {
+        loop {
+            let requests: Vec<_> = batch.iter().map(|w| &w.request).collect();
+            let written = self.begin_send_batch(&requests).await;
+            if answer_batch(&mut batch, written, "pending messages") {
+                return;
+            }
+        }
+    }
+
+    /// Writes pending rows, in order, in one transaction (one commit for the lot): for each,
+    /// the row stored under its key; a failure writes none and says which one failed.
+    async fn begin_send_batch(
+        &self,
+        requests: &[&PendingRequest],
+    ) -> Result<Vec<SentRow>, BatchFailure> {
+        let mut tx = self.begin_batch().await?;
+        let mut rows = Vec::with_capacity(requests.len());
+        for (index, request) in requests.iter().enumerate() {
+            match begin_send_in(&mut tx, request).await {
+                Ok(row) => rows.push(row),
+                Err(e) => return Err(batch_failed(tx, index, e).await),
+            }
+        }
+        commit_batch(tx).await?;
+        Ok(rows)
     }
 
     pub(crate) async fn sent_by_key(&self, key: &str) -> ServiceResult<Option<SentRow>> {
