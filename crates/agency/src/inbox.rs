@@ -30,13 +30,13 @@ use crate::{
 pub(crate) const RECEIPT_BATCH: usize = 64;
 
 /// The inbox writer's work: the deliveries waiting at this moment, in one transaction
-/// ([`Store::receive_waiting`](crate::store::Store::receive_waiting)).
+/// ([`Store::write_waiting`](crate::store::Store::write_waiting)).
 pub(crate) async fn write_receipts(context: Arc<Context>, batch: Vec<PendingReceipt>) {
     let extension = context.extension();
     let hook = extension
         .as_ref()
         .map(|(ext, host)| (ext.as_ref() as &dyn AgencyExtension, host));
-    context.store.receive_waiting(batch, hook).await;
+    context.store.write_waiting(batch, "deliveries", hook).await;
 }
 
 /// The inbox service of one agency.

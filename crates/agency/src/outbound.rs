@@ -13,7 +13,7 @@ use crate::{
     service::Context,
     store::{
         Waiting,
-        sent::{PendingAck, PendingSend, SentRow},
+        sent::{PendingAck, QueuedSend, SentRow},
     },
 };
 
@@ -21,15 +21,21 @@ use crate::{
 pub(crate) const ACK_BATCH: usize = 64;
 
 /// The pending-row writer's work: the messages waiting to be stored at this moment, in one
-/// transaction ([`Store::begin_send_waiting`](crate::store::Store::begin_send_waiting)).
-pub(crate) async fn write_pending_rows(context: Arc<Context>, batch: Vec<PendingSend>) {
-    context.store.begin_send_waiting(batch).await;
+/// transaction ([`Store::write_waiting`](crate::store::Store::write_waiting)).
+pub(crate) async fn write_pending_rows(context: Arc<Context>, batch: Vec<QueuedSend>) {
+    context
+        .store
+        .write_waiting(batch, "pending messages", None)
+        .await;
 }
 
 /// The acknowledgement writer's work: the acknowledgements waiting at this moment, in one
-/// transaction ([`Store::mark_sent_waiting`](crate::store::Store::mark_sent_waiting)).
+/// transaction ([`Store::write_waiting`](crate::store::Store::write_waiting)).
 pub(crate) async fn write_acks(context: Arc<Context>, batch: Vec<PendingAck>) {
-    context.store.mark_sent_waiting(batch).await;
+    context
+        .store
+        .write_waiting(batch, "acknowledgements", None)
+        .await;
 }
 
 /// What became of a message handed to the gateway.

@@ -82,7 +82,7 @@ pub(crate) struct Context {
     pub(crate) acks: referral_core::group_commit::Batcher<crate::store::sent::PendingAck>,
     /// Stores the pending rows of messages staff send, in batches
     /// ([`crate::outbound::write_pending_rows`]).
-    pub(crate) pending_rows: referral_core::group_commit::Batcher<crate::store::sent::PendingSend>,
+    pub(crate) pending_rows: referral_core::group_commit::Batcher<crate::store::sent::QueuedSend>,
 }
 
 impl Context {

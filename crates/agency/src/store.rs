@@ -20,6 +20,8 @@ use referral_proto::v1::{DeliveryState, FormKind, ReferralStatus};
 use sqlx::{Any, Transaction};
 use tokio::sync::oneshot;
 
+use crate::extension::{AgencyExtension, AgencyHost};
+
 /// The agency store's migrations, oldest first. Numbered, commented, never edited once landed.
 pub const MIGRATIONS: &[EmbeddedMigration] = &[
     (
@@ -269,33 +271,72 @@ pub(crate) fn answer_batch<T, R>(
     }
 }
 
+/// The extension's hook a batch's writes may call inside its transaction (the inbox's receipts).
+pub(crate) type Hook<'a> = Option<(&'a dyn AgencyExtension, &'a AgencyHost)>;
+
+/// A request one of the store's batch writers writes, inside the batch's transaction.
+pub(crate) trait BatchWrite: Sync {
+    /// What the request's caller is answered with once the batch committed.
+    type Written: Send;
+
+    /// Writes this request, seeing the ones before it in the batch.
+    fn write<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Any>,
+        hook: Hook<'a>,
+    ) -> impl Future<Output = ServiceResult<Self::Written>> + Send + 'a;
+}
+
 impl Store {
-    /// The transaction of a batch (one commit for the lot).
-    pub(crate) async fn begin_batch(&self) -> Result<Transaction<'static, Any>, BatchFailure> {
-        self.db
+    /// Writes the requests waiting together in one transaction and answers each
+    /// ([`answer_batch`]: one that fails alone is answered with its error, and the others are
+    /// written again without it).
+    pub(crate) async fn write_waiting<T: BatchWrite>(
+        &self,
+        mut batch: Vec<Waiting<T, T::Written>>,
+        what: &'static str,
+        hook: Hook<'_>,
+    ) {
+        loop {
+            let requests: Vec<&T> = batch.iter().map(|w| &w.request).collect();
+            let written = self.write_batch(&requests, hook).await;
+            if answer_batch(&mut batch, written, what) {
+                return;
+            }
+        }
+    }
+
+    /// Writes `requests`, in order, in one transaction (one commit for the lot); a failure
+    /// writes none of them and says which one failed, so that the caller can write the others
+    /// without it.
+    pub(crate) async fn write_batch<T: BatchWrite>(
+        &self,
+        requests: &[&T],
+        hook: Hook<'_>,
+    ) -> Result<Vec<T::Written>, BatchFailure> {
+        let mut tx = self
+            .db
             .begin()
             .await
-            .map_err(|e| BatchFailure::Store(e.into()))
+            .map_err(|e| BatchFailure::Store(e.into()))?;
+        let mut results = Vec::with_capacity(requests.len());
+        for (index, request) in requests.iter().enumerate() {
+            match request.write(&mut tx, hook).await {
+                Ok(result) => results.push(result),
+                Err(error) => {
+                    let _ = tx.rollback().await;
+                    return Err(match error {
+                        ServiceError::Unavailable(_) => BatchFailure::Store(error),
+                        error => BatchFailure::Item(index, error),
+                    });
+                }
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| BatchFailure::Store(e.into()))?;
+        Ok(results)
     }
-}
-
-/// Undoes a batch whose request at `index` failed: a store that cannot be reached fails the
-/// whole batch, anything else that one request.
-pub(crate) async fn batch_failed(
-    tx: Transaction<'static, Any>,
-    index: usize,
-    error: ServiceError,
-) -> BatchFailure {
-    let _ = tx.rollback().await;
-    match error {
-        ServiceError::Unavailable(_) => BatchFailure::Store(error),
-        error => BatchFailure::Item(index, error),
-    }
-}
-
-/// Commits a batch.
-pub(crate) async fn commit_batch(tx: Transaction<'static, Any>) -> Result<(), BatchFailure> {
-    tx.commit().await.map_err(|e| BatchFailure::Store(e.into()))
 }
 
 /// SHA-256 of some bytes, in hex: how a request is recognised when its idempotency key comes

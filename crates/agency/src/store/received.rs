@@ -4,9 +4,11 @@ use jiff::Timestamp;
 use referral_core::{ServiceResult, db::Row as _, time};
 use referral_proto::v1::{Envelope, FormKind, ReferralStatus};
 
+#[cfg(test)]
+use super::BatchFailure;
 use super::{
-    BatchFailure, Cursor, Page, Store, Waiting, answer_batch, batch_failed, commit_batch, decode,
-    encode, form_kind, kind_filter, referral_status,
+    BatchWrite, Cursor, Hook, Page, Store, Waiting, decode, encode, form_kind, kind_filter,
+    referral_status,
 };
 use crate::{
     extension::{AgencyExtension, AgencyHost},
@@ -56,7 +58,7 @@ impl Store {
     /// Stores a delivered message unless its id was received before; true when it was (a
     /// duplicate delivery, which changes nothing). An answer to a message this agency sent also
     /// updates that sent message, and the extension's hook runs, in the same transaction. (The
-    /// inbox stores deliveries in batches: [`receive_waiting`](Self::receive_waiting).)
+    /// inbox stores deliveries in batches: [`Store::write_waiting`].)
     #[cfg(test)]
     pub(crate) async fn receive(
         &self,
@@ -65,49 +67,10 @@ impl Store {
         hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
     ) -> ServiceResult<bool> {
         let request = (envelope.clone(), now);
-        match self.receive_batch(&[&request], hook).await {
+        match self.write_batch(&[&request], hook).await {
             Ok(duplicates) => Ok(duplicates.first().copied().unwrap_or(false)),
             Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
         }
-    }
-
-    /// Stores the deliveries waiting together in one transaction and answers each. A delivery
-    /// whose own receipt fails (its hook refused it) is answered with its error and the others
-    /// are written without it; a store that fails fails them all. Either way the gateway keeps
-    /// what was not stored and delivers it again.
-    pub(crate) async fn receive_waiting(
-        &self,
-        mut batch: Vec<PendingReceipt>,
-        hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
-    ) {
-        loop {
-            let requests: Vec<_> = batch.iter().map(|w| &w.request).collect();
-            let written = self.receive_batch(&requests, hook).await;
-            if answer_batch(&mut batch, written, "deliveries") {
-                return;
-            }
-        }
-    }
-
-    /// Stores delivered messages, in order, in one transaction (one commit for the lot): for
-    /// each, whether it was a duplicate (received before, or earlier in the batch). Each is
-    /// stored as [`receive`](Self::receive) stores one; a failure stores none of them and says
-    /// which one failed, so that the caller can write the others without it.
-    pub(crate) async fn receive_batch(
-        &self,
-        requests: &[&(Envelope, Timestamp)],
-        hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
-    ) -> Result<Vec<bool>, BatchFailure> {
-        let mut tx = self.begin_batch().await?;
-        let mut duplicates = Vec::with_capacity(requests.len());
-        for (index, (envelope, now)) in requests.iter().enumerate() {
-            match receive_in(&mut tx, envelope, *now, hook).await {
-                Ok(duplicate) => duplicates.push(duplicate),
-                Err(e) => return Err(batch_failed(tx, index, e).await),
-            }
-        }
-        commit_batch(tx).await?;
-        Ok(duplicates)
     }
 
     pub(crate) async fn received(&self, message_id: &str) -> ServiceResult<Option<ReceivedRow>> {
@@ -149,6 +112,20 @@ impl Store {
             .collect::<ServiceResult<Vec<_>>>()?;
         let next = page.finish(&mut rows, ReceivedRow::cursor);
         Ok((rows, next))
+    }
+}
+
+/// A delivery with the instant it arrived: stored as [`Store::receive`] stores one, answered with
+/// whether it was a duplicate (received before, or earlier in the batch).
+impl BatchWrite for (Envelope, Timestamp) {
+    type Written = bool;
+
+    fn write<'a>(
+        &'a self,
+        tx: &'a mut sqlx::Transaction<'static, sqlx::Any>,
+        hook: Hook<'a>,
+    ) -> impl Future<Output = ServiceResult<bool>> + Send + 'a {
+        receive_in(tx, &self.0, self.1, hook)
     }
 }
 
@@ -276,7 +253,7 @@ mod tests {
             (second, later),
         ];
         let duplicates = store
-            .receive_batch(&requests.iter().collect::<Vec<_>>(), None)
+            .write_batch(&requests.iter().collect::<Vec<_>>(), None)
             .await
             .unwrap();
         assert_eq!(duplicates, [false, true, true, false]);
@@ -328,7 +305,7 @@ mod tests {
             (also_good.clone(), now),
         ];
         let failure = store
-            .receive_batch(&requests.iter().collect::<Vec<_>>(), None)
+            .write_batch(&requests.iter().collect::<Vec<_>>(), None)
             .await
             .unwrap_err();
         assert!(
@@ -347,7 +324,7 @@ mod tests {
             });
             answers.push(answer);
         }
-        store.receive_waiting(batch, None).await;
+        store.write_waiting(batch, "deliveries", None).await;
         let mut outcomes = Vec::new();
         for answer in answers {
             outcomes.push(answer.await.unwrap().map_err(|e| e.to_string()));

@@ -11,9 +11,11 @@ use referral_proto::v1::{
 };
 use sqlx::{Any, AnyConnection, Transaction};
 
+#[cfg(test)]
+use super::BatchFailure;
 use super::{
-    BatchFailure, Cursor, Page, Store, Waiting, answer_batch, batch_failed, commit_batch, decode,
-    delivery_state, encode, form_kind, kind_filter, referral_status,
+    BatchWrite, Cursor, Hook, Page, Store, Waiting, decode, delivery_state, encode, form_kind,
+    kind_filter, referral_status,
 };
 use crate::forms::{delivery_rank, is_answer, sent_status};
 
@@ -111,7 +113,7 @@ impl PendingRequest {
 
 /// A message waiting for the writer of pending rows: answered with the row stored under its key
 /// (the new one, or the earlier one) once its batch committed.
-pub(crate) type PendingSend = Waiting<PendingRequest, SentRow>;
+pub(crate) type QueuedSend = Waiting<PendingRequest, SentRow>;
 
 /// An acknowledgement waiting for the writer of acknowledgements (the pending row's key, the
 /// gateway's answer, when it came): answered with the row as stored once its batch committed.
@@ -177,6 +179,33 @@ pub(super) async fn by_key(conn: &mut AnyConnection, key: &str) -> ServiceResult
     .as_ref()
     .map(SentRow::from_row)
     .transpose()
+}
+
+/// A message to store as pending: answered with the row stored under its key.
+impl BatchWrite for PendingRequest {
+    type Written = SentRow;
+
+    fn write<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Any>,
+        _hook: Hook<'a>,
+    ) -> impl Future<Output = ServiceResult<SentRow>> + Send + 'a {
+        begin_send_in(tx, self)
+    }
+}
+
+/// An acknowledgement (the pending row's key, the gateway's answer, when it came): answered with
+/// the row as now stored.
+impl BatchWrite for (String, SendResponse, Timestamp) {
+    type Written = SentRow;
+
+    fn write<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Any>,
+        _hook: Hook<'a>,
+    ) -> impl Future<Output = ServiceResult<SentRow>> + Send + 'a {
+        mark_sent_in(tx, &self.0, &self.1, self.2)
+    }
 }
 
 /// A pending row for the message unless its key is known, inside a batch's transaction; the row
@@ -294,7 +323,7 @@ impl Store {
     /// Writes a pending row for a message unless its idempotency key is known, and returns the
     /// row stored under the key (the new one, or the earlier one: the caller compares
     /// `request_sha256` to tell a retry from a reused key). A batch of one; the service writes
-    /// them in batches: [`begin_send_waiting`](Self::begin_send_waiting).
+    /// them in batches: [`Store::write_waiting`].
     #[cfg(test)]
     pub(crate) async fn begin_send(&self, new: &NewSent<'_>) -> ServiceResult<SentRow> {
         let request = PendingRequest {
@@ -305,40 +334,10 @@ impl Store {
             now: new.now,
             trace_context: None,
         };
-        match self.begin_send_batch(&[&request]).await {
+        match self.write_batch(&[&request], None).await {
             Ok(mut rows) => Ok(rows.remove(0)),
             Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
         }
-    }
-
-    /// Writes the pending rows waiting together in one transaction and answers each with the row
-    /// stored under its key.
-    pub(crate) async fn begin_send_waiting(&self, mut batch: Vec<PendingSend>) {
-        loop {
-            let requests: Vec<_> = batch.iter().map(|w| &w.request).collect();
-            let written = self.begin_send_batch(&requests).await;
-            if answer_batch(&mut batch, written, "pending messages") {
-                return;
-            }
-        }
-    }
-
-    /// Writes pending rows, in order, in one transaction (one commit for the lot): for each,
-    /// the row stored under its key; a failure writes none and says which one failed.
-    async fn begin_send_batch(
-        &self,
-        requests: &[&PendingRequest],
-    ) -> Result<Vec<SentRow>, BatchFailure> {
-        let mut tx = self.begin_batch().await?;
-        let mut rows = Vec::with_capacity(requests.len());
-        for (index, request) in requests.iter().enumerate() {
-            match begin_send_in(&mut tx, request).await {
-                Ok(row) => rows.push(row),
-                Err(e) => return Err(batch_failed(tx, index, e).await),
-            }
-        }
-        commit_batch(tx).await?;
-        Ok(rows)
     }
 
     pub(crate) async fn sent_by_key(&self, key: &str) -> ServiceResult<Option<SentRow>> {
@@ -365,7 +364,7 @@ impl Store {
     }
 
     /// Records the gateway's acknowledgement of the pending message `key` (a batch of one; the
-    /// service records them in batches: [`mark_sent_waiting`](Self::mark_sent_waiting)).
+    /// service records them in batches: [`Store::write_waiting`]).
     #[cfg(test)]
     pub(crate) async fn mark_sent(
         &self,
@@ -374,40 +373,10 @@ impl Store {
         now: Timestamp,
     ) -> ServiceResult<SentRow> {
         let request = (key.to_owned(), ack.clone(), now);
-        match self.mark_sent_batch(&[&request]).await {
+        match self.write_batch(&[&request], None).await {
             Ok(mut rows) => Ok(rows.remove(0)),
             Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
         }
-    }
-
-    /// Records the acknowledgements waiting together in one transaction and answers each with
-    /// its row as now stored.
-    pub(crate) async fn mark_sent_waiting(&self, mut batch: Vec<PendingAck>) {
-        loop {
-            let requests: Vec<_> = batch.iter().map(|w| &w.request).collect();
-            let written = self.mark_sent_batch(&requests).await;
-            if answer_batch(&mut batch, written, "acknowledgements") {
-                return;
-            }
-        }
-    }
-
-    /// Records acknowledgements, in order, in one transaction (one commit for the lot), each as
-    /// [`mark_sent_in`] records one; a failure records none and says which one failed.
-    async fn mark_sent_batch(
-        &self,
-        requests: &[&(String, SendResponse, Timestamp)],
-    ) -> Result<Vec<SentRow>, BatchFailure> {
-        let mut tx = self.begin_batch().await?;
-        let mut rows = Vec::with_capacity(requests.len());
-        for (index, (key, ack, now)) in requests.iter().enumerate() {
-            match mark_sent_in(&mut tx, key, ack, *now).await {
-                Ok(row) => rows.push(row),
-                Err(e) => return Err(batch_failed(tx, index, e).await),
-            }
-        }
-        commit_batch(tx).await?;
-        Ok(rows)
     }
 
     /// Removes the row of a message the gateway refused, if it is still pending.
@@ -621,7 +590,7 @@ mod tests {
             ("key-00000012".to_owned(), ack("m-12"), now()),
         ];
         let failure = store
-            .mark_sent_batch(&requests.iter().collect::<Vec<_>>())
+            .write_batch(&requests.iter().collect::<Vec<_>>(), None)
             .await
             .unwrap_err();
         assert!(
@@ -637,7 +606,7 @@ mod tests {
             batch.push(Waiting { request, reply });
             answers.push(answer);
         }
-        store.mark_sent_waiting(batch).await;
+        store.write_waiting(batch, "acknowledgements", None).await;
         let mut outcomes = Vec::new();
         for answer in answers {
             outcomes.push(answer.await.unwrap());
