@@ -12,11 +12,17 @@ pub(crate) mod received;
 pub(crate) mod replies;
 pub(crate) mod sent;
 
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
 use referral_core::{
     ServiceError, ServiceResult,
     db::{Database, DbError, EmbeddedMigration, StorageConfig},
 };
 use referral_proto::v1::{DeliveryState, FormKind, ReferralStatus};
+
 use sqlx::{Any, Transaction};
 use tokio::sync::oneshot;
 
@@ -69,7 +75,15 @@ pub(crate) const MAX_PAGE_SIZE: u32 = 500;
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     db: Database,
+    /// When a batch last found the store unreachable, and why (see [`Store::write_batch`]).
+    unreachable: Arc<Mutex<Option<(Instant, String)>>>,
 }
+
+/// How long after a batch found the store unreachable the next batches are refused at once.
+/// A batch that finds the store down waits out the pool's acquire timeout
+/// (`referral_core::db::PG_ACQUIRE_TIMEOUT`, 2 s); without this, a call queued behind it would
+/// wait for that batch and then as long again for its own, and not fail fast.
+const UNREACHABLE_REFUSAL: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Opens the store of agency `agency_id` and runs its migrations.
@@ -86,7 +100,10 @@ impl Store {
         migrations: &'static [EmbeddedMigration],
     ) -> Result<Self, DbError> {
         let db = Database::open(storage, &component_name(agency_id), migrations).await?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            unreachable: Arc::default(),
+        })
     }
 
     pub(crate) async fn close(&self) {
@@ -308,8 +325,32 @@ impl Store {
 
     /// Writes `requests`, in order, in one transaction (one commit for the lot); a failure
     /// writes none of them and says which one failed, so that the caller can write the others
-    /// without it.
+    /// without it. For a moment after a batch found the store unreachable
+    /// ([`UNREACHABLE_REFUSAL`]), a batch is refused as unavailable without trying: the calls
+    /// waiting behind a batch that waited out the pool's timeout fail fast too.
     pub(crate) async fn write_batch<T: BatchWrite>(
+        &self,
+        requests: &[&T],
+        hook: Hook<'_>,
+    ) -> Result<Vec<T::Written>, BatchFailure> {
+        if let Some((at, reason)) = self.unreachable.lock().ok().and_then(|u| u.clone())
+            && at.elapsed() < UNREACHABLE_REFUSAL
+        {
+            return Err(BatchFailure::Store(ServiceError::Unavailable(reason)));
+        }
+        let written = self.write_batch_in_one_transaction(requests, hook).await;
+        if let Ok(mut unreachable) = self.unreachable.lock() {
+            *unreachable = match &written {
+                Err(BatchFailure::Store(ServiceError::Unavailable(reason))) => {
+                    Some((Instant::now(), reason.clone()))
+                }
+                _ => None,
+            };
+        }
+        written
+    }
+
+    async fn write_batch_in_one_transaction<T: BatchWrite>(
         &self,
         requests: &[&T],
         hook: Hook<'_>,
