@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// At most this many pending rows, or acknowledgements, are written in one transaction.
-pub(crate) const ACK_BATCH: usize = 64;
+pub(crate) const OUTGOING_BATCH: usize = 64;
 
 /// The pending-row writer's work: the messages waiting to be stored at this moment, in one
 /// transaction ([`Store::write_waiting`](crate::store::Store::write_waiting)).

@@ -218,13 +218,13 @@ impl AgencyService {
                 acks: referral_core::group_commit::Batcher::spawn(
                     &tokio::runtime::Handle::current(),
                     owner.clone(),
-                    crate::outbound::ACK_BATCH,
+                    crate::outbound::OUTGOING_BATCH,
                     crate::outbound::write_acks,
                 ),
                 pending_rows: referral_core::group_commit::Batcher::spawn(
                     &tokio::runtime::Handle::current(),
                     owner.clone(),
-                    crate::outbound::ACK_BATCH,
+                    crate::outbound::OUTGOING_BATCH,
                     crate::outbound::write_pending_rows,
                 ),
             }),

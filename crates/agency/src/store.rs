@@ -323,6 +323,19 @@ impl Store {
         }
     }
 
+    /// Writes one request as a batch of its own (the tests' way in; the service queues them).
+    #[cfg(test)]
+    pub(crate) async fn write_one<T: BatchWrite>(
+        &self,
+        request: &T,
+        hook: Hook<'_>,
+    ) -> ServiceResult<T::Written> {
+        match self.write_batch(&[request], hook).await {
+            Ok(mut written) => Ok(written.remove(0)),
+            Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
+        }
+    }
+
     /// Writes `requests`, in order, in one transaction (one commit for the lot); a failure
     /// writes none of them and says which one failed, so that the caller can write the others
     /// without it. For a moment after a batch found the store unreachable

@@ -67,10 +67,7 @@ impl Store {
         hook: Option<(&dyn AgencyExtension, &AgencyHost)>,
     ) -> ServiceResult<bool> {
         let request = (envelope.clone(), now);
-        match self.write_batch(&[&request], hook).await {
-            Ok(duplicates) => Ok(duplicates.first().copied().unwrap_or(false)),
-            Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
-        }
+        self.write_one(&request, hook).await
     }
 
     pub(crate) async fn received(&self, message_id: &str) -> ServiceResult<Option<ReceivedRow>> {

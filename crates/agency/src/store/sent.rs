@@ -334,10 +334,7 @@ impl Store {
             now: new.now,
             trace_context: None,
         };
-        match self.write_batch(&[&request], None).await {
-            Ok(mut rows) => Ok(rows.remove(0)),
-            Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
-        }
+        self.write_one(&request, None).await
     }
 
     pub(crate) async fn sent_by_key(&self, key: &str) -> ServiceResult<Option<SentRow>> {
@@ -373,10 +370,7 @@ impl Store {
         now: Timestamp,
     ) -> ServiceResult<SentRow> {
         let request = (key.to_owned(), ack.clone(), now);
-        match self.write_batch(&[&request], None).await {
-            Ok(mut rows) => Ok(rows.remove(0)),
-            Err(BatchFailure::Item(_, e) | BatchFailure::Store(e)) => Err(e),
-        }
+        self.write_one(&request, None).await
     }
 
     /// Removes the row of a message the gateway refused, if it is still pending.
